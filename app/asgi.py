@@ -627,11 +627,12 @@ def routers(
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
         ),
-        # Exports are reads too, and at most so many at once (`exports_middleware`).
+        # Exports are reads too, and at most so many at once (`exports_middleware`);
+        # where exporting is a permission of its own, an exporter's alone.
         Router(
             "/",
             route_handlers=EXPORT_ROUTES,
-            guards=auth.pass_read_guards,
+            guards=auth.export_guards,
             middleware=[reads, exports, *traced, *telemetry.read_timing(), *compressed],
         ),
         # Only a token gets a pass.

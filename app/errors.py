@@ -235,6 +235,16 @@ class PassesNotConfigured(Forbidden):
     problem = "read-passes-not-configured"
 
 
+class ExportForbidden(Forbidden):
+    """A reader who may not export: where exports are a permission of their own
+    (RECORDLINE_EXPORT_PRINCIPALS; a cell's system: its `export_principals`), only the
+    identities named there and the operators export, each with a token of their own (a
+    read pass names no one). Nothing of the export is sent."""
+
+    title = "Export not permitted"
+    problem = "export-forbidden"
+
+
 class MaskedFilter(Forbidden):
     """A filter on a value masked for this reader (`attribute=` on a masked attribute,
     `field=` through a masked member): what it keeps would tell the value it asks

@@ -720,6 +720,18 @@ class AuthSettings(Section, frozen=True):
             accepts=PRINCIPALS_ACCEPTED,
         ),
     ] = ""
+    export_principals: Annotated[
+        str,
+        Meta(pattern=_PRINCIPALS),
+        env(
+            "RECORDLINE_EXPORT_PRINCIPALS",
+            "Comma-separated e-mails and `domain:example.com` entries that may export "
+            "(`/v1/export/...`) and read; tokens for RECORDLINE_READ_AUDIENCE. Empty: every "
+            "reader may export. Set, only they and the operators may: a reader not named is "
+            "refused 403 `export-forbidden`, as is a read pass, which names no one",
+            accepts=PRINCIPALS_ACCEPTED,
+        ),
+    ] = ""
     trust_cloud_run_iam: Annotated[
         bool,
         env(
@@ -873,9 +885,10 @@ _CELL_SYSTEMS_ACCEPTED = (
     "a JSON object of at most RECORDLINE_CELL_MAX_SYSTEMS systems, each name (as "
     'RECORDLINE_SYSTEM) to {"store": RECORDLINE_STORE, and optionally "serving", '
     '"json_topic_schema", "push_audience", "push_service_accounts", "read_principals", '
-    '"operator_principals", "id_field", "time_field" (each as the variable of that name), '
-    '"rate" (declared pushes a second), "queue_bytes", "max_followers", "max_reads"}, '
-    '"json_topic_schema", "read_principals" and "operator_principals" each either its '
+    '"operator_principals", "export_principals", "id_field", "time_field" (each as the '
+    'variable of that name), "rate" (declared pushes a second), "queue_bytes", '
+    '"max_followers", "max_reads"}, "json_topic_schema", "read_principals", '
+    '"operator_principals" and "export_principals" each either its '
     "value or `@/absolute/path` naming a file holding it; or `@/absolute/path.json`, a "
     "file holding the object"
 )
@@ -883,7 +896,12 @@ _CELL_SYSTEMS_ACCEPTED = (
 # An entry's settings whose values may be long (a schema, a list of principals): each
 # may name a file holding its value (`@/absolute/path`), so that a cell's file holds
 # its systems, not their bulk (a mounted secret holds 64 KiB).
-REFERABLE: Final = ("json_topic_schema", "read_principals", "operator_principals")
+REFERABLE: Final = (
+    "json_topic_schema",
+    "read_principals",
+    "operator_principals",
+    "export_principals",
+)
 
 
 # What one version of a Secret Manager secret holds: the systems' file and each value's
@@ -1015,6 +1033,7 @@ class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     push_service_accounts: Annotated[str, Meta(pattern=_EMAILS)] = ""
     read_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
     operator_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
+    export_principals: Annotated[str, Meta(pattern=_PRINCIPALS)] = ""
     # Where this system's payloads keep their record id and event time: each system's
     # publishers send messages of their own shape (RECORDLINE_ID_FIELD, _TIME_FIELD).
     id_field: Annotated[str, Meta(pattern=_FIELD_PATH)] = PayloadSettings().id_field
@@ -1273,6 +1292,7 @@ SYSTEMS_OWN: Final = (
     "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
     "RECORDLINE_READ_PRINCIPALS",
     "RECORDLINE_OPERATOR_PRINCIPALS",
+    "RECORDLINE_EXPORT_PRINCIPALS",
     "RECORDLINE_ID_FIELD",
     "RECORDLINE_TIME_FIELD",
     "RECORDLINE_SYSTEM",
@@ -1329,6 +1349,7 @@ def system_settings(
             push_service_accounts=entry.push_service_accounts,
             read_principals=entry.read_principals,
             operator_principals=entry.operator_principals,
+            export_principals=entry.export_principals,
         ),
     )
     if share is None:
@@ -1660,6 +1681,7 @@ def check_access(settings: Settings) -> None:
     accounts = _entries(auth.push_service_accounts)
     principals = _entries(auth.read_principals)
     operators = _entries(auth.operator_principals)
+    exporters = _entries(auth.export_principals)
     _pair(
         "RECORDLINE_PUSH_AUDIENCE", auth.push_audience, "RECORDLINE_PUSH_SERVICE_ACCOUNTS", accounts
     )
@@ -1674,6 +1696,17 @@ def check_access(settings: Settings) -> None:
         raise SettingsError(
             "RECORDLINE_OPERATOR_PRINCIPALS needs RECORDLINE_READ_AUDIENCE: operators "
             "sign in with tokens for it"
+        )
+    if "domain:" in exporters:
+        raise SettingsError(
+            "RECORDLINE_EXPORT_PRINCIPALS: `domain:` needs a domain",
+            var="RECORDLINE_EXPORT_PRINCIPALS",
+        )
+    if exporters and not auth.read_audience:
+        raise SettingsError(
+            "RECORDLINE_EXPORT_PRINCIPALS needs RECORDLINE_READ_AUDIENCE: exporters sign in "
+            "with tokens for it, and without it no export could be told from another",
+            var="RECORDLINE_EXPORT_PRINCIPALS",
         )
     if auth.push_token and len(auth.push_token) < MIN_PUSH_TOKEN_LENGTH:
         raise SettingsError(

@@ -436,13 +436,18 @@ REALISTIC = (
     ' operators = ["user:owner-of-this-system@example.com"],'
     ' json_schema = "schemas/orders.avsc"'
 )
+# A realistic entry of a system whose exports are a permission of their own: one
+# exporter of its own besides (docs/security.md#who-exports); a system that names none
+# has no export_principals in the file.
+EXPORTING = f'{REALISTIC}, exporters = ["user:exporter-of-this-system@example.com"]'
 
 
 @cache
-def file_sizes(realistic: bool, systems: int = 100) -> list[int]:
+def file_sizes(realistic: bool, systems: int = 100, *, exporting: bool = False) -> list[int]:
     """The bytes of a cell's systems' file holding its first 1, 2, … `systems` systems,
     each with the longest name, serving, and its entry the least one or a `REALISTIC`
-    one, as the cell root renders it; and the bytes a secret holds, last."""
+    one (`EXPORTING`, with an exporter of its own, where `exporting`), as the cell root
+    renders it; and the bytes a secret holds, last."""
     # The file of the first n systems, in the file's order (by name), as the cell root
     # counts its bytes (cell.tf, systems_file_bytes).
     ordered = "sort(keys(local.systems_file))"
@@ -451,15 +456,16 @@ def file_sizes(realistic: bool, systems: int = 100) -> list[int]:
         f"concat([for n in range(1, length({ordered}) + 1) :"
         f" length(base64encode(jsonencode({prefix}))) / 4 * 3], [local.secret_bytes])"
     )
-    found: list[int] = _cell_console(systems, expression, f", {REALISTIC}" if realistic else "")
+    entry = f", {EXPORTING if exporting else REALISTIC}" if realistic else ""
+    found: list[int] = _cell_console(systems, expression, entry)
     return found
 
 
-def largest_cell(realistic: bool = True) -> int:
+def largest_cell(realistic: bool = True, *, exporting: bool = False) -> int:
     """The most systems a cell's systems' file holds within a secret (64 KiB), at the
-    longest names, each entry the least one or a `REALISTIC` one; at most
-    cell_max_systems (100)."""
-    *sizes, most = file_sizes(realistic)
+    longest names, each entry the least one or a `REALISTIC` (or `EXPORTING`) one; at
+    most cell_max_systems (100)."""
+    *sizes, most = file_sizes(realistic, exporting=exporting)
     return sum(1 for size in sizes if size <= most)
 
 
@@ -702,13 +708,15 @@ def times(soak_seconds: int = 300) -> str:
 def sizes() -> str:
     """The largest cell whose systems' file fits a secret, by what each entry holds."""
     rows = ["| A system's entry | Bytes a system | The largest cell that fits |", "|---|---:|---:|"]
-    for realistic, said in (
-        (False, "the least: serving, no reader or operator of its own, no schema"),
-        (True, "realistic: serving, one reader and one operator of its own, a JSON schema"),
+    for realistic, exporting, said in (
+        (False, False, "the least: serving, no reader or operator of its own, no schema"),
+        (True, False, "realistic: serving, one reader and one operator of its own, a JSON schema"),
+        (True, True, "realistic, and one exporter of its own (exports a permission of their own)"),
     ):
-        first, *_, last = file_sizes(realistic)[:-1]
-        each = (last - first) / (len(file_sizes(realistic)) - 2)
-        rows.append(f"| {said} | {each:.0f} | {largest_cell(realistic)} |")
+        found = file_sizes(realistic, exporting=exporting)
+        first, *_, last = found[:-1]
+        each = (last - first) / (len(found) - 2)
+        rows.append(f"| {said} | {each:.0f} | {largest_cell(realistic, exporting=exporting)} |")
     return "\n".join(rows)
 
 

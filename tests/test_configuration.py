@@ -74,6 +74,7 @@ BAD_VALUES = {
     "RECORDLINE_PRODUCER_KEYS": "orders-api",
     "RECORDLINE_READ_PRINCIPALS": "group:readers@example.com",
     "RECORDLINE_OPERATOR_PRINCIPALS": "user:ada@example.com",
+    "RECORDLINE_EXPORT_PRINCIPALS": "group:auditors@example.com",
     "RECORDLINE_TRUST_CLOUD_RUN_IAM": "maybe",
     "RECORDLINE_PUBLIC_READS": "if you like",
     "RECORDLINE_READ_PASS_KEYS": "k1=AAECAwQFBgcICQoLDA0ODw",

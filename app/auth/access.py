@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from app.auth.oidc import Identity, IdTokenVerifier, InvalidToken
 from app.auth.passes import InvalidPass, Pass, ReadPasses, pass_value
-from app.errors import Forbidden, Unauthorized
+from app.errors import ExportForbidden, Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -192,17 +192,25 @@ class ReadAccess:
         """Whether these credentials name one of the principals, said without a refusal
         or a log line: what decides how much a read shows (masking), not whether it
         is served."""
+        return await self.admitted(credentials) is not None
+
+    async def admitted(self, credentials: Credentials) -> Identity | None:
+        """The verified identity of one of the principals, or None (as `admits`)."""
         try:
             authorization = presented(credentials, behind_cloud_run=self._verifier.trusts_upstream)
             token = bearer_token(authorization)
             if token is None:
-                return False
+                return None
             identity = await self._verifier.verify(token)
         except InvalidToken:
-            return False
-        return self._principals.admit(identity)
+            return None
+        return identity if self._principals.admit(identity) else None
 
     async def check(self, credentials: Credentials) -> None:
+        await self.identity(credentials)
+
+    async def identity(self, credentials: Credentials) -> Identity:
+        """The verified identity of one of the principals, as `check` admits it."""
         identity = await verified_identity(
             self._verifier, credentials, realm=self.realm, what=self._what
         )
@@ -212,6 +220,46 @@ class ReadAccess:
                 f"{identity.email} is not in {self._setting}",
                 self._what,
             )
+        return identity
+
+
+# What a reader who may not export is told (`ExportAccess`).
+NOT_AN_EXPORTER = (
+    "This identity may read but not export here: exporting is a permission of its own "
+    "(RECORDLINE_EXPORT_PRINCIPALS; in a cell, the system's export_principals)."
+)
+NAMES_NO_EXPORTER = (
+    "A read pass names no one, and exporting here is a permission of its own "
+    "(RECORDLINE_EXPORT_PRINCIPALS; in a cell, the system's export_principals): export "
+    "with an exporter's token."
+)
+
+
+class ExportAccess:
+    """Exports where they are a permission of their own: a reader's token (`read`
+    checks it, with its refusals), whose identity is one of the `exporters`."""
+
+    def __init__(self, read: ReadAccess, exporters: Principals) -> None:
+        self._read = read
+        self._exporters = exporters
+
+    async def admits(self, credentials: Credentials) -> bool:
+        """Whether these credentials name an exporter (as `ReadAccess.admits`)."""
+        identity = await self._read.admitted(credentials)
+        return identity is not None and self._exporters.admit(identity)
+
+    async def check(self, credentials: Credentials) -> None:
+        identity = await self._read.identity(credentials)
+        if not self._exporters.admit(identity):
+            raise _refuse(
+                ExportForbidden(NOT_AN_EXPORTER),
+                f"{identity.email} is not in RECORDLINE_EXPORT_PRINCIPALS",
+                "export",
+            )
+
+    def refuse_pass(self) -> Unauthorized | Forbidden:
+        """What a request a read pass admitted is told (logged): a pass names no one."""
+        return _refuse(ExportForbidden(NAMES_NO_EXPORTER), "a read pass", "export")
 
 
 class SecretAccess:

@@ -23,6 +23,7 @@ from litestar.types import Guard, Scope
 
 from app.auth.access import (
     Credentials,
+    ExportAccess,
     PassAccess,
     Principals,
     PushAccess,
@@ -55,8 +56,11 @@ class Auth:
         replay_refusal: str | None = None,
         owns_certs: bool = True,
         passes: PassAccess | None = None,
+        export: ExportAccess | None = None,
     ) -> None:
         self._push = push
+        # Where exporting is a permission of its own; None: every reader exports.
+        self._export = export if read is not None else None
         self._read = read
         # Read passes, where configured (they need `read`: a token to be issued one).
         self.passes = passes if read is not None else None
@@ -101,6 +105,7 @@ class Auth:
             )
 
         read: ReadAccess | None = None
+        export: ExportAccess | None = None
         operate: ReadAccess | SecretAccess | None = None
         replay_refusal = None
         if certs is not None and auth.read_audience:
@@ -108,11 +113,18 @@ class Auth:
             # check's token names (Cloud Monitoring mints it for the URL it probes).
             audiences = [a.strip() for a in auth.read_audience.split(",") if a.strip()]
             verifier = IdTokenVerifier(audiences, certs, trust_upstream=auth.trust_cloud_run_iam)
-            # Operators read what they replay (the rejections) as well.
+            # Operators read what they replay (the rejections) as well, and exporters
+            # what they export.
+            exporters = split_list(auth.export_principals)
             readers = Principals(
-                split_list(auth.read_principals) | split_list(auth.operator_principals)
+                split_list(auth.read_principals) | split_list(auth.operator_principals) | exporters
             )
             read = ReadAccess(verifier=verifier, principals=readers)
+            if exporters:
+                # Operators export too: they read every row unmasked already.
+                export = ExportAccess(
+                    read, Principals(exporters | split_list(auth.operator_principals))
+                )
             operate = ReadAccess(
                 verifier=verifier,
                 principals=operators,
@@ -145,6 +157,7 @@ class Auth:
             replay_refusal=replay_refusal,
             owns_certs=shared is None,
             passes=None if passes is None else PassAccess(passes, ReadPasses.path_prefix(settings)),
+            export=export,
         )
 
     async def operates(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
@@ -156,6 +169,13 @@ class Auth:
         if operate is None:
             return self._replay_refusal is None
         return await operate.admits(credentials(connection))
+
+    async def exports(self, connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+        """Whether a caller who reads may export, as `export_guards` decide, without
+        refusing anyone (what the console offers): every reader, unless exporting is a
+        permission of its own."""
+        export = self._export
+        return export is None or await export.admits(credentials(connection))
 
     @property
     def everyone_operates(self) -> bool:
@@ -230,6 +250,29 @@ class Auth:
             await read.check(presented)
 
         return [check_read_or_pass]
+
+    @property
+    def export_guards(self) -> list[Guard]:
+        """`pass_read_guards`, where every reader exports; where exporting is a permission
+        of its own, an exporter's token (or an operator's), read as `read_guards` read it
+        first: a reader not named is refused 403, as is a read pass, which names no one."""
+        export, passes = self._export, self.passes
+        if export is None:
+            return self.pass_read_guards
+
+        async def check_export(
+            connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+        ) -> None:
+            presented = credentials(connection)
+            if (
+                presented == NO_CREDENTIALS
+                and passes is not None
+                and passes.admits(connection.headers.getall("cookie", []))
+            ):
+                raise export.refuse_pass()
+            await export.check(presented)
+
+        return [check_export]
 
     @property
     def replay_guards(self) -> list[Guard]:

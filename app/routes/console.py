@@ -126,6 +126,7 @@ def console_router(
                 "page": page,
                 "pages": PAGES,
                 "operator": await auth.operates(request),
+                "exporter": await auth.exports(request),
                 "assets": "static",
             },
             headers={"Cache-Control": "no-store"},

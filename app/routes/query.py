@@ -19,6 +19,7 @@ from app.errors import (
     AmbiguousRequest,
     BadParameter,
     CertsUnavailable,
+    ExportForbidden,
     Forbidden,
     Gone,
     NotFound,
@@ -199,7 +200,9 @@ _READ_ERRORS = (
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)
-EXPORT_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyExports, *_READ_ERRORS)
+EXPORT_ERRORS = problem_responses(
+    BadParameter, NotFound, Gone, TooManyExports, ExportForbidden, *_READ_ERRORS
+)
 # Either list's page: it says up to when it is complete.
 P = TypeVar("P", RecordsPage, RejectionsPage)
 

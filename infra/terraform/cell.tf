@@ -65,6 +65,8 @@ locals {
   # an operator of every system.
   readers_of   = { for name, s in local.systems : name => s.readers != null ? s.readers : tolist(var.readers) }
   operators_of = { for name, s in local.systems : name => s.operators != null ? s.operators : tolist(var.operators) }
+  # Empty: every reader of the system exports (its entry names no export_principals).
+  exporters_of = { for name, s in local.systems : name => s.exporters != null ? s.exporters : tolist(var.exporters) }
   principals = {
     for name in keys(local.systems) : name => {
       read = join(",", sort(distinct(concat(
@@ -75,6 +77,9 @@ locals {
         [for m in local.operators_of[name] : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
         [local.environment_accounts.operator],
       ))))
+      export = join(",", sort(distinct(
+        [for m in local.exporters_of[name] : trimprefix(trimprefix(m, "user:"), "serviceAccount:")],
+      )))
     }
   }
 
@@ -91,6 +96,7 @@ locals {
     { for name, s in local.systems : "${name}.schema" => file("${path.root}/../../${s.json_schema}") if s.json_schema != null },
     { for name in keys(local.systems) : "${name}.readers" => local.principals[name].read if length(local.principals[name].read) > local.principals_inline_max },
     { for name in keys(local.systems) : "${name}.operators" => local.principals[name].operate if length(local.principals[name].operate) > local.principals_inline_max },
+    { for name in keys(local.systems) : "${name}.exporters" => local.principals[name].export if length(local.principals[name].export) > local.principals_inline_max },
   )
   # The one secret that holds them, each in a version of its own, where there is one.
   values_secret = length(local.systems_values) > 0 ? { (local.cell) = "${local.cell}-systems-values" } : {}
@@ -111,13 +117,15 @@ locals {
         operator_principals   = local.principals[name].operate
         rate                  = local.rates[name]
       },
+      # Only where the system names exporters: otherwise every reader exports.
+      local.principals[name].export == "" ? {} : { export_principals = local.principals[name].export },
       contains(local.serving_systems, name) ? {
         serving = "spanner://projects/${var.project_id}/instances/${local.serving_instance[name]}/databases/${name}"
       } : {},
       # The schema, and long lists of principals, by the file that holds them.
       s.json_schema == null ? {} : { json_topic_schema = "@${local.values_directory}/${name}.schema" },
       {
-        for field, key in { read_principals = "readers", operator_principals = "operators" } :
+        for field, key in { read_principals = "readers", operator_principals = "operators", export_principals = "exporters" } :
         field => "@${local.values_directory}/${name}.${key}" if contains(keys(local.systems_values), "${name}.${key}")
       },
       # Where the payload keeps its record id and event time, where the system says.
@@ -672,7 +680,7 @@ locals {
   # (modules/system/iam.tf); these are the rest, each once however many systems name it.
   policy_principals = 1500
   ingest_invokers = merge(
-    { for m in distinct(flatten([for name in keys(local.systems) : concat(local.readers_of[name], local.operators_of[name])])) : m => m },
+    { for m in distinct(flatten([for name in keys(local.systems) : concat(local.readers_of[name], local.operators_of[name], local.exporters_of[name])])) : m => m },
     {
       operator-account = local.operator_member
       smoke-account    = "serviceAccount:${local.environment_accounts.smoke}"

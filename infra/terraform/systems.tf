@@ -17,6 +17,7 @@ locals {
   system_defaults = {
     readers          = null
     operators        = null
+    exporters        = null
     ticket_channels  = null
     min_instances    = null
     max_instances    = null

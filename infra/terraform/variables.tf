@@ -390,6 +390,26 @@ variable "operators" {
   }
 }
 
+variable "exporters" {
+  type        = set(string)
+  description = <<-EOT
+    Principals who may export (/v1/export/..., the console's export) from every system of
+    the cell that names none of its own: user:EMAIL, serviceAccount:EMAIL or
+    domain:DOMAIN. Empty, and a system's own unset: every reader of the system exports,
+    and its entry names no export_principals. Set, they are its export_principals (and
+    readers, with run.invoker on the cell's service): its other readers are refused
+    exports (403 export-forbidden). Operators export either way (docs/security.md#who-exports).
+  EOT
+  default     = []
+
+  validation {
+    condition = alltrue([
+      for m in var.exporters : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
+    ])
+    error_message = "Each exporter must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (the service cannot check group membership)."
+  }
+}
+
 variable "oncall" {
   type        = set(string)
   description = <<-EOT
@@ -849,6 +869,7 @@ variable "systems" {
   type = map(object({
     readers         = optional(list(string))
     operators       = optional(list(string))
+    exporters       = optional(list(string))
     ticket_channels = optional(list(string))
     # A system's own instances and environment were its own service's; in a cell they
     # are the cell's (min_instances, max_instances, extra_env): refused here.
@@ -1031,15 +1052,16 @@ variable "systems" {
     error_message = "A system with a schema or an id_field needs canary_file: one message in its topic's shape, with its record id where id_field says (README, \"Pointing Recordline at an existing topic\")."
   }
 
-  # A system's own readers and operators, as the service checks principals: it cannot
-  # check a group's membership (the cell's readers and operators say the same).
+  # A system's own readers, operators and exporters, as the service checks principals: it
+  # cannot check a group's membership (the cell's readers, operators and exporters say
+  # the same).
   validation {
     condition = alltrue(flatten([
       for s in values(var.systems) : [
-        for m in concat(coalesce(s.readers, []), coalesce(s.operators, [])) : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
+        for m in concat(coalesce(s.readers, []), coalesce(s.operators, []), coalesce(s.exporters, [])) : can(regex("^(user|serviceAccount|domain):[^\\s,]+$", m))
       ]
     ]))
-    error_message = "Each of a system's readers and operators must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN: the service cannot check group membership."
+    error_message = "Each of a system's readers, operators and exporters must be user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN: the service cannot check group membership."
   }
 
   # A cell's systems share its service: what it runs with is the cell's.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -27,18 +28,26 @@ def reader(system: str) -> str:
     return f"reader-{system}@example.org"
 
 
+def entry(system: str) -> dict[str, str]:
+    """`system`'s entry in the cell's RECORDLINE_SYSTEMS: its reader is `reader(system)`."""
+    return {
+        "store": "memory:",
+        "push_audience": audience(system),
+        "push_service_accounts": pusher(system),
+        "read_principals": reader(system),
+    }
+
+
 @pytest.fixture
 def cell() -> Iterator[tuple[TestClient[Any], FakeGoogle]]:
+    with serving({name: entry(name) for name in SYSTEMS}) as served:
+        yield served
+
+
+@contextmanager
+def serving(systems: dict[str, dict[str, str]]) -> Iterator[tuple[TestClient[Any], FakeGoogle]]:
+    """A cell of `systems`, with read passes, each system's record `{system}-m` pushed."""
     google = FakeGoogle().start()
-    systems = {
-        name: {
-            "store": "memory:",
-            "push_audience": audience(name),
-            "push_service_accounts": pusher(name),
-            "read_principals": reader(name),
-        }
-        for name in SYSTEMS
-    }
     settings = Settings.load(
         {
             "RECORDLINE_CELL": "cell-1",
@@ -49,10 +58,10 @@ def cell() -> Iterator[tuple[TestClient[Any], FakeGoogle]]:
             "RECORDLINE_READ_PASS_URL": URL,
         }
     )
-    made = create_cell(settings, stores={name: lambda: DuckDBStore(":memory:") for name in SYSTEMS})
+    made = create_cell(settings, stores={name: lambda: DuckDBStore(":memory:") for name in systems})
     try:
         with TestClient(made) as client:
-            for name in SYSTEMS:
+            for name in systems:
                 token = google.mint(aud=audience(name), email=pusher(name))
                 answer = client.post(
                     f"/systems/{name}/pubsub/push",

@@ -181,6 +181,10 @@ def test_the_largest_cell_that_fits_is_reported_by_what_its_entries_hold() -> No
     assert sizes[largest - 1] <= 65536 < sizes[largest]
     assert sizes[0] < 1000
     assert f"| {largest} |" in limits.sizes()
+    # With an exporter of its own each entry holds its export_principals besides.
+    exporting = limits.file_sizes(realistic=True, exporting=True)
+    assert all(more > size for more, size in zip(exporting[:-1], sizes[:-1], strict=True))
+    assert limits.largest_cell(realistic=True, exporting=True) <= largest
 
 
 def test_the_timing_estimates_are_stated_where_they_are_used() -> None:

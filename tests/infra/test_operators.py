@@ -53,6 +53,25 @@ def test_each_system_takes_operators_and_the_service_hears_of_them() -> None:
     )
 
 
+def test_exporters_reach_the_file_only_where_a_system_or_the_cell_names_them() -> None:
+    exporters = '["user:ada@example.com", "domain:example.com"]'
+    cell = _cell(
+        f"{{ recordline = {{}}, orders = {{ exporters = {exporters} }}, books = {{}} }}",
+    )
+    # As the service reads them; no operator account: operators export either way.
+    assert cell["file"]["orders"]["export_principals"] == "ada@example.com,domain:example.com"
+    # A system that names none, in a cell that names none: every reader exports, as before.
+    assert "export_principals" not in cell["file"]["recordline"]
+    assert "export_principals" not in cell["file"]["books"]
+    # The cell's own are every system's that names none; a system's own replace them.
+    cell = _cell(
+        f"{{ recordline = {{}}, orders = {{ exporters = {exporters} }} }}",
+        exporters='["user:bob@example.com"]',
+    )
+    assert cell["file"]["recordline"]["export_principals"] == "bob@example.com"
+    assert cell["file"]["orders"]["export_principals"] == "ada@example.com,domain:example.com"
+
+
 def test_operators_get_what_replay_needs_on_their_system_only() -> None:
     members = _locals(MODULE)["operator_members"]
     assert "{for m in var.operators : m => m}" in members
@@ -68,7 +87,8 @@ def test_operators_get_what_replay_needs_on_their_system_only() -> None:
     invokers = _locals(TERRAFORM)["ingest_invokers"]
     assert (
         "distinct(flatten([for name in keys(local.systems) :"
-        " concat(local.readers_of[name], local.operators_of[name])]))" in invokers
+        " concat(local.readers_of[name], local.operators_of[name], local.exporters_of[name])]))"
+        in invokers
     )
     assert "operator-account = local.operator_member" in invokers
     invoker = _resources("google_cloud_run_v2_service_iam_member")["invokers"]
@@ -99,7 +119,7 @@ def test_the_operator_account_may_roll_back_and_oncall_may_act_as_it() -> None:
 
 
 def _accepts(variable: str, members: list[str]) -> bool:
-    """Whether the cell takes `members` as its `readers` or `operators`, and as a
+    """Whether the cell takes `members` as its `readers`, `operators` or `exporters`, and as a
     system's own."""
     cell = _validations_hold(variable, {variable: json.dumps(members)})
     entry = f"{{ recordline = {{}}, orders = {{ {variable} = {json.dumps(members)} }} }}"
@@ -111,7 +131,7 @@ def _accepts(variable: str, members: list[str]) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variable", ["readers", "operators"])
+@pytest.mark.parametrize("variable", ["readers", "operators", "exporters"])
 def test_a_group_is_refused_where_the_service_checks_principals(variable: str) -> None:
     # A system's own readers and operators are checked too, not only the cell's.
     assert _accepts(variable, ["user:ada@example.com", "domain:example.com"]) is True

@@ -165,7 +165,8 @@ function records() {
   });
   follow.addEventListener("change", () => { if (follow.checked) { more.hidden = true; tail(generation); } });
   form.addEventListener("submit", read);
-  $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
+  // Offered to whoever may export here alone (the page says so: no form otherwise).
+  if ($("#export")) $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
   read();
 }
 

@@ -1,0 +1,107 @@
+"""The console where exporting is a permission of its own (RECORDLINE_EXPORT_PRINCIPALS):
+`recordline serve` checking Google ID tokens (a fake Google's keys), the browser sending
+a reader's token or an exporter's. The reader reads and is offered no export, and an
+export its page asks for anyway is refused; the exporter downloads one."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import expect
+
+from recordline_dev.processes import free_port, stop_group
+from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
+from tests.console.browser import envelope, serve
+
+pytestmark = pytest.mark.browser
+
+READER = "analyst@example.org"
+EXPORTER = "exporter@example.org"
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def service(
+    browser: Any, google: FakeGoogle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("exports")
+    port = free_port()
+    process = serve(
+        folder,
+        port,
+        RECORDLINE_READ_AUDIENCE=READ_AUDIENCE,
+        RECORDLINE_READ_PRINCIPALS=READER,
+        RECORDLINE_EXPORT_PRINCIPALS=EXPORTER,
+        RECORDLINE_OIDC_CERTS_URL=google.certs_url,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url) as client:
+            for n in range(2):
+                push = envelope(f"m-{n}", {"id": f"r-{n}", "data": {"n": n}}, {})
+                assert client.post("/pubsub/push", json=push).status_code == 204
+        yield url
+    finally:
+        stop_group(process, timeout=15)
+
+
+@pytest.fixture
+def as_who(browser: Any, google: FakeGoogle) -> Iterator[Any]:
+    """A page of a browser context sending `who`'s token with every request; the test
+    fails on any uncaught error in the page's script (as `page` does)."""
+    contexts, errors = [], []
+
+    def opened(who: str) -> Any:
+        token = google.mint(aud=READ_AUDIENCE, email=who)
+        context = browser.new_context(
+            accept_downloads=True, extra_http_headers={"Authorization": f"Bearer {token}"}
+        )
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.set_default_timeout(10_000)
+        return page
+
+    yield opened
+    for context in contexts:
+        context.close()
+    assert not errors, errors
+
+
+def test_a_reader_reads_and_is_offered_no_export(service: str, as_who: Any) -> None:
+    page = as_who(READER)
+    page.goto(f"{service}/console/records")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(2)
+    expect(page.locator("#export")).to_have_count(0)
+    expect(page.locator("button", has_text="Export")).to_have_count(0)
+    expect(page.locator("main")).to_contain_text("Exporting is for exporters")
+    # And the export itself, asked for from the page, is refused.
+    refused = page.evaluate(
+        "fetch('../v1/export/records').then(async r => [r.status, (await r.json()).type])"
+    )
+    assert refused == [403, "/problems/export-forbidden"]
+
+
+def test_an_exporter_downloads_an_export(service: str, as_who: Any, tmp_path: Path) -> None:
+    page = as_who(EXPORTER)
+    page.goto(f"{service}/console/records")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(2)
+    page.fill("input[name=columns]", "id,message_id")
+    with page.expect_download() as started:
+        page.click("#export button[value=csv]")
+    saved = tmp_path / "export.csv"
+    started.value.save_as(saved)
+    rows = list(csv.reader(io.StringIO(saved.read_text())))
+    assert rows == [["id", "message_id"], ["r-0", "m-0"], ["r-1", "m-1"]]
