@@ -1,6 +1,7 @@
 """What each part of telemetry costs a push, in instructions: no machine noise.
 
     python3 dev.py bench instructions [--pushes 300]
+    python3 dev.py bench instructions --against REF [--against REF ...] [--pushes 300]
 
 `bench telemetry` measures throughput, which on a shared machine moves by up
 to ±8% between two equal apps. This counts instead: each app is served under
@@ -22,6 +23,14 @@ Rows computed from those, as a mix of sampled and unsampled pushes:
 
 Targets: on at Cloud Run's rate, and metrics, within 5% of off (off / row ≥ 0.95).
 
+`--against REF` counts instead what a push costs `recordline serve` (on a DuckDB
+file, as `bench ingest` serves design a) at this checkout and at each earlier commit
+REF (its files from git, run by this checkout's interpreter and lockfile), the
+event loop's thread and every thread: where `bench ingest --against` needs a quiet
+machine to tell 5% apart, this tells it on any. The event loop's figure repeats
+within ~1%; every thread's moves by up to ~8% between runs (DuckDB's and the
+allocator's own threads), so only the first is a verdict.
+
 Needs valgrind (Debian: `apt-get install valgrind`).
 """
 
@@ -41,7 +50,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import RECORD, free_port, server, table, uvicorn_argv
+from bench.harness import RECORD, ROOT, free_port, server, table, uvicorn_argv
+from bench.ingest import reference_argv, reference_design
 
 ROWS = {
     "off": ("telemetry_off", "00"),
@@ -72,11 +82,17 @@ def per_push(server_argv: list[str], port: int, flags: str, pushes: int) -> floa
 
 
 def by_thread(
-    server_argv: list[str], port: int, flags: str, pushes: int, *, until_stop: bool = True
+    server_argv: list[str],
+    port: int,
+    flags: str,
+    pushes: int,
+    *,
+    until_stop: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dict[int, int]:
     """The instructions each thread (numbered from 1, the main thread) of the server
-    `server_argv` starts runs from the first push counted to its exit, or, without
-    `until_stop`, to the last push."""
+    `server_argv` starts (with `env` besides the caller's) runs from the first push
+    counted to its exit, or, without `until_stop`, to the last push."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         argv = [
@@ -89,7 +105,7 @@ def by_thread(
         ]
         # Under valgrind Python starts ~50 times slower, and writes its counts as it stops.
         with server(
-            argv, port, {"PYTHONHASHSEED": "0"}, ready_seconds=600, stop_seconds=300
+            argv, port, {**(env or {}), "PYTHONHASHSEED": "0"}, ready_seconds=600, stop_seconds=300
         ) as running:
             push = _pusher(port, flags)
             for i in range(WARM_UP):
@@ -148,13 +164,56 @@ def _pusher(port: int, flags: str) -> Callable[[int], None]:
     return push
 
 
+def served(source: Path, pushes: int) -> tuple[float, float]:
+    """Instructions per push of `recordline serve` of the files in `source`: the event
+    loop's thread, and every thread, to the last push."""
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        argv = reference_argv(source, Path(folder) / "counted.duckdb", port)
+        quiet = {"PYTHONPATH": str(source), "RECORDLINE_LOG_LEVEL": "warning"}
+        threads = by_thread(argv, port, "00", pushes, until_stop=False, env=quiet)
+    return threads[1] / pushes, sum(threads.values()) / pushes
+
+
+def against(refs: list[str], pushes: int) -> int:
+    """`recordline serve` here and at each of `refs`, counted side by side."""
+    with tempfile.TemporaryDirectory() as folder:
+        sources = {"here": ROOT}
+        for ref in refs:
+            name, source = reference_design(ref, Path(folder))
+            sources[name.split(" ", 1)[0].removeprefix("a@")] = source
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CPUs
+            counting = {name: pool.submit(served, src, pushes) for name, src in sources.items()}
+            counted = {name: future.result() for name, future in counting.items()}
+    loop, every = counted["here"]
+    rows = [["recordline serve", "event loop a push", "every thread", "here / it: loop, every"]]
+    for name, (its_loop, its_every) in counted.items():
+        ratios = f"{loop / its_loop:.3f}, {every / its_every:.3f}"
+        rows.append([name, f"{its_loop:,.0f}", f"{its_every:,.0f}", ratios])
+    print(
+        f"instructions per push (callgrind), `recordline serve` on a DuckDB file, {pushes} "
+        "pushes sent one at a time after 100; below 1.000 a push costs less here"
+    )
+    print(table(rows))
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench instructions")
     parser.add_argument("--pushes", type=int, default=300)
+    parser.add_argument(
+        "--against",
+        action="append",
+        default=[],
+        metavar="REF",
+        help="count `recordline serve` here and at this earlier commit instead",
+    )
     args = parser.parse_args(argv)
     if not (shutil.which("valgrind") and shutil.which("callgrind_control")):
         print("bench instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
+    if args.against:
+        return against(args.against, args.pushes)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CPUs
         counting = {
             name: pool.submit(count, factory, flags, args.pushes)
