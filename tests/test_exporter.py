@@ -84,6 +84,36 @@ def test_a_declared_schema_that_is_none_stops_the_process_before_it_starts() -> 
     assert refused.value.var == "RECORDLINE_JSON_TOPIC_SCHEMA"
 
 
+def test_in_a_cell_a_declared_schema_that_is_none_leaves_that_system_alone_unexported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    serving = ORDERS["serving"].rsplit("/", 1)[0]
+    cell = Settings.load(
+        {
+            "RECORDLINE_CELL": "cell-1",
+            "RECORDLINE_SYSTEMS": json.dumps(
+                {
+                    "alpha": {
+                        "serving": f"{serving}/alpha",
+                        "store": "bigquery://recordline-prod/alpha",
+                        "json_topic_schema": '{"type": "string"}',
+                    },
+                    "beta": {
+                        "serving": f"{serving}/beta",
+                        "store": "bigquery://recordline-prod/beta",
+                        "json_topic_schema": AVRO,
+                    },
+                }
+            ),
+        }
+    )
+    with caplog.at_level(logging.ERROR):
+        exported = exported_systems(cell, instance="test")
+    assert [system.name for system in exported] == ["beta"]
+    [said] = [r.getMessage() for r in caplog.records if "not exported" in r.getMessage()]
+    assert said.startswith("system alpha is not exported: RECORDLINE_JSON_TOPIC_SCHEMA")
+
+
 @pytest.mark.slow
 def test_nothing_to_export_is_a_usage_error_in_one_line() -> None:
     done = subprocess.run(

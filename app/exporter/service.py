@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 from app.asgi import fetching_schemas, store_revisions
 from app.cell.throttles import STALE_SECONDS, Throttles
 from app.ingest.schemas import Schemas
-from app.settings import Settings, system_settings
+from app.settings import Settings, SettingsError, system_settings
 from app.store.backoff import Backoff
 from app.store.open import open_export, spanner_clients
 from app.store.supervisor import Supervisor
@@ -113,19 +113,29 @@ def exported_systems(
 ) -> list[Exported]:
     """Every system of RECORDLINE_SYSTEMS with a serving tier (or of its former name,
     RECORDLINE_EXPORT_SYSTEMS), opened on `pool` (nothing connects yet), each export
-    paced as `throttles` says; SettingsError for a setting of one that cannot be used."""
+    paced as `throttles` says; a system of a cell whose settings cannot be used is left
+    out (logged), and under RECORDLINE_EXPORT_SYSTEMS is a SettingsError."""
     systems = {name: entry for name, entry in settings.systems().items() if entry.serving}
     # A system whose entry cannot be used is that system's fault: the others export.
     for name, fault in settings.cell.faults().items():
         log.error("system %s is not exported: %s", name, fault)
     pool = pool or Pool.of(settings, len(systems), instance=instance)
+    in_cell = bool(settings.cell.systems.strip())
     found = []
     for name, system in systems.items():
         own = system_settings(settings, name, system)
-        telemetry = pool.telemetry.for_system(name)
         # Records name the revision their schema had; one no process decoded is
         # fetched from the Schema API, as the ingest service fetches it.
-        schemas = fetching_schemas(own)
+        try:
+            schemas = fetching_schemas(own)
+        except SettingsError as exc:
+            if not in_cell:
+                raise
+            # In a cell, as its ingest service takes it: that system's fault alone (its
+            # rows wait in Spanner, its export's lag says so), the others export.
+            log.error("system %s is not exported: %s", name, exc)
+            continue
+        telemetry = pool.telemetry.for_system(name)
         revisions = store_revisions(schemas)
 
         def make(
