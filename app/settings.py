@@ -1247,7 +1247,14 @@ class CellSettings(Section, frozen=True):
         # A name (or a field) given twice would be read as the last one, the other
         # dropped unsaid.
         json.loads(text, object_pairs_hook=_once)
-        # Every system's files read at once, within one deadline for them all.
+        if len(raw) > self.max_systems:
+            raise SettingsError(
+                f"RECORDLINE_SYSTEMS names {len(raw)} systems, more than "
+                f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
+                var=var,
+            )
+        # Every system's files read at once (no more of them than its systems name),
+        # within one deadline for them all.
         contents = _files_bytes(_paths(raw.values()))
         found: dict[str, SystemEntry] = {}
         faults: dict[str, SettingsError] = {}
@@ -1276,12 +1283,6 @@ class CellSettings(Section, frozen=True):
                 if read:
                     why += f" (its value read from {read[0]})"
                 faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {why}", var=var)
-        if len(found) + len(faults) > self.max_systems:
-            raise SettingsError(
-                f"RECORDLINE_SYSTEMS names {len(found) + len(faults)} systems, more than "
-                f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
-                var=var,
-            )
         for name, fault in _clashes(found).items():
             faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {fault}", var=var)
         return {n: e for n, e in found.items() if n not in faults}, faults

@@ -446,6 +446,20 @@ def test_a_mount_that_does_not_answer_costs_a_start_one_deadline_for_all_its_fil
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
+def test_more_systems_than_the_cell_takes_are_refused_before_a_file_of_theirs_is_read(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "readers"
+    os.mkfifo(fifo)  # a read of it would wait its deadline
+    started = time.monotonic()
+    with pytest.raises(SettingsError, match="more than RECORDLINE_CELL_MAX_SYSTEMS=1"):
+        cell(
+            {"orders": {**ORDERS, "read_principals": f"@{fifo}"}, "payments": PAYMENTS},
+            RECORDLINE_CELL_MAX_SYSTEMS="1",
+        )
+    assert time.monotonic() - started < FILE_READ_DEADLINE_SECONDS
+
+
 def test_a_values_file_is_read_whole_up_to_what_a_secret_holds(tmp_path: Path) -> None:
     schema = "{" + " " * (SECRET_MOST_BYTES - 2) + "}"
     (tmp_path / "orders.json").write_text(schema)
