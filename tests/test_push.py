@@ -34,6 +34,7 @@ from app.records import MAX_ID_LENGTH, Record, Rejection
 from app.routes.ingest import STORED, push_routes
 from app.settings import QUEUED_ROW_BYTES
 from app.store import RowOutcome
+from tests.auth import test_request_limits as asgi_post
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.fuzz.budget import EXAMPLES
@@ -142,45 +143,25 @@ async def _chunks(length: int) -> AsyncIterator[bytes]:
     yield b"x"
 
 
+class _CutOff:
+    """A push's body whose connection ends after its first bytes (as `Upload` is read)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._said: Iterator[dict[str, Any]] = iter(
+            [{"type": "http.request", "body": body[:10], "more_body": True}]
+        )
+
+    async def receive(self) -> dict[str, Any]:
+        return next(self._said, {"type": "http.disconnect"})
+
+
 async def _disconnected_mid_body(app: Litestar) -> int:
     """What a push whose connection ends after part of its body is answered (the status
     the server would have sent, had its client stayed)."""
     body = json.dumps(envelope(RECORD)).encode()
-    said: Iterator[dict[str, object]] = iter(
-        [
-            {"type": "http.request", "body": body[:10], "more_body": True},
-            {"type": "http.disconnect"},
-        ]
-    )
-
-    async def receive() -> dict[str, object]:
-        return next(said, {"type": "http.disconnect"})
-
-    answered: list[object] = []
-
-    async def send(message: dict[str, object]) -> None:
-        if message["type"] == "http.response.start":
-            answered.append(message["status"])
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/pubsub/push",
-        "raw_path": b"/pubsub/push",
-        "root_path": "",
-        "query_string": b"",
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-        "client": ("127.0.0.1", 1),
-        "server": ("testserver", 80),
-    }
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    [status] = answered
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    upload = cast("asgi_post.Upload", _CutOff(body))
+    status, _, _ = await asgi_post.post(cast("Recordline", app), upload, headers=headers)
     assert isinstance(status, int)
     return status
 
