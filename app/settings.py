@@ -19,9 +19,10 @@ import os
 import re
 import threading
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
+from concurrent import futures
 from concurrent.futures import Future
-from typing import Annotated, Any, Final, Literal, NamedTuple, Self
+from typing import Annotated, Any, Final, Literal, NamedTuple, Self, cast
 
 import msgspec
 from msgspec import Meta
@@ -917,35 +918,53 @@ FILE_READ_DEADLINE_SECONDS: Final = 2.0
 _held_reads: dict[str, threading.Thread] = {}
 
 
-def _file_bytes(path: str) -> bytes:
-    """The first SECRET_MOST_BYTES and one of the file at `path` (enough to tell one too
-    large), read within FILE_READ_DEADLINE_SECONDS: TimeoutError past it."""
-    held = _held_reads.pop(path, None)
-    if held is not None and held.is_alive():
-        _held_reads[path] = held
-        raise TimeoutError
-    read: Future[bytes] = Future()
+def _files_bytes(paths: Collection[str]) -> dict[str, bytes | OSError | TimeoutError]:
+    """The first SECRET_MOST_BYTES and one of each file at `paths` (enough to tell one too
+    large), or why it could not be read: read at once, each in a thread of its own, within
+    one FILE_READ_DEADLINE_SECONDS for them all (TimeoutError past it). A mount that does
+    not answer costs a start one deadline, however many of its files the systems name."""
+    reads: dict[str, Future[bytes]] = {}
+    threads: dict[str, threading.Thread] = {}
+    for path in dict.fromkeys(paths):
+        read: Future[bytes] = Future()
+        reads[path] = read
+        held = _held_reads.pop(path, None)
+        if held is not None and held.is_alive():
+            _held_reads[path] = held
+            read.set_exception(TimeoutError())
+            continue
+        thread = threading.Thread(target=_read_into, args=(path, read), name="settings-file")
+        thread.daemon = True
+        thread.start()
+        threads[path] = thread
+    done, _ = futures.wait(reads.values(), timeout=FILE_READ_DEADLINE_SECONDS)
+    found: dict[str, bytes | OSError | TimeoutError] = {}
+    for path, read in reads.items():
+        if read not in done:
+            _held_reads[path] = threads[path]
+            found[path] = TimeoutError()
+            continue
+        failed = read.exception()
+        found[path] = read.result() if failed is None else cast("OSError | TimeoutError", failed)
+    return found
 
-    def run() -> None:
-        try:
-            with open(path, "rb") as file:
-                read.set_result(file.read(SECRET_MOST_BYTES + 1))
-        except OSError as exc:
-            read.set_exception(exc)
 
-    thread = threading.Thread(target=run, name="settings-file", daemon=True)
-    thread.start()
+def _read_into(path: str, read: Future[bytes]) -> None:
+    """`read` given what `_files_bytes` reads of the file at `path`, or why it could not."""
     try:
-        return read.result(timeout=FILE_READ_DEADLINE_SECONDS)
-    except TimeoutError:
-        _held_reads[path] = thread
-        raise
+        with open(path, "rb") as file:
+            read.set_result(file.read(SECRET_MOST_BYTES + 1))
+    except OSError as exc:
+        read.set_exception(exc)
 
 
-def _file_text(said: str, value: str) -> str:
-    """The text of the file `value` names (`@/absolute/path`); SettingsError of
-    RECORDLINE_SYSTEMS, `said` saying whose value it is, for one that cannot be read,
-    holds more than a secret, or is not read within its deadline."""
+def _file_text(
+    said: str, value: str, read: Mapping[str, bytes | OSError | TimeoutError] | None = None
+) -> str:
+    """The text of the file `value` names (`@/absolute/path`), as `read` found it (read
+    now where it has none of it); SettingsError of RECORDLINE_SYSTEMS, `said` saying
+    whose value it is, for one that cannot be read, holds more than a secret, or is not
+    read within its deadline."""
     path = value[1:]
     if not os.path.isabs(path):
         raise SettingsError(
@@ -954,8 +973,13 @@ def _file_text(said: str, value: str) -> str:
             var="RECORDLINE_SYSTEMS",
             accepts=_CELL_SYSTEMS_ACCEPTED,
         )
+    found = read.get(path) if read is not None else None
+    if found is None:
+        found = _files_bytes([path])[path]
     try:
-        content = _file_bytes(path)
+        if isinstance(found, BaseException):
+            raise found
+        content = found
     except TimeoutError:
         raise SettingsError(
             f"RECORDLINE_SYSTEMS: {said}{path} was not read within "
@@ -983,10 +1007,13 @@ def _file_text(said: str, value: str) -> str:
         ) from None
 
 
-def _referenced(name: str, entry: object) -> tuple[object, dict[str, str]]:
+def _referenced(
+    name: str, entry: object, read: Mapping[str, bytes | OSError | TimeoutError]
+) -> tuple[object, dict[str, str]]:
     """`entry` with each value of `REFERABLE` that names a file replaced by the file's
-    text (its surrounding white space dropped), and the files read, by field; a
-    SettingsError naming the system and the field for a file that cannot be read."""
+    text (its surrounding white space dropped) as `read` found it, and the files read, by
+    field; a SettingsError naming the system and the field for a file that cannot be
+    read."""
     if not isinstance(entry, dict):
         return entry, {}
     resolved = dict(entry)
@@ -995,8 +1022,22 @@ def _referenced(name: str, entry: object) -> tuple[object, dict[str, str]]:
         value = entry.get(field)
         if isinstance(value, str) and value.strip().startswith("@"):
             files[field] = value.strip()[1:]
-            resolved[field] = _file_text(f"system {name!r}: {field!r}: ", value.strip()).strip()
+            said = f"system {name!r}: {field!r}: "
+            resolved[field] = _file_text(said, value.strip(), read).strip()
     return resolved, files
+
+
+def _paths(entries: Iterable[object]) -> list[str]:
+    """The absolute path of each file `entries`' values of `REFERABLE` name."""
+    return [
+        value.strip()[1:]
+        for entry in entries
+        if isinstance(entry, dict)
+        for field in REFERABLE
+        if isinstance(value := entry.get(field), str)
+        and value.strip().startswith("@")
+        and os.path.isabs(value.strip()[1:])
+    ]
 
 
 def _entry_error(entry: object, exc: msgspec.ValidationError) -> str:
@@ -1206,6 +1247,15 @@ class CellSettings(Section, frozen=True):
         # A name (or a field) given twice would be read as the last one, the other
         # dropped unsaid.
         json.loads(text, object_pairs_hook=_once)
+        if len(raw) > self.max_systems:
+            raise SettingsError(
+                f"RECORDLINE_SYSTEMS names {len(raw)} systems, more than "
+                f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
+                var=var,
+            )
+        # Every system's files read at once (no more of them than its systems name),
+        # within one deadline for them all.
+        contents = _files_bytes(_paths(raw.values()))
         found: dict[str, SystemEntry] = {}
         faults: dict[str, SettingsError] = {}
         for name, entry in raw.items():
@@ -1218,7 +1268,7 @@ class CellSettings(Section, frozen=True):
                 )
             try:
                 # A value in a file of its own is read as if it were written here.
-                entry, files = _referenced(name, entry)
+                entry, files = _referenced(name, entry, contents)
                 found[name] = msgspec.convert(entry, SystemEntry)
             except SettingsError as exc:
                 faults[name] = exc
@@ -1233,12 +1283,6 @@ class CellSettings(Section, frozen=True):
                 if read:
                     why += f" (its value read from {read[0]})"
                 faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {why}", var=var)
-        if len(found) + len(faults) > self.max_systems:
-            raise SettingsError(
-                f"RECORDLINE_SYSTEMS names {len(found) + len(faults)} systems, more than "
-                f"RECORDLINE_CELL_MAX_SYSTEMS={self.max_systems}",
-                var=var,
-            )
         for name, fault in _clashes(found).items():
             faults[name] = SettingsError(f"RECORDLINE_SYSTEMS: {fault}", var=var)
         return {n: e for n, e in found.items() if n not in faults}, faults

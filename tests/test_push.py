@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import duckdb
 import httpx
@@ -20,13 +21,20 @@ from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetail
 from litestar.testing import TestClient
 
 from app.asgi import create_app
-from app.errors import QueueFull, RecordlineError
+from app.errors import QueueFull, RecordlineError, Throttled
 from app.http.head import Recordline
+from app.ingest.batcher import Batcher, BatchLimits
 from app.ingest.envelope import is_attribute
+from app.ingest.payload import Payloads
+from app.ingest.schemas import SchemaNotFound, SchemaRevision, Schemas
 from app.ingest.service import Ingest
+from app.ingest.shape import FieldPaths
 from app.problems import Problems
-from app.records import MAX_ID_LENGTH
+from app.records import MAX_ID_LENGTH, Record, Rejection
 from app.routes.ingest import STORED, push_routes
+from app.settings import QUEUED_ROW_BYTES
+from app.store import RowOutcome
+from tests.auth import test_request_limits as asgi_post
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.fuzz.budget import EXAMPLES
@@ -99,6 +107,102 @@ def test_a_push_refused_for_a_full_queue_spends_none_of_its_systems_throttle() -
     assert answer.status_code == 503, answer.text
     assert answer.json()["type"] == "/problems/queue-full"
     assert spent == []  # looked at by nobody, counted for nothing
+
+
+class _NoSchemas:
+    """A schema registry no push of these tests names."""
+
+    async def revision(self, name: str, revision_id: str) -> SchemaRevision:
+        raise SchemaNotFound(name)
+
+    async def close(self) -> None:
+        pass
+
+
+class _NeverAppended:
+    """A store no row reaches: the batcher that would append to it never starts."""
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        raise AssertionError("no push of these tests is stored")
+
+
+def _one_push_of_room(max_body: int) -> Ingest:
+    """An ingest whose queue has room for exactly one push still being read, of a body
+    up to `max_body` bytes, and nothing more (its batcher never started: nothing is
+    stored)."""
+    size = 2 * max_body + QUEUED_ROW_BYTES
+    limits = BatchLimits(max_rows=1, max_bytes=size, max_delay=0, queue_rows=1, queue_bytes=size)
+    batcher = Batcher(_NeverAppended(), limits, deadline=1.0)
+    paths = FieldPaths(id_field="id", time_field="timestamp")
+    return Ingest(batcher, Payloads(paths, Schemas(_NoSchemas(), timeout=1)), max_body=max_body)
+
+
+async def _chunks(length: int) -> AsyncIterator[bytes]:
+    """A body of `length` bytes sent chunked: its head declares no length."""
+    yield b"x" * (length - 1)
+    yield b"x"
+
+
+class _CutOff:
+    """A push's body whose connection ends after its first bytes (as `Upload` is read)."""
+
+    def __init__(self, body: bytes) -> None:
+        self._said: Iterator[dict[str, Any]] = iter(
+            [{"type": "http.request", "body": body[:10], "more_body": True}]
+        )
+
+    async def receive(self) -> dict[str, Any]:
+        return next(self._said, {"type": "http.disconnect"})
+
+
+async def _disconnected_mid_body(app: Litestar) -> int:
+    """What a push whose connection ends after part of its body is answered (the status
+    the server would have sent, had its client stayed)."""
+    body = json.dumps(envelope(RECORD)).encode()
+    headers = {"content-type": "application/json", "content-length": str(len(body))}
+    upload = cast("asgi_post.Upload", _CutOff(body))
+    status, _, _ = await asgi_post.post(cast("Recordline", app), upload, headers=headers)
+    assert isinstance(status, int)
+    return status
+
+
+async def test_refused_pushes_give_back_the_room_they_reserved() -> None:
+    # Throttled (429), not an envelope (400), longer than declared room (413), and a
+    # connection gone mid-body: each reserved its row's room on its head, and each
+    # must give it back, or a queue with room for one push refuses every push after.
+    throttling = True
+
+    def pace(*, spend: bool = True) -> RecordlineError | None:
+        return Throttled("slowed", retry_after=1) if throttling else None
+
+    max_body = 4096
+    ingest = _one_push_of_room(max_body)
+    problems = ProblemDetailsConfig(
+        exception_to_problem_detail_map=Problems(max_body_bytes=max_body).exception_map
+    )
+    app = Litestar(
+        push_routes(ingest, throttled=pace),
+        plugins=[ProblemDetailsPlugin(problems)],
+        request_max_body_size=max_body,
+    )
+    statuses: list[int] = []
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=cast("Any", app)), base_url="http://testserver"
+    ) as client:
+        for _ in range(20):
+            push = await client.post("/pubsub/push", json=envelope(RECORD))
+            statuses.append(push.status_code)
+        throttling = False
+        for _ in range(20):
+            push = await client.post("/pubsub/push", content=b"{not json")
+            statuses.append(push.status_code)
+            chunked = await client.post("/pubsub/push", content=_chunks(max_body + 1))
+            statuses.append(chunked.status_code)
+            statuses.append(await _disconnected_mid_body(app))
+    # A connection gone is the sender's doing: 400, not an error of the service's.
+    assert set(statuses) == {429, 400, 413}, statuses
+    assert ingest.room(max_body) is None  # all of its room, given back
+    ingest.unreserve(ingest.reserve(max_body))
 
 
 def test_issue_example_envelope(client: TestClient[Recordline]) -> None:

@@ -218,3 +218,35 @@ def test_exporters_that_cannot_be_checked_refuse_to_start(
     with pytest.raises(SettingsError, match=re.escape(said)) as refused:
         create_app(settings(google, **env))
     assert refused.value.var == "RECORDLINE_EXPORT_PRINCIPALS"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/export/records/",
+        "/v1//export/records",
+        "/v1/export//records",
+        "/v1/%65xport/records",
+        "/v1/export/%72ecords",
+        "/v1/export/records%2F",
+        "/v1/export/records;format=jsonl",
+        "/v1/./export/records",
+        "/v1/x/../export/records",
+        "/v1/export/records?format=csv&format=jsonl",
+    ],
+)
+def test_no_spelling_of_an_exports_path_lets_a_reader_not_named_export(
+    restricted: TestClient[Recordline], google: FakeGoogle, path: str
+) -> None:
+    for method in ("GET", "HEAD"):
+        answer = restricted.request(method, path, headers=token(google, ANALYST))
+        assert_refused(answer, f"{method} {path}")
+
+
+@pytest.mark.parametrize("path", ["//v1/export/records", "/V1/EXPORT/RECORDS"])
+def test_a_path_no_export_is_served_at_is_not_found(
+    restricted: TestClient[Recordline], google: FakeGoogle, path: str
+) -> None:
+    answer = restricted.get(path, headers=token(google, ANALYST))
+    assert answer.status_code == 404, answer.text
+    assert "m-0" not in answer.text

@@ -419,6 +419,47 @@ def test_a_value_whose_file_cannot_be_used_is_its_systems_fault_naming_the_file(
     )
 
 
+def test_a_mount_that_does_not_answer_costs_a_start_one_deadline_for_all_its_files(
+    tmp_path: Path,
+) -> None:
+    # Each system's readers and exporters in files of a mount Secret Manager does not
+    # answer for (FIFOs no one writes): read one after another, a start would wait a
+    # deadline for each, 16 s here and minutes in a full cell.
+    systems: dict[str, object] = {"payments": PAYMENTS}
+    for n in range(8):
+        for field in ("read_principals", "export_principals"):
+            os.mkfifo(tmp_path / f"s{n}.{field}")
+        systems[f"s{n}"] = {
+            **ORDERS,
+            "store": f"bigquery://recordline-prod/s{n}",
+            "serving": f"spanner://projects/recordline-prod/instances/cell-1/databases/s{n}",
+            "push_audience": f"https://cell-1.example/systems/s{n}/pubsub/push",
+            "read_principals": f"@{tmp_path / f's{n}.read_principals'}",
+            "export_principals": f"@{tmp_path / f's{n}.export_principals'}",
+        }
+    started = time.monotonic()
+    loaded = cell(systems)
+    assert list(loaded.systems()) == ["payments"]
+    assert sorted(loaded.cell.faults()) == [f"s{n}" for n in range(8)]
+    assert time.monotonic() - started < 2 * FILE_READ_DEADLINE_SECONDS
+    for fifo in tmp_path.iterdir():  # the held reads end
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_more_systems_than_the_cell_takes_are_refused_before_a_file_of_theirs_is_read(
+    tmp_path: Path,
+) -> None:
+    fifo = tmp_path / "readers"
+    os.mkfifo(fifo)  # a read of it would wait its deadline
+    started = time.monotonic()
+    with pytest.raises(SettingsError, match="more than RECORDLINE_CELL_MAX_SYSTEMS=1"):
+        cell(
+            {"orders": {**ORDERS, "read_principals": f"@{fifo}"}, "payments": PAYMENTS},
+            RECORDLINE_CELL_MAX_SYSTEMS="1",
+        )
+    assert time.monotonic() - started < FILE_READ_DEADLINE_SECONDS
+
+
 def test_a_values_file_is_read_whole_up_to_what_a_secret_holds(tmp_path: Path) -> None:
     schema = "{" + " " * (SECRET_MOST_BYTES - 2) + "}"
     (tmp_path / "orders.json").write_text(schema)
