@@ -34,10 +34,11 @@ from app.records import MAX_ID_LENGTH, Record, Rejection
 from app.routes.ingest import STORED, push_routes
 from app.settings import QUEUED_ROW_BYTES
 from app.store import RowOutcome
-from tests.auth import test_request_limits as asgi_post
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
 from tests.fuzz.budget import EXAMPLES
+from tests.uploads import Upload
+from tests.uploads import post as asgi_post
 from tests.waiting import until
 
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
@@ -160,8 +161,8 @@ async def _disconnected_mid_body(app: Litestar) -> int:
     the server would have sent, had its client stayed)."""
     body = json.dumps(envelope(RECORD)).encode()
     headers = {"content-type": "application/json", "content-length": str(len(body))}
-    upload = cast("asgi_post.Upload", _CutOff(body))
-    status, _, _ = await asgi_post.post(cast("Recordline", app), upload, headers=headers)
+    upload = cast("Upload", _CutOff(body))
+    status, _, _ = await asgi_post(cast("Recordline", app), upload, headers=headers)
     assert isinstance(status, int)
     return status
 
