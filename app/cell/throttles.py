@@ -1,12 +1,11 @@
 """Throttles: how on-call slows one hot system of a cell, on every instance, without a deploy.
 
-RECORDLINE_THROTTLES names a JSON file (the cell's throttles secret, mounted at its latest
-version), each throttled system's name to its `Throttle`: its pushes' pace, its export's,
-or both. Every instance of the cell and of its exporter pool reads it every READ_SECONDS
-within READ_DEADLINE_SECONDS, and logs each throttle it takes up or lifts; a push past its
-system's pace is refused on its head, 429 with `Retry-After`; an export past its pace
-waits before its next batch (`ExportPace`). What cannot be read or used keeps what was
-read last, is said in the cell's `/readyz` (the pool's logs), and refuses no push.
+RECORDLINE_THROTTLES names a JSON file (the cell's throttles secret, at its latest
+version): each throttled system's `Throttle`, its pushes' pace, its export's, or both. The
+cell's instances and its exporter pool's read it every READ_SECONDS, and log each throttle
+taken up or lifted; a push past its pace is refused 429 with `Retry-After`, an export past
+its pace waits before its next batch. What cannot be used keeps what was read last, said
+in `/readyz` (the pool's logs).
 
 Design: docs/cells.md#throttles
 """

@@ -1,13 +1,11 @@
 """The exporter service's process: each system's export opened, kept and stopped.
 
-Each system is exported with its own settings (`system_settings`: its entry in
-RECORDLINE_SYSTEMS over the process's), telemetry (every metric carries the
-system's name) and log label. What fails in one system is that system's: a start
-that fails is tried again after a pause, by a Supervisor that counts it (loop
-`export start`). The cell's throttles file (RECORDLINE_THROTTLES) is read as its
-ingest service reads it (`app.cell.throttles`), before any export starts and every
-10 s after: a system whose export on-call slowed waits between its batches. SIGTERM
-stops it within RECORDLINE_SHUTDOWN_GRACE_SECONDS, every lease handed back.
+Each system is exported with its own settings (`system_settings`), telemetry and log
+label. What fails in one system is that system's: a start that fails is tried again
+after a pause, by a Supervisor that counts it (loop `export start`). The cell's
+throttles file is read as its ingest service reads it (`app.cell.throttles`): a system
+whose export on-call slowed waits between its batches. SIGTERM stops it within
+RECORDLINE_SHUTDOWN_GRACE_SECONDS, every lease handed back.
 
 Design: docs/operations.md#the-exporter-service
 """
