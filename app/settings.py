@@ -12,6 +12,7 @@ runs at import time: `Settings.load` is called by the command line or by
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import json
 import math
@@ -1127,9 +1128,10 @@ class SystemShare(NamedTuple):
     max_reads: int
 
 
-class CellSettings(Section, frozen=True):
+class CellSettings(Section, frozen=True, dict=True):
     """A cell: one ingest service (and one exporter pool) for many systems, each with
-    its own store, identity and admission (docs/cells.md)."""
+    its own store, identity and admission (docs/cells.md). Its systems' file and the
+    files it names are read once, when first asked for (`entries`, `faults`)."""
 
     name: Annotated[
         str,
@@ -1223,7 +1225,7 @@ class CellSettings(Section, frozen=True):
         """Each system's entry, by name, in the order given, but those that cannot be
         used (`faults`); SettingsError for what makes the whole of RECORDLINE_SYSTEMS
         unusable (not JSON, a bad name, a name or field given twice, too many systems)."""
-        return self._read()[0]
+        return dict(self._systems[0])
 
     def faults(self) -> dict[str, SettingsError]:
         """Each system whose own entry cannot be used, and why: a field it misspells or
@@ -1231,9 +1233,14 @@ class CellSettings(Section, frozen=True):
         audience or a store another system takes as well (every system of the clash).
         Those systems alone do not serve (a typo in one entry must not stop the cell's
         hundred systems)."""
-        return self._read()[1]
+        return dict(self._systems[1])
 
-    def _read(self) -> tuple[dict[str, SystemEntry], dict[str, SettingsError]]:
+    @functools.cached_property
+    def _systems(self) -> tuple[dict[str, SystemEntry], dict[str, SettingsError]]:
+        """The entries and the faults, from one read of the files: a start asks for them
+        several times, and each would otherwise read every file again (and could find a
+        file changed between two of them). A SettingsError is not kept: asked again, the
+        files are read again."""
         text = self.text()
         if not text.strip():
             return {}, {}

@@ -480,10 +480,27 @@ def test_a_values_file_not_read_within_its_deadline_is_its_systems_fault(tmp_pat
         f"RECORDLINE_SYSTEMS: system 'orders': 'read_principals': {fifo} was not read within "
         f"{FILE_READ_DEADLINE_SECONDS:g} s"
     ) in str(refused), str(refused)
-    # Read three times (the load, `systems`, `faults`): one deadline waited, not three.
+    # Asked three times (the load, `systems`, `faults`): one deadline waited, not three.
     assert time.monotonic() - started < 2 * FILE_READ_DEADLINE_SECONDS
     held = [t for t in threading.enumerate() if t.name == "settings-file" and t.is_alive()]
     assert len(held) == 1, held
     # It ends once the file has had a writer, and its end.
     os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     until_blocking(lambda: not held[0].is_alive(), what="the held read to end")
+
+
+def test_a_cells_files_are_read_once_however_often_its_systems_are_asked_for(
+    tmp_path: Path,
+) -> None:
+    readers = tmp_path / "orders.readers"
+    readers.write_text("alice@example.com")
+    loaded = cell({"orders": {**ORDERS, "read_principals": f"@{readers}"}, "payments": PAYMENTS})
+    first = loaded.systems()
+    # Changed after the read (a new version mounted): this process keeps what it read,
+    # the same in every answer, rather than one view of the files per question.
+    readers.write_text("[not, principals]")
+    assert loaded.systems() == first
+    assert loaded.cell.faults() == {}
+    assert first["orders"].read_principals == "alice@example.com"
+    # A settings object of its own (a new start) reads them again.
+    assert list(cell({"orders": {**ORDERS, "read_principals": f"@{readers}"}}).cell.faults())
