@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import threading
 import typing
 from collections.abc import Collection, Iterable, Mapping
 from concurrent import futures
@@ -29,6 +28,7 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import Misconfigured
+from app.threads import DaemonThreads
 
 
 def env(name: str, doc: str, *, accepts: str | None = None, secret: bool = False) -> Meta:
@@ -912,51 +912,46 @@ REFERABLE: Final = (
 SECRET_MOST_BYTES: Final = 65536
 # A read of a mounted secret is a call to Secret Manager; one that has not returned by
 # then (or a FIFO no one writes) is a file that cannot be read. Its thread, a daemon, is
-# left to it, and no other is started for its path while it is held: a file that hangs
-# costs a start this once, and holds no stop.
+# left to it, and no read of its path starts while it is held: a file that hangs costs a
+# start this once, and holds no stop.
 FILE_READ_DEADLINE_SECONDS: Final = 2.0
-# Each path whose read outlived its deadline, and the thread still reading it.
-_held_reads: dict[str, threading.Thread] = {}
+# Files read at once, at most: a mount that does not answer holds these threads, no more.
+FILE_READERS = DaemonThreads(8, prefix="settings-file", idle_seconds=FILE_READ_DEADLINE_SECONDS)
+# Each path whose read outlived its deadline, while it is still being read.
+_held_reads: dict[str, Future[bytes]] = {}
+
+
+def read_secret(path: str) -> bytes:
+    """The first SECRET_MOST_BYTES and one of the file at `path`: enough to tell one too
+    large, which is read no further."""
+    with open(path, "rb") as file:
+        return file.read(SECRET_MOST_BYTES + 1)
 
 
 def _files_bytes(paths: Collection[str]) -> dict[str, bytes | OSError | TimeoutError]:
-    """The first SECRET_MOST_BYTES and one of each file at `paths` (enough to tell one too
-    large), or why it could not be read: read at once, each in a thread of its own, within
-    one FILE_READ_DEADLINE_SECONDS for them all (TimeoutError past it). A mount that does
-    not answer costs a start one deadline, however many of its files the systems name."""
+    """What `read_secret` reads of each file at `paths`, or why it could not: read at
+    once (on `FILE_READERS`), within one FILE_READ_DEADLINE_SECONDS for them all (TimeoutError
+    past it). A mount that does not answer costs a start one deadline, however many of
+    its files the systems name."""
     reads: dict[str, Future[bytes]] = {}
-    threads: dict[str, threading.Thread] = {}
-    for path in dict.fromkeys(paths):
-        read: Future[bytes] = Future()
-        reads[path] = read
-        held = _held_reads.pop(path, None)
-        if held is not None and held.is_alive():
-            _held_reads[path] = held
-            read.set_exception(TimeoutError())
-            continue
-        thread = threading.Thread(target=_read_into, args=(path, read), name="settings-file")
-        thread.daemon = True
-        thread.start()
-        threads[path] = thread
-    done, _ = futures.wait(reads.values(), timeout=FILE_READ_DEADLINE_SECONDS)
     found: dict[str, bytes | OSError | TimeoutError] = {}
+    for path in dict.fromkeys(paths):
+        held = _held_reads.get(path)
+        if held is not None and not held.done():
+            found[path] = TimeoutError()
+        else:
+            _held_reads.pop(path, None)
+            reads[path] = FILE_READERS.submit(read_secret, path)
+    futures.wait(reads.values(), timeout=FILE_READ_DEADLINE_SECONDS)
     for path, read in reads.items():
-        if read not in done:
-            _held_reads[path] = threads[path]
+        if not read.done():
+            if not read.cancel():  # under way: held until it returns
+                _held_reads[path] = read
             found[path] = TimeoutError()
             continue
         failed = read.exception()
-        found[path] = read.result() if failed is None else cast("OSError | TimeoutError", failed)
+        found[path] = read.result() if failed is None else cast("OSError", failed)
     return found
-
-
-def _read_into(path: str, read: Future[bytes]) -> None:
-    """`read` given what `_files_bytes` reads of the file at `path`, or why it could not."""
-    try:
-        with open(path, "rb") as file:
-            read.set_result(file.read(SECRET_MOST_BYTES + 1))
-    except OSError as exc:
-        read.set_exception(exc)
 
 
 def _file_text(

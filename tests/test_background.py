@@ -15,7 +15,7 @@ from app.store import PageQuery
 from app.store.backoff import Backoff
 from app.store.duckdb.store import DuckDBStore
 from app.store.supervisor import Supervisor
-from app.store.threads import DaemonThreads
+from app.threads import DaemonThreads
 from tests.waiting import until
 
 

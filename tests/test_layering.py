@@ -23,12 +23,14 @@ APP = Path(__file__).resolve().parent.parent / "app"
 MAY_USE: dict[str, set[str]] = {
     "records": set(),
     "errors": set(),
-    "settings": {"errors"},
+    # Daemon threads for calls that may never return: below whatever makes such calls.
+    "threads": set(),
+    "settings": {"errors", "threads"},
     # What requests and answers hold in flight: one budget of bytes for the process.
     "budget": {"errors"},
     # Typed columns: pure mapping and projection, below every store.
     "typed": {"records"},
-    "store": {"records", "errors", "settings", "typed"},
+    "store": {"records", "errors", "settings", "typed", "threads"},
     "ingest": {"store", "records", "errors", "settings", "typed"},
     "query": {"store", "records", "errors", "settings", "budget"},
     "auth": {"errors", "settings"},
@@ -45,6 +47,7 @@ MAY_USE: dict[str, set[str]] = {
         "errors",
         "settings",
         "typed",
+        "threads",
     },
 }
 # Third-party packages only some layers may import (the framework, telemetry).

@@ -25,7 +25,8 @@ import msgspec
 from msgspec import Meta
 
 from app.errors import Throttled
-from app.store.threads import DaemonThreads
+from app.settings import SECRET_MOST_BYTES, read_secret
+from app.threads import DaemonThreads
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ READ_SECONDS: Final = 10.0
 # A read of a mounted secret is a call to Secret Manager; one that has not returned by
 # then is a failed read (the file's thread is left to it, and no other is started).
 READ_DEADLINE_SECONDS: Final = 2.0
-# What one version of a secret holds; a larger file is no throttle file.
-MOST_BYTES: Final = 65536
 # A vCPU takes at most about 500 pushes a second (docs/cells.md#capacity): a throttle of
 # more slows nothing, and is a slip of the keyboard.
 MOST_PUSHES_PER_SECOND: Final = 10_000.0
@@ -156,12 +155,6 @@ def named_twice(content: bytes) -> list[str]:
     return sorted(name for name, count in counts.items() if count > 1)
 
 
-def read_file(path: str) -> bytes:
-    """The file's first MOST_BYTES and one: enough to tell one too large."""
-    with open(path, "rb") as file:
-        return file.read(MOST_BYTES + 1)
-
-
 class Throttles:
     """The throttles of a cell's systems, as last read from `path` (see the module notes)."""
 
@@ -172,7 +165,7 @@ class Throttles:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        read: Callable[[str], bytes] = read_file,
+        read: Callable[[str], bytes] = read_secret,
         deadline: float = READ_DEADLINE_SECONDS,
         every: float = READ_SECONDS,
     ) -> None:
@@ -292,8 +285,8 @@ class Throttles:
         self._problem = problem
 
     def _take(self, content: bytes) -> None:
-        if len(content) > MOST_BYTES:
-            self._failed(f"{self._path} is over {MOST_BYTES} bytes, which no secret holds")
+        if len(content) > SECRET_MOST_BYTES:
+            self._failed(f"{self._path} is over {SECRET_MOST_BYTES} bytes, which no secret holds")
             return
         try:
             entries = _decode_file(content) if content.strip() else {}

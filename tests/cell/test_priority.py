@@ -17,7 +17,7 @@ from app.records import Record
 from app.store import PageQuery
 from app.store.spanner.calls import LOW_PRIORITY, Accommodations
 from app.store.spanner.serving import SpannerDatabase, SpannerServing
-from app.store.threads import DaemonThreads
+from app.threads import DaemonThreads
 
 NOW = 1_800_000_000_000_000
 

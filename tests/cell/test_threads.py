@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import wait
 
-from app.store.threads import DaemonThreads
+from app.threads import DaemonThreads
 from tests.waiting import until_blocking
 
 

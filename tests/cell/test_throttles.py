@@ -27,8 +27,8 @@ import msgspec
 import pytest
 
 from app.cell.app import Cell, create_cell
-from app.cell.throttles import MOST_BYTES, Pace, Throttles
-from app.settings import Settings, SettingsError
+from app.cell.throttles import Pace, Throttles
+from app.settings import SECRET_MOST_BYTES, Settings, SettingsError
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import envelope, served
 from tests.fakes import FaultyStore
@@ -128,7 +128,10 @@ async def test_a_throttle_file_that_cannot_be_read_or_used_keeps_the_last_and_st
         ("a list", "[]"),
         ("null", "null"),
         ("not a number", '{"alpha": {"instance_pushes_per_second": NaN}}'),
-        ("too large", json.dumps({"alpha": throttle(0.01, reason="x" * 1000)}) + " " * MOST_BYTES),
+        (
+            "too large",
+            json.dumps({"alpha": throttle(0.01, reason="x" * 1000)}) + " " * SECRET_MOST_BYTES,
+        ),
     ]
     for what, text in broken:
         if what == "gone":
@@ -334,7 +337,7 @@ async def test_a_read_that_hangs_ends_at_its_deadline_and_holds_one_thread(
         assert "was not read within 0.05 s" in problem
         assert len(reads) == 1  # the hung read waited on again, never another started
         assert throttles.in_force() == {}
-        # Its thread is a daemon: a stop does not wait for it (app.store.threads).
+        # Its thread is a daemon: a stop does not wait for it (app.threads).
         assert all(thread.daemon for thread in readers)
     finally:
         hang.set()

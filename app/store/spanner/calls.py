@@ -36,7 +36,7 @@ from google.cloud.spanner_v1 import RequestOptions
 
 from app.errors import StoreUnavailable
 from app.records import micros
-from app.store.threads import DaemonThreads
+from app.threads import DaemonThreads
 
 log = logging.getLogger(__name__)
 

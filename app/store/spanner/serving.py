@@ -3,7 +3,7 @@
 A group commit inserts the messages not stored yet, stamped with the commit
 timestamp; a page is one read at an exact timestamp never earlier than its upper
 bound, so it is complete up to it. The client's supported API is synchronous, so
-every call runs on this store's daemon threads (`app.store.threads`), each
+every call runs on this store's daemon threads (`app.threads`), each
 request bounded by what is left of its call's `Deadline`.
 
 Design: docs/stores.md#serving-writes, docs/stores.md#serving-reads and

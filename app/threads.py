@@ -1,13 +1,12 @@
-"""A pool of daemon threads for client libraries whose calls block.
+"""A pool of daemon threads for calls that block (client libraries', mounted secrets').
 
 `concurrent.futures.ThreadPoolExecutor` joins its threads at interpreter exit
 whatever `shutdown` was told: one thread inside a call that never returns (a
-Spanner commit retrying UNAVAILABLE for as long as its library allows, an RPC
-to a host that stopped answering) keeps the process alive after its stop,
-until Cloud Run kills it. Every call made here has a deadline of its own; this
-pool is what makes a stop not depend on it. Its threads are daemons: a stop
-cancels what has not started (`shutdown(wait=False, cancel_futures=True)`),
-and the process exits with whatever is still running.
+Spanner commit retrying UNAVAILABLE, a read of a secret's mount that hangs) keeps
+the process alive after its stop, until Cloud Run kills it. Every call made here has
+a deadline of its own; this pool is what makes a stop not depend on it. Its threads
+are daemons: a stop cancels what has not started (`shutdown(wait=False,
+cancel_futures=True)`), and the process exits with whatever is still running.
 """
 
 from __future__ import annotations
