@@ -21,6 +21,7 @@ import msgspec
 from litestar import get
 from litestar.exceptions import (
     HTTPException,
+    InternalServerException,
     MethodNotAllowedException,
     NotFoundException,
     ValidationException,
@@ -105,6 +106,8 @@ def _problem(kind: type[RecordlineError], detail: str, **extra: Any) -> Problem:
 
 
 NO_STORE: Final = {"Cache-Control": "no-store"}
+# What Litestar says when a request's connection ends before its body does.
+CLIENT_DISCONNECTED: Final = "client disconnected prematurely"
 
 
 class Problems:
@@ -138,6 +141,11 @@ class Problems:
                 return _problem(
                     MethodNotAllowed, f"this path takes {allowed or 'other methods'}"
                 ), exc.headers
+            case InternalServerException() if exc.detail == CLIENT_DISCONNECTED:
+                # Litestar's word for a body whose connection ended before it did (its
+                # request's stream says no other): the sender's doing, never a failure
+                # of this service's; the answer reaches no one.
+                return _problem(BadRequest, "the connection ended before the body did"), None
             case HTTPException() if exc.status_code == BadRequest.status:
                 # Litestar's own refusals of a body it cannot decode.
                 return _problem(BadRequest, exc.detail), exc.headers

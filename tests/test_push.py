@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from litestar import Litestar, Response, post
 from litestar.datastructures import Cookie, ResponseHeader
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsPlugin
-from litestar.testing import TestClient
+from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.errors import QueueFull, RecordlineError, Throttled
@@ -32,7 +32,7 @@ from app.ingest.shape import FieldPaths
 from app.problems import Problems
 from app.records import MAX_ID_LENGTH, Record, Rejection
 from app.routes.ingest import STORED, push_routes
-from app.settings import QUEUED_ROW_BYTES
+from app.settings import QUEUED_ROW_BYTES, Settings
 from app.store import RowOutcome
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
@@ -165,6 +165,19 @@ async def _disconnected_mid_body(app: Litestar) -> int:
     status, _, _ = await asgi_post(cast("Recordline", app), upload, headers=headers)
     assert isinstance(status, int)
     return status
+
+
+@pytest.mark.parametrize("path", ["/pubsub/push", "/v1/replay"])
+async def test_a_body_whose_connection_ends_part_way_is_the_senders_400(path: str) -> None:
+    # On every route that reads a body: the sender's doing, never an unexpected 500.
+    settings = Settings.load({"RECORDLINE_STORE": "memory:"})
+    async with AsyncTestClient(create_app(settings)) as client:
+        body = json.dumps(envelope(RECORD)).encode()
+        headers = {"content-type": "application/json", "content-length": str(len(body))}
+        upload = cast("Upload", _CutOff(body))
+        status, _, answer = await asgi_post(client.app, upload, headers=headers, path=path)
+    assert status == 400, answer
+    assert json.loads(answer)["detail"] == "the connection ended before the body did"
 
 
 async def test_refused_pushes_give_back_the_room_they_reserved() -> None:

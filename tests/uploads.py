@@ -33,7 +33,12 @@ class Upload:
 
 
 async def post(
-    app: Recordline, upload: Upload, *, headers: dict[str, str], query: str = ""
+    app: Recordline,
+    upload: Upload,
+    *,
+    headers: dict[str, str],
+    query: str = "",
+    path: str = "/pubsub/push",
 ) -> tuple[int, dict[str, str], bytes]:
     scope = {
         "type": "http",
@@ -41,8 +46,8 @@ async def post(
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": "/pubsub/push",
-        "raw_path": b"/pubsub/push",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": query.encode(),
         "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],

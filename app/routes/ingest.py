@@ -11,7 +11,7 @@ from typing import Any, Final, Protocol
 
 from litestar import Litestar, Request, Response, post
 from litestar.di import NamedDependency
-from litestar.exceptions import HTTPException, InternalServerException
+from litestar.exceptions import HTTPException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import JSONBody
 from litestar.response.base import ASGIResponse
@@ -121,13 +121,7 @@ def push_routes(
             # Read here rather than by `request.body()`, which keeps the body until the
             # request ends: decoded, a push holds its message, not the body too, while
             # its row is stored (app.http.limits.BODY_COPIES).
-            try:
-                body = b"".join([chunk async for chunk in request.stream()])
-            except InternalServerException as exc:
-                # Litestar's word for a connection that ended before its body did (the
-                # only one its stream says): the sender's doing, not an error of this
-                # service's, answered to no one and logged as no failure.
-                raise BadEnvelope("the connection ended before the push's body did") from exc
+            body = b"".join([chunk async for chunk in request.stream()])
             message = (
                 decode_unwrapped(body, headers) if is_unwrapped(headers) else decode_wrapped(body)
             )
