@@ -221,3 +221,53 @@ async def test_a_chunk_cut_short_by_the_room_the_process_has_ends_there(
     # answer before it being sent, varies), and the offsets meet every record once.
     assert [i for ids in chunks for i in ids] == [f"m-{n}" for n in range(5)]
     assert max(map(len, chunks)) == 2, chunks
+
+
+@pytest.mark.parametrize("count", [63, 64, 65, 129])
+async def test_duckdb_reads_a_page_to_its_bytes_exactly_across_its_fetches(count: int) -> None:
+    """DuckDB returns a page's rows a few at a time: whatever the batch, the page keeps
+    rows one by one until they hold its bytes, and is full exactly when they do (or
+    when it has `limit` rows), as counted by `row_bytes`."""
+    from app.store import PageQuery
+    from app.store.duckdb.store import DuckDBStore
+
+    store = DuckDBStore(":memory:")
+    await store.start()
+    try:
+        rows = [
+            Record(
+                message_id=f"m-{i:04}",
+                publish_time=i,
+                ingest_time=10 + i,
+                id=str(i),
+                data=json.dumps("x" * (i * 37 % 300)),
+                attributes=json.dumps({"k": "é" * (i % 5)}, ensure_ascii=False),
+            )
+            for i in range(count)
+        ]
+        await store.append(rows)
+        sizes = [row_bytes(row) for row in rows]
+        for max_bytes in sorted({1, sizes[0], sum(sizes[:64]), sum(sizes[:65]) - 1, sum(sizes)}):
+            for limit in (count, count + 1, 64):
+                query = PageQuery(
+                    after_time=0,
+                    after_message_id="",
+                    before_time=10**9,
+                    limit=limit,
+                    max_bytes=max_bytes,
+                )
+                assert not store.live.covers(query)
+                page = await store.page(Record, query)
+                # One at a time until they hold max_bytes (the first whatever its size).
+                kept, total = 0, 0
+                while kept < min(limit, count) and total < max_bytes:
+                    total += sizes[kept]
+                    kept += 1
+                assert page.rows == rows[:kept], (max_bytes, limit)
+                full = total >= max_bytes or kept >= limit
+                expected = (rows[kept - 1].ingest_time, rows[kept - 1].message_id)
+                assert (page.after_time, page.after_message_id) == (
+                    expected if full else (10**9, "")
+                ), (max_bytes, limit)
+    finally:
+        await store.close()

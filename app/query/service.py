@@ -62,8 +62,9 @@ _NEWEST_FIRST_SPAN = 1_000_000
 _NEWEST_SPAN_GROWTH = 60
 
 
-class RecordView(msgspec.Struct, kw_only=True, frozen=True):
-    """A stored record as the API shows it."""
+class RecordView(msgspec.Struct, kw_only=True, frozen=True, gc=False):
+    """A stored record as the API shows it (untracked by the garbage collector, as a
+    row is: plain values, frozen)."""
 
     message_id: str
     id: str
@@ -80,7 +81,7 @@ class RecordView(msgspec.Struct, kw_only=True, frozen=True):
     schema: str | None
 
 
-class RejectionView(msgspec.Struct, kw_only=True, frozen=True):
+class RejectionView(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """A stored rejection as the API shows it: the raw payload, and why it was refused."""
 
     message_id: str
@@ -255,6 +256,7 @@ class Excerpt(Generic[AnyPage]):
         "resume",
         "rows",
         "short",
+        "size",
         "views",
     )
 
@@ -281,6 +283,8 @@ class Excerpt(Generic[AnyPage]):
         self.full = full
         # Read for fewer bytes than asked, for want of room in the process's budget.
         self.short = False
+        # No less than what its rows take (`row_bytes`): what it is charged for.
+        self.size = 0
         # What it and what is made of it hold of the process's budget, if counted.
         self.charge: Charge | None = None
 
@@ -498,7 +502,7 @@ class Reader:
         if self.mask is not None:
             views = [self.mask.view(v) for v in views]
         excerpt = Excerpt(listing, cursor, rows, views, resume, horizon, full)
-        excerpt.short = short
+        excerpt.short, excerpt.size = short, size
         return excerpt, size
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:

@@ -229,7 +229,7 @@ class Streams:
                 lambda chunk: len(chunk.body),
             )
         reads = [first]
-        rows, size = len(first.rows), sum(map(row_bytes, first.rows))
+        rows, size = len(first.rows), first.size
         # A read cut short for want of room in the budget ends the chunk: the next
         # request goes on from there, not this one with a store read for each 64 KiB.
         while reads[-1].full and not reads[-1].short and rows < self._chunk_rows and size < budget:
@@ -238,7 +238,7 @@ class Streams:
             more = await self.reader.excerpt(listing, after, self._chunk_rows - rows, budget - size)
             reads.append(more)
             rows += len(more.rows)
-            size += sum(map(row_bytes, more.rows))
+            size += more.size
         return self._chunk(listing, cursor, reads, budget)
 
     def _chunk(
@@ -247,13 +247,15 @@ class Streams:
         rows = [row for read in reads for row in read.rows]
         views = [v for read in reads for v in read.views]
         last = reads[-1]
-        # Past about `budget` bytes, the rest waits for the next chunk.
+        # Past about `budget` bytes, the rest waits for the next chunk (each read knows
+        # no less than what its rows take: counted row by row only past the budget).
         size, keep = 0, len(rows)
-        for at, row in enumerate(rows):
-            size += row_bytes(row)
-            if size > budget and at:
-                keep = at
-                break
+        if sum(read.size for read in reads) > budget:
+            for at, row in enumerate(rows):
+                size += row_bytes(row)
+                if size > budget and at:
+                    keep = at
+                    break
         # The time of the first row left for the next chunk, where it is known (None
         # past a full read: more may share its last row's time).
         following = rows[keep].ingest_time if keep < len(rows) else None

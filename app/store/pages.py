@@ -93,9 +93,9 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     # whatever the store returns (`within`); a store that cannot stop early ignores it.
     max_bytes: int | None = None
 
-    def answer(self, rows: list[R], end: int | None = None) -> Page[R]:
+    def answer(self, rows: list[R], end: int | None = None, *, full: bool | None = None) -> Page[R]:
         """The page of `rows`, the rows the store examined (see `resume`)."""
-        return Page(rows, *self.resume(rows, end))
+        return Page(rows, *self.resume(rows, end, full=full))
 
     def filled(self, rows: Sequence[Record | Rejection]) -> bool:
         """Whether `rows` (those the store examined) make a full page: `limit` of them,
@@ -106,15 +106,22 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
             return False
         return sum(map(row_bytes, rows)) >= self.max_bytes
 
-    def resume(self, rows: Sequence[Record | Rejection], end: int | None = None) -> tuple[int, str]:
+    def resume(
+        self,
+        rows: Sequence[Record | Rejection],
+        end: int | None = None,
+        *,
+        full: bool | None = None,
+    ) -> tuple[int, str]:
         """The key the next page continues after, `rows` being those the store examined.
 
         A full page resumes after its last row; a short one examined its whole
         range, up to `end` (a store that scans a bounded range) or else
         `before_time`, so the next page starts there: a reader at the tail
-        never scans again what it already found empty.
+        never scans again what it already found empty. A store that counted the
+        rows' bytes as it read them says whether they are `full` (`filled`).
         """
-        if rows and self.filled(rows):
+        if rows and (self.filled(rows) if full is None else full):
             return rows[-1].ingest_time, rows[-1].message_id
         # message_id > "" holds for every row: the next page starts at the end.
         return (self.before_time if end is None else end), ""

@@ -92,10 +92,11 @@ class Reader:
             found = await self.database.read(lambda cur: cur.execute(sql, params).fetchall())
             return query.answer([row_of(kind, r) for r in found])
         max_bytes, size = query.max_bytes, payload_size(kind)
-        rows, _ = await self.database.read(
+        rows, reached = await self.database.read(
             lambda cur: read_within(cur, bounded, params, kind, max_bytes, size)
         )
-        return query.answer(rows)
+        # They hold `max_bytes` (by `row_bytes`, which `size` is), or are `limit` rows.
+        return query.answer(rows, full=reached or len(rows) >= query.limit)
 
     async def latest(self, record_id: str) -> Record | None:
         await self.applied_now()
