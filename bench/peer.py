@@ -2,6 +2,7 @@
 
     python3 dev.py bench followers --peer [--rounds 5] [--trials 200]
                                           [--followers 500] [--records 20000]
+                                          [--against REF ...]
 
 The same load generator (Python asyncio over raw HTTP/1.1, no compression asked
 for) against `recordline serve` on a DuckDB file and against the reference
@@ -25,6 +26,10 @@ reference. Printed: the medians of the rounds, and Recordline / reference
 - Catch-up: one reader from the start to the tail, chunk by chunk
   (`Stream-Next-Offset`), of `--records` records (and the writes before them),
   the best of three reads; then the first read after a restart.
+
+`--against REF` measures an earlier commit's `recordline serve` (its files from git,
+as `bench ingest --against` runs them) in the same alternating rounds, each measure
+beside this checkout's, with this checkout's / the commit's.
 """
 
 from __future__ import annotations
@@ -48,8 +53,11 @@ from pathlib import Path
 import h11
 
 from bench.harness import ROOT, free_port, table
+from bench.ingest import reference_design
 
 SERVE = [sys.executable, "-m", "app.cli", "serve"]
+# `recordline serve` of the files on PYTHONPATH (`-P`: not this checkout's own `app`).
+SERVE_FILES = "import sys; from app.cli import main; sys.exit(main())"
 # A 333-byte JSON record, the same on both servers.
 NOTE = "x" * 289
 
@@ -211,11 +219,17 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def recordline(database: Path, serve: list[str] | None = None) -> Iterator[Target]:
-    """`recordline serve` on `database` (or `serve`, a command that runs it)."""
+def recordline(
+    database: Path, serve: list[str] | None = None, source: Path | None = None
+) -> Iterator[Target]:
+    """`recordline serve` on `database` (or `serve`, a command that runs it; the files in
+    `source`, an earlier commit's, if given)."""
     port = free_port()
+    if source is not None:
+        serve = [sys.executable, "-P", "-c", SERVE_FILES, "serve"]
     env = {
         **os.environ,
+        **({"PYTHONPATH": str(source)} if source is not None else {}),
         "RECORDLINE_STORE": f"duckdb://{database}",
         "RECORDLINE_LOG_LEVEL": "WARNING",
         "RECORDLINE_MAX_FOLLOWERS": "2000",
@@ -483,18 +497,32 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--trials", type=int, default=200, help="writes timed a round (200)")
     parser.add_argument("--followers", type=int, default=500, help="idle SSE followers (500)")
     parser.add_argument("--records", type=int, default=20_000, help="records caught up (20,000)")
+    parser.add_argument(
+        "--against", action="append", default=[], help="an earlier commit measured beside it"
+    )
     args = parser.parse_args(argv)
     package_dir = installed("@durable-streams/server")
     results: dict[str, dict[str, list[float]]] = {"Recordline": {}, "reference": {}}
     floors: list[float] = []  # KiB per idle SSE follower of bench/floor.py
     with tempfile.TemporaryDirectory() as tmp:
+        sources: dict[str, Path] = {}
+        for ref in args.against:
+            name, source = reference_design(ref, Path(tmp))
+            sources[name.split(" ", 1)[0]] = source
+            results[name.split(" ", 1)[0]] = {}
+        names = list(results)
         for round_ in range(args.rounds):
-            order = ["Recordline", "reference"] if round_ % 2 == 0 else ["reference", "Recordline"]
+            # Each first in turn.
+            order = names[round_ % len(names) :] + names[: round_ % len(names)]
             for name in order:
-                database = Path(tmp) / f"r{round_}.duckdb"
+                database = Path(tmp) / f"{name}{round_}.duckdb"
                 data_dir = Path(tmp) / f"ref{round_}"
                 # Each round a fresh server, seeded, measured, restarted, read again.
-                fresh = recordline(database) if name == "Recordline" else reference(package_dir)
+                fresh = (
+                    reference(package_dir)
+                    if name == "reference"
+                    else recordline(database, source=sources.get(name))
+                )
                 with fresh as target:
                     target.figures = results[name]
                     asyncio.run(seed(target, args.records))
@@ -505,9 +533,9 @@ def main(argv: list[str]) -> int:
                     with reference(package_dir, data_dir) as target:
                         asyncio.run(seed(target, args.records, batch=100))
                 again = (
-                    recordline(database)
-                    if name == "Recordline"
-                    else reference(package_dir, data_dir)
+                    reference(package_dir, data_dir)
+                    if name == "reference"
+                    else recordline(database, source=sources.get(name))
                 )
                 with again as target:
                     # The first read after the restart: what is read from storage.
@@ -528,21 +556,24 @@ def main(argv: list[str]) -> int:
         (f"catch-up of {args.records:,} records, records/s", "catch_up", "/s", False),
         ("the same after a restart (from storage)", "restarted", "/s", False),
     ]
+    others = [name for name in results if name != "Recordline"]
+
+    def shown(value: float, unit: str) -> str:
+        if unit == "ms":
+            return f"{value * 1000:,.2f} ms"
+        return f"{value:,.1f} KiB" if unit == "KiB" else f"{value:,.0f}"
+
     for label, key, unit, lower_is_better in measures:
         ours = statistics.median(results["Recordline"][key])
-        theirs = statistics.median(results["reference"][key])
-        scale = 1000 if unit == "ms" else 1
-        # Above 1: Recordline ahead (less time or memory, more records a second).
-        ratio = (theirs / ours if ours else float("inf")) if lower_is_better else ours / theirs
-        shown = (
-            (f"{ours * scale:,.2f} ms", f"{theirs * scale:,.2f} ms")
-            if unit == "ms"
-            else (f"{ours:,.1f} KiB", f"{theirs:,.1f} KiB")
-            if unit == "KiB"
-            else (f"{ours:,.0f}", f"{theirs:,.0f}")
-        )
-        # 0 ms from the acknowledgement: the event came first every time.
-        rows.append([label, *shown, "∞" if ratio == float("inf") else f"{ratio:.2f}"])
+        cells, ratios = [shown(ours, unit)], []
+        for other in others:
+            theirs = statistics.median(results[other][key])
+            # Above 1: Recordline ahead (less time or memory, more records a second).
+            ratio = (theirs / ours if ours else float("inf")) if lower_is_better else ours / theirs
+            cells.append(shown(theirs, unit))
+            # 0 ms from the acknowledgement: the event came first every time.
+            ratios.append("∞" if ratio == float("inf") else f"{ratio:.2f}")
+        rows.append([label, *cells, *ratios])
     floor_kib = statistics.median(floors)
     theirs = statistics.median(results["reference"]["memory"])
     after_memory = next(n for n, row in enumerate(rows) if row[0].startswith("memory")) + 1
@@ -552,12 +583,15 @@ def main(argv: list[str]) -> int:
             "  the floor: an ASGI app that holds them and nothing else",
             f"{floor_kib:,.1f} KiB",
             f"{theirs:,.1f} KiB",
+            *[""] * (len(others) - 1),
             f"{theirs / floor_kib:.2f}",
+            *[""] * (len(others) - 1),
         ],
     )
     print(
         f"\nRecordline (DuckDB) beside the Durable Streams reference server, {args.rounds} "
         "alternating rounds, medians; ratio above 1: Recordline ahead\n"
     )
-    print(table([["measure", "Recordline", "reference", "Recordline / reference"], *rows]))
+    head = ["measure", "Recordline", *others, *[f"Recordline / {other}" for other in others]]
+    print(table([head, *rows]))
     return 0
