@@ -225,9 +225,10 @@ async def test_a_chunk_cut_short_by_the_room_the_process_has_ends_there(
 
 @pytest.mark.parametrize("count", [63, 64, 65, 129])
 async def test_duckdb_reads_a_page_to_its_bytes_exactly_across_its_fetches(count: int) -> None:
-    """DuckDB returns a page's rows a few at a time: whatever the batch, the page keeps
-    rows one by one until they hold its bytes, and is full exactly when they do (or
-    when it has `limit` rows), as counted by `row_bytes`."""
+    """DuckDB returns a page's rows a few at a time (as many as the room left holds at
+    INLINE_BYTES each, 64 at most): whatever the batch, the page keeps rows one by one
+    until they hold its bytes, and is full exactly when they do (or when it has `limit`
+    rows), as counted by `row_bytes`; payloads past INLINE_BYTES are read by key."""
     from app.store import PageQuery
     from app.store.duckdb.store import DuckDBStore
 
@@ -240,14 +241,19 @@ async def test_duckdb_reads_a_page_to_its_bytes_exactly_across_its_fetches(count
                 publish_time=i,
                 ingest_time=10 + i,
                 id=str(i),
-                data=json.dumps("x" * (i * 37 % 300)),
+                # From a few bytes to past INLINE_BYTES (64 KiB), a few far past it: a
+                # batch sized for the room at 64 KiB a row goes past it with one of those.
+                data=json.dumps("x" * (300_000 if i % 16 == 5 else i * 7_919 % 70_000)),
                 attributes=json.dumps({"k": "é" * (i % 5)}, ensure_ascii=False),
             )
             for i in range(count)
         ]
         await store.append(rows)
         sizes = [row_bytes(row) for row in rows]
-        for max_bytes in sorted({1, sizes[0], sum(sizes[:64]), sum(sizes[:65]) - 1, sum(sizes)}):
+        budgets = {1, sizes[0], sum(sizes[:64]), sum(sizes[:65]) - 1, sum(sizes), 10**9}
+        # Reached by one of the large rows inside a batch, more rows fetched after it.
+        budgets |= {sum(sizes[:k]) + room for k in (5, 21, 37) for room in (150_000, 250_000)}
+        for max_bytes in sorted(budgets):
             for limit in (count, count + 1, 64):
                 query = PageQuery(
                     after_time=0,

@@ -35,9 +35,13 @@ SQL_TYPES = {
 }
 
 
-# Rows fetched from DuckDB at once by `read_within`: at most this many past its bytes
-# are read and let go, each no larger than INLINE_BYTES.
-_FETCH_ROWS: Final = 64
+# Rows fetched from DuckDB at once by `read_within` (a call a row was a third of a long
+# read): no more than the room left holds at INLINE_BYTES a payload, so that what is
+# read past the bytes and let go is within them again, but at least _FETCH_LEAST (1 MiB
+# of payloads at most past the bytes, a read on each of the reader threads) and at
+# most _FETCH_MOST.
+_FETCH_LEAST: Final = 16
+_FETCH_MOST: Final = 64
 
 
 def read_within(
@@ -60,9 +64,10 @@ def read_within(
     total = 0
     more = True
     while more and total < max_bytes:
-        # A few rows at a time (a call each was a third of a long read), kept one by one.
-        batch = cursor.fetchmany(_FETCH_ROWS)
-        more = len(batch) == _FETCH_ROWS
+        # A few rows at a time, kept one by one.
+        asked = max(_FETCH_LEAST, min(_FETCH_MOST, (max_bytes - total) // INLINE_BYTES))
+        batch = cursor.fetchmany(asked)
+        more = len(batch) == asked
         for values in batch:
             *row, payload = values
             if payload is not None and payload > INLINE_BYTES:
