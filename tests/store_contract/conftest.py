@@ -45,6 +45,29 @@ MUTANTS = os.environ.get("RECORDLINE_CONTRACT_MUTANT")
 if MUTANTS:
     STORES = [f"mutant:{name}" for name in MUTANTS.split(",")]
     EXACT_DATA = set(STORES)
+# Mutants that failed a contract test already: one failure is all a mutant must show
+# (tests/store_contract/test_mutants.py), so its later tests are skipped.
+_FAILED_MUTANTS: set[str] = set()
+
+
+def _mutant_of(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    kind = callspec.params.get("make") if callspec is not None else None
+    return kind if MUTANTS and isinstance(kind, str) and kind.startswith("mutant:") else None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _mutant_of(item) in _FAILED_MUTANTS:
+        pytest.skip("this mutant failed an earlier contract test")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> pytest.TestReport:
+    report: pytest.TestReport = yield
+    mutant = _mutant_of(item)
+    if mutant is not None and report.when == "call" and report.failed:
+        _FAILED_MUTANTS.add(mutant)
+    return report
 
 
 @pytest.fixture(params=STORES)
