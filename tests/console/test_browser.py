@@ -201,3 +201,30 @@ def test_a_download_is_said_cut_only_by_its_last_line(service: str, page: Any) -
         with page.expect_download():
             page.click(f"#export button[value={fmt}]")
         expect(progress).to_contain_text("cut at a bound")
+
+
+def test_a_view_s_filters_are_in_its_address_to_share_and_reload(service: str, page: Any) -> None:
+    """Opened from an address, a view reads the filters it names (into the form, as
+    values); each read puts its filters back in the address; an empty view says so."""
+    page.goto(f"{service}/console/records?attribute=colour:red&producer=%3Cb%3Ex")
+    expect(page.locator("input[name=attribute]")).to_have_value("colour:red")
+    # A value is an input's text, never markup.
+    expect(page.locator("input[name=producer]")).to_have_value("<b>x")
+    expect(page.locator("#status")).to_contain_text("No record is kept by these filters")
+    page.fill("input[name=producer]", "")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(3)
+    assert message_ids(page) == ["m-0", "m-2", "m-4"]
+    assert "attribute=colour%3Ared" in page.url
+    assert "producer" not in page.url
+    page.reload()
+    expect(page.locator("#rows tbody tr.row")).to_have_count(3)
+    page.locator("#rows tbody tr.row[data-message-id=m-2]").click()
+    headings = page.locator("tr.detail h3")
+    expect(headings).to_have_text(["attributes", "data"])
+    page.goto(f"{service}/console/rejections?attribute=colour:none")
+    expect(page.locator("input[name=attribute]")).to_have_value("colour:none")
+    expect(page.locator("#chart .empty")).to_contain_text("No rejection is kept by these filters")
+    page.goto(f"{service}/console/rejections?attribute=colour:purple")
+    expect(page.locator("#reasons tbody tr.row")).to_have_count(1)
+    expect(page.locator("#chart .empty")).to_have_count(0)

@@ -43,6 +43,21 @@ function filterParams(form, names) {
   return params;
 }
 
+// A view's filters live in the page's address too, so that it can be bookmarked, shared
+// and reloaded: read from it when the page opens (only the form's own fields, each as
+// an input's value), written back at each read.
+function filtersFromAddress(form, names) {
+  const asked = new URLSearchParams(window.location.search);
+  for (const name of names) {
+    if (asked.has(name) && form.elements[name]) form.elements[name].value = asked.get(name);
+  }
+}
+
+function filtersToAddress(params) {
+  const search = params.toString();
+  window.history.replaceState(null, "", search ? `?${search}` : window.location.pathname);
+}
+
 function chart(target, series, data, height) {
   target.replaceChildren();
   const options = {
@@ -83,7 +98,11 @@ function recordDetail(record) {
   } else trace.textContent = "not sampled";
   list.append(trace);
   const cell = element("td", undefined, { colspan: "5" });
-  cell.append(list, element("pre", JSON.stringify(record.attributes, null, 2)), element("pre", JSON.stringify(record.data, null, 2)));
+  cell.append(
+    list,
+    element("h3", "attributes"), element("pre", JSON.stringify(record.attributes, null, 2)),
+    element("h3", "data"), element("pre", JSON.stringify(record.data, null, 2)),
+  );
   const tr = element("tr", undefined, { class: "detail" });
   tr.append(cell);
   return tr;
@@ -120,11 +139,13 @@ function records() {
     if (event) event.preventDefault();
     generation += 1;
     query = filterParams(form, RECORD_FILTERS);
+    filtersToAddress(query);
     body.replaceChildren();
     status("");
     try {
       const answer = await page(null, false);
       for (const record of answer.records) body.append(recordRow(record));
+      if (!answer.records.length) status(follow.checked ? "No record yet: following." : "No record is kept by these filters.");
       next = answer.next_page_token;
       more.hidden = !next || answer.records.length < 100;
       if (follow.checked) tail(generation);
@@ -150,6 +171,7 @@ function records() {
         const following = atBottom();
         for (const record of answer.records) body.append(recordRow(record));
         next = answer.next_page_token;
+        if (answer.records.length) status("");
         if (answer.records.length && following) window.scrollTo(0, document.body.scrollHeight);
       } catch (error) { status(error.message); return; }
     }
@@ -167,6 +189,7 @@ function records() {
   form.addEventListener("submit", read);
   // Offered to whoever may export here alone (the page says so: no form otherwise).
   if ($("#export")) $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
+  filtersFromAddress(form, RECORD_FILTERS);
   read();
 }
 
@@ -222,6 +245,8 @@ async function download(format) {
 
 // -- rejections -------------------------------------------------------------------
 
+const REJECTION_FILTERS = ["since", "attribute", "producer", "message_id"];
+
 function rejections() {
   const form = $("#filters");
   let found = [], shown = null;
@@ -257,7 +282,8 @@ function rejections() {
     status("");
     found = [];
     try {
-      let params = filterParams(form, ["since", "attribute", "producer", "message_id"]);
+      let params = filterParams(form, REJECTION_FILTERS);
+      filtersToAddress(params);
       params.set("limit", "1000");
       // At most 5,000 rejections are grouped: the newest pages past that are not read.
       for (let pages = 0; pages < 5; pages += 1) {
@@ -294,6 +320,7 @@ function rejections() {
     const xs = [];
     for (let hour = first; hour <= now; hour += 3600) xs.push(hour);
     chart($("#chart"), ["rejections an hour"], [xs, xs.map((x) => hours.get(x) || 0)]);
+    if (!found.length) $("#chart").append(element("p", "No rejection is kept by these filters.", { class: "empty" }));
     if (shown !== null && reasons.has(shown)) show(shown);
   }
 
@@ -314,6 +341,7 @@ function rejections() {
     } catch (error) { status(error.message); }
   });
   form.addEventListener("submit", read);
+  filtersFromAddress(form, REJECTION_FILTERS);
   read();
 }
 
