@@ -260,6 +260,7 @@ def create_app(
                 else Places(settings.server.max_reads)
             ),
             exports=exports_middleware(exporting),
+            system=settings.telemetry.system,
             throttled=None if shared is None else shared.throttled,
         ),
         constants(readiness=readiness, replayer=Replay(pushes.ingest, observed))
@@ -599,6 +600,7 @@ def routers(
     reads: DefineMiddleware,
     exports: DefineMiddleware,
     throttled: PushPace | None = None,
+    system: str = "",
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
 
@@ -665,7 +667,9 @@ def routers(
             guards=auth.pass_read_guards,
             middleware=[reads, *traced, *compressed],
         ),
-        console_router(auth, problems, guards=auth.read_guards, middleware=compressed),
+        console_router(
+            auth, problems, guards=auth.read_guards, middleware=compressed, system=system
+        ),
     ]
 
 

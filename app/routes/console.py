@@ -66,11 +66,13 @@ def console_router(
     *,
     guards: Sequence[Guard],
     middleware: Sequence[Middleware],
+    system: str = "",
 ) -> Router:
     """The pages and their assets, behind the read guards: a caller who may not read
-    the API may not open the console either. Every answer under /console carries the
-    console's security headers, its errors too (a 401, a page or an asset not found):
-    each is answered through `problems`, as every error is."""
+    the API may not open the console either. Each page names the `system` it reads.
+    Every answer under /console carries the console's security headers, its errors too
+    (a 401, a page or an asset not found): each is answered through `problems`, as
+    every error is."""
 
     @get(CONSOLE_PATH, include_in_schema=False, sync_to_thread=False)
     def console_root(request: Request[Any, Any, Any]) -> Redirect:
@@ -125,6 +127,7 @@ def console_router(
             context={
                 "page": page,
                 "pages": PAGES,
+                "system": system,
                 "operator": await auth.operates(request),
                 "exporter": await auth.exports(request),
                 "assets": "static",

@@ -441,6 +441,11 @@ def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) 
     assert redirect.headers["location"] == "console/records"  # relative: under the prefix
     page = memory_cell.get("/systems/alpha/console/records")
     assert page.status_code == 200
+    # Each page names the system it reads.
+    assert '<span class="system" title="the system this console reads">alpha</span>' in page.text
+    assert "<title>alpha · Recordline · records</title>" in page.text
+    beta = memory_cell.get("/systems/beta/console/records").text
+    assert "<title>beta · Recordline · records</title>" in beta
     # The page's assets and reads are relative to it, so they reach this system's.
     assert memory_cell.get("/systems/alpha/console/static/console.js").status_code == 200
     assert 'const ROOT = ".."' in memory_cell.get("/systems/alpha/console/static/console.js").text

@@ -175,6 +175,12 @@ def test_health_charts_the_service_s_own_figures(service: str, page: Any) -> Non
     # Two scrapes make the first point of each chart.
     expect(page.locator("#pushes canvas")).to_have_count(1)
     expect(page.locator("#tables tbody")).to_contain_text("no export on this store")
+    # A chart with nothing to draw says so (DuckDB exports nothing); one that has a
+    # value does not.
+    expect(page.locator("#export").locator("xpath=..").locator(".empty")).to_have_text(
+        "no value yet"
+    )
+    expect(page.locator("#followers").locator("xpath=..").locator(".empty")).to_have_count(0)
     shot(page, "health")
 
 

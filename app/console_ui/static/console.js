@@ -58,7 +58,9 @@ function filtersToAddress(params) {
   window.history.replaceState(null, "", search ? `?${search}` : window.location.pathname);
 }
 
-function chart(target, series, data, height) {
+// A chart of `data` ([times, ...values]); with `trailing`, its time axis the last that
+// many seconds to the newest time, however few samples there are yet.
+function chart(target, series, data, height, trailing) {
   target.replaceChildren();
   const options = {
     width: Math.max(300, target.clientWidth || 320), height: height || 140,
@@ -66,6 +68,11 @@ function chart(target, series, data, height) {
     series: [{}, ...series.map((label, at) => ({ label, stroke: ["#1f6feb", "#d1242f", "#8250df", "#1a7f37"][at % 4], width: 1.5 }))],
     axes: [{ space: 60 }, { size: 40 }],
   };
+  if (trailing) {
+    options.scales = { x: { time: true, range: (_, min, max) => [max - trailing, max] } };
+    // Times of day in UTC, as the API writes them.
+    options.axes[0].values = (_, ticks) => ticks.map((tick) => new Date(tick * 1000).toISOString().slice(11, 19));
+  }
   return new uPlot(options, data, target);
 }
 
@@ -397,6 +404,9 @@ function total(found, name, labelled) {
   return found.filter((s) => s.name === name && (!labelled || s.labels.includes(labelled))).reduce((sum, s) => sum + s.value, 0);
 }
 
+// The health charts' samples, one each 2 s: the last four minutes.
+const SAMPLES = 120;
+
 async function health() {
   const series = { pushes: [], latency: [], followers: [], rejections: [], export: [] };
   const times = [];
@@ -426,10 +436,16 @@ async function health() {
         series.rejections.push(60 * (counts.rejected - last.rejected) / seconds);
         const lags = found.filter((s) => s.name === "recordline_export_lag_seconds");
         series.export.push(lags.length ? Math.max(...lags.map((s) => s.value)) : null);
-        if (times.length > 120) { times.shift(); for (const list of Object.values(series)) list.shift(); }
+        if (times.length > SAMPLES) { times.shift(); for (const list of Object.values(series)) list.shift(); }
         for (const [name, values] of Object.entries(series)) {
           if (charts[name]) charts[name].setData([times, values]);
-          else charts[name] = chart($(`#${name}`), [name], [times, values], 120);
+          else charts[name] = chart($(`#${name}`), [name], [times, values], 120, SAMPLES * 2);
+          // A chart with no value to draw says so (no append yet, no export here).
+          const figure = $(`#${name}`).parentNode;
+          const none = values.every((value) => value === null);
+          let note = figure.querySelector(".empty");
+          if (none && !note) figure.append(note = element("p", "no value yet", { class: "empty" }));
+          if (!none && note) note.remove();
         }
         const body = $("#tables tbody");
         body.replaceChildren();
