@@ -130,21 +130,25 @@ function recordRow(record) {
 function records() {
   const form = $("#filters"), body = $("#rows tbody"), more = $("#more");
   let next = null, query = null, generation = 0;
+  // The follower's waiting read, if one is in flight: abandoned when the reader scrolls
+  // up (the rows it would bring wait for them) or reads anew.
+  let waiting = null;
   const follow = $("#follow");
   const atBottom = () => window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
 
-  async function page(token, wait) {
+  async function page(token, wait, signal) {
     const params = new URLSearchParams(query);
     params.set("limit", "100");
     if (token) { params.delete("since"); params.set("page_token", token); }
     if (wait) params.set("wait", "20");
-    const answer = await (await api(`${ROOT}/v1/records?${params}`)).json();
+    const answer = await (await api(`${ROOT}/v1/records?${params}`, { signal })).json();
     return answer;
   }
 
   async function read(event) {
     if (event) event.preventDefault();
     generation += 1;
+    if (waiting) waiting.abort();
     query = filterParams(form, RECORD_FILTERS);
     filtersToAddress(query);
     body.replaceChildren();
@@ -171,8 +175,10 @@ function records() {
         $("#paused").hidden = true;
         continue;
       }
+      const controller = new AbortController();
+      waiting = controller;
       try {
-        const answer = await page(next, true);
+        const answer = await page(next, true, controller.signal);
         if (mine !== generation) return;
         // Kept in view only by a reader who was at the bottom, not one who scrolled up.
         const following = atBottom();
@@ -180,9 +186,15 @@ function records() {
         next = answer.next_page_token;
         if (answer.records.length) status("");
         if (answer.records.length && following) window.scrollTo(0, document.body.scrollHeight);
-      } catch (error) { status(error.message); return; }
+      } catch (error) {
+        // Abandoned: scrolled up (paused above, `next` unchanged) or read anew.
+        if (controller.signal.aborted) continue;
+        status(error.message); return;
+      } finally { if (waiting === controller) waiting = null; }
     }
   }
+
+  window.addEventListener("scroll", () => { if (waiting && !atBottom()) waiting.abort(); });
 
   more.addEventListener("click", async () => {
     try {
