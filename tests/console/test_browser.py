@@ -14,6 +14,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -234,3 +235,39 @@ def test_a_view_s_filters_are_in_its_address_to_share_and_reload(service: str, p
     page.goto(f"{service}/console/rejections?attribute=colour:purple")
     expect(page.locator("#reasons tbody tr.row")).to_have_count(1)
     expect(page.locator("#chart .empty")).to_have_count(0)
+
+
+def test_a_crafted_address_is_filters_alone(service: str, page: Any) -> None:
+    """An address sent to an operator fills the form's filters and nothing else: markup
+    in a value is its text, names that are no filter (a page token, a limit, a wait, an
+    export's format, a replay's messages) are neither read nor sent, nothing is asked
+    of another site or by another method than GET, and malformed escapes break nothing."""
+    asked: list[tuple[str, str]] = []
+    page.on("request", lambda request: asked.append((request.method, request.url)))
+    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    markup = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+    extra = "page_token=x&limit=100000&wait=20&format=csv&columns=data&max_rows=1&messages=m-0"
+    page.goto(
+        f"{service}/console/records?attribute={quote(markup)}&producer=%&record_id=%E0%A4%A"
+        f"&attribute=colour:red&{extra}#top"
+    )
+    expect(page.locator("input[name=attribute]")).to_have_value(markup)
+    expect(page.locator("input[name=producer]")).to_have_value("%")
+    expect(page.locator("#status")).not_to_be_empty()
+    expect(page.locator("img")).to_have_count(0)
+    page.goto(f"{service}/console/rejections?message_id={quote(markup)}&{extra}")
+    expect(page.locator("input[name=message_id]")).to_have_value(markup)
+    expect(page.locator("#chart .empty")).to_contain_text("No rejection is kept by these filters")
+    expect(page.locator("img")).to_have_count(0)
+    for name in ("page_token", "limit=100000", "wait", "format", "columns", "max_rows", "messages"):
+        assert name not in page.url
+    origin = f"{service}/"
+    assert asked
+    assert [url for _, url in asked if not url.startswith(origin)] == []
+    assert {method for method, _ in asked} == {"GET"}, asked
+    reads = [urlsplit(url) for _, url in asked if "/v1/" in url]
+    assert {read.path for read in reads} == {"/v1/records", "/v1/rejections"}
+    for read in reads:
+        query = parse_qs(read.query)
+        assert query["limit"] in (["100"], ["1000"]), read
+        assert not {"wait", "page_token", "format", "columns", "max_rows"} & set(query), read
