@@ -382,3 +382,54 @@ async def test_duckdb_reads_little_past_a_page_s_bytes_whatever_the_rows_attribu
             assert peak < held + 4 * largest, (max_bytes, len(page.rows), peak, held)
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("max_bytes", [1, 10**6])
+def test_a_duckdb_page_whose_large_row_expired_meanwhile_is_read_again(max_bytes: int) -> None:
+    """A page reads its payloads past INLINE_BYTES by key after its rows: a row expired
+    (retention deletes it) between the two is not in the page, read again without it,
+    rather than a row without data that fails the read (`row_bytes` of None, a 500)."""
+    import duckdb
+
+    from app.store.duckdb.sql import BOUNDED_PAGE_SQL, ddl, payload_size, read_within
+
+    database = duckdb.connect(":memory:")
+    try:
+        database.execute(ddl("records", Record))
+        large = json.dumps("x" * 70_000)
+        for n, data in enumerate([large, '"small"', large]):
+            database.execute(
+                "INSERT INTO records (message_id, publish_time, ingest_time, id, data, attributes) "
+                "VALUES ($id, make_timestamptz(1), make_timestamptz(10), $id, $data, '{}')",
+                {"id": f"m-{n}", "data": data},
+            )
+
+        class Expiring:
+            """A reader's cursor whose first row is expired by another connection just
+            before the large payloads are read by key."""
+
+            def __init__(self, cursor: Any) -> None:
+                self.cursor = cursor
+
+            def execute(self, sql: str, params: Any) -> Any:
+                if "unnest($ids)" in sql:
+                    database.cursor().execute("DELETE FROM records WHERE message_id = 'm-0'")
+                return self.cursor.execute(sql, params)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(self.cursor, name)
+
+        params = {"after_time": 0, "after_message_id": "", "before_time": 10**9, "limit": 10}
+        rows, _ = read_within(
+            Expiring(database.cursor()),  # type: ignore[arg-type]
+            BOUNDED_PAGE_SQL[Record],
+            params,
+            Record,
+            max_bytes,
+            payload_size(Record),
+        )
+        # One row reaches a byte; all that are left are within a megabyte.
+        assert [r.data for r in rows] == ['"small"', large][: 1 if max_bytes == 1 else 2]
+        assert database.execute("SELECT count(*) FROM records").fetchone() == (2,)
+    finally:
+        database.close()
