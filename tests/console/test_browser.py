@@ -271,3 +271,20 @@ def test_a_crafted_address_is_filters_alone(service: str, page: Any) -> None:
         query = parse_qs(read.query)
         assert query["limit"] in (["100"], ["1000"]), read
         assert not {"wait", "page_token", "format", "columns", "max_rows"} & set(query), read
+
+
+def test_a_reason_its_filters_no_longer_keep_is_shown_no_more(service: str, page: Any) -> None:
+    """Rejections of a reason opened, one selected, then filters that keep none of them:
+    the page says it holds no rejection, and neither lists those nor offers to replay
+    the one selected, which the view no longer holds."""
+    page.goto(f"{service}/console/rejections")
+    page.locator("#reasons tbody tr", has_text="missing required field `id`").click()
+    expect(page.locator("#rows tbody tr")).not_to_have_count(0)
+    page.locator("#rows tbody input[type=checkbox]").first.check()
+    expect(page.locator("#replay")).to_be_enabled()
+    page.fill("input[name=attribute]", "colour:none")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#chart .empty")).to_contain_text("No rejection is kept by these filters")
+    expect(page.locator("#rows tbody tr")).to_have_count(0)
+    expect(page.locator("#chosen-reason")).to_be_hidden()
+    expect(page.locator("#replay")).to_be_disabled()

@@ -284,6 +284,14 @@ function rejections() {
     }
   }
 
+  function unshow() {
+    shown = null;
+    $("#rows tbody").replaceChildren();
+    selected.clear();
+    if (replay) replay.disabled = true;
+    $("#chosen-reason").hidden = true;
+  }
+
   async function read(event) {
     if (event) event.preventDefault();
     status("");
@@ -328,7 +336,9 @@ function rejections() {
     for (let hour = first; hour <= now; hour += 3600) xs.push(hour);
     chart($("#chart"), ["rejections an hour"], [xs, xs.map((x) => hours.get(x) || 0)]);
     if (!found.length) $("#chart").append(element("p", "No rejection is kept by these filters.", { class: "empty" }));
+    // The reason shown, as these filters keep it; none, if they keep none of its.
     if (shown !== null && reasons.has(shown)) show(shown);
+    else if (shown !== null) unshow();
   }
 
   if (replay) replay.addEventListener("click", async () => {
