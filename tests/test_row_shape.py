@@ -66,3 +66,38 @@ def test_a_pushed_message_fills_every_field_of_its_row() -> None:
     refused = to_row(_message(b"not json"), NOW, trace_id="ab" * 16, reader=NamedRevision())
     assert isinstance(refused, Rejection)
     assert defaulted(refused) == set()
+
+
+def test_a_row_or_view_the_collector_does_not_track_holds_no_container() -> None:
+    """Rows and their views are made with `gc=False`: one that held a list, a dict or any
+    value that may be one could be in a reference cycle the collector never frees. Every
+    field of each (and of the structs within them) is a plain immutable value."""
+    import msgspec.inspect as mi
+
+    from app.records import Row
+    from app.store.spanner import ledger
+
+    plain = (mi.StrType, mi.IntType, mi.FloatType, mi.BoolType, mi.BytesType, mi.NoneType)
+    plain += (mi.DateTimeType, mi.RawType, mi.LiteralType, mi.EnumType)
+
+    def untracked(struct: type) -> list[type]:
+        return [struct, *(s for sub in struct.__subclasses__() for s in untracked(sub))]
+
+    def check(where: str, info: mi.Type) -> None:
+        if isinstance(info, mi.Metadata):
+            check(where, info.type)
+        elif isinstance(info, mi.UnionType):
+            for member in info.types:
+                check(where, member)
+        elif isinstance(info, mi.StructType):
+            assert not info.cls.__struct_config__.gc, f"{where}: {info.cls.__name__} is tracked"
+            for field in info.fields:
+                check(f"{where}.{field.name}", field.type)
+        else:
+            assert isinstance(info, plain), f"{where} may hold a container: {info}"
+
+    structs = [*untracked(Row), RecordView, RejectionView]
+    assert ledger.Progress in structs
+    for struct in structs:
+        assert not struct.__struct_config__.gc, struct
+        check(struct.__name__, mi.type_info(struct))

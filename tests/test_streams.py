@@ -29,7 +29,7 @@ from app.query.streams import (
 )
 from app.records import MAX_ID_LENGTH, MAX_MICROS, MIN_MICROS, Record
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
-from app.store import PageQuery
+from app.store import PageQuery, row_bytes
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
@@ -594,6 +594,48 @@ async def test_a_chunk_holds_about_its_bytes_at_most_and_one_row_at_least() -> N
         assert max(sizes) == 3  # ~1,330 bytes a row: three fit in about 4,000
         one = await streams.chunk(RECORDS, streams.start(RECORDS, None), max_bytes=10)
         assert one.rows == 1
+    finally:
+        await store.close()
+
+
+async def test_chunks_of_rows_of_every_size_hold_their_bytes_and_each_row_once() -> None:
+    """Rows about 64 KiB (a byte either side, non-ASCII among them), small ones, and runs
+    of rows in one microsecond, read in chunks of a few budgets: every row comes once, in
+    order, and a chunk of more than one row holds no more than its bytes."""
+    store = DuckDBStore(":memory:")
+    await store.start()
+    try:
+        rows = []
+        for i in range(60):
+            size = 64 * 1024 + i % 3 - 1 if i % 4 == 1 else 7 * i
+            text = "é" * (size // 2) if i % 8 == 1 else "x" * size
+            rows.append(
+                Record(
+                    message_id=f"m-{i:02}",
+                    publish_time=i,
+                    ingest_time=10 + i // 6,  # six rows a microsecond
+                    id=str(i),
+                    data=json.dumps(text, ensure_ascii=False),
+                    attributes=json.dumps({"ü": "ß" * i}, ensure_ascii=False),
+                )
+            )
+        await store.append(rows)
+        reader = Reader(store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"))
+        streams = Streams(reader, Offsets("s"), page_rows=8, chunk_rows=20)
+        by_id = {r.message_id: row_bytes(r) for r in rows}
+        for budget in (1, 70_000, 150_000, 400_000, 10**8):
+            position: PageToken | None = streams.start(RECORDS, None)
+            assert position is not None
+            seen: list[str] = []
+            while True:
+                chunk = await streams.chunk(RECORDS, position, max_bytes=budget)
+                got = ids(json.loads(chunk.body))
+                assert len(got) <= 1 or sum(by_id[i] for i in got) <= budget, (budget, got)
+                seen += got
+                position = chunk.after
+                if chunk.up_to_date:
+                    break
+            assert seen == [r.message_id for r in rows], budget
     finally:
         await store.close()
 

@@ -14,6 +14,7 @@ import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 import pytest
@@ -238,3 +239,86 @@ def test_a_view_s_filters_are_in_its_address_to_share_and_reload(service: str, p
     page.goto(f"{service}/console/rejections?attribute=colour:purple")
     expect(page.locator("#reasons tbody tr.row")).to_have_count(1)
     expect(page.locator("#chart .empty")).to_have_count(0)
+
+
+def test_a_crafted_address_is_filters_alone(service: str, page: Any) -> None:
+    """An address sent to an operator fills the form's filters and nothing else: markup
+    in a value is its text, names that are no filter (a page token, a limit, a wait, an
+    export's format, a replay's messages) are neither read nor sent, nothing is asked
+    of another site or by another method than GET, and malformed escapes break nothing."""
+    asked: list[tuple[str, str]] = []
+    page.on("request", lambda request: asked.append((request.method, request.url)))
+    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    markup = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+    extra = "page_token=x&limit=100000&wait=20&format=csv&columns=data&max_rows=1&messages=m-0"
+    page.goto(
+        f"{service}/console/records?attribute={quote(markup)}&producer=%&record_id=%E0%A4%A"
+        f"&attribute=colour:red&{extra}#top"
+    )
+    expect(page.locator("input[name=attribute]")).to_have_value(markup)
+    expect(page.locator("input[name=producer]")).to_have_value("%")
+    expect(page.locator("#status")).not_to_be_empty()
+    expect(page.locator("img")).to_have_count(0)
+    page.goto(f"{service}/console/rejections?message_id={quote(markup)}&{extra}")
+    expect(page.locator("input[name=message_id]")).to_have_value(markup)
+    expect(page.locator("#chart .empty")).to_contain_text("No rejection is kept by these filters")
+    expect(page.locator("img")).to_have_count(0)
+    for name in ("page_token", "limit=100000", "wait", "format", "columns", "max_rows", "messages"):
+        assert name not in page.url
+    origin = f"{service}/"
+    assert asked
+    assert [url for _, url in asked if not url.startswith(origin)] == []
+    assert {method for method, _ in asked} == {"GET"}, asked
+    reads = [urlsplit(url) for _, url in asked if "/v1/" in url]
+    assert {read.path for read in reads} == {"/v1/records", "/v1/rejections"}
+    for read in reads:
+        query = parse_qs(read.query)
+        assert query["limit"] in (["100"], ["1000"]), read
+        assert not {"wait", "page_token", "format", "columns", "max_rows"} & set(query), read
+
+
+def test_a_reason_its_filters_no_longer_keep_is_shown_no_more(service: str, page: Any) -> None:
+    """Rejections of a reason opened, one selected, then filters that keep none of them:
+    the page says it holds no rejection, and neither lists those nor offers to replay
+    the one selected, which the view no longer holds."""
+    page.goto(f"{service}/console/rejections")
+    page.locator("#reasons tbody tr", has_text="missing required field `id`").click()
+    expect(page.locator("#rows tbody tr")).not_to_have_count(0)
+    page.locator("#rows tbody input[type=checkbox]").first.check()
+    expect(page.locator("#replay")).to_be_enabled()
+    page.fill("input[name=attribute]", "colour:none")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#chart .empty")).to_contain_text("No rejection is kept by these filters")
+    expect(page.locator("#rows tbody tr")).to_have_count(0)
+    expect(page.locator("#chosen-reason")).to_be_hidden()
+    expect(page.locator("#replay")).to_be_disabled()
+
+
+@pytest.mark.parametrize("view", ["records", "rejections"])
+def test_a_read_overtaken_by_a_later_one_shows_nothing(service: str, page: Any, view: str) -> None:
+    """Filters read, then others before the first answer came: the view is the later
+    filters' alone, whatever order the answers come in (the first, late, is dropped)."""
+    page.goto(f"{service}/console/{view}")
+    expect(page.locator("#status")).to_be_empty()
+    held: list[Any] = []
+    page.route("**/v1/*colour%3Ablue*", lambda route: held.append(route))
+    page.fill("input[name=attribute]", "colour:blue")
+    with page.expect_request(lambda request: "colour%3Ablue" in request.url):
+        page.click("#filters button[type=submit]")
+    page.fill("input[name=attribute]", "colour:purple" if view == "rejections" else "colour:red")
+    page.click("#filters button[type=submit]")
+    if view == "records":
+        expect(page.locator("#rows tbody tr.row")).to_have_count(3)
+    else:
+        expect(page.locator("#reasons tbody tr.row")).to_have_count(1)
+    with page.expect_response(lambda answer: "colour%3Ablue" in answer.url):
+        held[0].continue_()
+    # A later round trip: the late answer was taken in before it came.
+    page.evaluate("() => fetch('../v1/records?limit=1').then((answer) => answer.json())")
+    if view == "records":
+        assert message_ids(page) == ["m-0", "m-2", "m-4"]
+    else:
+        expect(page.locator("#reasons tbody tr.row")).to_have_count(1)
+        assert page.locator("#reasons tbody tr.row").first.inner_text().split("\t")[1] == "1"
+    expect(page.locator("#status")).to_be_empty()
+    assert "colour%3A" + ("purple" if view == "rejections" else "red") in page.url

@@ -147,7 +147,7 @@ function records() {
 
   async function read(event) {
     if (event) event.preventDefault();
-    generation += 1;
+    const mine = generation += 1;
     if (waiting) waiting.abort();
     query = filterParams(form, RECORD_FILTERS);
     filtersToAddress(query);
@@ -155,12 +155,13 @@ function records() {
     status("");
     try {
       const answer = await page(null, false);
+      if (mine !== generation) return;  // a later read's filters are the view's
       for (const record of answer.records) body.append(recordRow(record));
       if (!answer.records.length) status(follow.checked ? "No record yet: following." : "No record is kept by these filters.");
       next = answer.next_page_token;
       more.hidden = !next || answer.records.length < 100;
       if (follow.checked) tail(generation);
-    } catch (error) { status(error.message); }
+    } catch (error) { if (mine === generation) status(error.message); }
   }
 
   // Follows as rows arrive (long-poll pages, the API's follow protocol); paused while
@@ -197,8 +198,10 @@ function records() {
   window.addEventListener("scroll", () => { if (waiting && !atBottom()) waiting.abort(); });
 
   more.addEventListener("click", async () => {
+    const mine = generation;
     try {
       const answer = await page(next, false);
+      if (mine !== generation) return;
       for (const record of answer.records) body.append(recordRow(record));
       next = answer.next_page_token;
       more.hidden = !next || answer.records.length < 100;
@@ -268,7 +271,7 @@ const REJECTION_FILTERS = ["since", "attribute", "producer", "message_id"];
 
 function rejections() {
   const form = $("#filters");
-  let found = [], shown = null;
+  let found = [], shown = null, reads = 0;
   const selected = new Set();
   const replay = $("#replay");
 
@@ -296,8 +299,18 @@ function rejections() {
     }
   }
 
+  function unshow() {
+    shown = null;
+    $("#rows tbody").replaceChildren();
+    selected.clear();
+    if (replay) replay.disabled = true;
+    $("#chosen-reason").hidden = true;
+  }
+
   async function read(event) {
     if (event) event.preventDefault();
+    // Each read's own rejections: one overtaken by a later read (other filters) is let go.
+    const mine = reads += 1, kept = [];
     status("");
     found = [];
     try {
@@ -307,11 +320,13 @@ function rejections() {
       // At most 5,000 rejections are grouped: the newest pages past that are not read.
       for (let pages = 0; pages < 5; pages += 1) {
         const answer = await (await api(`${ROOT}/v1/rejections?${params}`)).json();
-        found.push(...answer.rejections);
+        if (mine !== reads) return;
+        kept.push(...answer.rejections);
         if (!answer.next_page_token || answer.rejections.length < 1000) break;
         params = new URLSearchParams({ page_token: answer.next_page_token, limit: "1000" });
       }
-    } catch (error) { status(error.message); return; }
+    } catch (error) { if (mine === reads) status(error.message); return; }
+    found = kept;
     const reasons = new Map();
     for (const rejection of found) {
       const seen = reasons.get(rejection.reason) || { count: 0, last: "" };
@@ -340,7 +355,9 @@ function rejections() {
     for (let hour = first; hour <= now; hour += 3600) xs.push(hour);
     chart($("#chart"), ["rejections an hour"], [xs, xs.map((x) => hours.get(x) || 0)]);
     if (!found.length) $("#chart").append(element("p", "No rejection is kept by these filters.", { class: "empty" }));
+    // The reason shown, as these filters keep it; none, if they keep none of its.
     if (shown !== null && reasons.has(shown)) show(shown);
+    else if (shown !== null) unshow();
   }
 
   if (replay) replay.addEventListener("click", async () => {

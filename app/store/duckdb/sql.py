@@ -42,6 +42,9 @@ SQL_TYPES = {
 # most _FETCH_MOST.
 _FETCH_LEAST: Final = 16
 _FETCH_MOST: Final = 64
+# Reads of a page again by `read_within` when rows it read expired before their large
+# payloads were read by key (retention deleting them meanwhile): a race, rare each time.
+_READS_AGAIN: Final = 3
 
 
 def read_within(
@@ -55,39 +58,49 @@ def read_within(
     """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
     they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
     attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
-    returns no large payload but those (`INLINE_BYTES`)."""
-    cursor.execute(sql, params)
-    found: list[list[Any]] = []
-    large: dict[str, int] = {}
-    data = column_names(kind).index("data")
-    attributes = column_names(kind).index("attributes")
-    total = 0
-    more = True
-    while more and total < max_bytes:
-        # A few rows at a time, kept one by one.
-        asked = max(_FETCH_LEAST, min(_FETCH_MOST, (max_bytes - total) // INLINE_BYTES))
-        batch = cursor.fetchmany(asked)
-        more = len(batch) == asked
-        for values in batch:
-            *row, payload = values
-            if payload is not None and payload > INLINE_BYTES:
-                large[row[0]] = len(found)  # message_id is the first column of both tables
-            found.append(row)
-            total += size(payload or 0, row[attributes])
-            if total >= max_bytes:
-                more = True
-                break
-    if more:
-        # The rest of the page's rows, released now rather than at the cursor's next
-        # query. A result left unfinished (a query whose rows are not all fetched, as
-        # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
-        # tail warmed at start) every apply of the journal failed after it.
-        cursor.abort()
-    if large:
-        cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
-        for message_id, value in cursor.fetchall():
-            found[large[message_id]][data] = value
-    return [row_of(kind, row) for row in found], more
+    returns no large payload but those (`INLINE_BYTES`), read by key after them: a page
+    whose rows expired in between is read again."""
+    again = 0
+    while True:
+        cursor.execute(sql, params)
+        found: list[list[Any]] = []
+        large: dict[str, int] = {}
+        data = column_names(kind).index("data")
+        attributes = column_names(kind).index("attributes")
+        total = 0
+        more = True
+        while more and total < max_bytes:
+            # A few rows at a time, kept one by one.
+            asked = max(_FETCH_LEAST, min(_FETCH_MOST, (max_bytes - total) // INLINE_BYTES))
+            batch = cursor.fetchmany(asked)
+            more = len(batch) == asked
+            for values in batch:
+                *row, payload = values
+                if payload is not None and payload > INLINE_BYTES:
+                    large[row[0]] = len(found)  # message_id is the first column of both tables
+                found.append(row)
+                total += size(payload or 0, row[attributes])
+                if total >= max_bytes:
+                    more = True
+                    break
+        if more:
+            # The rest of the page's rows, released now rather than at the cursor's next
+            # query. A result left unfinished (a query whose rows are not all fetched, as
+            # `SELECT 1` was) refuses `register` on its connection: on the writer's (the
+            # tail warmed at start) every apply of the journal failed after it.
+            cursor.abort()
+        if large:
+            cursor.execute(_PAYLOADS_SQL[kind], {"ids": list(large)})
+            payloads = cursor.fetchall()
+            if len(payloads) < len(large):
+                # Expired since the page read them: the page again, without them.
+                again += 1
+                if again > _READS_AGAIN:
+                    raise StoreUnavailable("rows of a page expired as it was read, each time")
+                continue
+            for message_id, value in payloads:
+                found[large[message_id]][data] = value
+        return [row_of(kind, row) for row in found], more
 
 
 def payload_size(kind: type[Row]) -> Callable[[int, str], int]:
