@@ -22,7 +22,7 @@ from app.records import (
     columns,
     row_of,
 )
-from app.store import ROW_BYTES, R, text_bytes
+from app.store import ROW_BYTES, R
 from app.store.filters import RowFilter, typed_field, typed_value
 from app.typed.mapping import Field
 
@@ -36,11 +36,11 @@ SQL_TYPES = {
 
 
 # Rows fetched from DuckDB at once by `read_within` (a call a row was a third of a long
-# read): no more than the room left holds at INLINE_BYTES a payload, so that what is
-# read past the bytes and let go is within them again, but at least _FETCH_LEAST (1 MiB
-# of payloads at most past the bytes, a read on each of the reader threads) and at
-# most _FETCH_MOST.
-_FETCH_LEAST: Final = 16
+# read): no more than the room left holds at INLINE_BYTES a payload and as much of
+# attributes (each larger one is read by key), so that what is read past the bytes and
+# let go is within them again, but at least _FETCH_LEAST (1 MiB at most past the bytes,
+# a read on each of the reader threads) and at most _FETCH_MOST.
+_FETCH_LEAST: Final = 8
 _FETCH_MOST: Final = 64
 # Reads of a page again by `read_within` when rows it read expired before their large
 # payloads were read by key (retention deleting them meanwhile): a race, rare each time.
@@ -53,13 +53,13 @@ def read_within(
     params: dict[str, Any],
     kind: type[R],
     max_bytes: int,
-    size: Callable[[int, str], int],
+    size: Callable[[int, int], int],
 ) -> tuple[list[R], bool]:
     """The rows `sql` selects (as `_bounded_select` lists them), taken one at a time until
     they hold at least `max_bytes`, and whether it stopped there. `size(payload bytes,
-    attributes)` is what a row counts as. Python holds what the reader keeps, and DuckDB
-    returns no large payload but those (`INLINE_BYTES`), read by key after them: a page
-    whose rows expired in between is read again."""
+    attributes bytes)` is what a row counts as. Python holds what the reader keeps, and
+    DuckDB returns no large payload or attributes but those (`INLINE_BYTES`), read by
+    key after them: a page whose rows expired in between is read again."""
     again = 0
     while True:
         cursor.execute(sql, params)
@@ -71,15 +71,17 @@ def read_within(
         more = True
         while more and total < max_bytes:
             # A few rows at a time, kept one by one.
-            asked = max(_FETCH_LEAST, min(_FETCH_MOST, (max_bytes - total) // INLINE_BYTES))
+            room = (max_bytes - total) // (2 * INLINE_BYTES)
+            asked = max(_FETCH_LEAST, min(_FETCH_MOST, room))
             batch = cursor.fetchmany(asked)
             more = len(batch) == asked
             for values in batch:
-                *row, payload = values
-                if payload is not None and payload > INLINE_BYTES:
+                *row, payload, attributes_bytes = values
+                attributes_bytes = attributes_bytes or 0
+                if (payload or 0) > INLINE_BYTES or attributes_bytes > INLINE_BYTES:
                     large[row[0]] = len(found)  # message_id is the first column of both tables
                 found.append(row)
-                total += size(payload or 0, row[attributes])
+                total += size(payload or 0, attributes_bytes)
                 if total >= max_bytes:
                     more = True
                     break
@@ -98,19 +100,18 @@ def read_within(
                 if again > _READS_AGAIN:
                     raise StoreUnavailable("rows of a page expired as it was read, each time")
                 continue
-            for message_id, value in payloads:
+            for message_id, value, attributes_value in payloads:
                 found[large[message_id]][data] = value
+                found[large[message_id]][attributes] = attributes_value
         return [row_of(kind, row) for row in found], more
 
 
-def payload_size(kind: type[Row]) -> Callable[[int, str], int]:
+def payload_size(kind: type[Row]) -> Callable[[int, int], int]:
     """What a row of `kind` counts as in a budget (`row_bytes`), from its payload's size
-    in DuckDB and its attributes."""
+    and its attributes' in DuckDB (in bytes, as `strlen` counts them)."""
     if kind is Rejection:
-        return lambda payload, attributes: (
-            (payload + 2) // 3 * 4 + text_bytes(attributes) + ROW_BYTES
-        )
-    return lambda payload, attributes: payload + text_bytes(attributes) + ROW_BYTES
+        return lambda payload, attributes: (payload + 2) // 3 * 4 + attributes + ROW_BYTES
+    return lambda payload, attributes: payload + attributes + ROW_BYTES
 
 
 def ddl(table: str, row_type: type[Row]) -> str:
@@ -158,24 +159,27 @@ _PAGE_RANGE: Final = """ingest_time >= make_timestamptz($after_time)
   AND (ingest_time > make_timestamptz($after_time) OR message_id > $after_message_id)"""
 
 # A page read to a byte budget selects a payload larger than this (`data`) as NULL, and
-# its size beside it, then reads only those it keeps, by key. DuckDB reads a column
+# its size beside it, then reads only those it keeps, by key (and so its attributes,
+# up to 0.4 MB a row as Pub/Sub sends them). DuckDB reads a column
 # 2,048 rows at a time: a page of 40 records of 4 MB held +810 MB in DuckDB while it
 # ran, returning every payload; selecting none of the large ones, as the scan reads
 # them (`_bounded_page_sql`), +170 MB, what the scan itself holds.
 INLINE_BYTES: Final = 64 * 1024
 _PAYLOAD: Final = {Record: "strlen(data::VARCHAR)", Rejection: "octet_length(data)"}
+_ATTRIBUTES_BYTES: Final = "strlen(attributes::VARCHAR)"
 
 
 def _bounded_select(row_type: type[Row]) -> list[str]:
-    """`_select_list`'s expressions, the payload NULL past INLINE_BYTES, its size last."""
-    size = _PAYLOAD[row_type]
+    """`_select_list`'s expressions, the payload and the attributes NULL past
+    INLINE_BYTES, their sizes last."""
+    sizes = {"data": _PAYLOAD[row_type], "attributes": _ATTRIBUTES_BYTES}
     listed = [
-        f"CASE WHEN {size} <= {INLINE_BYTES} THEN {_selected(c)} END"
-        if c.name == "data"
+        f"CASE WHEN {sizes[c.name]} <= {INLINE_BYTES} THEN {_selected(c)} END"
+        if c.name in sizes
         else _selected(c)
         for c in columns(row_type)
     ]
-    return [*listed, size]
+    return [*listed, sizes["data"], sizes["attributes"]]
 
 
 def _bounded_page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
@@ -275,12 +279,13 @@ BOUNDED_PAGE_SQL: dict[type[Row], str] = {
     Record: _bounded_page_sql("records", Record),
     Rejection: _bounded_page_sql("rejected", Rejection),
 }
+# The payloads and attributes of a page's rows by key, those it selected as NULL.
 _PAYLOADS_SQL: dict[type[Row], str] = {
-    row_type: f"SELECT message_id, {_selected(column)} FROM {table} "
+    row_type: f"SELECT message_id, {_selected(by_name['data'])}, "
+    f"{_selected(by_name['attributes'])} FROM {table} "
     "WHERE message_id IN (SELECT unnest($ids))"
     for row_type, table in ((Record, "records"), (Rejection, "rejected"))
-    for column in columns(row_type)
-    if column.name == "data"
+    for by_name in [{c.name: c for c in columns(row_type)}]
 }
 NEWEST_RECORDS_SQL = f"""
 SELECT {", ".join(_bounded_select(Record))} FROM records
