@@ -133,6 +133,9 @@ function records() {
   // The follower's waiting read, if one is in flight: abandoned when the reader scrolls
   // up (the rows it would bring wait for them) or reads anew.
   let waiting = null;
+  // Whether the view holds no row yet, which the status line says (following or not).
+  let empty = false;
+  const sayEmpty = () => status(follow.checked ? "No record yet: following." : "No record is kept by these filters.");
   const follow = $("#follow");
   const atBottom = () => window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
 
@@ -149,6 +152,7 @@ function records() {
     if (event) event.preventDefault();
     const mine = generation += 1;
     if (waiting) waiting.abort();
+    empty = false;
     query = filterParams(form, RECORD_FILTERS);
     filtersToAddress(query);
     body.replaceChildren();
@@ -157,7 +161,8 @@ function records() {
       const answer = await page(null, false);
       if (mine !== generation) return;  // a later read's filters are the view's
       for (const record of answer.records) body.append(recordRow(record));
-      if (!answer.records.length) status(follow.checked ? "No record yet: following." : "No record is kept by these filters.");
+      empty = !answer.records.length;
+      if (empty) sayEmpty();
       next = answer.next_page_token;
       more.hidden = !next || answer.records.length < 100;
       if (follow.checked) tail(generation);
@@ -185,7 +190,7 @@ function records() {
         const following = atBottom();
         for (const record of answer.records) body.append(recordRow(record));
         next = answer.next_page_token;
-        if (answer.records.length) status("");
+        if (answer.records.length) { empty = false; status(""); }
         if (answer.records.length && following) window.scrollTo(0, document.body.scrollHeight);
       } catch (error) {
         // Abandoned: scrolled up (paused above, `next` unchanged) or read anew.
@@ -207,7 +212,10 @@ function records() {
       more.hidden = !next || answer.records.length < 100;
     } catch (error) { status(error.message); }
   });
-  follow.addEventListener("change", () => { if (follow.checked) { more.hidden = true; tail(generation); } });
+  follow.addEventListener("change", () => {
+    if (empty) sayEmpty();
+    if (follow.checked) { more.hidden = true; tail(generation); }
+  });
   form.addEventListener("submit", read);
   // Offered to whoever may export here alone (the page says so: no form otherwise).
   if ($("#export")) $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
