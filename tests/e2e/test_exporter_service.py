@@ -92,7 +92,7 @@ def holders(emulator: SpannerEmulator, databases: dict[str, str]) -> dict[str, i
     """Each system's lease holder's process id, None while nobody holds it."""
     found: dict[str, int | None] = {}
     for system, url in databases.items():
-        db = emulator.instance.database(url.rsplit("/", 1)[1])
+        db = emulator.database_of(url)
         with db.snapshot() as snapshot:
             rows = list(
                 snapshot.execute_sql(

@@ -72,7 +72,7 @@ def held_by_bigquery(jobs: str) -> dict[str, tuple[int, int]]:
 
 def lease_holder_pid(spanner_emulator: SpannerEmulator, database: str) -> int | None:
     """The process id of the exporter holding the lease (its name ends in pid/nonce)."""
-    db = spanner_emulator.instance.database(database.rsplit("/", 1)[1])
+    db = spanner_emulator.database_of(database)
     with db.snapshot() as snapshot:
         rows = list(snapshot.execute_sql("SELECT holder FROM export_lease"))
     return int(rows[0][0].split("/")[-2]) if rows else None

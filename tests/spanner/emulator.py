@@ -69,6 +69,12 @@ class SpannerEmulator:
             ddl(window) if statements is None else statements,
         )
 
+    def database_of(self, url: str) -> Any:
+        """The client's handle on the database a URL of `database()` names, in whichever
+        instance made it (a later one is made once one is nearly full)."""
+        where = spanner_database(url)
+        return self.client.instance(where.instance).database(where.database)
+
     def database_in(self, project: str, like: str) -> str:
         """A new database with the service's schema in `project`, its instance and its own
         names those of `like` (a database of this emulator): the same names elsewhere."""

@@ -334,7 +334,7 @@ async def test_a_migration_applied_before_the_image_that_needs_it(
         await make_tiered(url=url)
     assert "records.region is missing" in str(refused.value)
     # The migration, appended to Terraform's ddl, is run on the database in place...
-    database = spanner_emulator.instance.database(url.rsplit("/", 1)[1])
+    database = spanner_emulator.database_of(url)
     database.update_ddl([add_column("records", "region")]).result(60)
     # ...and the same image starts on it.
     await make_tiered(url=url)
