@@ -67,6 +67,7 @@ def open_store(
                 conflicts=observers.conflicts,
                 revisions=revisions,
                 loops=observers.loops,
+                read_seconds=settings.store.query_timeout_seconds,
             )
         case "duckdb":
             from app.store.duckdb.store import DuckDBStore
@@ -80,6 +81,7 @@ def open_store(
                 conflicts=observers.conflicts,
                 revisions=revisions,
                 loops=observers.loops,
+                read_seconds=settings.store.query_timeout_seconds,
             )
         case "bigquery":
             analytics = open_bigquery(settings, revisions=revisions, observers=observers)

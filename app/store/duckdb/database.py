@@ -7,9 +7,10 @@ Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,6 +27,10 @@ T = TypeVar("T")
 
 # Reads on two cores: more threads only queue behind DuckDB's own parallelism.
 _READER_THREADS = 4
+# Longest a read runs by default (RECORDLINE_QUERY_TIMEOUT_SECONDS's default), and how
+# soon a read past it is interrupted again if it went on to another statement.
+READ_SECONDS = 10.0
+_INTERRUPT_AGAIN_SECONDS = 0.01
 # DuckDB reads wide columns (`data`) lazily only for Top-N queries up to this
 # many rows; the default (50) is below our page size, and raising it halved
 # the latency of a 100-row page out of 1M rows (p50 16.6 → 7.0 ms).
@@ -36,8 +41,9 @@ class Database:
     """One DuckDB database (`:memory:` for a throwaway one), open from `open` until
     `close_reads`: writes one at a time on the writer thread, reads beside them."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, read_seconds: float = READ_SECONDS) -> None:
         self.path = path
+        self.read_seconds = read_seconds
         # None until open, and again once closing: no read or write starts then.
         self.con: duckdb.DuckDBPyConnection | None = None
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
@@ -100,14 +106,68 @@ class Database:
             raise StoreUnavailable(f"DuckDB write failed: {exc}") from exc
 
     async def read(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """`fn(cursor)` on a reader thread; a DuckDB error as StoreUnavailable."""
+        """`fn(cursor)` on a reader thread; a DuckDB error, or a read that ran past
+        `read_seconds`, as StoreUnavailable. A read past its time, or whose caller stopped
+        waiting, is interrupted: DuckDB stops its statement and the thread is free again
+        (its next statements too, should it go on to them)."""
+        reading = _Reading()
 
         def run() -> T:
-            return fn(self._cursor())
+            cursor = self._cursor()
+            with reading.on(cursor):
+                return fn(cursor)
 
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, run)
+            async with asyncio.timeout(self.read_seconds):
+                return await loop.run_in_executor(self._readers, run)
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"a DuckDB read ran past {self.read_seconds:g} s and was stopped"
+            ) from None
         except duckdb.Error as exc:
             raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
         except RuntimeError as exc:  # the pool is shut down
             raise StoreUnavailable(f"the DuckDB store is closed: {exc}") from exc
+        finally:
+            _stop(loop, reading)
+
+
+class _Reading:
+    """The cursor a read runs on while it runs: what its deadline interrupts."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self.done = False
+
+    @contextlib.contextmanager
+    def on(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        with self._lock:
+            if self.done:  # stopped before it began: its caller is gone
+                raise duckdb.InterruptException("the read was stopped before it began")
+            self._cursor = cursor
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._cursor, self.done = None, True
+
+    def interrupt(self) -> bool:
+        """Interrupt the statement under way; whether the read is still running (not
+        yet begun counts: it will not begin)."""
+        with self._lock:
+            if self._cursor is not None:
+                # DuckDB's interrupt is made to be called from another thread; on a
+                # cursor between statements it is a no-op, hence again until done.
+                self._cursor.interrupt()
+                return True
+            if not self.done:
+                self.done = True
+            return False
+
+
+def _stop(loop: asyncio.AbstractEventLoop, reading: _Reading) -> None:
+    """Interrupt `reading` until its function returns (nothing to do once it has)."""
+    if reading.interrupt():
+        loop.call_later(_INTERRUPT_AGAIN_SECONDS, _stop, loop, reading)

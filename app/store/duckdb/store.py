@@ -30,7 +30,7 @@ from app.store.duckdb.applier import (
     Applier,
     Unapplied,
 )
-from app.store.duckdb.database import Database
+from app.store.duckdb.database import READ_SECONDS, Database
 from app.store.duckdb.early_tail import EarlyTail
 from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserter
@@ -75,6 +75,7 @@ class DuckDBStore:
         revisions: Revisions | None = None,
         loops: LoopObserver | None = None,
         live_producers: int = book.LIVE_PRODUCERS,
+        read_seconds: float = READ_SECONDS,
     ) -> None:
         self.path = path
         # Records of a topic schema's revisions get typed columns (typed.py);
@@ -84,7 +85,7 @@ class DuckDBStore:
         # The applier and the expirer: restarted if they fail, named by readiness
         # while they stay down, each restart told to `loops`.
         self._loops = Supervisor(observer=loops)
-        self._db = Database(path)
+        self._db = Database(path, read_seconds=read_seconds)
         self._journal = None if path == ":memory:" else JournalProcess(Path(f"{path}.journal"))
         self._frames = Frames(self._journal)
         # The newest records, which followers at the tail read with no query:
