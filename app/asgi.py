@@ -581,7 +581,6 @@ def parked_followers(
         reader,
         places=places,
         stream_seconds=query.stream_seconds,
-        heartbeat_seconds=query.heartbeat_seconds,
         max_open=query.max_followers,
         long_poll_seconds=query.long_poll_seconds,
         slow_seconds=slow_seconds,

@@ -566,14 +566,6 @@ class QuerySettings(Section, frozen=True):
             "Durable Streams Python client)",
         ),
     ] = 20.0
-    heartbeat_seconds: Annotated[
-        float,
-        Meta(gt=0),
-        env(
-            "RECORDLINE_HEARTBEAT_SECONDS",
-            "How often a stream with nothing new sends a heartbeat comment",
-        ),
-    ] = 15.0
     shared_cache: Annotated[
         bool,
         env(

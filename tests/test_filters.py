@@ -15,6 +15,7 @@ import pytest
 from litestar import Litestar
 
 from app.asgi import create_app
+from app.query import follow
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.store.filters import MAX_CONDITIONS, MAX_FILTER_BYTES
 from tests.conftest import delivered, served, settings
@@ -44,10 +45,9 @@ def push_body(n: int, *, valid: bool = True, **attributes: str) -> dict[str, Any
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
-    return create_app(
-        settings(RECORDLINE_HEARTBEAT_SECONDS="0.2", RECORDLINE_STREAM_SECONDS="2"), store=store
-    )
+def app(store: FaultyStore, monkeypatch: pytest.MonkeyPatch) -> Litestar:
+    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
+    return create_app(settings(RECORDLINE_STREAM_SECONDS="2"), store=store)
 
 
 @pytest.fixture

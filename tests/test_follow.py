@@ -20,6 +20,7 @@ from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.http.head import Recordline
+from app.query import follow
 from app.query.events import ENCODED_BYTES, Encodings, Event
 from app.query.follow import SHARED_READ_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
@@ -65,10 +66,9 @@ async def until_waiting(app: Recordline, count: int) -> Followers:
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Recordline:
-    return create_app(
-        settings(RECORDLINE_HEARTBEAT_SECONDS="0.2", RECORDLINE_STREAM_SECONDS="2"), store=store
-    )
+def app(store: FaultyStore, monkeypatch: pytest.MonkeyPatch) -> Recordline:
+    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
+    return create_app(settings(RECORDLINE_STREAM_SECONDS="2"), store=store)
 
 
 @pytest.fixture
@@ -383,11 +383,9 @@ _HEADER = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_siz
 
 @pytest.fixture(scope="module")
 def streams() -> Iterator[httpx.Client]:
-    app = create_app(
-        settings(RECORDLINE_HEARTBEAT_SECONDS="0.05", RECORDLINE_STREAM_SECONDS="0.2"),
-        store=DuckDBStore(":memory:"),
-    )
-    with served_in_thread(app) as client:
+    app = create_app(settings(RECORDLINE_STREAM_SECONDS="0.2"), store=DuckDBStore(":memory:"))
+    with pytest.MonkeyPatch.context() as patch, served_in_thread(app) as client:
+        patch.setattr(follow, "HEARTBEAT_SECONDS", 0.05)
         client.post("/pubsub/push", json=push_body(0)).raise_for_status()
         yield client
 

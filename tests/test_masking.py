@@ -16,6 +16,7 @@ import pytest
 from litestar import Litestar
 
 from app.asgi import create_app
+from app.query import follow
 from app.query.mask import MASKED, Mask
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
@@ -56,14 +57,14 @@ REJECTED_BYTES = b"\x00\x01 bob@example.com \xff"
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Litestar:
+def app(store: FaultyStore, monkeypatch: pytest.MonkeyPatch) -> Litestar:
+    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
     return create_app(
         settings(
             RECORDLINE_PUSH_TOKEN=SECRET,
             RECORDLINE_MASK_FIELDS="email, card",
             RECORDLINE_MASK_ATTRIBUTES="client-ip",
             RECORDLINE_STREAM_SECONDS="1",
-            RECORDLINE_HEARTBEAT_SECONDS="0.2",
         ),
         store=store,
     )

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from app.asgi import create_app
 from app.http.head import Recordline
+from app.query import follow
 from app.query.offsets import ALPHABET, SEPARATOR, Offsets
 from app.query.page_token import PageToken, PageTokens
 from app.query.service import RECORDS, Reader, RecordView, record_view, view
@@ -67,13 +68,10 @@ def store() -> FaultyStore:
 
 
 @pytest.fixture
-def app(store: FaultyStore) -> Recordline:
+def app(store: FaultyStore, monkeypatch: pytest.MonkeyPatch) -> Recordline:
+    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
     return create_app(
-        settings(
-            RECORDLINE_LONG_POLL_SECONDS="0.5",
-            RECORDLINE_HEARTBEAT_SECONDS="0.2",
-            RECORDLINE_STREAM_SECONDS="1.5",
-        ),
+        settings(RECORDLINE_LONG_POLL_SECONDS="0.5", RECORDLINE_STREAM_SECONDS="1.5"),
         store=store,
     )
 

@@ -22,6 +22,7 @@ from durable_streams import astream
 
 from app.asgi import create_app
 from app.http.head import Recordline
+from app.query import follow
 from app.store.duckdb.store import DuckDBStore
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
 from tests.conftest import delivered, served, settings
@@ -36,8 +37,13 @@ LIVE_SETTINGS = {
     # within the test, as they would over minutes.
     "RECORDLINE_LONG_POLL_SECONDS": "0.5",
     "RECORDLINE_STREAM_SECONDS": "1",
-    "RECORDLINE_HEARTBEAT_SECONDS": "0.2",
 }
+
+
+@pytest.fixture(autouse=True)
+def short_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A quiet stream's heartbeat within the test too, as it comes within minutes."""
+    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
 
 
 class Follower:

@@ -40,6 +40,9 @@ SLOW_FOLLOWER_SECONDS: Final = 30.0
 # How long a stream's long-poll waits for rows before its 204: under the 30 s
 # many HTTP clients give a response (the Durable Streams Python client's default).
 DEFAULT_LONG_POLL_SECONDS: Final = 20.0
+# A stream with nothing new sends a heartbeat comment this often: half the 30 s read
+# timeout of many HTTP clients, so a quiet stream is never taken for a dead one.
+HEARTBEAT_SECONDS: Final = 15.0
 # A full instance is asked again after this long: followers end within a stream's
 # life, and a retry may reach another instance.
 FULL_RETRY_SECONDS: Final = 5
@@ -222,7 +225,6 @@ class Followers:
         reader: Reader,
         *,
         stream_seconds: float,
-        heartbeat_seconds: float,
         shared_cache: bool,
         max_open: int = DEFAULT_MAX_FOLLOWERS,
         places: Places | None = None,
@@ -237,7 +239,6 @@ class Followers:
         self.slow_seconds = slow_seconds
         self.long_poll_seconds = long_poll_seconds
         self.max_open = max_open
-        self.heartbeat_seconds = heartbeat_seconds
         # Whether answers may be kept by a cache that others share (`public`).
         self.shared_cache = shared_cache
         # Its places (in a cell, a share of the cell's), or `max_open` of its own.
@@ -437,7 +438,7 @@ class Follow:
                     break
                 # Nothing new: wait for rows here, where an idle follower holds
                 # the least (no read under way), and say it is alive now and then.
-                beat = quiet_since + followers.heartbeat_seconds
+                beat = quiet_since + HEARTBEAT_SECONDS
                 left = min(beat, ends) - loop.time()
                 if left > 0 and await live.wait(seen, left, stop):
                     continue

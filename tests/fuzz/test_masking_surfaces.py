@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from app.asgi import create_app
+from app.query import follow
 from tests.conftest import envelope
 from tests.conftest import settings as app_settings
 from tests.fuzz.budget import EXAMPLES
@@ -184,6 +185,7 @@ def served(client: TestClient[Any], headers: dict[str, str], number: int) -> str
 def clients() -> Iterator[list[TestClient[Any]]]:
     """A client of an app for each of MASKS."""
     with contextlib.ExitStack() as stack:
+        stack.enter_context(pytest.MonkeyPatch.context()).setattr(follow, "HEARTBEAT_SECONDS", 0.05)
         yield [
             stack.enter_context(
                 TestClient(
@@ -191,7 +193,6 @@ def clients() -> Iterator[list[TestClient[Any]]]:
                         app_settings(
                             RECORDLINE_PUSH_TOKEN=SECRET,
                             RECORDLINE_STREAM_SECONDS="0.05",
-                            RECORDLINE_HEARTBEAT_SECONDS="0.05",
                             OTEL_METRICS_EXPORTER="prometheus",
                             RECORDLINE_MASK_FIELDS=",".join(fields),
                             RECORDLINE_MASK_ATTRIBUTES=",".join(attributes),
