@@ -110,6 +110,25 @@ def in_bigquery(write_fake: FakeBigQueryWrite, system: str) -> Counter[str]:
     return Counter(row["message_id"] for row in write_fake.rows(table(system)))
 
 
+def systems_setting(databases: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The systems an exporter pool exports: each one's database and dataset."""
+    return {
+        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
+        for system in SYSTEMS
+    }
+
+
+def emulated(
+    spanner_emulator: SpannerEmulator, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> dict[str, str]:
+    """A process's settings for the Spanner emulator and BigQuery's fakes."""
+    return {
+        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+    }
+
+
 @pytest.fixture
 def databases(spanner_emulator: SpannerEmulator) -> dict[str, str]:
     """Each system's serving database: its RECORDLINE_SERVING."""
@@ -225,15 +244,10 @@ async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_z
     tmp_path: Path,
 ) -> None:
     environment = {
-        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
-        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        **emulated(spanner_emulator, write_fake, jobs_fake),
         "RECORDLINE_LOG_FORMAT": "json",
     }
-    systems = {
-        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
-        for system in SYSTEMS
-    }
+    systems = systems_setting(databases)
     exporter_env = {**environment, "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems)}
     acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
     exporters = [ExporterProcess(exporter_env, tmp_path / f"exporter-{n}.log") for n in (1, 2)]
@@ -347,15 +361,10 @@ async def test_an_export_on_call_slowed_is_paced_and_stops_in_time_at_sigterm(
             }
         )
     )
-    systems = {
-        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
-        for system in SYSTEMS
-    }
+    systems = systems_setting(databases)
     # As Terraform runs the pool: a cell's systems' file, and its throttles' file.
     environment = {
-        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
-        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        **emulated(spanner_emulator, write_fake, jobs_fake),
         "RECORDLINE_LOG_FORMAT": "json",
         "RECORDLINE_CELL": "cell-1",
         "RECORDLINE_SYSTEMS": json.dumps(systems),
@@ -418,15 +427,9 @@ async def test_a_hung_release_rolled_back_exports_every_row_once_within_the_runb
     databases: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    systems = {
-        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
-        for system in SYSTEMS
-    }
     environment = {
-        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
-        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
-        "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems),
+        **emulated(spanner_emulator, write_fake, jobs_fake),
+        "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems_setting(databases)),
     }
     acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
 
