@@ -194,9 +194,7 @@ async def test_a_cell_and_its_exporter_pool_on_the_emulator(
 
             # Alpha's database is gone: its pushes are answered 503 (to be delivered
             # again), while beta's and gamma's are stored and exported on.
-            await asyncio.to_thread(
-                spanner_emulator.database_of(databases["alpha"]).drop
-            )
+            await asyncio.to_thread(spanner_emulator.database_of(databases["alpha"]).drop)
             assert await pushes.push("alpha", "alpha-gone") == 503
             await pushes.round("alpha-gone", ("beta", "gamma"))
             await until(

@@ -11,7 +11,9 @@ process at all), is woken by a push: the process starts, answers it 204, and
 the surviving exporter puts the row in BigQuery, though no ingest instance
 exports anything. And a pool run as Terraform runs it, with the cell's throttles file:
 the system whose export on-call slowed is paced, the others are not, and SIGTERM while
-it waits stops it in time, nothing doubled.
+it waits stops it in time, nothing doubled. And the exporter's rollback drilled: a bad
+release that hangs holding every lease (SIGSTOP), the last good revision started, in
+BigQuery within the runbook's time, then the bad one resumed and stopped, nothing doubled.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from app.errors import StoreUnavailable
 from app.records import Record
 from app.store.spanner.calls import CALL_SECONDS
 from app.store.spanner.ledger import standing_of
-from app.store.tiered.exporter import LEASE_SECONDS
+from app.store.tiered.exporter import IDLE_MAX_SECONDS, LEASE_SECONDS
 from app.store.tiered.store import TieredStore
 from recordline_dev.processes import free_port, stop_group
 from tests.bigquery.conftest import PROJECT
@@ -106,6 +108,25 @@ def holders(emulator: SpannerEmulator, databases: dict[str, str]) -> dict[str, i
 
 def in_bigquery(write_fake: FakeBigQueryWrite, system: str) -> Counter[str]:
     return Counter(row["message_id"] for row in write_fake.rows(table(system)))
+
+
+def systems_setting(databases: dict[str, str]) -> dict[str, dict[str, str]]:
+    """The systems an exporter pool exports: each one's database and dataset."""
+    return {
+        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
+        for system in SYSTEMS
+    }
+
+
+def emulated(
+    spanner_emulator: SpannerEmulator, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> dict[str, str]:
+    """A process's settings for the Spanner emulator and BigQuery's fakes."""
+    return {
+        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
+        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+    }
 
 
 @pytest.fixture
@@ -223,15 +244,10 @@ async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_z
     tmp_path: Path,
 ) -> None:
     environment = {
-        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
-        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        **emulated(spanner_emulator, write_fake, jobs_fake),
         "RECORDLINE_LOG_FORMAT": "json",
     }
-    systems = {
-        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
-        for system in SYSTEMS
-    }
+    systems = systems_setting(databases)
     exporter_env = {**environment, "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems)}
     acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
     exporters = [ExporterProcess(exporter_env, tmp_path / f"exporter-{n}.log") for n in (1, 2)]
@@ -345,15 +361,10 @@ async def test_an_export_on_call_slowed_is_paced_and_stops_in_time_at_sigterm(
             }
         )
     )
-    systems = {
-        system: {"serving": databases[system], "store": f"bigquery://{PROJECT}/{dataset(system)}"}
-        for system in SYSTEMS
-    }
+    systems = systems_setting(databases)
     # As Terraform runs the pool: a cell's systems' file, and its throttles' file.
     environment = {
-        "SPANNER_EMULATOR_HOST": spanner_emulator.host,
-        "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-        "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        **emulated(spanner_emulator, write_fake, jobs_fake),
         "RECORDLINE_LOG_FORMAT": "json",
         "RECORDLINE_CELL": "cell-1",
         "RECORDLINE_SYSTEMS": json.dumps(systems),
@@ -401,3 +412,77 @@ async def test_an_export_on_call_slowed_is_paced_and_stops_in_time_at_sigterm(
     said = pool.log.read_text()
     assert "system alpha throttled: its export at 1 rows a second" in said
     assert "the throttle of 'beta' cannot be used" in said
+
+
+# The pool's revisions as Cloud Run names them (NAME-GENERATION-SUFFIX): the last good one,
+# and the bad release deployed after it, which the lease ranks higher.
+GOOD, BAD = "recordline-exporter-00002-w2p", "recordline-exporter-00003-b4d"
+
+
+async def test_a_hung_release_rolled_back_exports_every_row_once_within_the_runbooks_time(
+    spanner_emulator: SpannerEmulator,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    stores: dict[str, TieredStore],
+    databases: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    environment = {
+        **emulated(spanner_emulator, write_fake, jobs_fake),
+        "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems_setting(databases)),
+    }
+    acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
+
+    def exported() -> bool:
+        return all(in_bigquery(write_fake, s).keys() >= acknowledged[s] for s in SYSTEMS)
+
+    async def holding() -> set[int | None]:
+        return set((await asyncio.to_thread(holders, spanner_emulator, databases)).values())
+
+    bad = ExporterProcess({**environment, "CLOUD_RUN_REVISION": BAD}, tmp_path / "bad.log")
+    good: ExporterProcess | None = None
+    try:
+        await acknowledge(stores, 2, acknowledged, "before")
+        await until(exported, timeout=60, interval=0.2, what="the bad release exporting")
+        # It hangs, every lease held (paused, as Jepsen pauses a process): rows acknowledged
+        # meanwhile wait in Spanner.
+        bad.process.send_signal(signal.SIGSTOP)
+        await acknowledge(stores, 3, acknowledged, "hung")
+        assert await holding() == {bad.pid}
+        assert not exported()
+
+        # The traffic shift starts the last good revision's instance: every system taken
+        # over once the hung one's leases run out, and its rows exported.
+        shifted = time.monotonic()
+        good = ExporterProcess({**environment, "CLOUD_RUN_REVISION": GOOD}, tmp_path / "good.log")
+        await until(exported, timeout=3 * LEASE_SECONDS, interval=0.1, what="the export back")
+        took = time.monotonic() - shifted
+        print(f"\nthe old revision's start to every row in BigQuery: {took:.2f} s")
+        # docs/operations.md#rolling-the-exporter-back (tests/infra/test_runbook.py).
+        assert took <= LEASE_SECONDS + IDLE_MAX_SECONDS
+        assert await holding() == {good.pid}
+
+        # Resumed, as Cloud Run lets an old instance finish before stopping it: the newer
+        # deploy, it takes leases back (the lease ranks it higher), and SIGTERM hands them
+        # back. Rows acknowledged all along.
+        bad.process.send_signal(signal.SIGCONT)
+        writing = asyncio.create_task(acknowledge(stores, 3, acknowledged, "resumed"))
+
+        async def retaken() -> bool:
+            return bad.pid in await holding()
+
+        await until(retaken, timeout=LEASE_SECONDS, interval=0.1, what="a lease taken back")
+        bad.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(bad.process.wait, 10) == 0, bad.log.read_text()[-3000:]
+        await writing
+        await acknowledge(stores, 2, acknowledged, "after")
+        await until(exported, timeout=60, interval=0.2, what="every row in BigQuery")
+        assert await holding() == {good.pid}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(bad.pid, signal.SIGCONT)  # stopped, it acts on no SIGTERM
+        await asyncio.gather(*(asyncio.to_thread(e.close) for e in (bad, good) if e))
+    for system in SYSTEMS:
+        copies = in_bigquery(write_fake, system)
+        assert copies.keys() == acknowledged[system], system
+        assert set(copies.values()) == {1}, system

@@ -234,6 +234,11 @@ def test_the_exporters_numbers_in_the_runbook_are_the_codes() -> None:
     assert "no push" not in behind
     retry = f"{exporter.RETRY_SECONDS:g} s, doubling to {exporter.RETRY_MAX_SECONDS:g} s"
     assert f"that table retries after {retry}" in behind
+    # A bad instance that hangs: its leases run out, then the old revision's first rounds.
+    back = _section("## Rolling the exporter back")
+    lease, idle = exporter.LEASE_SECONDS, exporter.IDLE_MAX_SECONDS
+    assert f"within {lease + idle:g} s of the old revision's instances starting" in back
+    assert f"(a lease, {lease:g} s, and {idle:g} s, the longest an exporter waits" in back
     blocked = _section("### Export blocked")
     every = "minute" if exporter.BLOCKED_RETRY_SECONDS == 60 else "other"
     assert f"tries that very batch again every {every}" in blocked
