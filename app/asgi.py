@@ -35,7 +35,7 @@ from app.ingest.batcher import Batcher, BatchLimits
 from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
-from app.ingest.schemas import Schemas, SchemaSource
+from app.ingest.schemas import FETCH_SECONDS, Schemas, SchemaSource
 from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
 from app.ingest.signing import ProducerKeys
@@ -95,12 +95,11 @@ def fetching_schemas(settings: Settings, source: SchemaSource | None = None) -> 
     """The schema revisions' decoders, fetched from `source` (the Schema API by
     default) as messages name them; their typed fields, with those of the schema a
     JSON topic's system declares (`declared`), are learned in `schemas.revisions`."""
-    timeout = settings.schema.fetch_timeout_seconds
     schemas = Schemas(
         source
         if source is not None
-        else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=timeout),
-        timeout=timeout,
+        else PubSubSchemas(emulator_host=settings.schema.emulator_host, timeout=FETCH_SECONDS),
+        timeout=FETCH_SECONDS,
     )
     declared(settings, schemas.revisions)
     return schemas

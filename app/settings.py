@@ -485,15 +485,6 @@ class SchemaSettings(Section, frozen=True):
             accepts="`host:port`",
         ),
     ] = ""
-    fetch_timeout_seconds: Annotated[
-        float,
-        Meta(gt=0),
-        env(
-            "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
-            "Longest a fetch of a schema revision may take; a push waiting for it then gets "
-            "503. Each revision is fetched once, then kept",
-        ),
-    ] = 3.0
     json_topic_schema: Annotated[
         str,
         # A JSON object here; that it is an Avro record schema is checked where the

@@ -39,6 +39,9 @@ ENCODINGS = frozenset({"JSON", "BINARY"})
 
 # What a schema name looks like; anything else is not worth a call to the API.
 _SCHEMA_NAME = re.compile(r"projects/[^/@\s]+/schemas/[^/@\s]+")
+# Longest a fetch of a revision may take (a push waiting for it is then a 503, and
+# delivered again): each revision is fetched once, and 3 s is many times the API's answer.
+FETCH_SECONDS = 3.0
 # A revision the Schema API said does not exist is asked again after this
 # long, not for every message that names it (the API has a per-minute quota).
 _NOT_FOUND_SECONDS = 60.0
