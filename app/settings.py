@@ -410,21 +410,6 @@ class StoreSettings(Section, frozen=True):
 
 
 class BatchSettings(Section, frozen=True):
-    max_rows: Annotated[
-        int, Meta(gt=0), env("RECORDLINE_BATCH_MAX_ROWS", "Most rows in one append")
-    ] = 1000
-    max_bytes: Annotated[
-        int, Meta(gt=0), env("RECORDLINE_BATCH_MAX_BYTES", "Most bytes in one append")
-    ] = 8 * 1024 * 1024
-    max_delay_ms: Annotated[
-        float,
-        Meta(ge=0),
-        env(
-            "RECORDLINE_BATCH_MAX_DELAY_MS",
-            "How long a flush waits for more rows; 0 flushes whatever is waiting as soon "
-            "as the previous flush ends",
-        ),
-    ] = 0.0
     queue_rows: Annotated[
         int,
         Meta(gt=0),

@@ -66,6 +66,12 @@ class FlushObserver(Protocol):
 # not by a timer per request (~5 µs a push at thousands of pushes a second):
 # a push may wait up to this much longer than the write deadline.
 _SWEEP_SECONDS = 0.05
+# A batch is one append of at most this many rows and bytes (a larger row goes alone):
+# past a few hundred rows an append gains little, and one Storage Write request carries 8 MiB.
+MAX_BATCH_ROWS = 1000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+# How long a flush waits for more rows: not at all (a 10 ms wait cut throughput by ~40%).
+BATCH_DELAY_SECONDS = 0.0
 # How long the flusher or the sweep may be down (failing and started again)
 # before readiness names it: meanwhile pushes wait, then fail with a 503.
 LOOP_SECONDS = 1.0
@@ -93,9 +99,14 @@ class BatchLimits(NamedTuple):
 
     @classmethod
     def of(cls, batch: BatchSettings) -> BatchLimits:
-        """The limits `RECORDLINE_BATCH_*` set."""
-        delay = batch.max_delay_ms / 1000
-        return cls(batch.max_rows, batch.max_bytes, delay, batch.queue_rows, batch.queue_bytes)
+        """A batch's own limits, and the queue's as `batch` sets them (RECORDLINE_QUEUE_*)."""
+        return cls(
+            MAX_BATCH_ROWS,
+            MAX_BATCH_BYTES,
+            BATCH_DELAY_SECONDS,
+            batch.queue_rows,
+            batch.queue_bytes,
+        )
 
 
 class Batcher:

@@ -32,6 +32,7 @@ from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransp
 from app.asgi import create_app
 from app.commands import audit as auditing
 from app.commands.replay import Service, replay_dead_letters
+from app.ingest import batcher
 from app.ingest.publisher import SequencedPublisher
 from app.records import Record, Rejection
 from app.store import PublisherDuplicate, RowOutcome
@@ -201,7 +202,11 @@ def sequence(epoch: int, number: int, **more: str) -> dict[str, str]:
 
 
 async def test_withheld_messages_are_missing_until_replayed_and_audit_says_so(
-    wiring: Wiring, publisher: Any, emulator: Any, capsys: pytest.CaptureFixture[str]
+    wiring: Wiring,
+    publisher: Any,
+    emulator: Any,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     poison = frozenset({"held-3", "held-4", "held-8"})
     store = CountingStore(DuckDBStore(":memory:"), poison=poison)
@@ -209,9 +214,9 @@ async def test_withheld_messages_are_missing_until_replayed_and_audit_says_so(
     # One push an append: a store refuses a whole append, and a message that shared
     # every delivery's append with a poisoned one would be dead-lettered too (their
     # redeliveries come together), which is not what is tested here.
-    env = {"RECORDLINE_PRODUCER_GRACE_SECONDS": "1", "RECORDLINE_BATCH_MAX_ROWS": "1"}
+    monkeypatch.setattr(batcher, "MAX_BATCH_ROWS", 1)
     async with (
-        service(store, **env) as (http, url),
+        service(store, RECORDLINE_PRODUCER_GRACE_SECONDS="1") as (http, url),
         Follower(http) as follower,
     ):
         await wiring.connect(url)
