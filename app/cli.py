@@ -571,7 +571,7 @@ def _replay(args: argparse.Namespace) -> int:
 def _exporter() -> int:
     """`recordline exporter` (app/exporter): a process of its own, apart from `serve`.
     It serves no request (a Cloud Run worker pool has no port), and exports every
-    system of RECORDLINE_SYSTEMS (or its former name) that has a serving tier."""
+    system of RECORDLINE_SYSTEMS that has a serving tier."""
     from app.exporter import service
     from app.telemetry import configure_logging, google_project
 
@@ -581,8 +581,7 @@ def _exporter() -> int:
     if not any(entry.serving for entry in settings.systems().values()):
         print(
             "recordline exporter: RECORDLINE_SYSTEMS names no system with a serving tier to "
-            "export, nor its former name RECORDLINE_EXPORT_SYSTEMS one (`recordline config "
-            "--reference` says what they hold)",
+            "export (`recordline config --reference` says what it holds)",
             file=sys.stderr,
         )
         return 2

@@ -766,60 +766,6 @@ def is_system_name(text: str) -> bool:
     return re.fullmatch(_SYSTEM, text) is not None
 
 
-_SYSTEMS_ACCEPTED = (
-    "a JSON object, each system's name (as RECORDLINE_SYSTEM) to "
-    '{"serving": "spanner://projects/P/instances/I/databases/D", "store": '
-    '"bigquery://PROJECT/DATASET"} and, for a JSON topic with a declared schema, '
-    '"json_topic_schema": its Avro schema\'s JSON text'
-)
-
-
-class ExportedSystem(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """One system the exporter service exports: its RECORDLINE_SERVING, its
-    RECORDLINE_STORE and its RECORDLINE_JSON_TOPIC_SCHEMA, as its ingest service has
-    them. (Fields the configuration's own: a misspelt one is refused, not ignored.)"""
-
-    serving: Annotated[str, Meta(pattern=rf"^{SPANNER_URL}$")]
-    store: Annotated[str, Meta(pattern=rf"^{BIGQUERY_URL}$")]
-    json_topic_schema: Annotated[str, Meta(pattern=r"(?s)^(\s*\{.*\}\s*)?$")] = ""
-
-
-class ExporterSettings(Section, frozen=True):
-    """The exporter service (`recordline exporter`): every system whose rows it feeds
-    from Spanner to BigQuery. Checked when the settings are read, like every other."""
-
-    systems: Annotated[
-        str,
-        env(
-            "RECORDLINE_EXPORT_SYSTEMS",
-            "The former name of RECORDLINE_SYSTEMS for the exporter service, accepted for "
-            "one release: a JSON object, each name to its `serving` (RECORDLINE_SERVING), "
-            "`store` (RECORDLINE_STORE) and, if it declares one, `json_topic_schema`",
-            accepts=_SYSTEMS_ACCEPTED,
-        ),
-    ] = ""
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> ExporterSettings:
-        settings = super().from_env(environ)
-        settings.exported()  # refused here, naming the variable, or never
-        return settings
-
-    def exported(self) -> dict[str, ExportedSystem]:
-        """Each system's settings, by name; SettingsError for a value that is none."""
-        if not self.systems.strip():
-            return {}
-        try:
-            raw = msgspec.json.decode(self.systems)
-            if not isinstance(raw, dict) or not all(
-                isinstance(name, str) and re.fullmatch(_SYSTEM, name) for name in raw
-            ):
-                raise msgspec.ValidationError("not an object of system names")
-            return {name: msgspec.convert(entry, ExportedSystem) for name, entry in raw.items()}
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            raise invalid("RECORDLINE_EXPORT_SYSTEMS", self.systems, _SYSTEMS_ACCEPTED) from None
-
-
 # What a cell's entry for a system (RECORDLINE_SYSTEMS) holds, in words.
 def _once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object of RECORDLINE_SYSTEMS, refused if it names a key twice."""
@@ -1052,15 +998,6 @@ class SystemEntry(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fiel
     max_followers: Annotated[int, Meta(ge=0)] = 0
     max_reads: Annotated[int, Meta(ge=0)] = 0
 
-    @classmethod
-    def of(cls, exported: ExportedSystem) -> SystemEntry:
-        """An entry of RECORDLINE_EXPORT_SYSTEMS (the exporter's alone) as a cell's."""
-        return cls(
-            store=exported.store,
-            serving=exported.serving,
-            json_topic_schema=exported.json_topic_schema,
-        )
-
 
 # Of a cell's bounds, the least any system is given: one push of the largest body
 # (RECORDLINE_MAX_BODY_BYTES) always fits in a system's queue (`queued_bytes`), and
@@ -1166,12 +1103,6 @@ class CellSettings(Section, frozen=True, dict=True):
                     f"RECORDLINE_CELL is set, and {', '.join(own)} would be read by no "
                     "system: in a cell each system's are in its entry of RECORDLINE_SYSTEMS",
                     var=own[0],
-                )
-            if environ.get("RECORDLINE_EXPORT_SYSTEMS", ""):
-                raise SettingsError(
-                    "RECORDLINE_EXPORT_SYSTEMS and RECORDLINE_SYSTEMS both name systems: "
-                    "keep RECORDLINE_SYSTEMS (the other is its former name)",
-                    var="RECORDLINE_EXPORT_SYSTEMS",
                 )
         return settings
 
@@ -1339,23 +1270,18 @@ def system_shares(settings: Settings, entries: Mapping[str, SystemEntry]) -> dic
 def system_settings(
     settings: Settings,
     name: str,
-    system: SystemEntry | ExportedSystem,
+    entry: SystemEntry,
     share: SystemShare | None = None,
 ) -> Settings:
     """The settings system `name` runs with: the process's (the cell's), with the
     system's own stores, schema, payload shape, identities and name, and, given its `share`, its
     admission."""
-    entry = system if isinstance(system, SystemEntry) else SystemEntry.of(system)
     replace = msgspec.structs.replace
     own = replace(
         settings,
         store=replace(settings.store, url=entry.store, serving=entry.serving),
         schema=replace(settings.schema, json_topic_schema=entry.json_topic_schema),
-        payload=(
-            replace(settings.payload, id_field=entry.id_field, time_field=entry.time_field)
-            if isinstance(system, SystemEntry)
-            else settings.payload
-        ),
+        payload=replace(settings.payload, id_field=entry.id_field, time_field=entry.time_field),
         telemetry=replace(settings.telemetry, system=name),
         auth=replace(
             settings.auth,
@@ -1504,16 +1430,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     query: QuerySettings = msgspec.field(default_factory=QuerySettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     telemetry: TelemetrySettings = msgspec.field(default_factory=TelemetrySettings)
-    exporter: ExporterSettings = msgspec.field(default_factory=ExporterSettings)
     cell: CellSettings = msgspec.field(default_factory=CellSettings)
     command: CommandSettings = msgspec.field(default_factory=CommandSettings)
 
     def systems(self) -> dict[str, SystemEntry]:
-        """The cell's systems (RECORDLINE_SYSTEMS), or those its former name names
-        (RECORDLINE_EXPORT_SYSTEMS, the exporter's); none for a deployment of one."""
-        if self.cell.systems.strip():
-            return self.cell.entries()
-        return {name: SystemEntry.of(e) for name, e in self.exporter.exported().items()}
+        """The cell's systems (RECORDLINE_SYSTEMS); none for a deployment of one."""
+        return self.cell.entries()
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -2,10 +2,10 @@
 
     python3 dev.py bench exporter [--systems 1,10] [--trials 3] [--idle 20]
 
-All on Google's Spanner emulator and the BigQuery stand-in, on this machine.
+All on Google's Spanner emulator and BigQuery's fakes (in this process), on this machine.
 
 - **Memory and idle CPU per system**: one `recordline exporter` exporting N
-  systems (a database and a dataset each), idle, its resident memory and CPU
+  systems of a cell (a database and a dataset each), idle, its resident memory and CPU
   over `--idle` seconds, for each N of `--systems`: the slope is what one
   more system costs an exporter instance.
 - **Busy**: the same exporter with `--rows` rows committed to each of three
@@ -51,12 +51,18 @@ from app.store.spanner.serving import SpannerServing
 from bench.followers import cpu_seconds
 from bench.harness import free_port, table
 from recordline_dev.processes import stop_group
-from recordline_dev.serving import BigQueryStandIn, SpannerEmulator, find_spanner_emulator
+from recordline_dev.serving import SpannerEmulator, find_spanner_emulator
 from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.threaded import ThreadedBigQuery
 
 PYTHON = [sys.executable, "-m", "app.cli"]
 PUSH_TOKEN = "bench-push-token-0123456789"
 INSTANCE = "serving"
+
+
+def dataset(name: str) -> str:
+    """A system's BigQuery dataset."""
+    return f"{DATASET}_{name.replace('-', '_')}"
 
 
 def rss_mb(pid: int) -> float:
@@ -67,7 +73,7 @@ def rss_mb(pid: int) -> float:
 
 
 class Fleet:
-    """The emulator with databases for `names`, and the BigQuery stand-in."""
+    """The emulator with databases for `names`, and BigQuery's fakes."""
 
     def __init__(self, tmp: Path, names: list[str]) -> None:
         self.emulator = SpannerEmulator(find_spanner_emulator(), log_path=tmp / "spanner.log")
@@ -80,24 +86,31 @@ class Fleet:
             }
         finally:
             client.close()
-        self.bigquery = BigQueryStandIn(PROJECT, DATASET, log_path=tmp / "bigquery.log")
+        self.bigquery = ThreadedBigQuery()
         self.env = {
             "SPANNER_EMULATOR_HOST": self.emulator.host,
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": self.bigquery.write,
-            "BIGQUERY_EMULATOR_HOST": self.bigquery.jobs,
+            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": self.bigquery.write.address,
+            "BIGQUERY_EMULATOR_HOST": self.bigquery.jobs.endpoint,
             "RECORDLINE_LOG_LEVEL": "WARNING",
         }
 
     def systems(self, names: list[str]) -> str:
+        """A cell's systems: each a database and a dataset of its own, as Terraform
+        makes them (a cell refuses two systems stored in one place)."""
         return json.dumps(
             {
-                n: {"serving": self.databases[n], "store": f"bigquery://{PROJECT}/{DATASET}"}
+                n: {"serving": self.databases[n], "store": f"bigquery://{PROJECT}/{dataset(n)}"}
                 for n in names
             }
         )
 
     def exporter(self, names: list[str], log: Path) -> subprocess.Popen[bytes]:
-        env = {**os.environ, **self.env, "RECORDLINE_EXPORT_SYSTEMS": self.systems(names)}
+        env = {
+            **os.environ,
+            **self.env,
+            "RECORDLINE_CELL": "bench",
+            "RECORDLINE_SYSTEMS": self.systems(names),
+        }
         with log.open("ab") as out:
             return subprocess.Popen(
                 [*PYTHON, "exporter"],
@@ -176,19 +189,12 @@ async def commit_rows(fleet: Fleet, names: list[str], rows: int) -> None:
             await serving.close()
 
 
-def exported_count(fleet: Fleet) -> int:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery
-
-    client = bigquery.Client(
-        project=PROJECT,
-        credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
-        client_options={"api_endpoint": fleet.bigquery.jobs},
+def exported_count(fleet: Fleet, names: list[str]) -> int:
+    """The records BigQuery holds of the systems `names`, each counted once."""
+    return sum(
+        len({row["message_id"] for row in fleet.bigquery.write.rows(table)})
+        for table in (f"projects/{PROJECT}/datasets/{dataset(n)}/tables/records" for n in names)
     )
-    found = client.query_and_wait(
-        f"SELECT COUNT(DISTINCT message_id) AS n FROM `{PROJECT}.{DATASET}.records`"
-    )
-    return int(next(iter(found))["n"])
 
 
 def busy(fleet: Fleet, tmp: Path, rows: int) -> str:
@@ -198,11 +204,11 @@ def busy(fleet: Fleet, tmp: Path, rows: int) -> str:
         while any(h is None for h in fleet.holders(names).values()):
             assert process.poll() is None, (tmp / "busy.log").read_text()[-2000:]
             time.sleep(0.5)
-        before_rows = exported_count(fleet)
+        before_rows = exported_count(fleet, names)
         asyncio.run(commit_rows(fleet, names, rows))
         cpu, started = cpu_seconds(process.pid), time.monotonic()
         deadline = started + 600
-        while exported_count(fleet) < before_rows + 3 * rows:
+        while exported_count(fleet, names) < before_rows + 3 * rows:
             assert time.monotonic() < deadline, "the rows were not exported in 600 s"
             time.sleep(0.5)
         spent, took = cpu_seconds(process.pid) - cpu, time.monotonic() - started
@@ -268,7 +274,7 @@ def cold_push(fleet: Fleet, tmp: Path, trial: int) -> float:
     env = {
         **os.environ,
         **fleet.env,
-        "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+        "RECORDLINE_STORE": f"bigquery://{PROJECT}/{dataset('system-000')}",
         "RECORDLINE_SERVING": fleet.databases["system-000"],
         "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
     }

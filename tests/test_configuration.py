@@ -46,7 +46,6 @@ BAD_VALUES = {
     "BIGQUERY_EMULATOR_HOST": "localhost:9050",
     "RECORDLINE_SERVING": "spanner://my-db",
     "RECORDLINE_EXPORT_IN_SERVICE": "sometimes",
-    "RECORDLINE_EXPORT_SYSTEMS": '{"orders": {"serving": "spanner://my-db", "store": "x"}}',
     "SPANNER_EMULATOR_HOST": "http://localhost:9010",
     "RECORDLINE_READ_CACHE_SECONDS": "-1",
     "RECORDLINE_SETTLE_SECONDS": "a while",
@@ -335,6 +334,26 @@ def test_a_misspelled_variable_is_refused_naming_the_closest_one(
         f"recordline: {variable} is not a setting of Recordline{hint} "
         "(`recordline config --reference` lists them all)"
     )
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        # The exporter's former name of RECORDLINE_SYSTEMS, and numbers that are the
+        # code's own constants: a deployment that still sets one does not start.
+        "RECORDLINE_EXPORT_SYSTEMS",
+        "RECORDLINE_BATCH_MAX_ROWS",
+        "RECORDLINE_BATCH_MAX_BYTES",
+        "RECORDLINE_BATCH_MAX_DELAY_MS",
+        "RECORDLINE_HEARTBEAT_SECONDS",
+        "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
+    ],
+)
+def test_a_variable_that_is_no_longer_a_setting_is_refused_as_any_unknown_one(
+    variable: str,
+) -> None:
+    with pytest.raises(SettingsError, match=f"^{variable} is not a setting of Recordline"):
+        Settings.load({"RECORDLINE_STORE": "memory:", variable: "1"})
 
 
 def test_serve_refuses_a_misspelled_variable_before_starting_anything(tmp_path: Path) -> None:

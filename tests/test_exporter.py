@@ -1,8 +1,9 @@
 """The exporter service's configuration and process, without a cloud: each system read
-from RECORDLINE_EXPORT_SYSTEMS with its ingest service's own settings, its metrics on
-its own series, its log lines under its own name, a configuration that cannot be
-used refused before anything starts, and the cell's throttles file read before any
-export starts (one the pool cannot use said in its log, and stopping no export)."""
+from RECORDLINE_SYSTEMS with its ingest service's own settings, its metrics on its own
+series, its log lines under its own name, a configuration that cannot be used refused
+before anything starts (one system's entry that cannot be used left unexported, said in
+the log), and the cell's throttles file read before any export starts (one the pool
+cannot use said in its log, and stopping no export)."""
 
 from __future__ import annotations
 
@@ -23,35 +24,44 @@ from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAMESPACE
 from app.cell.throttles import Throttles
 from app.exporter.service import Exported, ExporterService, exported_systems, system_settings
 from app.ingest.schemas import Schemas, SchemaSource
-from app.settings import ExportedSystem, Settings, SettingsError
+from app.settings import Settings, SettingsError
 from app.store.tiered.fleet import SystemExport
 from app.telemetry import Telemetry, _resource
 from app.telemetry.logs import CloudLoggingFormatter, TextFormatter, line_system
 from tests.waiting import until
 
-ORDERS = {
-    "serving": "spanner://projects/recordline-prod/instances/recordline-serving/databases/orders",
-    "store": "bigquery://recordline-prod/orders",
-}
+SERVING = "spanner://projects/recordline-prod/instances/recordline-serving/databases"
 AVRO = json.dumps(
     {"type": "record", "name": "Order", "fields": [{"name": "total", "type": "double"}]}
 )
 
 
+def entry(system: str, **more: str) -> dict[str, str]:
+    """A system's entry with a serving tier: a database and a dataset of its own."""
+    return {
+        "serving": f"{SERVING}/{system}",
+        "store": f"bigquery://recordline-prod/{system}",
+        **more,
+    }
+
+
 def settings(systems: object, **extra: str) -> Settings:
-    return Settings.load({"RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems), **extra})
+    """The pool's settings, as Terraform runs it: a cell's name and its systems."""
+    return Settings.load(
+        {"RECORDLINE_CELL": "cell-1", "RECORDLINE_SYSTEMS": json.dumps(systems), **extra}
+    )
 
 
 def test_each_system_is_exported_with_its_ingest_services_own_settings() -> None:
     loaded = settings(
-        {"orders": ORDERS, "payments": {**ORDERS, "json_topic_schema": AVRO}},
+        {"orders": entry("orders"), "payments": entry("payments", json_topic_schema=AVRO)},
         RECORDLINE_QUERY_MAX_BYTES_BILLED=str(64 << 20),
     )
-    systems = loaded.exporter.exported()
+    systems = loaded.systems()
     assert list(systems) == ["orders", "payments"]
     own = system_settings(loaded, "payments", systems["payments"])
-    assert own.store.url == ORDERS["store"]
-    assert own.store.serving == ORDERS["serving"]
+    assert own.store.url == entry("payments")["store"]
+    assert own.store.serving == entry("payments")["serving"]
     assert own.schema.json_topic_schema == AVRO
     assert own.telemetry.system == "payments"
     # What is not the system's own is the process's.
@@ -59,59 +69,48 @@ def test_each_system_is_exported_with_its_ingest_services_own_settings() -> None
     assert system_settings(loaded, "orders", systems["orders"]).schema.json_topic_schema == ""
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "systems",
     [
-        [ORDERS],  # not an object of systems
-        {"Orders": ORDERS},  # not a system's name
-        {"orders": {**ORDERS, "srtore": "bigquery://recordline-prod/orders"}},  # misspelt
-        {"orders": {"serving": ORDERS["serving"]}},  # no store
-        {"orders": {**ORDERS, "store": "duckdb:orders.duckdb"}},
-        {"orders": {**ORDERS, "json_topic_schema": "[]"}},
+        [entry("orders")],  # not an object of systems
+        {"Orders": entry("orders")},  # not a system's name
     ],
 )
 def test_a_configuration_that_cannot_be_used_is_refused_when_read(systems: object) -> None:
     with pytest.raises(SettingsError) as refused:
         settings(systems)
-    assert refused.value.var == "RECORDLINE_EXPORT_SYSTEMS"
+    assert refused.value.var == "RECORDLINE_SYSTEMS"
 
 
-def test_a_declared_schema_that_is_none_stops_the_process_before_it_starts() -> None:
-    loaded = settings({"orders": {**ORDERS, "json_topic_schema": '{"type": "string"}'}})
-    with pytest.raises(SettingsError) as refused:
-        exported_systems(loaded, instance="test")
-    assert refused.value.var == "RECORDLINE_JSON_TOPIC_SCHEMA"
-
-
-def test_in_a_cell_a_declared_schema_that_is_none_leaves_that_system_alone_unexported(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    ("alpha", "said"),
+    [
+        (
+            {**entry("alpha"), "srtore": "bigquery://recordline-prod/alpha"},
+            "RECORDLINE_SYSTEMS: system 'alpha': 'srtore'",
+        ),
+        ({"serving": entry("alpha")["serving"]}, "RECORDLINE_SYSTEMS: system 'alpha': "),
+        (
+            {**entry("alpha"), "store": "duckdb:alpha.duckdb"},
+            "RECORDLINE_SYSTEMS: system 'alpha' has a serving tier",
+        ),
+        (
+            entry("alpha", json_topic_schema="[]"),
+            "RECORDLINE_SYSTEMS: system 'alpha': 'json_topic_schema'",
+        ),
+        (entry("alpha", json_topic_schema='{"type": "string"}'), "RECORDLINE_JSON_TOPIC_SCHEMA"),
+    ],
+)
+def test_a_system_whose_entry_cannot_be_used_is_left_unexported_and_said(
+    alpha: dict[str, str], said: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    serving = ORDERS["serving"].rsplit("/", 1)[0]
-    cell = Settings.load(
-        {
-            "RECORDLINE_CELL": "cell-1",
-            "RECORDLINE_SYSTEMS": json.dumps(
-                {
-                    "alpha": {
-                        "serving": f"{serving}/alpha",
-                        "store": "bigquery://recordline-prod/alpha",
-                        "json_topic_schema": '{"type": "string"}',
-                    },
-                    "beta": {
-                        "serving": f"{serving}/beta",
-                        "store": "bigquery://recordline-prod/beta",
-                        "json_topic_schema": AVRO,
-                    },
-                }
-            ),
-        }
-    )
+    cell = settings({"alpha": alpha, "beta": entry("beta", json_topic_schema=AVRO)})
     with caplog.at_level(logging.ERROR):
         exported = exported_systems(cell, instance="test")
+    # That system's fault alone, as the cell's ingest service takes it: the others export.
     assert [system.name for system in exported] == ["beta"]
-    [said] = [r.getMessage() for r in caplog.records if "not exported" in r.getMessage()]
-    assert said.startswith("system alpha is not exported: RECORDLINE_JSON_TOPIC_SCHEMA")
+    [line] = [r.getMessage() for r in caplog.records if "not exported" in r.getMessage()]
+    assert line.startswith(f"system alpha is not exported: {said}")
 
 
 @pytest.mark.slow
@@ -130,8 +129,8 @@ def test_nothing_to_export_is_a_usage_error_in_one_line() -> None:
 
 
 def test_every_system_writes_series_of_its_own_under_this_instance() -> None:
-    loaded = settings({"orders": ORDERS}, OTEL_METRICS_EXPORTER="gcp_monitoring")
-    own = system_settings(loaded, "orders", ExportedSystem(**ORDERS))
+    loaded = settings({"orders": entry("orders")}, OTEL_METRICS_EXPORTER="gcp_monitoring")
+    own = system_settings(loaded, "orders", loaded.systems()["orders"])
     resource = _resource(own.telemetry, "host/rev/42/abcd")
     # generic_task, as the alerts read it: the system as its namespace, this process
     # as its task; never a VM's series (what a worker pool looks like to the detector).

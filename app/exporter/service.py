@@ -109,16 +109,14 @@ def exported_systems(
     pool: Pool | None = None,
     throttles: Throttles | None = None,
 ) -> list[Exported]:
-    """Every system of RECORDLINE_SYSTEMS with a serving tier (or of its former name,
-    RECORDLINE_EXPORT_SYSTEMS), opened on `pool` (nothing connects yet), each export
-    paced as `throttles` says; a system of a cell whose settings cannot be used is left
-    out (logged), and under RECORDLINE_EXPORT_SYSTEMS is a SettingsError."""
+    """Every system of RECORDLINE_SYSTEMS with a serving tier, opened on `pool` (nothing
+    connects yet), each export paced as `throttles` says; a system whose settings cannot
+    be used is left out (logged)."""
     systems = {name: entry for name, entry in settings.systems().items() if entry.serving}
     # A system whose entry cannot be used is that system's fault: the others export.
     for name, fault in settings.cell.faults().items():
         log.error("system %s is not exported: %s", name, fault)
     pool = pool or Pool.of(settings, len(systems), instance=instance)
-    in_cell = bool(settings.cell.systems.strip())
     found = []
     for name, system in systems.items():
         own = system_settings(settings, name, system)
@@ -127,10 +125,8 @@ def exported_systems(
         try:
             schemas = fetching_schemas(own)
         except SettingsError as exc:
-            if not in_cell:
-                raise
-            # In a cell, as its ingest service takes it: that system's fault alone (its
-            # rows wait in Spanner, its export's lag says so), the others export.
+            # As the cell's ingest service takes it: that system's fault alone (its rows
+            # wait in Spanner, its export's lag says so), the others export.
             log.error("system %s is not exported: %s", name, exc)
             continue
         telemetry = pool.telemetry.for_system(name)

@@ -19,7 +19,6 @@ from app.settings import (
     SECRET_MOST_BYTES,
     Settings,
     SettingsError,
-    SystemEntry,
     queued_bytes,
     system_settings,
     system_shares,
@@ -135,14 +134,6 @@ def test_a_share_always_holds_the_largest_push() -> None:
                 "RECORDLINE_STORE": "memory:",
             },
             "RECORDLINE_STORE",
-        ),
-        (
-            {
-                "RECORDLINE_CELL": "cell-1",
-                "RECORDLINE_SYSTEMS": json.dumps({"orders": ORDERS}),
-                "RECORDLINE_EXPORT_SYSTEMS": json.dumps({"orders": ORDERS}),
-            },
-            "RECORDLINE_EXPORT_SYSTEMS",
         ),
         # More systems than the cell is sized for.
         (
@@ -320,14 +311,6 @@ def test_systems_that_are_not_json_are_refused_naming_the_error() -> None:
         )
     assert refused.value.var == "RECORDLINE_SYSTEMS"
     assert "JSON is malformed: trailing comma" in str(refused.value)
-
-
-def test_the_exporters_former_variable_is_read_as_a_cells_systems() -> None:
-    exported = {"orders": {"serving": ORDERS["serving"], "store": ORDERS["store"]}}
-    loaded = Settings.load({"RECORDLINE_EXPORT_SYSTEMS": json.dumps(exported)})
-    assert loaded.systems() == {
-        "orders": SystemEntry(serving=ORDERS["serving"], store=ORDERS["store"])
-    }
 
 
 AVRO = json.dumps(

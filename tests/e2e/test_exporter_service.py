@@ -118,6 +118,14 @@ def systems_setting(databases: dict[str, str]) -> dict[str, dict[str, str]]:
     }
 
 
+def pool_settings(databases: dict[str, str]) -> dict[str, str]:
+    """As Terraform runs the exporter pool: the cell's name and its systems."""
+    return {
+        "RECORDLINE_CELL": "cell-1",
+        "RECORDLINE_SYSTEMS": json.dumps(systems_setting(databases)),
+    }
+
+
 def emulated(
     spanner_emulator: SpannerEmulator, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
 ) -> dict[str, str]:
@@ -248,7 +256,7 @@ async def test_two_exporters_three_systems_one_killed_and_an_ingest_woken_from_z
         "RECORDLINE_LOG_FORMAT": "json",
     }
     systems = systems_setting(databases)
-    exporter_env = {**environment, "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems)}
+    exporter_env = {**environment, **pool_settings(databases)}
     acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
     exporters = [ExporterProcess(exporter_env, tmp_path / f"exporter-{n}.log") for n in (1, 2)]
     woken: subprocess.Popen[bytes] | None = None
@@ -361,13 +369,11 @@ async def test_an_export_on_call_slowed_is_paced_and_stops_in_time_at_sigterm(
             }
         )
     )
-    systems = systems_setting(databases)
-    # As Terraform runs the pool: a cell's systems' file, and its throttles' file.
+    # As Terraform runs the pool: a cell's systems, and its throttles' file.
     environment = {
         **emulated(spanner_emulator, write_fake, jobs_fake),
+        **pool_settings(databases),
         "RECORDLINE_LOG_FORMAT": "json",
-        "RECORDLINE_CELL": "cell-1",
-        "RECORDLINE_SYSTEMS": json.dumps(systems),
         "RECORDLINE_THROTTLES": str(throttles),
     }
     acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
@@ -429,7 +435,7 @@ async def test_a_hung_release_rolled_back_exports_every_row_once_within_the_runb
 ) -> None:
     environment = {
         **emulated(spanner_emulator, write_fake, jobs_fake),
-        "RECORDLINE_EXPORT_SYSTEMS": json.dumps(systems_setting(databases)),
+        **pool_settings(databases),
     }
     acknowledged: dict[str, set[str]] = {system: set() for system in SYSTEMS}
 

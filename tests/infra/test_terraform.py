@@ -398,7 +398,6 @@ def test_the_cells_service_reads_its_systems_from_one_file() -> None:
         "RECORDLINE_PUSH_SERVICE_ACCOUNTS",
         "RECORDLINE_READ_PRINCIPALS",
         "RECORDLINE_OPERATOR_PRINCIPALS",
-        "RECORDLINE_EXPORT_SYSTEMS",
         "RECORDLINE_SYSTEM ",
     ):
         assert per_system not in env + " ", per_system
