@@ -49,6 +49,8 @@ class Database:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
         self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
         self._local = threading.local()
+        # Every reader thread's cursor, which closing interrupts.
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
 
     def open(self, typed: TypedColumns) -> None:
         """Connect, and make the tables of this version (on the writer thread)."""
@@ -72,10 +74,16 @@ class Database:
         self.con = con
 
     def close_reads(self) -> duckdb.DuckDBPyConnection | None:
-        """Start no read or write again, and wait for the reads under way; the
-        connection, for the writer thread to close."""
+        """Start no read or write again, and stop the reads under way (and those queued,
+        as they begin): DuckDB interrupts them, as no deadline of theirs can while this
+        holds the loop; the connection, for the writer thread to close."""
         con, self.con = self.con, None
-        self._readers.shutdown(wait=True)
+        closing = threading.Thread(target=self._readers.shutdown, name="duckdb-readers-closing")
+        closing.start()
+        while closing.is_alive():
+            for cursor in list(self._cursors):  # a no-op on a cursor between statements
+                cursor.interrupt()
+            closing.join(_INTERRUPT_AGAIN_SECONDS)
         return con
 
     def close_writes(self) -> None:
@@ -95,6 +103,7 @@ class Database:
             cursor = self.connection().cursor()
             cursor.execute(f"SET late_materialization_max_rows = {_LATE_MATERIALIZATION_ROWS}")
             self._local.cursor = cursor
+            self._cursors.append(cursor)
         return cursor
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
