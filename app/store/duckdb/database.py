@@ -128,18 +128,25 @@ class Database:
 
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.read_seconds):
-                return await loop.run_in_executor(self._readers, run)
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"a DuckDB read ran past {self.read_seconds:g} s and was stopped"
-            ) from None
-        except duckdb.Error as exc:
-            raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
+            answer = loop.run_in_executor(self._readers, run)
         except RuntimeError as exc:  # the pool is shut down
             raise StoreUnavailable(f"the DuckDB store is closed: {exc}") from exc
+        # A timer, not asyncio.timeout: a page reads once or twice, and this is every read.
+        timer = loop.call_later(self.read_seconds, reading.expire, answer)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if reading.expired:
+                raise StoreUnavailable(
+                    f"a DuckDB read ran past {self.read_seconds:g} s and was stopped"
+                ) from None
+            raise
+        except duckdb.Error as exc:
+            raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
         finally:
-            _stop(loop, reading)
+            timer.cancel()
+            if not reading.done:  # past its time, or its caller gone
+                _stop(loop, reading)
 
 
 class _Reading:
@@ -149,6 +156,12 @@ class _Reading:
         self._lock = threading.Lock()
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self.done = False
+        self.expired = False
+
+    def expire(self, answer: asyncio.Future[Any]) -> None:
+        """Its time is up: stop waiting for `answer` (the read itself is then stopped)."""
+        self.expired = True
+        answer.cancel()
 
     @contextlib.contextmanager
     def on(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
