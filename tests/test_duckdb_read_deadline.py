@@ -13,6 +13,7 @@ import pytest
 from app.errors import StoreUnavailable
 from app.store.duckdb.database import Database
 from app.store.duckdb.typed import TypedColumns
+from tests.waiting import until
 
 # A statement that runs for minutes unless interrupted.
 ENDLESS = (
@@ -77,3 +78,21 @@ async def test_a_read_that_goes_on_to_another_statement_is_stopped_there_too(
         await asyncio.gather(*(database.read(two_statements) for _ in range(4)))
     # Each thread's second statement was interrupted as it began, not run for minutes.
     assert await quick(database) < 1.5
+
+
+async def test_closing_stops_the_reads_under_way(database: Database) -> None:
+    # Reads whose callers still wait (closing blocks the loop: no deadline ends them).
+    database.read_seconds = 60
+    begun = list[int]()
+
+    def endless(cur: duckdb.DuckDBPyConnection) -> object:
+        begun.append(1)
+        return cur.execute(ENDLESS).fetchall()
+
+    reads = [asyncio.ensure_future(database.read(endless)) for _ in range(READS)]
+    await until(lambda: len(begun) == 4, what="every reader thread under way")
+    started = time.monotonic()
+    database.close_reads()
+    assert time.monotonic() - started < 2
+    answers = await asyncio.gather(*reads, return_exceptions=True)
+    assert all(isinstance(a, StoreUnavailable) for a in answers), answers

@@ -18,8 +18,8 @@ import grpc
 import msgspec
 import pytest
 
-from app.errors import StoreUnavailable
-from app.records import Record, Rejection
+from app.errors import StoreUnavailable, WriteTimeout
+from app.records import ExportWatermark, Record, Rejection
 from app.store.spanner.ledger import LeaseLost, Progress, ProgressMoved
 from app.store.tiered.exporter import SETTLED_MICROS, Exporter
 from app.store.tiered.store import TieredStore
@@ -76,6 +76,32 @@ async def test_every_row_once_in_order_with_its_commit_time(
     published = {r["table_name"]: r["watermark"] for r in write_fake.rows("export_watermarks")}
     assert published.keys() == {"records", "rejected"}
     assert published["records"] > max(t for t, _ in keys)
+
+
+class LateWatermarks:
+    """BigQuery taking no watermark within its deadline, as a write may not."""
+
+    def __init__(self) -> None:
+        self.tried = 0
+
+    async def publish(self, row: ExportWatermark, *, within: float) -> None:
+        self.tried += 1
+        raise WriteTimeout(f"the watermark of {row.table_name} not stored within {within} s")
+
+
+async def test_a_watermark_bigquery_does_not_take_in_time_stops_no_export(
+    make_tiered: Make, write_fake: FakeBigQueryWrite
+) -> None:
+    store = await make_tiered()
+    await stored(store, [f"m-{i}" for i in range(5)])
+    await settle_clock()
+    late = LateWatermarks()
+    one = exporter(store, watermarks=late)
+    # A step that raised would end the loop's round (the supervisor restarts it and
+    # counts a failure): the watermark is best effort, its failure only said.
+    await drain(one)
+    assert late.tried > 0
+    assert copies(write_fake, "records") == {f"m-{i}": 1 for i in range(5)}
 
 
 async def test_an_answer_lost_after_the_rows_were_stored_stores_them_once(

@@ -49,6 +49,8 @@ class Database:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="duckdb-writer")
         self._readers = ThreadPoolExecutor(_READER_THREADS, thread_name_prefix="duckdb-reader")
         self._local = threading.local()
+        # Every reader thread's cursor, which closing interrupts.
+        self._cursors: list[duckdb.DuckDBPyConnection] = []
 
     def open(self, typed: TypedColumns) -> None:
         """Connect, and make the tables of this version (on the writer thread)."""
@@ -72,10 +74,16 @@ class Database:
         self.con = con
 
     def close_reads(self) -> duckdb.DuckDBPyConnection | None:
-        """Start no read or write again, and wait for the reads under way; the
-        connection, for the writer thread to close."""
+        """Start no read or write again, and stop the reads under way (and those queued,
+        as they begin): DuckDB interrupts them, as no deadline of theirs can while this
+        holds the loop; the connection, for the writer thread to close."""
         con, self.con = self.con, None
-        self._readers.shutdown(wait=True)
+        closing = threading.Thread(target=self._readers.shutdown, name="duckdb-readers-closing")
+        closing.start()
+        while closing.is_alive():
+            for cursor in list(self._cursors):  # a no-op on a cursor between statements
+                cursor.interrupt()
+            closing.join(_INTERRUPT_AGAIN_SECONDS)
         return con
 
     def close_writes(self) -> None:
@@ -95,6 +103,7 @@ class Database:
             cursor = self.connection().cursor()
             cursor.execute(f"SET late_materialization_max_rows = {_LATE_MATERIALIZATION_ROWS}")
             self._local.cursor = cursor
+            self._cursors.append(cursor)
         return cursor
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -119,18 +128,25 @@ class Database:
 
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.read_seconds):
-                return await loop.run_in_executor(self._readers, run)
-        except TimeoutError:
-            raise StoreUnavailable(
-                f"a DuckDB read ran past {self.read_seconds:g} s and was stopped"
-            ) from None
-        except duckdb.Error as exc:
-            raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
+            answer = loop.run_in_executor(self._readers, run)
         except RuntimeError as exc:  # the pool is shut down
             raise StoreUnavailable(f"the DuckDB store is closed: {exc}") from exc
+        # A timer, not asyncio.timeout: a page reads once or twice, and this is every read.
+        timer = loop.call_later(self.read_seconds, reading.expire, answer)
+        try:
+            return await answer
+        except asyncio.CancelledError:
+            if reading.expired:
+                raise StoreUnavailable(
+                    f"a DuckDB read ran past {self.read_seconds:g} s and was stopped"
+                ) from None
+            raise
+        except duckdb.Error as exc:
+            raise StoreUnavailable(f"DuckDB read failed: {exc}") from exc
         finally:
-            _stop(loop, reading)
+            timer.cancel()
+            if not reading.done:  # past its time, or its caller gone
+                _stop(loop, reading)
 
 
 class _Reading:
@@ -140,6 +156,12 @@ class _Reading:
         self._lock = threading.Lock()
         self._cursor: duckdb.DuckDBPyConnection | None = None
         self.done = False
+        self.expired = False
+
+    def expire(self, answer: asyncio.Future[Any]) -> None:
+        """Its time is up: stop waiting for `answer` (the read itself is then stopped)."""
+        self.expired = True
+        answer.cancel()
 
     @contextlib.contextmanager
     def on(self, cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:

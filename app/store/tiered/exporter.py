@@ -24,7 +24,7 @@ from typing import Final, NamedTuple, Protocol, TypeVar
 import msgspec
 from google.protobuf import descriptor_pb2
 
-from app.errors import StoreUnavailable
+from app.errors import RetryLater, StoreUnavailable
 from app.records import TABLES, ExportWatermark, Record, Rejection, Row
 from app.store.backoff import Backoff
 from app.store.bigquery.layout import NO_COPIES, Copies
@@ -932,7 +932,7 @@ class Exporter:
         )
         try:
             await self._watermarks.publish(row, within=PUBLISH_SECONDS)
-        except StoreUnavailable as exc:
+        except RetryLater as exc:  # not taken, or not within its deadline (WriteTimeout)
             log.warning("the export watermark of %s not told to BigQuery: %s", table, exc)
             return
         self._published[table] = watermark
