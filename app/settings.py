@@ -1482,6 +1482,16 @@ TOOL_VARIABLES = frozenset(
     }
 )
 _OURS = "RECORDLINE_"
+# Settings of earlier releases, and what became of each: a deployment that still sets
+# one is told that, rather than a name merely close to it.
+RETIRED: dict[str, str] = {
+    "RECORDLINE_EXPORT_SYSTEMS": "set RECORDLINE_CELL and RECORDLINE_SYSTEMS instead",
+    "RECORDLINE_BATCH_MAX_ROWS": "an append is at most 1,000 rows",
+    "RECORDLINE_BATCH_MAX_BYTES": "an append is at most 8 MiB",
+    "RECORDLINE_BATCH_MAX_DELAY_MS": "a flush waits for no more rows",
+    "RECORDLINE_HEARTBEAT_SECONDS": "a stream's heartbeat comes every 15 s",
+    "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": "a schema revision's fetch ends after 3 s",
+}
 
 
 def refuse_unknown(environ: Mapping[str, str]) -> None:
@@ -1492,6 +1502,11 @@ def refuse_unknown(environ: Mapping[str, str]) -> None:
     if not unknown:
         return
     var = unknown[0]
+    if var in RETIRED:
+        raise SettingsError(
+            f"{var} is no longer a setting of Recordline: {RETIRED[var]}; remove it "
+            "(`recordline config --reference` lists them all)"
+        )
     # Compared without the prefix they all share, which would make any name look close.
     # (PORT is compared as it is: RECORDLINE_PORT is close to it.)
     names = {name.removeprefix(_OURS): name for name in known}

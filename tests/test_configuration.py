@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,9 @@ import msgspec
 import pytest
 
 from app.cli import main
-from app.settings import TOOL_VARIABLES, Settings, SettingsError, every_setting
+from app.ingest import batcher, schemas
+from app.query import follow
+from app.settings import RETIRED, TOOL_VARIABLES, Settings, SettingsError, every_setting
 from tests.processes import free_port
 from tests.waiting import until_blocking
 
@@ -336,6 +339,19 @@ def test_a_misspelled_variable_is_refused_naming_the_closest_one(
     )
 
 
+# What each retired setting's message says became of it, from the code that took its place.
+ANSWERS: dict[str, Callable[[], str]] = {
+    "RECORDLINE_EXPORT_SYSTEMS": lambda: "RECORDLINE_SYSTEMS",
+    "RECORDLINE_BATCH_MAX_ROWS": lambda: f"{batcher.MAX_BATCH_ROWS:,} rows",
+    "RECORDLINE_BATCH_MAX_BYTES": lambda: f"{batcher.MAX_BATCH_BYTES / 2**20:g} MiB",
+    "RECORDLINE_BATCH_MAX_DELAY_MS": lambda: (
+        "waits for no more rows" if batcher.BATCH_DELAY_SECONDS == 0 else "(it waits)"
+    ),
+    "RECORDLINE_HEARTBEAT_SECONDS": lambda: f"every {follow.HEARTBEAT_SECONDS:g} s",
+    "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",
+}
+
+
 @pytest.mark.parametrize(
     "variable",
     [
@@ -349,11 +365,18 @@ def test_a_misspelled_variable_is_refused_naming_the_closest_one(
         "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
     ],
 )
-def test_a_variable_that_is_no_longer_a_setting_is_refused_as_any_unknown_one(
+def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
     variable: str,
 ) -> None:
-    with pytest.raises(SettingsError, match=f"^{variable} is not a setting of Recordline"):
+    with pytest.raises(SettingsError) as refused:
         Settings.load({"RECORDLINE_STORE": "memory:", variable: "1"})
+    assert str(refused.value) == (
+        f"{variable} is no longer a setting of Recordline: {RETIRED[variable]}; remove it "
+        "(`recordline config --reference` lists them all)"
+    )
+    # And what became of it is true: the constant that took its place has that value.
+    assert RETIRED.keys() == set(ANSWERS)
+    assert ANSWERS[variable]() in RETIRED[variable]
 
 
 def test_serve_refuses_a_misspelled_variable_before_starting_anything(tmp_path: Path) -> None:
@@ -399,6 +422,10 @@ def test_every_recordline_variable_the_repository_uses_is_known() -> None:
     for path in files:
         if path != Path(__file__).resolve():
             used |= variables_named_in(path)
+    # Retired names are only told apart where the settings are read, and set nowhere.
+    used -= RETIRED.keys()
+    elsewhere = [p for p in files if p.name != "settings.py" and p != Path(__file__).resolve()]
+    assert not any(RETIRED.keys() & variables_named_in(p) for p in elsewhere)
     known = {setting.var for setting in every_setting()} | TOOL_VARIABLES
     assert used - known == set()
     assert used >= TOOL_VARIABLES  # none listed that nothing uses
