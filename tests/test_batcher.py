@@ -78,7 +78,6 @@ def make(store: Recorder, **overrides: float) -> Batcher:
     options = dict(
         max_rows=100,
         max_bytes=10_000,
-        max_delay=0,
         queue_rows=1000,
         queue_bytes=10**6,
         deadline=2.0,
@@ -257,9 +256,7 @@ async def test_a_flusher_that_fails_is_restarted_and_named_while_down(
     supervisor = Supervisor(observer=Restarts(), monotonic=lambda: now[0])
     await supervisor.start()
     store = Recorder()
-    limits = BatchLimits(
-        max_rows=1, max_bytes=10_000, max_delay=0, queue_rows=10, queue_bytes=10**6
-    )
+    limits = BatchLimits(max_rows=1, max_bytes=10_000, queue_rows=10, queue_bytes=10**6)
     batcher = Batcher(store, limits, deadline=5.0, observer=BrokenFlush())
     await batcher.start(supervisor)
     # m1's batch fails before any store sees it: a 503, so Pub/Sub delivers it again.

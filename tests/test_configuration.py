@@ -345,7 +345,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_BATCH_MAX_ROWS": lambda: f"{batcher.MAX_BATCH_ROWS:,} rows",
     "RECORDLINE_BATCH_MAX_BYTES": lambda: f"{batcher.MAX_BATCH_BYTES / 2**20:g} MiB",
     "RECORDLINE_BATCH_MAX_DELAY_MS": lambda: (
-        "waits for no more rows" if batcher.BATCH_DELAY_SECONDS == 0 else "(it waits)"
+        "waits for no more rows" if "max_delay" not in batcher.BatchLimits._fields else "(waits)"
     ),
     "RECORDLINE_HEARTBEAT_SECONDS": lambda: f"every {follow.HEARTBEAT_SECONDS:g} s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",

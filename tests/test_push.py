@@ -132,7 +132,7 @@ def _one_push_of_room(max_body: int) -> Ingest:
     up to `max_body` bytes, and nothing more (its batcher never started: nothing is
     stored)."""
     size = 2 * max_body + QUEUED_ROW_BYTES
-    limits = BatchLimits(max_rows=1, max_bytes=size, max_delay=0, queue_rows=1, queue_bytes=size)
+    limits = BatchLimits(max_rows=1, max_bytes=size, queue_rows=1, queue_bytes=size)
     batcher = Batcher(_NeverAppended(), limits, deadline=1.0)
     paths = FieldPaths(id_field="id", time_field="timestamp")
     return Ingest(batcher, Payloads(paths, Schemas(_NoSchemas(), timeout=1)), max_body=max_body)

@@ -4,7 +4,7 @@ Each push puts its row on a bounded queue and awaits a future; one flusher task
 drains the queue into store appends and resolves every future with its row's
 outcome, knowing nothing of HTTP or of any one store. A batch is cut as soon as an
 append slot is free: under load batches grow by themselves, and a lone request is
-never held back by a timer (a 10 ms linger cut throughput by ~40%: `max_delay` 0).
+never held back by a timer (a 10 ms linger cut throughput by ~40%).
 The flusher and the deadline sweep run under the app's Supervisor.
 
 Design: docs/contract.md
@@ -70,8 +70,6 @@ _SWEEP_SECONDS = 0.05
 # past a few hundred rows an append gains little, and one Storage Write request carries 8 MiB.
 MAX_BATCH_ROWS = 1000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
-# How long a flush waits for more rows: not at all (a 10 ms wait cut throughput by ~40%).
-BATCH_DELAY_SECONDS = 0.0
 # How long the flusher or the sweep may be down (failing and started again)
 # before readiness names it: meanwhile pushes wait, then fail with a 503.
 LOOP_SECONDS = 1.0
@@ -88,12 +86,11 @@ class _Pending(msgspec.Struct):
 
 
 class BatchLimits(NamedTuple):
-    """How large a batch grows and how long it waits for more (s), and how much may
-    queue behind the batches being appended before a push is refused (QueueFull)."""
+    """How large a batch grows, and how much may queue behind the batches being
+    appended before a push is refused (QueueFull)."""
 
     max_rows: int
     max_bytes: int
-    max_delay: float
     queue_rows: int
     queue_bytes: int
 
@@ -103,7 +100,6 @@ class BatchLimits(NamedTuple):
         return cls(
             MAX_BATCH_ROWS,
             MAX_BATCH_BYTES,
-            BATCH_DELAY_SECONDS,
             batch.queue_rows,
             batch.queue_bytes,
         )
@@ -123,7 +119,6 @@ class Batcher:
         self._store = store
         self._max_rows = limits.max_rows
         self._max_bytes = limits.max_bytes
-        self._max_delay = limits.max_delay
         self._queue_rows = limits.queue_rows
         self._queue_bytes = limits.queue_bytes
         self._deadline = deadline
@@ -328,8 +323,6 @@ class Batcher:
                 self._arrival = loop.create_future()
                 await self._arrival
                 continue
-            if self._max_delay and len(self._queue) < self._max_rows and not self._closing:
-                await asyncio.sleep(self._max_delay)
             await self._slots.acquire()
             self._flush(self._cut())
 
