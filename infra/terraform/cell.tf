@@ -208,12 +208,13 @@ resource "google_service_account" "runtime" {
   depends_on = [google_project_service.enabled]
 }
 
-# Deploying a revision, creating the service and running it on-call's way all act as
-# the account it runs as.
+# Deploying a revision, creating the service and moving its traffic (a rollout, and
+# on-call's rollbacks: .github/workflows/rollback.yml) all act as the account it runs
+# as. The operator account does none of them: acting as this account with a right to
+# change the service is deploying any image with the cell's data.
 resource "google_service_account_iam_member" "acts_as_runtime" {
   for_each = {
     deployer        = local.deployer_member
-    operator        = local.operator_member
     terraform_apply = local.apply_member
   }
 
@@ -362,9 +363,11 @@ resource "google_secret_manager_secret_iam_member" "reads_systems_values" {
   member    = each.value
 }
 
+# The deploy account reads the file too: a rollback says which systems the state it
+# returns to serves (rollback.yml), as any revision it deploys may read it.
 resource "google_secret_manager_secret_iam_member" "reads_systems" {
   for_each = merge(
-    { runtime = google_service_account.runtime.member, operator = local.operator_member },
+    { runtime = google_service_account.runtime.member, operator = local.operator_member, deployer = local.deployer_member },
     { for pool, account in google_service_account.exporter : "exporter" => account.member },
   )
 
@@ -414,7 +417,8 @@ resource "google_secret_manager_secret_iam_member" "throttles" {
 }
 
 # A rollback first checks that the version the revision it returns to mounts is still
-# enabled (on-call, as the operator account: docs/operations.md#rolling-back); a rollout
+# enabled (rollback.yml as the deploy account, and on-call reading as the operator
+# account: docs/operations.md#rolling-back); a rollout
 # retires the versions no revision it keeps mounts (the deploy account: deploy-cell.yml).
 # Each secret a revision mounts: the systems' file and its values, the canary systems'
 # and the read passes' keys (cdn.tf), where the cell has them.
@@ -700,13 +704,13 @@ resource "google_cloud_run_v2_service_iam_member" "invokers" {
   member   = each.value
 }
 
-# Deploys replace the revision (deploy-cell.yml); on-call rolls it back
-# (docs/operations.md#rolling-back): a traffic change is a change to the service,
-# which Cloud Run allows developers of the service who may act as its account.
+# Deploys replace the revision (deploy-cell.yml), and so does a rollback, which on-call
+# asks the pipeline for (rollback.yml, docs/operations.md#rolling-back): a traffic
+# change is a change to the service, which Cloud Run allows developers of the service
+# who may act as its account. The deploy account alone.
 resource "google_cloud_run_v2_service_iam_member" "developers" {
   for_each = {
     deployer = local.deployer_member
-    operator = local.operator_member
   }
 
   project  = var.project_id

@@ -284,12 +284,12 @@ resource "google_cloud_run_v2_worker_pool" "exporter" {
 }
 
 # The deploy account deploys it (a new revision with the image, a split of its
-# instances), and acts as its account to do so; on-call rolls it back or restarts it as
-# the operator account (docs/operations.md#rolling-the-exporter-back).
+# instances), and acts as its account to do so, for a rollout and for on-call's
+# rollbacks (rollback.yml, docs/operations.md#rolling-the-exporter-back). Nobody else:
+# a split is a change that deploying any image as the exporter's account also is.
 resource "google_cloud_run_v2_worker_pool_iam_member" "developers" {
   for_each = {
-    for pair in setproduct(keys(local.exporter), ["deployer", "operator"]) :
-    "${pair[0]} ${pair[1]}" => { pool = pair[0], member = pair[1] == "deployer" ? local.deployer_member : local.operator_member }
+    for pool in keys(local.exporter) : "${pool} deployer" => { pool = pool, member = local.deployer_member }
   }
 
   project  = var.project_id
@@ -301,7 +301,7 @@ resource "google_cloud_run_v2_worker_pool_iam_member" "developers" {
 
 resource "google_service_account_iam_member" "acts_as_exporter" {
   for_each = {
-    for pair in setproduct(keys(local.exporter), ["deployer", "operator", "terraform_apply"]) :
+    for pair in setproduct(keys(local.exporter), ["deployer", "terraform_apply"]) :
     "${pair[0]} ${pair[1]}" => { pool = pair[0], member = pair[1] }
   }
 
@@ -309,7 +309,6 @@ resource "google_service_account_iam_member" "acts_as_exporter" {
   role               = "roles/iam.serviceAccountUser"
   member = {
     deployer        = local.deployer_member
-    operator        = local.operator_member
     terraform_apply = local.apply_member
   }[each.value.member]
 }
@@ -448,13 +447,11 @@ resource "google_cloud_run_v2_job" "export" {
   ]
 }
 
-# On-call runs it as the operator account (run.jobs.run, runWithOverrides, executions
-# list); the deploy account keeps its image the pool's (run.jobs.update). Both act as
-# the exporter's account already (acts_as_exporter).
+# The deploy account keeps its image and file the pool's (run.jobs.update, a rollout
+# and a rollback), acting as the exporter's account (acts_as_exporter).
 resource "google_cloud_run_v2_job_iam_member" "export_developers" {
   for_each = {
-    for pair in setproduct(keys(local.exporter), ["deployer", "operator"]) :
-    "${pair[0]} ${pair[1]}" => { pool = pair[0], member = pair[1] == "deployer" ? local.deployer_member : local.operator_member }
+    for pool in keys(local.exporter) : "${pool} deployer" => { pool = pool, member = local.deployer_member }
   }
 
   project  = var.project_id
@@ -462,4 +459,17 @@ resource "google_cloud_run_v2_job_iam_member" "export_developers" {
   name     = google_cloud_run_v2_job.export[each.value.pool].name
   role     = "roles/run.developer"
   member   = each.value.member
+}
+
+# On-call runs it as the operator account with the command's arguments (run.jobs.run
+# and run.jobs.runWithOverrides; the executions are listed through run.viewer on the
+# project) and changes nothing of it: running a job needs no acting as its account.
+resource "google_cloud_run_v2_job_iam_member" "export_executors" {
+  for_each = local.exporter
+
+  project  = var.project_id
+  location = google_cloud_run_v2_job.export[each.key].location
+  name     = google_cloud_run_v2_job.export[each.key].name
+  role     = "roles/run.jobsExecutorWithOverrides"
+  member   = local.operator_member
 }

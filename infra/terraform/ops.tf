@@ -113,10 +113,10 @@ resource "google_cloud_run_v2_job" "ops" {
   depends_on = [google_secret_manager_secret_iam_member.reads_systems, google_secret_manager_secret_iam_member.reads_systems_values]
 }
 
+# The deploy account sets its image and file (a rollout, a rollback: rollback.yml).
 resource "google_cloud_run_v2_job_iam_member" "ops_developers" {
   for_each = {
     deployer = local.deployer_member
-    operator = local.operator_member
   }
 
   project  = var.project_id
@@ -124,4 +124,14 @@ resource "google_cloud_run_v2_job_iam_member" "ops_developers" {
   name     = google_cloud_run_v2_job.ops.name
   role     = "roles/run.developer"
   member   = each.value
+}
+
+# On-call runs it as the operator account with the command's arguments (run.jobs.run
+# and run.jobs.runWithOverrides) and changes nothing of it.
+resource "google_cloud_run_v2_job_iam_member" "ops_executors" {
+  project  = var.project_id
+  location = google_cloud_run_v2_job.ops.location
+  name     = google_cloud_run_v2_job.ops.name
+  role     = "roles/run.jobsExecutorWithOverrides"
+  member   = local.operator_member
 }

@@ -183,7 +183,6 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
         OPERATOR: {
             ONCALL_GROUP: [_role(accounts_iam, "oncall_acts_as_operator", ENVIRONMENT)],
             deployer: [acts_as_operator],
-            operator: [acts_as_operator],
         },
         SMOKE: {deployer: [_role(accounts_iam, "deployer_mints_smoke_tokens", ENVIRONMENT)]},
     }
@@ -197,9 +196,11 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
     for cell, systems in cells.items():
         developers = _role(runner, "developers", TERRAFORM)
         invoker = _role(runner, "invokers", TERRAFORM)
+        # The deploy account alone changes the service (cell.tf): on-call asks it to.
+        assert set(_resources(runner, TERRAFORM)["developers"]["for_each"]) == {"deployer"}
         services[cell] = {
             deployer: [developers],
-            operator: [developers, invoker],
+            operator: [invoker],
             f"serviceAccount:{SMOKE}": [invoker],
             **{
                 f"serviceAccount:{account(s + '-push')}": [_role(runner, "push_invoker", MODULE)]
@@ -207,7 +208,8 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
             },
         }
         runtime = _role(accounts_iam, "acts_as_runtime", TERRAFORM)
-        service_accounts[account(f"{cell}-run")] = {deployer: [runtime], operator: [runtime]}
+        assert "operator" not in _resources(accounts_iam, TERRAFORM)["acts_as_runtime"]["for_each"]
+        service_accounts[account(f"{cell}-run")] = {deployer: [runtime]}
         for s in systems:
             service_accounts[account(f"{s}-push")] = {
                 deployer: [_role(accounts_iam, "deployer_mints_smoke_tokens", MODULE)]
@@ -217,21 +219,27 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
                     _role("google_bigquery_table_iam_member", "oncall_reads_dead_letters", MODULE)
                 ]
             }
+        jobs_iam = "google_cloud_run_v2_job_iam_member"
+        assert set(_resources(jobs_iam, TERRAFORM)["ops_developers"]["for_each"]) == {"deployer"}
         jobs[f"{cell}-ops"] = {
-            m: [_role("google_cloud_run_v2_job_iam_member", "ops_developers", TERRAFORM)]
-            for m in (deployer, operator)
+            deployer: [_role(jobs_iam, "ops_developers", TERRAFORM)],
+            operator: [_role(jobs_iam, "ops_executors", TERRAFORM)],
         }
         if serving.get(cell):
             pool = f"{cell}-exporter"
             acts = _role(accounts_iam, "acts_as_exporter", TERRAFORM)
-            service_accounts[account(pool)] = {deployer: [acts], operator: [acts]}
-            worker_pools[pool] = {
-                m: [_role("google_cloud_run_v2_worker_pool_iam_member", "developers", TERRAFORM)]
-                for m in (deployer, operator)
-            }
+            pools_iam = "google_cloud_run_v2_worker_pool_iam_member"
+            for name, rtype in (
+                ("acts_as_exporter", accounts_iam),
+                ("developers", pools_iam),
+                ("export_developers", jobs_iam),
+            ):
+                assert "operator" not in str(_resources(rtype, TERRAFORM)[name]["for_each"])
+            service_accounts[account(pool)] = {deployer: [acts]}
+            worker_pools[pool] = {deployer: [_role(pools_iam, "developers", TERRAFORM)]}
             jobs[f"{cell}-export"] = {
-                m: [_role("google_cloud_run_v2_job_iam_member", "export_developers", TERRAFORM)]
-                for m in (deployer, operator)
+                deployer: [_role(jobs_iam, "export_developers", TERRAFORM)],
+                operator: [_role(jobs_iam, "export_executors", TERRAFORM)],
             }
             reads = _role("google_spanner_database_iam_member", "operator_reads_database", MODULE)
             for s in serving[cell]:
@@ -247,7 +255,8 @@ def terraform_iam(cells: dict[str, list[str]], serving: dict[str, list[str]]) ->
             member = {"operator": operator, "deployer": deployer}[key.split()[1]]
             secrets.setdefault(secret, {}).setdefault(member, []).append(grant)
         reader = _role("google_secret_manager_secret_iam_member", "reads_systems", TERRAFORM)
-        secrets.setdefault(systems_secret(cell), {}).setdefault(operator, []).append(reader)
+        for member in (operator, deployer):
+            secrets.setdefault(systems_secret(cell), {}).setdefault(member, []).append(reader)
         # What the operator account may do with the throttles (cell.tf).
         secrets[throttles_secret(cell)] = {operator: _throttle_grants()}
     return {

@@ -18,6 +18,7 @@ from typing import Any
 from app.settings import Settings
 from tests.infra.cell_world import (
     CANARY_SETTING,
+    DEPLOYER,
     EARLIER,
     OPERATOR,
     PROJECT,
@@ -394,10 +395,12 @@ def test_the_export_job_runs_as_the_exporter_with_the_pools_settings() -> None:
 # --- on-call's way back ------------------------------------------------------------------------
 
 
-def test_on_call_moves_the_exporter_back_as_the_operator_account(tmp_path: Path) -> None:
-    # The runbook's rollback of the exporter pool (docs/operations.md#rolling-the-exporter-back):
-    # every instance to the revision before, the export job to its image, both as the
-    # operator account; nothing else needed.
+def test_only_the_deploy_account_moves_the_exporter_back(tmp_path: Path) -> None:
+    # The rollback of the exporter pool (docs/operations.md#rolling-the-exporter-back):
+    # every instance to the revision before, the export job to its image. A split is
+    # what a deploy of any image as the exporter's account is, so neither on-call nor
+    # the operator account may; the deploy account does it (rollback.yml), and needs
+    # nothing else.
     state = world(
         {"recordline": ["recordline", "orders"]},
         deployed=EARLIER,
@@ -417,22 +420,22 @@ def test_on_call_moves_the_exporter_back_as_the_operator_account(tmp_path: Path)
     state["registry"][REPOSITORY]["digests"].append(newer)
     state["jobs"]["recordline-export"]["image"] = f"{REPOSITORY}@{newer}"
     cloud = Cloud(tmp_path, state)
-    scope = f"--project={PROJECT} --region={REGION} --impersonate-service-account={OPERATOR}"
-    done = cloud.shell(
-        f"gcloud beta run worker-pools update-instance-split {POOL} {scope} "
+    scope = f"--project={PROJECT} --region={REGION}"
+    roll_back = (
+        f"gcloud beta run worker-pools update-instance-split {POOL} {{scope}} "
         f"--to-revisions={POOL}-00002-w2p=100 && "
-        f"gcloud run jobs update recordline-export {scope} --image={REPOSITORY}@{EARLIER}"
+        f"gcloud run jobs update recordline-export {{scope}} --image={REPOSITORY}@{EARLIER}"
     )
+    for who in ("", f" --impersonate-service-account={OPERATOR}"):  # on-call
+        refused = cloud.shell(roll_back.format(scope=scope + who))
+        assert refused.returncode != 0
+        assert "Permission 'run.workerpools.update' denied" in refused.stderr, who
+    assert cloud.world["worker_pools"][POOL]["split"] != f"{POOL}-00002-w2p"
+    cloud.update(principal=f"serviceAccount:{DEPLOYER}")
+    done = cloud.shell(roll_back.format(scope=scope))
     assert done.returncode == 0, done.stderr
     assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
     assert cloud.world["jobs"]["recordline-export"]["image"] == f"{REPOSITORY}@{EARLIER}"
-    # As themselves, without the operator account: refused.
-    refused = cloud.shell(
-        f"gcloud beta run worker-pools update-instance-split {POOL} --project={PROJECT} "
-        f"--region={REGION} --to-revisions={POOL}-00003-w3p=100"
-    )
-    assert refused.returncode != 0
-    assert "run.workerpools.update" in refused.stderr
 
 
 def test_the_directory_names_the_pool_its_logs_and_its_account() -> None:

@@ -73,9 +73,20 @@ def token(sub: str, workflow: str, ref: str = "refs/heads/main", **extra: str) -
         token("environment:prod-rollout", "deploy-cell.yml"),
         token("environment:prod-rollout", "export-gate.yml"),
         token("environment:prod-rollout", "break-glass.yml"),
+        token("environment:prod-rollout", "rollback.yml"),
         token("environment:terraform-prod-apply", "terraform-apply.yml"),
     ],
-    ids=["pr-plan", "main-plan", "drift-plan", "rollout", "cell", "gate", "break-glass", "apply"],
+    ids=[
+        "pr-plan",
+        "main-plan",
+        "drift-plan",
+        "rollout",
+        "cell",
+        "gate",
+        "break-glass",
+        "rollback",
+        "apply",
+    ],
 )
 def test_the_workflows_own_jobs_are_accepted(claims: dict[str, str]) -> None:
     assert accepts(claims)
@@ -224,14 +235,19 @@ def test_a_rollback_never_cuts_a_change_short() -> None:
     # (tests/infra/test_workflows.py): cancelling what runs would cut an apply short.
     # GitHub keeps one pending run per concurrency group and replaces it with the next
     # (https://docs.github.com/en/actions/how-tos/write-workflows/choose-when-workflows-run/control-workflow-concurrency);
-    # the runbook's gcloud commands roll back at once, outside any queue.
+    # on-call's rollbacks (rollback.yml) wait in the cell's queue as well.
     queued = [
         (workflow, job, body["concurrency"])
-        for workflow in ("deploy-environment.yml", "break-glass.yml", "terraform.yml")
+        for workflow in (
+            "deploy-environment.yml",
+            "break-glass.yml",
+            "terraform.yml",
+            "rollback.yml",
+        )
         for job, body in load(workflow)["jobs"].items()
         if "concurrency" in body
     ]
-    assert len(queued) >= 7, queued
+    assert len(queued) >= 8, queued
     for workflow, job, concurrency in queued:
         assert concurrency["cancel-in-progress"] is False, (workflow, job)
     assert "concurrency" not in load("deploy.yml")

@@ -96,17 +96,37 @@ def test_operators_get_what_replay_needs_on_their_system_only() -> None:
     assert "run.routes.invoke" in _roles()[invoker["role"]]
 
 
-def test_the_operator_account_may_roll_back_and_oncall_may_act_as_it() -> None:
+def test_the_operator_account_runs_the_jobs_changes_none_and_oncall_may_act_as_it() -> None:
     assert _resources("google_service_account", ENVIRONMENT)["operator"]["account_id"] == (
         "${var.service_name}-operator"
     )
-    developers = _resources("google_cloud_run_v2_service_iam_member")["developers"]
-    assert developers["for_each"]["operator"] == "${local.operator_member}"
-    assert "run.services.update" in _roles()[developers["role"]]
-    acts_as = _resources("google_service_account_iam_member")["acts_as_runtime"]
-    assert acts_as["service_account_id"] == "${google_service_account.runtime.name}"
-    assert acts_as["for_each"]["operator"] == "${local.operator_member}"
-    assert "iam.serviceAccounts.actAs" in _roles()[acts_as["role"]]
+    # Changing a service, a pool or a job of the cell, and acting as the account it runs
+    # as, are the deploy account's alone (on-call asks rollback.yml to roll back): together
+    # they are deploying any image with the cell's data.
+    granted = json.dumps(
+        {
+            name: _resources(rtype)[name]
+            for rtype, name in (
+                ("google_cloud_run_v2_service_iam_member", "developers"),
+                ("google_cloud_run_v2_worker_pool_iam_member", "developers"),
+                ("google_cloud_run_v2_job_iam_member", "ops_developers"),
+                ("google_cloud_run_v2_job_iam_member", "export_developers"),
+                ("google_service_account_iam_member", "acts_as_runtime"),
+                ("google_service_account_iam_member", "acts_as_exporter"),
+            )
+        }
+    )
+    assert "deployer" in granted
+    assert "operator" not in granted
+    # The jobs: run, with a command's arguments, and nothing else.
+    for name in ("ops_executors", "export_executors"):
+        runs = _resources("google_cloud_run_v2_job_iam_member")[name]
+        assert runs["member"] == "${local.operator_member}", name
+        assert _roles()[runs["role"]] == {
+            "run.jobs.run",
+            "run.jobs.runWithOverrides",
+            "run.executions.cancel",
+        }, name
     oncall = _resources("google_service_account_iam_member", ENVIRONMENT)["oncall_acts_as_operator"]
     assert oncall["for_each"] == "${var.oncall}"
     assert oncall["service_account_id"] == "${google_service_account.operator.name}"

@@ -25,6 +25,9 @@ from tests.infra.cell_world import (
     BUILT,
     EARLIER,
     ONCALL,
+    OPERATOR,
+    PROJECT,
+    REGION,
     REPOSITORY,
     SHA,
     STATE_BUCKET,
@@ -38,7 +41,15 @@ from tests.infra.cell_world import (
 from tests.infra.test_limits import fleet_limits
 from tests.infra.test_rollout import _explain
 from tests.infra.test_runbook import RUNBOOK
-from tests.infra.test_runbook_commands import blocks, directory, where
+from tests.infra.test_runbook_commands import (
+    Asked,
+    ask,
+    asks,
+    blocks,
+    directory,
+    rolled_back,
+    where,
+)
 from tests.infra.test_terraform import TERRAFORM, _resources
 from tests.infra.workflow_runner import Cloud
 
@@ -128,14 +139,10 @@ def read(cloud: Cloud, system: str) -> str:
     return done.stdout.splitlines()[-1]
 
 
-def recipe(cloud: Cloud, section: str, by: str = "image") -> Any:
-    """A rollback section's steps 1 and 2 as written, for orders, after Rolling back's
-    step 0."""
-    look, roll_back = (
-        blocks(section)[-2:] if section == "rolling-the-exporter-back" else (blocks(section)[1:3])
-    )
-    roll_back = roll_back.replace("BY=image", f"BY={by}", 1)
-    return cloud.shell("\n".join([where("orders"), look, roll_back]))
+def recipe(cloud: Cloud, section: str, by: str = "image", system: str = "orders") -> Asked:
+    """A rollback section's step 2 as written, for `system`: the rollback workflow asked
+    without `to`, then with the revision it said it would return to."""
+    return rolled_back(cloud, section, by=by, system=system)
 
 
 # --- (a) the exporter ------------------------------------------------------------------------
@@ -338,6 +345,92 @@ def test_drill_c_the_jobs_return_to_the_previous_file_and_an_apply_keeps_them_th
     for job in (ops, export):
         assert cloud.world["jobs"][job]["volumes"][SYSTEMS_DIRECTORY] == [secret, fixed], job
         assert job_systems(cloud, job) == sorted([*SYSTEMS, ADDED]), job
+
+
+# --- what on-call may do themselves, and what the workflow refuses ---------------------------
+
+
+def test_on_call_can_neither_deploy_nor_move_traffic_and_still_runs_the_jobs(
+    cloud: Cloud,
+) -> None:
+    # As the operator account, which holds no right to change a service, a pool or a
+    # job of the cell: a deploy of any image is refused, and so is a traffic change, the
+    # same right (so on-call asks rollback.yml, run by the deploy account).
+    release(cloud)
+    before = {k: cloud.world[k] for k in ("services", "worker_pools", "jobs")}
+    me = f"--project={PROJECT} --region={REGION} --impersonate-service-account={OPERATOR}"
+    attempts = {
+        f"gcloud run deploy {CELL} {me} --image={REPOSITORY}@{EARLIER}": "run.services.update",
+        f"gcloud run services update-traffic {CELL} {me} --to-revisions=recordline-00002-x2y=100": (
+            "run.services.update"
+        ),
+        f"gcloud beta run worker-pools deploy {POOL} {me} --image={REPOSITORY}@{EARLIER}": (
+            "run.workerpools.update"
+        ),
+        f"gcloud beta run worker-pools update-instance-split {POOL} {me} "
+        f"--to-revisions={POOL}-00002-w2p=100": "run.workerpools.update",
+        f"gcloud run jobs update {CELL}-ops {me} --image={REPOSITORY}@{EARLIER}": (
+            "run.jobs.update"
+        ),
+        f"gcloud run jobs update {CELL}-export {me} --image={REPOSITORY}@{EARLIER}": (
+            "run.jobs.update"
+        ),
+    }
+    for line, permission in attempts.items():
+        done = cloud.shell(line)
+        assert done.returncode != 0, line
+        assert f"PERMISSION_DENIED: Permission '{permission}' denied" in done.stderr, line
+    assert {k: cloud.world[k] for k in before} == before
+    # Running a job with a command's arguments is still on-call's, with no acting as the
+    # job's account (https://cloud.google.com/run/docs/reference/rest/v1/namespaces.jobs/run).
+    state = cloud.world
+    state["iam"]["service_accounts"][f"{CELL}-exporter@{PROJECT}.iam.gserviceaccount.com"] = {}
+    cloud.update(**state, job_cli="recorder")
+    job, _me = blocks("running-commands-as-a-cells-job")[0].splitlines()[:2]
+    status = 'job "$EXPORT_JOB" export --system="$SYSTEM" status'
+    done = cloud.shell("\n".join([where("orders"), job, status]))
+    assert done.returncode == 0, done.stderr
+    assert [e["job"] for e in cloud.world["executions"]] == [f"{CELL}-export"]
+
+
+@pytest.mark.slow
+def test_a_rollback_asked_for_a_revision_an_apply_overtook_changes_nothing(cloud: Cloud) -> None:
+    # A bad systems file applied; on-call asks, and is told the previous file's revision...
+    apply_systems(cloud, CELL, ["recordline"])
+    dry, act = asks("rolling-back", "service", by="settings")
+    said = ask(cloud, dry, **{"$SYSTEM": "orders"})
+    assert said.returncode == 0, said.stdout
+    assert "back to: recordline-00002-x2y, image " in said.stdout
+    # ...then, before they act, an apply of another file lands: what serves is its
+    # revision, and the state before it is the bad file's, not the one they were told.
+    apply_systems(cloud, CELL, ["recordline", ADDED])
+    now = serving_revision(cloud)
+    before = {k: cloud.world[k] for k in ("services", "worker_pools", "jobs")}
+    done = ask(cloud, act, **{"$SYSTEM": "orders", "PREV": "recordline-00002-x2y"})
+    assert done.returncode != 0
+    assert (
+        "refused: the revision to return to is now recordline-00003-t3f, not "
+        "recordline-00002-x2y (an apply or a rollout changed the revisions since): "
+        "nothing was changed"
+    ) in done.stdout, done.stdout
+    assert {k: cloud.world[k] for k in before} == before
+    assert serving_revision(cloud)["name"] == now["name"]
+
+
+@pytest.mark.slow
+def test_a_rollback_asked_for_a_system_no_cell_has_is_refused_saying_so(cloud: Cloud) -> None:
+    release(cloud)
+    before = {k: cloud.world[k] for k in ("services", "worker_pools", "jobs")}
+    done = recipe(cloud, "rolling-back", system="ordres")
+    assert done.returncode != 0
+    assert (
+        f"refused: no system ordres in the directory (gs://{STATE_BUCKET}/directory/): "
+        "nothing was changed"
+    ) in done.stdout
+    assert {k: cloud.world[k] for k in before} == before
+    # Nothing waited in a cell's queue: the cell was not found before it.
+    assert "cell" in done.ran
+    assert "rollback" not in done.ran
 
 
 # --- what a rollout keeps for a rollback -----------------------------------------------------

@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import re
+import shlex
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from app.cell.throttles import Throttles
 from tests.infra.cell_world import (
     CANARY_SETTING,
     EARLIER,
+    GITHUB,
     NUMBER,
     ONCALL,
     OPERATOR,
@@ -38,6 +42,7 @@ from tests.infra.cell_world import (
     REGION,
     REPOSITORY,
     STATE_BUCKET,
+    VARIABLES,
     account,
     world,
 )
@@ -52,7 +57,7 @@ from tests.infra.test_terraform import (
     _locals,
     _template,
 )
-from tests.infra.workflow_runner import Cloud
+from tests.infra.workflow_runner import Cloud, run_workflow
 
 BAD = "sha256:" + "d" * 64
 URL = f"https://recordline-{NUMBER}.{REGION}.run.app"
@@ -170,6 +175,75 @@ def recorded(cloud: Cloud) -> list[dict[str, Any]]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+PARTS = {"rolling-back": "service", "rolling-the-exporter-back": "exporter"}
+
+
+@dataclass
+class Asked:
+    """What a run of the rollback workflow said (its jobs' output, in order) and whether
+    it succeeded: as a shell's, 0 or 1."""
+
+    returncode: int
+    stdout: str
+    ran: tuple[str, ...] = ()  # the jobs that ran, in order
+
+    @property
+    def stderr(self) -> str:
+        return self.stdout
+
+
+def ask(cloud: Cloud, line: str, **values: str) -> Asked:
+    """The rollback workflow run as a line of the runbook's asks it (`gh workflow run
+    rollback.yml -f NAME=VALUE ...`), `values` its variables ($SYSTEM, PREV): run by
+    GitHub on main, as the deploy account; then on-call again."""
+    words = shlex.split(line)
+    assert words[:4] == ["gh", "workflow", "run", "rollback.yml"], line
+    assert "--ref=main" in words, line
+    inputs = {}
+    for flag, field in itertools.pairwise(words):
+        if flag == "-f":
+            name, _, value = field.partition("=")
+            inputs[name] = values.get(value, value)
+    run = run_workflow(
+        cloud,
+        "rollback.yml",
+        inputs=inputs,
+        variables=VARIABLES,
+        github={**GITHUB, "event_name": "workflow_dispatch", "ref": "refs/heads/main"},
+    )
+    cloud.update(principal=ONCALL)
+    said = "\n".join(step.stderr for _, job in run.walk() for step in job.steps)
+    ran = tuple(path for path, _ in run.walk())
+    return Asked(0 if run.result == "success" else 1, said, ran)
+
+
+def asks(section: str, part: str, by: str = "image") -> list[str]:
+    """The lines of a section of the runbook that ask rollback.yml for `part` (`by`
+    set): without `to`, then with it."""
+    return [
+        line.replace("-f by=image", f"-f by={by}")
+        for block in blocks(section)
+        for line in block.splitlines()
+        if line.startswith("gh workflow run rollback.yml") and f"part={part}" in line
+    ]
+
+
+def rolled_back(cloud: Cloud, section: str, *, by: str = "image", system: str = "orders") -> Asked:
+    """A rollback section's step 2 as written, for `system`: the workflow asked without
+    `to` (it must change nothing), then with `to` the revision it said it would return
+    to. What both runs said; the first's alone if it refused."""
+    dry, act = asks(section, PARTS[section], by)
+    before = {k: cloud.world[k] for k in ("services", "worker_pools", "jobs")}
+    said = ask(cloud, dry, **{"$SYSTEM": system})
+    assert {k: cloud.world[k] for k in before} == before, "a run without to= changed something"
+    if said.returncode != 0:
+        return said
+    found = re.search(r"^back to: ([\w-]+),", said.stdout, re.M)
+    assert found, said.stdout
+    done = ask(cloud, act, **{"$SYSTEM": system, "PREV": found.group(1)})
+    return Asked(done.returncode, said.stdout + "\n" + done.stdout)
+
+
 # --- where each system is -------------------------------------------------------------------
 
 
@@ -233,7 +307,7 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
         blocks("canary-stale")[0],
         blocks("cell-not-ready")[0],
         *blocks("adding-spanner-capacity-now"),
-        *blocks("rolling-back")[1:3],
+        blocks("rolling-back")[1],
         blocks("rolling-the-exporter-back")[0],
         JOB,
         'job "$EXPORT_JOB" export --system="$SYSTEM" status',
@@ -243,8 +317,10 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
     state["spanner"] = {"recordline-serving-2/orders": {"export_progress": [], "export_lease": []}}
     state["scheduler_jobs"]["orders-canary"] = "PAUSED"
     cloud.update(**state)
-    out = run(cloud, where(), *sections)
-    assert "back to: recordline-00001-x1y" in out
+    run(cloud, where(), *sections)
+    # The rollback, asked for orders: the workflow's commands name its cell's too.
+    assert rolled_back(cloud, "rolling-back").returncode == 0
+    cloud.update(principal=ONCALL)
     orders = directory()["orders"]
     allowed = {str(v) for v in orders.values()} | {
         r["name"]
@@ -276,28 +352,38 @@ def test_every_command_names_what_the_directory_names_for_a_system_on_the_second
 def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_revision(
     cloud: Cloud,
 ) -> None:
-    who, look, roll_back, unpin = blocks("rolling-back")
-    out = run(cloud, who.replace("SYSTEM=recordline", "SYSTEM=orders"), look, roll_back)
+    who, look = blocks("rolling-back")[:2]
+    out = run(cloud, who.replace("SYSTEM=recordline", "SYSTEM=orders"), look)
+    assert f'"digest": "{BAD}"' in out  # the release record
+    cloud.world_file.with_name("calls.jsonl").unlink()  # what on-call read, as themselves
+    done = rolled_back(cloud, "rolling-back")
+    assert done.returncode == 0, done.stdout
     # Both states, by image digest and settings version, and what the one it returns
     # to serves, before it acts.
+    out = done.stdout
     assert f"now:     recordline-00002-x2y, image {BAD}, settings version 1" in out
     assert f"back to: recordline-00001-x1y, image {EARLIER}, settings version 1 (ENABLED)" in out
-    assert "recordline-00001-x1y will serve: orders recordline; not:  (step 4" in out
-    assert f'"digest": "{BAD}"' in out  # the release record
+    assert "recordline-00001-x1y will serve: orders recordline; not:  (Rolling back's" in out
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
     # The ops job runs the image it serves again.
     assert cloud.world["jobs"]["recordline-ops"]["image"] == f"{REPOSITORY}@{EARLIER}"
-    # Every command acted as the operator account, in the cell's project and region.
+    # Every command ran as the deploy account itself (the workflow's credentials), in
+    # the cell's project and region.
     for argv in cloud.calls():
         if argv[0] in ("run", "secrets"):
-            assert f"--impersonate-service-account={OPERATOR}" in argv, argv
+            assert not any(a.startswith("--impersonate-service-account") for a in argv), argv
             assert f"--region={REGION}" in argv or argv[0] == "secrets", argv
             assert f"--project={PROJECT}" in argv, argv
     # Ending the pin: traffic follows the newest revision again, and the ops job runs
-    # its image and its systems' file again.
-    out = run(cloud, who, unpin)
+    # its image and its systems' file again; asked first, then acted on.
+    dry, act = asks("rolling-back", "follow-latest")
+    said = ask(cloud, dry, **{"$SYSTEM": "orders"})
+    assert said.returncode == 0, said.stdout
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+    assert f"following: recordline-00002-x2y, image {BAD}, settings version 1" in said.stdout
+    done = ask(cloud, act, **{"$SYSTEM": "orders", "LATEST": "recordline-00002-x2y"})
+    assert done.returncode == 0, done.stdout
     assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
-    assert f"following recordline-00002-x2y: image {REPOSITORY}@{BAD}, settings version 1" in out
     job = cloud.world["jobs"]["recordline-ops"]
     assert job["image"] == f"{REPOSITORY}@{BAD}"
     assert job["volumes"]["/etc/recordline/systems"] == ["recordline-systems", "1"]
@@ -305,24 +391,30 @@ def test_rolling_back_at_3am_sends_every_request_of_the_cell_to_the_previous_rev
 
 def test_rolling_back_acts_as_the_cells_account_as_a_deploy_does(cloud: Cloud) -> None:
     # Cloud Run checks acting as the service's account for a traffic change too: the
-    # operator account holds it (acts_as_runtime), and without it the rollback stops.
+    # deploy account holds it (acts_as_runtime), and without it the rollback stops.
     state = cloud.world
     state["iam"]["service_accounts"][account("recordline-run")] = {}
     cloud.update(**state)
-    who, _look, roll_back, _ = blocks("rolling-back")
-    done = cloud.shell("\n".join([who, roll_back]))
-    assert "iam.serviceAccounts.actAs" in done.stderr
+    _dry, act = asks("rolling-back", "service")
+    done = ask(cloud, act, **{"$SYSTEM": "orders", "PREV": "recordline-00001-x1y"})
+    assert "iam.serviceAccounts.actAs" in done.stdout
     assert serving(cloud) == [("recordline-00002-x2y", 100, True)]
 
 
 def test_the_old_rollback_command_is_refused(cloud: Cloud) -> None:
-    # As the person's own account, which may not change the service; by a system's
-    # name, which is no service any more.
+    # As the person's own account, which may not change the service; as the operator
+    # account, which may not either (rollbacks are the pipeline's); by a system's name,
+    # which is no service any more.
     done = cloud.shell(
         f"gcloud run services update-traffic recordline --project={PROJECT} --region={REGION} "
         "--to-revisions=recordline-00001-x1y=100"
     )
     assert "PERMISSION_DENIED" in done.stderr
+    done = cloud.shell(
+        f"gcloud run services update-traffic recordline --project={PROJECT} --region={REGION} "
+        f"--impersonate-service-account={OPERATOR} --to-revisions=recordline-00001-x1y=100"
+    )
+    assert "Permission 'run.services.update' denied" in done.stderr
     done = cloud.shell(
         f"gcloud run services update-traffic orders --project={PROJECT} --region={REGION} "
         f"--impersonate-service-account={OPERATOR} --to-revisions=orders-00001-x1y=100"
@@ -338,9 +430,8 @@ def test_rolling_back_skips_a_candidate_that_never_served(cloud: Cloud) -> None:
     service["revisions"].append(failed)
     service["traffic"] = [{"revision": "recordline-00002-x2y", "percent": 100}]
     cloud.update(services=services)
-    who, _look, roll_back, _ = blocks("rolling-back")
-    out = run(cloud, who, roll_back)
-    assert "back to: recordline-00001-x1y" in out
+    done = rolled_back(cloud, "rolling-back")
+    assert "back to: recordline-00001-x1y" in done.stdout
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
 
 
@@ -368,21 +459,21 @@ def test_the_exporter_is_rolled_back_with_its_export_job_as_the_operator_account
     cloud: Cloud,
 ) -> None:
     _bad_exporter(cloud)
-    look, roll_back = blocks("rolling-the-exporter-back")
-    out = run(cloud, where(), look, roll_back)
+    (look,) = blocks("rolling-the-exporter-back")[:1]
+    run(cloud, where(), look)
+    out = rolled_back(cloud, "rolling-the-exporter-back").stdout
     assert f"now:     {POOL}-00003-w3p, image {BAD}, settings version 1" in out
     assert f"back to: {POOL}-00002-w2p, image {EARLIER}, settings version 1 (ENABLED)" in out
     assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
     assert cloud.world["jobs"]["recordline-export"]["image"] == f"{REPOSITORY}@{EARLIER}"
-    for argv in cloud.calls():
-        if argv[:2] == ["beta", "run"] or argv[0] in ("run", "secrets"):
-            assert f"--impersonate-service-account={OPERATOR}" in argv, argv
-    # As themselves, on-call may not.
-    done = cloud.shell(
-        f"gcloud beta run worker-pools update-instance-split {POOL} --project={PROJECT} "
-        f"--region={REGION} --to-revisions={POOL}-00003-w3p=100"
-    )
-    assert "run.workerpools.update" in done.stderr
+    # As themselves, or as the operator account, on-call may not.
+    for me in ("", f" --impersonate-service-account={OPERATOR}"):
+        done = cloud.shell(
+            f"gcloud beta run worker-pools update-instance-split {POOL} --project={PROJECT} "
+            f"--region={REGION}{me} --to-revisions={POOL}-00003-w3p=100"
+        )
+        assert "Permission 'run.workerpools.update' denied" in done.stderr, me
+    assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
 
 
 @pytest.mark.slow
@@ -405,8 +496,7 @@ def test_the_exporter_rollback_never_returns_to_a_canary_revision(cloud: Cloud) 
     revisions[-1:] = [canary, {**bad, "name": f"{POOL}-00004-w4p"}]
     state["registry"][REPOSITORY]["digests"].append(other)
     cloud.update(**state)
-    look, roll_back = blocks("rolling-the-exporter-back")
-    out = run(cloud, where(), look, roll_back)
+    out = rolled_back(cloud, "rolling-the-exporter-back").stdout
     assert f"back to: {POOL}-00002-w2p, image {EARLIER}, settings version 1 (ENABLED)" in out
     assert cloud.world["worker_pools"][POOL]["split"] == f"{POOL}-00002-w2p"
 
@@ -570,8 +660,7 @@ def test_reading_a_system_of_the_cell_as_a_reader_does(cloud: Cloud) -> None:
     # The bad revision answers 500; the good one, once rolled back to, 200.
     cloud.update(broken_digests=[BAD])
     assert run(cloud, where(), read).splitlines()[-1] == "500"
-    who, _look, roll_back, _ = blocks("rolling-back")
-    run(cloud, who, roll_back)
+    assert rolled_back(cloud, "rolling-back").returncode == 0
     assert run(cloud, where(), read).splitlines()[-1] == "200"
 
 

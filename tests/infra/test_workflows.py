@@ -212,6 +212,17 @@ def test_one_queue_per_cell_for_every_change_to_what_runs() -> None:
         assert _group(root) == f"live-{environment}"
     glass = _load(WORKFLOWS / "break-glass.yml")["jobs"]["cells"]["concurrency"]
     assert _group(glass, matrix={"cell": "eu-2"}) == "live-prod-eu-2"
+    # On-call's rollback (rollback.yml) waits in the queue of the cell its system is in.
+    rollback = _load(WORKFLOWS / "rollback.yml")["jobs"]
+    queued = {"rollback": rollback["rollback"]["concurrency"]}
+    assert _live_groups(WORKFLOWS / "rollback.yml") == queued
+    for environment in ("dev", "prod"):
+        cell = {"cell": {"outputs": {"cell": "eu-2"}}}
+        queue = rollback["rollback"]["concurrency"]
+        assert _group(queue, inputs={"environment": environment}, needs=cell) == (
+            f"live-{environment}-eu-2"
+        )
+        assert queue["cancel-in-progress"] is False
     assert "concurrency" not in _load(WORKFLOWS / "deploy.yml")
     # The drift and reconcile jobs only read: they wait in no queue, so they never
     # replace a change waiting there (GitHub keeps one pending run per group).
@@ -251,7 +262,9 @@ def _environments(workflow: str, environment: str) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("workflow", ["deploy.yml", "terraform.yml", "break-glass.yml"])
+@pytest.mark.parametrize(
+    "workflow", ["deploy.yml", "terraform.yml", "break-glass.yml", "rollback.yml"]
+)
 def test_approvals_are_given_before_a_change_enters_its_queue(workflow: str) -> None:
     # A change waiting for its reviewers must hold no queue: an emergency (a rollback,
     # an apply) queued behind it would wait for a person who may be asleep, and GitHub
@@ -282,9 +295,16 @@ def test_approvals_are_given_before_a_change_enters_its_queue(workflow: str) -> 
         assert approvals, name
         for approval in approvals:
             assert "concurrency" not in jobs[approval]
-            assert jobs[approval]["with"]["environment"] in REVIEWED
+            for environment in ("dev", "prod"):
+                context = Expressions({"inputs": {"environment": environment}}, {})
+                asked = interpolate(jobs[approval]["with"]["environment"], context)
+                assert asked in REVIEWED, (approval, asked)
         environment = "dev" if name.startswith("dev") else "prod"
-        named = _environments(jobs[name]["uses"].rsplit("/", 1)[1], environment)
+        if "uses" in jobs[name]:
+            named = _environments(jobs[name]["uses"].rsplit("/", 1)[1], environment)
+        else:  # a job of its own (rollback.yml's)
+            context = Expressions({"inputs": {"environment": environment}}, {})
+            named = {str(interpolate(jobs[name]["environment"], context))}
         assert named, name
         assert not named & REVIEWED, named
         assert all(e.endswith(("-rollout", "-apply")) for e in named), named

@@ -32,8 +32,8 @@ resource "google_iam_workload_identity_pool_provider" "github" {
   # the same name has another id), and only the subjects bound below, each from the
   # workflow files that may use it (job_workflow_ref: for a reusable workflow, the file
   # the job is defined in): plans (pull requests, and the deploy branch: a merge's plan
-  # and drift.yml's), and, on the deploy branch only, a rollout's jobs in the
-  # reviewer-free <environment>-rollout and an apply in the reviewer-free
+  # and drift.yml's), and, on the deploy branch only, a rollout's or a rollback's jobs
+  # in the reviewer-free <environment>-rollout and an apply in the reviewer-free
   # terraform-<environment>-apply. Their approval is given before the environment's
   # queue, in a job that authenticates nowhere (approve.yml), which their callers need.
   # The values are spelled out rather than taken from a local so policy checks can read
@@ -56,7 +56,8 @@ resource "google_iam_workload_identity_pool_provider" "github" {
               assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-environment.yml@refs/heads/${var.github_deploy_branch}' ||
               assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/deploy-cell.yml@refs/heads/${var.github_deploy_branch}' ||
               assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/export-gate.yml@refs/heads/${var.github_deploy_branch}' ||
-              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/break-glass.yml@refs/heads/${var.github_deploy_branch}'
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/break-glass.yml@refs/heads/${var.github_deploy_branch}' ||
+              assertion.job_workflow_ref == '${var.github_owner}/${var.github_repo}/.github/workflows/rollback.yml@refs/heads/${var.github_deploy_branch}'
             )
           ) || (
             assertion.sub == 'repo:${var.github_owner}/${var.github_repo}:environment:terraform-${var.environment}-apply' &&
@@ -79,8 +80,8 @@ locals {
     # A rollout's jobs (the image and the cells, then each cell's) run in the GitHub
     # environment <environment>-rollout, which has no reviewers: the rollout was
     # approved before its queue, in <environment> (approve.yml). The deploy account,
-    # for deploy-environment.yml, deploy-cell.yml, its export-gate.yml and
-    # break-glass.yml on the deploy branch only.
+    # for deploy-environment.yml, deploy-cell.yml, its export-gate.yml,
+    # break-glass.yml and rollback.yml (on-call's rollbacks) on the deploy branch only.
     deployer_rollout = {
       account = google_service_account.deployer.name
       subject = "${local.github_principal}:environment:${var.environment}-rollout"

@@ -78,12 +78,11 @@ resource "google_project_iam_member" "deployer_lists_revisions" {
 
 # Each cell's ops job runs as the operator account (the cell root's ops.tf): creating
 # it is acting as the account, and so is pointing it at another image, which every
-# rollout does (the image its cell serves: deploy-cell.yml) and on-call after a
-# rollback, as the operator account itself.
+# rollout does (the image its cell serves: deploy-cell.yml) and every rollback
+# (rollback.yml), both as the deploy account. The operator account only runs it.
 resource "google_service_account_iam_member" "acts_as_operator" {
   for_each = {
     deployer        = google_service_account.deployer.member
-    operator        = google_service_account.operator.member
     terraform_apply = google_service_account.terraform_apply.member
   }
 
