@@ -223,6 +223,17 @@ def test_one_queue_per_cell_for_every_change_to_what_runs() -> None:
             f"live-{environment}-eu-2"
         )
         assert queue["cancel-in-progress"] is False
+    # Only a run that acts (given `to`) enters it. One that only says what it found waits
+    # for no rollout and, GitHub keeping one pending run per group, never replaces a
+    # rollout or an apply waiting there: the act re-reads in the queue before it acts.
+    for to, queued_too in (("", False), ("recordline-00001-x1y", True)):
+        inputs = {"environment": "prod", "to": to}
+        assert _if(rollback["rollback"], inputs=inputs) is queued_too, to
+        assert _if(rollback["cell"], inputs=inputs), to
+    said = [s for s in rollback["cell"]["steps"] if "infra/rollback.sh act" in s.get("run", "")]
+    assert [_if(s, inputs={"to": ""}) for s in said] == [True], said
+    assert [_if(s, inputs={"to": "recordline-00001-x1y"}) for s in said] == [False], said
+    assert "concurrency" not in rollback["cell"]
     assert "concurrency" not in _load(WORKFLOWS / "deploy.yml")
     # The drift and reconcile jobs only read: they wait in no queue, so they never
     # replace a change waiting there (GitHub keeps one pending run per group).
