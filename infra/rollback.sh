@@ -67,7 +67,9 @@ if [[ "$PART" == follow-latest ]]; then
   read -r PREV IMAGE SETTINGS MOUNTS <<<"$(awk -v r="$LATEST" '$1 == r' <<<"$STATES")"
   WHAT="following"
 else
-  read -r PREV IMAGE SETTINGS MOUNTS <<<"$(awk -v by="$BY" -v image="$BAD_IMAGE" -v settings="$BAD_SETTINGS" '(by == "image" && $2 != image) || (by == "settings" && $3 != settings) { print; exit }' <<<"$STATES")"
+  # Back means older than what serves: after a rollback, the revision it moved off is
+  # newer than the one serving, and asking again must not return to it.
+  read -r PREV IMAGE SETTINGS MOUNTS <<<"$(awk -v bad="$BAD" -v by="$BY" -v image="$BAD_IMAGE" -v settings="$BAD_SETTINGS" 'older && ((by == "image" && $2 != image) || (by == "settings" && $3 != settings)) { print; exit } $1 == bad { older = 1 }' <<<"$STATES")"
   WHAT="back to"
 fi
 
@@ -80,7 +82,7 @@ say "$WHAT: ${PREV:-nothing}, image ${IMAGE:-none}, settings version ${SETTINGS:
 if [[ -z "$PREV" && "$PART" == follow-latest ]]; then
   refuse "the newest revision, ${LATEST:-none}, is not one that started and runs the cell's code: nothing was changed; roll forward (Rolling back's step 4)"
 elif [[ -z "$PREV" ]]; then
-  refuse "no revision that started differs from $BAD by its $BY: nothing was changed; roll forward (Rolling back's step 4)"
+  refuse "no revision that started before $BAD differs from it by its $BY: nothing was changed; roll forward (Rolling back's step 4)"
 elif [[ "$STATE" != ENABLED ]]; then
   refuse "$PREV cannot start, its $STATE; nothing was changed. Roll forward (Rolling back's step 4), or, if it is only DISABLED, have an owner of the project enable it (gcloud secrets versions enable VERSION --secret=SECRET) and run this again"
 fi

@@ -435,6 +435,22 @@ def test_rolling_back_skips_a_candidate_that_never_served(cloud: Cloud) -> None:
     assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
 
 
+def test_rolling_back_again_never_returns_to_what_the_first_rollback_left(cloud: Cloud) -> None:
+    # Pinned to the last good state, the bad revision is newer than what serves: a second
+    # rollback (the state returned to is bad too) goes further back, never forward to it.
+    assert rolled_back(cloud, "rolling-back").returncode == 0
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+    dry, _act = asks("rolling-back", "service")
+    for by in ("image", "settings"):
+        said = ask(cloud, dry.replace("-f by=image", f"-f by={by}"), **{"$SYSTEM": "orders"})
+        assert "back to: recordline-00002-x2y" not in said.stdout, said.stdout
+        assert said.returncode == 1, said.stdout
+        first = "recordline-00001-x1y"
+        refused = f"no revision that started before {first} differs from it by its {by}"
+        assert refused in said.stdout, said.stdout
+    assert serving(cloud) == [("recordline-00001-x1y", 100, False)]
+
+
 # --- the exporter, after a release that failed after start ------------------------------------
 
 
