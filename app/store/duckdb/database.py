@@ -184,8 +184,7 @@ class _Reading:
                 # cursor between statements it is a no-op, hence again until done.
                 self._cursor.interrupt()
                 return True
-            if not self.done:
-                self.done = True
+            self.done = True
             return False
 
 
