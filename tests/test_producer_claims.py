@@ -332,7 +332,8 @@ async def test_many_producers_slow_neither_a_push_nor_the_audit(crowded: Service
                 answer = await http.get("/v1/audit", params=params)
                 audits.append(time.perf_counter() - started)
                 assert answer.status_code == 200, answer.text
-                assert answer.json()["hours"][-1]["received"] >= 1
+                # The seeded rows are counted, whichever hour the clock is in.
+                assert sum(hour["received"] for hour in answer.json()["hours"]) >= 1
 
         async def lane(lane: int) -> None:
             for n in range(40):
