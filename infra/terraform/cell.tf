@@ -139,6 +139,10 @@ locals {
   # The throttles on-call sets (RECORDLINE_THROTTLES), at the latest version of their
   # secret: re-read by every instance, never part of what a revision is.
   throttles_directory = "/etc/recordline/throttles"
+  # A job's command (job.py): `recordline` with the settings it names and no others,
+  # whatever an execution's overrides put in its environment. Each job adds its
+  # settings, NAME=value, and `--`; an execution's arguments follow.
+  job_command = ["python3", "-I", "-u", "-c", file("${path.module}/job.py")]
 
   # What Secret Manager holds in one version (https://cloud.google.com/secret-manager/quotas:
   # 64 KiB) and Cloud Run takes as custom audiences (their JSON list, 32,768 characters:

@@ -389,8 +389,10 @@ resource "google_cloud_run_v2_job" "export" {
       }
 
       containers {
-        image   = var.placeholder_image
-        command = ["recordline"]
+        image = var.placeholder_image
+        # The pool's settings in the command (job.py): an execution's overrides change
+        # its arguments, never what it runs with nor what it runs as.
+        command = concat(local.job_command, [for name, value in local.exporter_env : "${name}=${value}"], ["--"])
         args    = ["export", "status"]
 
         volume_mounts {
@@ -401,14 +403,6 @@ resource "google_cloud_run_v2_job" "export" {
         volume_mounts {
           name       = "throttles"
           mount_path = local.throttles_directory
-        }
-
-        dynamic "env" {
-          for_each = local.exporter_env
-          content {
-            name  = env.key
-            value = env.value
-          }
         }
 
         resources {

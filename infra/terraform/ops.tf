@@ -9,6 +9,17 @@
 # first apply. It reads the systems' file the service serves: the newest version, or,
 # while a rollback pins the service to a revision, that revision's (pinned_settings; the
 # runbook's rollback sets it, the next rollout sets the newest).
+locals {
+  ops_env = {
+    RECORDLINE_CELL       = local.cell
+    RECORDLINE_SYSTEMS    = local.systems_setting
+    RECORDLINE_LOG_FORMAT = "json"
+    # Where the cell answers, and the audience its tokens are minted for.
+    RECORDLINE_URL           = local.cell_url
+    RECORDLINE_READ_AUDIENCE = local.read_audience
+  }
+}
+
 resource "google_cloud_run_v2_job" "ops" {
   project  = var.project_id
   name     = "${local.cell}-ops"
@@ -58,28 +69,15 @@ resource "google_cloud_run_v2_job" "ops" {
       }
 
       containers {
-        image   = var.placeholder_image
-        command = ["recordline"]
+        image = var.placeholder_image
+        # Its settings in the command (job.py): an execution's overrides change its
+        # arguments, never what it runs with.
+        command = concat(local.job_command, [for name, value in local.ops_env : "${name}=${value}"], ["--"])
         args    = ["audit", "--help"]
 
         volume_mounts {
           name       = "systems"
           mount_path = local.systems_directory
-        }
-
-        dynamic "env" {
-          for_each = {
-            RECORDLINE_CELL       = local.cell
-            RECORDLINE_SYSTEMS    = local.systems_setting
-            RECORDLINE_LOG_FORMAT = "json"
-            # Where the cell answers, and the audience its tokens are minted for.
-            RECORDLINE_URL           = local.cell_url
-            RECORDLINE_READ_AUDIENCE = local.read_audience
-          }
-          content {
-            name  = env.key
-            value = env.value
-          }
         }
 
         resources {

