@@ -28,14 +28,20 @@ from tests.infra.cell_world import (
     world,
 )
 from tests.infra.test_terraform import ENVIRONMENT, _resources
-from tests.infra.workflow_runner import Cloud, Job, run_job
+from tests.infra.workflow_runner import Cloud, Expressions, Job, interpolate, load, run_job
 
 PLANNER = f"recordline-tf-plan@{PROJECT}.iam.gserviceaccount.com"
 OLD, NEW = "a" * 40, "b" * 40
 
 
 def run(
-    workflow: str, conclusion: str, *, sha: str = NEW, event: str = "push", at: str = "10"
+    workflow: str,
+    conclusion: str,
+    *,
+    sha: str = NEW,
+    event: str = "push",
+    at: str = "10",
+    title: str = "",
 ) -> dict[str, Any]:
     """A run as `gh run list --json` gives it."""
     return {
@@ -45,12 +51,24 @@ def run(
         "conclusion": conclusion,
         "headSha": sha,
         "createdAt": f"2026-11-20T{at}:00:00Z",
+        "displayTitle": title or workflow.removesuffix(".yml"),
         "workflow": workflow,
     }
 
 
+def rollback(conclusion: str, *, at: str, part: str = "service", to: str = "") -> dict[str, Any]:
+    """A rollback.yml run by on-call, titled as its `run-name` titles it."""
+    inputs = {"environment": "prod", "system": "orders", "part": part, "to": to}
+    title = interpolate(load("rollback.yml")["run-name"], Expressions({"inputs": inputs}, {}))
+    return run("rollback.yml", conclusion, sha=NEW, event="workflow_dispatch", at=at, title=title)
+
+
 def history(*runs: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    found: dict[str, list[dict[str, Any]]] = {"deploy.yml": [], "terraform.yml": []}
+    found: dict[str, list[dict[str, Any]]] = {
+        "deploy.yml": [],
+        "terraform.yml": [],
+        "rollback.yml": [],
+    }
     for r in runs:
         found[r.pop("workflow")].append(r)
     return found
@@ -109,6 +127,37 @@ def test_a_deploy_replaced_while_it_waited_is_started_again_and_said(cloud: Clou
     assert NEW in body
     assert "started again" in body
     # The next round finds the new run waiting, and starts nothing more.
+    assert reconcile(cloud).result == "success"
+    assert dispatched(cloud, "deploy.yml") == 1
+
+
+@pytest.mark.slow
+def test_a_deploy_replaced_by_a_rollback_is_not_started_again_over_it(cloud: Cloud) -> None:
+    # The deploy of NEW waited in the cell's queue; on-call's rollback, queued there too,
+    # replaced it and moved the cell back. Starting the deploy again would undo that. A
+    # rollback that only said what it would do (no `to`) changes nothing of this.
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "success", sha=OLD, at="08"),
+            run("deploy.yml", "cancelled", sha=NEW, at="10"),
+            rollback("success", at="11", to="recordline-00001-x1y"),
+            rollback("success", at="12"),
+        )
+    )
+    job = reconcile(cloud)
+    assert job.result == "success", job.steps[-1].stderr
+    assert dispatched(cloud, "deploy.yml") == 0
+    ((title, (body,)),) = tickets(cloud).items()
+    assert title == "drift: a deploy was cancelled and a rollback ran since"
+    assert "/actions/runs/110" in body  # the rollback that acted
+    # Only a dry run since: the deploy is started again.
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "cancelled", sha=NEW, at="10"),
+            rollback("success", at="12"),
+        ),
+        issues={},
+    )
     assert reconcile(cloud).result == "success"
     assert dispatched(cloud, "deploy.yml") == 1
 
@@ -255,18 +304,59 @@ def test_a_cell_left_on_an_earlier_image_is_ticketed(cloud: Cloud) -> None:
 
 
 @pytest.mark.slow
-def test_a_rollback_since_main_s_last_deploy_is_not_drift(cloud: Cloud) -> None:
+@pytest.mark.parametrize(
+    "back",
+    [
+        run("deploy.yml", "success", sha=OLD, event="workflow_dispatch", at="11"),
+        rollback("success", at="11", to="recordline-00001-x1y"),
+        rollback("success", at="11", part="exporter", to="recordline-exporter-00001-w1p"),
+    ],
+    ids=["a deploy by hand", "the service's rollback", "the exporter's rollback"],
+)
+def test_a_rollback_since_main_s_last_deploy_is_not_drift(
+    cloud: Cloud, back: dict[str, Any]
+) -> None:
     _plan_account_can_read(cloud)
     _terraform(cloud)
+    cloud.update(github_runs=history(run("deploy.yml", "success", sha=NEW, at="10"), dict(back)))
+    job = drift_plan(cloud)
+    assert job.result == "success", job.steps[-1].stderr
+    assert tickets(cloud) == {}
+
+
+@pytest.mark.slow
+def test_a_rollback_that_did_nothing_or_ended_its_pin_leaves_the_image_compared(
+    cloud: Cloud,
+) -> None:
+    # A rollback that only said what it would do, one refused, one in another
+    # environment, and the end of a pin after a rollback: the cell should serve main's.
+    _plan_account_can_read(cloud)
+    _terraform(cloud)
+    ended = rollback("success", at="13", part="follow-latest", to="recordline-00002-x2y")
+    elsewhere = rollback("success", at="14", to="recordline-00001-x1y")
+    elsewhere["displayTitle"] = elsewhere["displayTitle"].replace(" in prod ", " in dev ")
     cloud.update(
         github_runs=history(
             run("deploy.yml", "success", sha=NEW, at="10"),
-            run("deploy.yml", "success", sha=OLD, event="workflow_dispatch", at="11"),
+            rollback("success", at="11"),
+            rollback("failure", at="12", to="recordline-00001-x1y"),
+            elsewhere,
         )
     )
     job = drift_plan(cloud)
     assert job.result == "success", job.steps[-1].stderr
-    assert tickets(cloud) == {}
+    assert list(tickets(cloud)) == ["drift: prod differs from main"]
+    # A rollback that acted, then the end of its pin: compared again.
+    cloud.update(
+        github_runs=history(
+            run("deploy.yml", "success", sha=NEW, at="10"),
+            rollback("success", at="11", to="recordline-00001-x1y"),
+            ended,
+        ),
+        issues={},
+    )
+    assert drift_plan(cloud).result == "success"
+    assert list(tickets(cloud)) == ["drift: prod differs from main"]
 
 
 def test_every_state_is_planned_the_environments_and_each_cells() -> None:
