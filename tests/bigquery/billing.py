@@ -363,9 +363,9 @@ class _Evaluator:
         self._lock = threading.Lock()
 
     def value(self, node: exp.Expression) -> Any:
-        sql = sqlglot.transpile(f"SELECT {node.sql('bigquery')}", read="bigquery", write="duckdb")
+        sql = _in_duckdb(f"SELECT {node.sql('bigquery')}")
         with self._lock:
-            row = self._con.execute(sql[0]).fetchone()
+            row = self._con.execute(sql).fetchone()
         return _comparable(row[0] if row else None)
 
     def values(self, node: exp.Expression) -> list[Any]:
@@ -374,6 +374,14 @@ class _Evaluator:
             found = self.value(array)
             return list(found or [])
         return [self.value(node)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _in_duckdb(sql: str) -> str:
+    """A constant's SELECT as DuckDB reads it, translated once: the same constants (a
+    page's bounds, its limit) come with query after query. Evaluated anew each time,
+    since one may read the clock (CURRENT_TIMESTAMP())."""
+    return sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
 
 
 def _comparable(value: Any) -> Any:

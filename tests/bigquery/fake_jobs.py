@@ -882,6 +882,18 @@ def qualified(sql: str, project: str, default_dataset: dict[str, str] | None) ->
     """`sql` with every table named in full, as BigQuery resolves a name: `dataset.table`
     in the job's project, a bare `table` in the request's default dataset (Unqualified,
     in BigQuery's words, where it sets none). Unchanged when every name is full."""
+    default = (
+        (default_dataset["datasetId"], default_dataset.get("projectId"))
+        if default_dataset
+        else None
+    )
+    return _qualified(sql, project, default)
+
+
+@functools.lru_cache(maxsize=256)
+def _qualified(sql: str, project: str, default: tuple[str, str | None] | None) -> str:
+    """`qualified`, once for each statement: a walk over pages sends one statement again
+    and again with new parameters, and sqlglot's parse takes milliseconds."""
     statement = sqlglot.parse_one(sql, read="bigquery")
     common = {cte.alias_or_name for cte in statement.find_all(sqlglot.exp.CTE)}
     changed = False
@@ -889,15 +901,12 @@ def qualified(sql: str, project: str, default_dataset: dict[str, str] | None) ->
         if table.catalog or (not table.db and table.name in common):
             continue
         if not table.db:
-            if not default_dataset:
+            if not default:
                 raise Unqualified(
                     f'Table "{table.name}" must be qualified with a dataset (e.g. dataset.table).'
                 )
-            table.set("db", sqlglot.exp.to_identifier(default_dataset["datasetId"]))
-            table.set(
-                "catalog",
-                sqlglot.exp.to_identifier(default_dataset.get("projectId") or project),
-            )
+            table.set("db", sqlglot.exp.to_identifier(default[0]))
+            table.set("catalog", sqlglot.exp.to_identifier(default[1] or project))
         else:
             table.set("catalog", sqlglot.exp.to_identifier(project))
         changed = True
