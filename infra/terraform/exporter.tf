@@ -66,6 +66,12 @@ locals {
     OTEL_METRIC_EXPORT_INTERVAL      = "120000"
     RECORDLINE_SLO_FRESHNESS_SECONDS = tostring(var.freshness_threshold_seconds)
   })
+  # The export job's: the pool's but its throttles. Its commands pace nothing, and the
+  # throttles' file is one on-call writes (the operator account adds its versions): in
+  # a job whose environment an execution overrides, LD_PRELOAD naming that file runs
+  # what it holds, before Python or job.py, as the exporter's account. So the job
+  # mounts no file on-call writes.
+  export_job_env = { for name, value in local.exporter_env : name => value if name != "RECORDLINE_THROTTLES" }
 }
 
 # Its own account: it reads and writes its systems' databases and exported tables, and
@@ -376,33 +382,17 @@ resource "google_cloud_run_v2_job" "export" {
         }
       }
 
-      # The pool's settings are the job's: its throttles too, at their latest version.
-      volumes {
-        name = "throttles"
-        secret {
-          secret = google_secret_manager_secret.throttles.secret_id
-          items {
-            version = "latest"
-            path    = "throttles.json"
-          }
-        }
-      }
-
       containers {
         image = var.placeholder_image
-        # The pool's settings in the command (job.py): an execution's overrides change
-        # its arguments, never what it runs with nor what it runs as.
-        command = concat(local.job_command, [for name, value in local.exporter_env : "${name}=${value}"], ["--"])
+        # The pool's settings in the command (job.py), but its throttles (export_job_env):
+        # an execution's overrides change its arguments, never what it runs with nor
+        # what it runs as.
+        command = concat(local.job_command, [for name, value in local.export_job_env : "${name}=${value}"], ["--"])
         args    = ["export", "status"]
 
         volume_mounts {
           name       = "systems"
           mount_path = local.systems_directory
-        }
-
-        volume_mounts {
-          name       = "throttles"
-          mount_path = local.throttles_directory
         }
 
         resources {
@@ -436,8 +426,6 @@ resource "google_cloud_run_v2_job" "export" {
   depends_on = [
     google_secret_manager_secret_iam_member.reads_systems,
     google_secret_manager_secret_iam_member.reads_systems_values,
-    google_secret_manager_secret_iam_member.exporter_reads_throttles,
-    google_secret_manager_secret_version.throttles,
   ]
 }
 

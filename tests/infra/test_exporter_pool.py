@@ -98,9 +98,10 @@ def test_it_reads_the_cells_systems_file_and_its_canary_systems_file_beside_it()
     assert [f"@{d}/systems.json" for d in directories] == [SYSTEMS_SETTING, CANARY_SETTING]
 
 
-def test_it_and_its_job_read_the_throttles_on_call_sets_as_the_ingest_service_does() -> None:
+def test_it_reads_the_throttles_on_call_sets_as_the_ingest_service_does() -> None:
     # The file every ingest instance reads (cell.tf), at the same place and at its latest
-    # version: a system's export is slowed with no deploy (docs/cells.md#throttles).
+    # version: a system's export is slowed with no deploy (docs/cells.md#throttles). The
+    # export job's commands pace nothing: it mounts no file on-call writes (below).
     env = _root_console("local.exporter_env", SERVING)
     service = _root_console("local.service_env", SERVING)
     assert env["RECORDLINE_THROTTLES"] == service["RECORDLINE_THROTTLES"]
@@ -110,27 +111,50 @@ def test_it_and_its_job_read_the_throttles_on_call_sets_as_the_ingest_service_do
         for v in _resources("google_cloud_run_v2_service")["ingest"]["template"][0]["volumes"]
         if v["name"] == "throttles"
     ]
-    (job,) = _resources("google_cloud_run_v2_job")["export"]["template"][0]["template"]
-    for template in (_pool()["template"][0], job):
-        (volume,) = [v for v in template["volumes"] if v["name"] == "throttles"]
-        assert volume == ingest
-        (secret,) = volume["secret"]
-        assert secret["items"] == [{"version": "latest", "path": "throttles.json"}]
-        (container,) = template["containers"]
-        assert {"name": "throttles", "mount_path": "${local.throttles_directory}"} in container[
-            "volume_mounts"
-        ]
+    template = _pool()["template"][0]
+    (volume,) = [v for v in template["volumes"] if v["name"] == "throttles"]
+    assert volume == ingest
+    (secret,) = volume["secret"]
+    assert secret["items"] == [{"version": "latest", "path": "throttles.json"}]
+    (container,) = template["containers"]
+    assert {"name": "throttles", "mount_path": "${local.throttles_directory}"} in container[
+        "volume_mounts"
+    ]
     # Read as the exporter's own account, granted before the pool or the job exists.
     grant = _resources("google_secret_manager_secret_iam_member")["exporter_reads_throttles"]
     assert grant["for_each"] == "${local.exporter}"
     assert grant["secret_id"] == "${google_secret_manager_secret.throttles.secret_id}"
     assert grant["role"] == "roles/secretmanager.secretAccessor"
     assert grant["member"] == "${google_service_account.exporter[each.key].member}"
-    for resource in (_pool(), _resources("google_cloud_run_v2_job")["export"]):
-        assert (
-            "${google_secret_manager_secret_iam_member.exporter_reads_throttles}"
-            in (resource["depends_on"])
-        )
+    assert (
+        "${google_secret_manager_secret_iam_member.exporter_reads_throttles}"
+        in (_pool()["depends_on"])
+    )
+
+
+def test_no_job_on_call_runs_mounts_a_file_on_call_writes() -> None:
+    # On-call runs a cell's jobs with overrides (run.jobs.runWithOverrides), which set
+    # their environment: the dynamic loader reads LD_PRELOAD before Python or job.py
+    # runs, and loads any file it names. A file in the job whose bytes on-call writes
+    # (a secret the operator account adds versions to: the throttles) would run as the
+    # job's account, the export job's the exporter's.
+    writes = {
+        grant["secret_id"]
+        for grant in _resources("google_secret_manager_secret_iam_member").values()
+        if "roles/secretmanager.secretVersionAdder" in json.dumps(grant)
+        and "local.operator_member" in json.dumps(grant)
+    }
+    assert writes == {"${google_secret_manager_secret.throttles.secret_id}"}
+    for name, job in _resources("google_cloud_run_v2_job").items():
+        (template,) = job["template"][0]["template"]
+        secrets = [v["secret"][0]["secret"] for v in template.get("volumes", []) if "secret" in v]
+        assert not writes & set(secrets), name
+    assert "RECORDLINE_THROTTLES" not in _root_console("local.export_job_env", SERVING)
+    assert _root_console("local.export_job_env", SERVING) == {
+        name: value
+        for name, value in _root_console("local.exporter_env", SERVING).items()
+        if name != "RECORDLINE_THROTTLES"
+    }
 
 
 def test_the_canary_systems_are_serving_systems_of_the_cell_with_their_own_entries() -> None:
@@ -390,7 +414,7 @@ def test_the_export_job_runs_as_the_exporter_with_the_pools_settings() -> None:
     # runs that command: tests/infra/test_runbook_commands.py overrides its environment).
     assert container["command"] == (
         "${concat(local.job_command, "
-        '[for name, value in local.exporter_env : "${name}=${value}"], ["--"])}'
+        '[for name, value in local.export_job_env : "${name}=${value}"], ["--"])}'
     )
     assert "env" not in container
     assert all("env" not in block for block in container["dynamic"])
