@@ -141,8 +141,9 @@ locals {
   throttles_directory = "/etc/recordline/throttles"
   # A job's command (job.py): `recordline` with the settings it names and no others,
   # whatever an execution's overrides put in its environment. Each job adds its
-  # settings, NAME=value, and `--`; an execution's arguments follow.
-  job_command = ["python3", "-I", "-u", "-c", file("${path.module}/job.py")]
+  # settings, NAME=value, and `--`; an execution's arguments follow. The image's
+  # Python by its path (the Dockerfile's /opt/venv): an override of PATH picks nothing.
+  job_command = ["/opt/venv/bin/python3", "-I", "-u", "-c", file("${path.module}/job.py")]
 
   # What Secret Manager holds in one version (https://cloud.google.com/secret-manager/quotas:
   # 64 KiB) and Cloud Run takes as custom audiences (their JSON list, 32,768 characters:

@@ -6,13 +6,15 @@ right also changes its environment: a variable the interpreter or a library read
 (PYTHONWARNINGS importing a module of the caller's choosing, an emulator's host, a
 proxy) would run other code, or reach other places, as the job's account: the export
 job's is the exporter's. A job's command is the one thing an execution cannot
-override, so it holds the settings: `python3 -I -u -c <this file> NAME=value ... --`,
-then the execution's arguments. Started with -I, the interpreter reads no PYTHON*
-variable (-u: what it prints reaches the log at once); this replaces the environment
-with the command's settings and the variables Cloud Run sets for the task (reserved:
-no override sets them), and runs `recordline` with the arguments after `--`. What the
-environment held besides is left out, and what an override put there named on the
-job's log.
+override, so it holds the settings: `/opt/venv/bin/python3 -I -u -c <this file>
+NAME=value ... --`, then the execution's arguments. Started with -I, the interpreter
+reads no PYTHON* variable (-u: what it prints reaches the log at once); this replaces
+the environment with the command's settings and the variables Cloud Run sets for the
+task (reserved: no override sets them), and runs `recordline` with the arguments
+after `--`. What the environment held besides is left out; the job's log names it,
+but for the names the image and the platform set (an override of one of those is left
+out unnamed). What the dynamic loader reads (LD_PRELOAD) acts before any of this: so
+a job mounts no file on-call writes (exporter.tf).
 
 Run by the image's Python with the standard library only, before the command line
 is imported: what that imports reads the environment this leaves.

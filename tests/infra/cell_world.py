@@ -429,7 +429,9 @@ def world(
         deploy = deploy_output(
             cell, systems, serving=served, canary=canary.get(cell), shapes=shapes
         )
-        state = {"version": 4, "outputs": {"deploy": {"value": deploy}}}
+        # outputs.tf's `deploy`, and its `systems` by name (what drift.yml reads of it).
+        outputs = {"deploy": {"value": deploy}, "systems": {"value": {s: {} for s in systems}}}
+        state = {"version": 4, "outputs": outputs}
         made["objects"][f"gs://{STATE_BUCKET}/recordline/cells/{cell}/default.tfstate"] = (
             json.dumps(state)
         )
@@ -521,7 +523,7 @@ def _job(cell: str, image: str, runs_as: str, args: list[str]) -> dict[str, Any]
 
 
 # How a cell's job starts its script (cell.tf's job_command; the fake cloud runs it).
-JOB_COMMAND = ["python3", "-I", "-u", "-c"]
+JOB_COMMAND = ["/opt/venv/bin/python3", "-I", "-u", "-c"]
 
 
 def job_command(settings: dict[str, str]) -> list[str]:

@@ -1419,7 +1419,7 @@ def run_jobs(world: World, words: list[str], args: list[str]) -> None:
 
 # How a cell's job starts its script (infra/terraform/cell.tf's job_command), and the
 # script's last line, which the recorder stands in for.
-JOB_COMMAND = ["python3", "-I", "-u", "-c"]
+JOB_COMMAND = ["/opt/venv/bin/python3", "-I", "-u", "-c"]
 RUNS_THE_COMMAND_LINE = 'runpy.run_module("app.cli", run_name="__main__", alter_sys=True)'
 
 

@@ -419,6 +419,12 @@ def test_the_export_job_runs_as_the_exporter_with_the_pools_settings() -> None:
     assert "env" not in container
     assert all("env" not in block for block in container["dynamic"])
     assert _locals()["job_command"] == [*JOB_COMMAND, '${file("${path.module}/job.py")}']
+    # The image's Python by its path, where the Dockerfile puts the environment: an
+    # override of PATH picks no other interpreter.
+    dockerfile = (TERRAFORM.parents[1] / "Dockerfile").read_text()
+    venv = JOB_COMMAND[0].removesuffix("/bin/python3")
+    assert f"UV_PROJECT_ENVIRONMENT={venv}" in dockerfile
+    assert f"COPY --from=builder {venv} {venv}" in dockerfile
     # The rollouts set its image to the pool's (deploy-cell.yml), as does the runbook's
     # rollback: Terraform leaves it alone.
     assert "${template[0].template[0].containers[0].image}" in job["lifecycle"][0]["ignore_changes"]
