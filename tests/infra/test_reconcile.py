@@ -257,16 +257,17 @@ def _plan_account_can_read(cloud: Cloud) -> None:
 
 def _terraform(cloud: Cloud) -> None:
     """A stand-in for terraform: init, a plan that finds nothing to change, and the
-    cell's output `deploy` from its state."""
+    cell's outputs `deploy` and `systems` from its state (`terraform output -json NAME`)."""
     state = json.loads(
         cloud.world["objects"][f"gs://{STATE_BUCKET}/recordline/cells/recordline/default.tfstate"]
     )
-    (cloud.work / "deploy.json").write_text(json.dumps(state["outputs"]["deploy"]["value"]))
+    for output in ("deploy", "systems"):
+        (cloud.work / f"{output}.json").write_text(json.dumps(state["outputs"][output]["value"]))
     terraform = cloud.bin / "terraform"
     terraform.write_text(
         "#!/bin/sh\n"
         'case "$1" in\n'
-        '  output) cat "$HOME/deploy.json" ;;\n'
+        '  output) cat "$HOME/$3.json" ;;\n'
         "  plan) echo 'No changes. Your infrastructure matches the configuration.' ;;\n"
         "esac\n"
     )
@@ -329,18 +330,22 @@ def test_a_rollback_that_did_nothing_or_ended_its_pin_leaves_the_image_compared(
     cloud: Cloud,
 ) -> None:
     # A rollback that only said what it would do, one refused, one in another
-    # environment, and the end of a pin after a rollback: the cell should serve main's.
+    # environment, one of another cell's system, and the end of a pin after a rollback:
+    # the cell should serve main's.
     _plan_account_can_read(cloud)
     _terraform(cloud)
     ended = rollback("success", at="13", part="follow-latest", to="recordline-00002-x2y")
     elsewhere = rollback("success", at="14", to="recordline-00001-x1y")
     elsewhere["displayTitle"] = elsewhere["displayTitle"].replace(" in prod ", " in dev ")
+    another_cell = rollback("success", at="15", to="payments-00001-x1y")
+    another_cell["displayTitle"] = another_cell["displayTitle"].replace("(orders)", "(payments)")
     cloud.update(
         github_runs=history(
             run("deploy.yml", "success", sha=NEW, at="10"),
             rollback("success", at="11"),
             rollback("failure", at="12", to="recordline-00001-x1y"),
             elsewhere,
+            another_cell,
         )
     )
     job = drift_plan(cloud)
