@@ -36,6 +36,7 @@ from app.http.head import Recordline
 from app.http.limits import BODY_COPIES
 from app.problems import Problems
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
+from app.routes.console import cell_console_router
 from app.routes.reads import export_places
 from app.settings import ServerSettings, Settings, SettingsError, system_settings, system_shares
 from app.store import Store
@@ -265,7 +266,7 @@ def create_cell(
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     root = http_app(
-        root_routes(telemetry.route_handlers),
+        [*root_routes(telemetry.route_handlers), cell_console_router(list(systems), problems)],
         constants(readiness=readiness, refusal=Refusal(systems)),
         lifespan=[lifespan],
         after_exception=[],

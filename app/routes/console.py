@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Final
+from urllib.parse import quote
 
 from litestar import HttpMethod, Request, Response, Router, get, route
 from litestar.datastructures import CacheControlHeader
@@ -58,6 +59,45 @@ async def protected(response: Response[Any]) -> Response[Any]:
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     """The console's templates, autoescaped (Jinja's default for .html in Litestar)."""
     return TemplateConfig(directory=UI / "templates", engine=JinjaTemplateEngine)
+
+
+def cell_console_router(systems: Sequence[str], problems: Problems) -> Router:
+    """A cell's root console: the `systems` it serves, each a link to its own console
+    (`/systems/NAME/console`), whose pages are behind that system's read rules. Their
+    names are the cell's to tell anyone: its `/readyz` names them, and a path under an
+    unknown one is answered 404 `unknown-system` where a known one is answered by its
+    system."""
+
+    @get(CONSOLE_PATH, include_in_schema=False, sync_to_thread=False)
+    def cell_console(request: Request[Any, Any, Any]) -> Template:
+        # Relative, as every link of the console (see `console_root`).
+        slash = request.scope.get("raw_path", b"").endswith(b"/")
+        return Template(
+            template_name="systems.html",
+            context={
+                "systems": [(name, quote(name, safe="")) for name in sorted(systems)],
+                "up": "../" if slash else "",
+                "assets": "static" if slash else "console/static",
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+        return protect(problems.exception(exc).to_response(request))
+
+    assets = create_static_files_router(
+        path=f"{CONSOLE_PATH}/static",
+        directories=[UI / "static"],
+        include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=3600),
+        after_request=protected,
+    )
+    return Router(
+        "/",
+        route_handlers=[cell_console, assets],
+        after_request=protected,
+        exception_handlers={Exception: console_error},
+    )
 
 
 def console_router(

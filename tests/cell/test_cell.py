@@ -449,6 +449,29 @@ def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) 
     # The page's assets and reads are relative to it, so they reach this system's.
     assert memory_cell.get("/systems/alpha/console/static/console.js").status_code == 200
     assert 'const ROOT = ".."' in memory_cell.get("/systems/alpha/console/static/console.js").text
+    # With a trailing slash, the system's first page, still under its prefix.
+    slash = memory_cell.get("/systems/alpha/console/", follow_redirects=False)
+    assert slash.headers["location"] == "records"
+    assert memory_cell.get("/systems/alpha/console/").url.path == "/systems/alpha/console/records"
+
+
+@pytest.mark.slow
+def test_the_cell_s_console_lists_its_systems(memory_cell: TestClient[Any]) -> None:
+    """The cell's root /console links each system's console (relative, with a trailing
+    slash too); an unknown system's stays a 404."""
+    for path, up in (("/console", ""), ("/console/", "../")):
+        page = memory_cell.get(path)
+        assert page.status_code == 200, page.text
+        assert page.headers["content-type"].startswith("text/html")
+        assert page.headers["x-frame-options"] == "DENY"
+        for system in SYSTEMS:
+            link = f'<a href="{up}systems/{system}/console/records">{system}</a>'
+            assert link in page.text, path
+            target = page.url.join(f"{up}systems/{system}/console/records")
+            assert memory_cell.get(str(target)).status_code == 200
+        sheet = page.url.join("static/console.css" if up else "console/static/console.css")
+        assert memory_cell.get(str(sheet)).status_code == 200
+    assert memory_cell.get("/systems/delta/console/records").status_code == 404
 
 
 def test_a_system_at_its_queue_floor_takes_one_push_of_the_largest_body(stores: Stores) -> None:
