@@ -61,6 +61,17 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
     return TemplateConfig(directory=UI / "templates", engine=JinjaTemplateEngine)
 
 
+def _assets() -> Router:
+    """The console's stylesheet and scripts, with its security headers."""
+    return create_static_files_router(
+        path=f"{CONSOLE_PATH}/static",
+        directories=[UI / "static"],
+        include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=3600),
+        after_request=protected,
+    )
+
+
 def cell_console_router(systems: Sequence[str], problems: Problems) -> Router:
     """A cell's root console: the `systems` it serves, each a link to its own console
     (`/systems/NAME/console`), whose pages are behind that system's read rules. Their
@@ -85,13 +96,7 @@ def cell_console_router(systems: Sequence[str], problems: Problems) -> Router:
     def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         return protect(problems.exception(exc).to_response(request))
 
-    assets = create_static_files_router(
-        path=f"{CONSOLE_PATH}/static",
-        directories=[UI / "static"],
-        include_in_schema=False,
-        cache_control=CacheControlHeader(max_age=3600),
-        after_request=protected,
-    )
+    assets = _assets()
     return Router(
         "/",
         route_handlers=[cell_console, assets],
@@ -175,13 +180,7 @@ def console_router(
             headers={"Cache-Control": "no-store"},
         )
 
-    assets = create_static_files_router(
-        path=f"{CONSOLE_PATH}/static",
-        directories=[UI / "static"],
-        include_in_schema=False,
-        cache_control=CacheControlHeader(max_age=3600),
-        after_request=protected,
-    )
+    assets = _assets()
     return Router(
         "/",
         route_handlers=[console_root, console_page, nothing_here, read_only, assets],
