@@ -1,7 +1,8 @@
 """The console where exporting is a permission of its own (RECORDLINE_EXPORT_PRINCIPALS):
 `recordline serve` checking Google ID tokens (a fake Google's keys), the browser sending
 a reader's token or an exporter's. The reader reads and is offered no export, and an
-export its page asks for anyway is refused; the exporter downloads one."""
+export its page asks for anyway is refused; the exporter downloads one. A chart with
+nothing to draw says so."""
 
 from __future__ import annotations
 
@@ -105,3 +106,27 @@ def test_an_exporter_downloads_an_export(service: str, as_who: Any, tmp_path: Pa
     started.value.save_as(saved)
     rows = list(csv.reader(io.StringIO(saved.read_text())))
     assert rows == [["id", "message_id"], ["r-0", "m-0"], ["r-1", "m-1"]]
+
+
+def test_a_chart_with_nothing_to_draw_says_so(service: str, as_who: Any) -> None:
+    """No message here has a producer sequence: the producers' chart says it has nothing
+    to draw. The health charts say so until their first point (two scrapes of /metrics:
+    the second held here), and no more once they have one."""
+    page = as_who(READER)
+    page.goto(f"{service}/console/producers")
+    expect(page.locator("#chart canvas")).to_have_count(1)
+    expect(page.locator("#chart .empty")).to_have_text(
+        "no data yet: no message with a producer sequence in the last 24 hours"
+    )
+    scrapes: list[Any] = []
+    page.route("**/metrics", lambda route: scrapes.append(route))
+    page.goto(f"{service}/console/health")
+    expect(page.locator("#ready")).to_have_text("ready")
+    expect(page.locator("figure .empty")).to_have_count(5)
+    expect(page.locator("figure .empty").first).to_have_text("no value yet")
+    expect(page.locator("figure canvas")).to_have_count(0)
+    assert len(scrapes) == 1
+    scrapes[0].continue_()
+    page.unroute("**/metrics")
+    expect(page.locator("#pushes canvas")).to_have_count(1)
+    expect(page.locator("#pushes").locator("xpath=..").locator(".empty")).to_have_count(0)

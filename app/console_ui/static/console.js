@@ -420,8 +420,12 @@ async function ledger() {
     const since = new Date(Date.now() - 24 * 3.6e6).toISOString().replace(/\.\d+Z$/, "Z");
     const audit = await (await api(`${ROOT}/v1/audit?since=${since}`)).json();
     const xs = audit.hours.map((h) => Date.parse(h.hour) / 1000);
-    chart($("#chart"), ["stored", "rejected", "missing", "conflicts"],
-      [xs, ...["stored", "rejected", "missing", "conflicts"].map((k) => audit.hours.map((h) => h[k]))], 180);
+    const counts = ["stored", "rejected", "missing", "conflicts"];
+    chart($("#chart"), counts, [xs, ...counts.map((k) => audit.hours.map((h) => h[k]))], 180);
+    // A chart of nothing but zeros says so.
+    if (audit.hours.every((h) => counts.every((k) => !h[k]))) {
+      $("#chart").append(element("p", "no data yet: no message with a producer sequence in the last 24 hours", { class: "empty" }));
+    }
   } catch (error) { status(error.message); }
 }
 
