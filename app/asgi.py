@@ -44,7 +44,7 @@ from app.problems import Problems, describe_problem
 from app.process import StopBudget
 from app.query.canary import PROBE_SECONDS, CanaryProbe
 from app.query.follow import Followers
-from app.query.mask import Mask, Pseudonyms
+from app.query.mask import Mask, MaskError, Pseudonyms
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
@@ -501,10 +501,10 @@ class ReadSide:
         )
         offsets = Offsets(secret)
         streams = Streams(reader, offsets, encodings=followers.encodings)
-        mask = Mask(names(query.mask_fields), names(query.mask_attributes))
+        pseudonyms = Pseudonyms(secret)
+        mask = masked_as(query.mask_fields, query.mask_attributes, pseudonyms)
         honoured(mask, settings)
         producers = Producers(store, tokens=tokens, grace_seconds=query.producer_grace_seconds)
-        pseudonyms = Pseudonyms(secret)
         masked = masked_producers = None
         if mask.masks_attribute(PRODUCER_ATTRIBUTE):
             masked_producers = producers.masked(pseudonyms)
@@ -525,6 +525,16 @@ class ReadSide:
             masked_producers,
             metric_producer=pseudonyms.of if masked_producers is not None else str,
         )
+
+
+def masked_as(fields: str, attributes: str, pseudonyms: Pseudonyms) -> Mask:
+    """The mask RECORDLINE_MASK_FIELDS and RECORDLINE_MASK_ATTRIBUTES say, or a
+    SettingsError naming the one that names no member or a mode there is not."""
+    try:
+        return Mask(names(fields), names(attributes), pseudonyms)
+    except MaskError as exc:
+        var = "RECORDLINE_MASK_ATTRIBUTES" if exc.attributes else "RECORDLINE_MASK_FIELDS"
+        raise SettingsError(f"{var}: {exc}", var=var) from None
 
 
 def honoured(mask: Mask, settings: Settings) -> None:

@@ -1,11 +1,13 @@
-"""What readers who are not operators do not see: payload fields and attributes by name.
+"""What readers who are not operators do not see: payload members and attributes.
 
-`RECORDLINE_MASK_FIELDS` names payload members, masked (MASKED) at any depth of a
-record's `data`, and inside its text where that is JSON encoded again; text the mask
-cannot read that may name one is withheld. `RECORDLINE_MASK_ATTRIBUTES` names
-attributes. A rejection's payload is masked the same way where it is JSON, withheld
-where not; its reason quotes no literal. Every read of a non-operator goes through a
-Reader that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, console.
+`RECORDLINE_MASK_FIELDS` names payload members (a name, masked at any depth of a
+record's `data`) or paths (`customer.email`, from its root), each with a mode: withheld
+(MASKED), its first or last N characters, or a keyed hash that stays joinable. They are
+masked inside text too where it is JSON encoded again; text the mask cannot read that
+may name one is withheld. `RECORDLINE_MASK_ATTRIBUTES` names attributes, with the same
+modes. A rejection's payload is masked the same way where it is JSON, withheld where
+not; its reason quotes no literal. Every read of a non-operator goes through a Reader
+that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, console.
 
 Design: docs/security.md#who-sees-what
 """
@@ -16,7 +18,9 @@ import hashlib
 import hmac
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -27,11 +31,16 @@ WITHHELD: Final = "[withheld: nested too deeply to mask]"
 # What text inside a payload reads as when it opens as JSON does but is none the mask
 # can read (a repr, JSON5, JSON cut short): its names cannot be found in it.
 UNREADABLE: Final = "[withheld: not JSON the mask can read]"
+# What stands for the characters a `firstN` or `lastN` mask leaves out.
+ELIDED: Final = "…"
+# The most characters a `firstN` or `lastN` mask may show.
+MOST_SHOWN: Final = 64
 # Text that opens so is read as JSON encoded again (an object, an array, or a string
 # holding either): what a publisher that encodes twice sends, and what a reader decodes.
 _OPENS_JSON: Final = ("{", "[", '"')
 # A literal a reason quotes ('…' as Python's repr, "…" as JSON), withheld for readers.
 _QUOTED: Final = re.compile(r"""(?<!\w)'(?:[^'\\]|\\.)*'(?!\w)|"(?:[^"\\]|\\.)*\"""", re.DOTALL)
+_MODE: Final = re.compile(r"(withhold|hash|first([0-9]{1,3})|last([0-9]{1,3}))")
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
 
@@ -40,6 +49,15 @@ T = TypeVar("T")
 # collision of two values is then a 2^-64 chance at 2^32 values).
 PSEUDONYM_PREFIX: Final = "hmac:"
 _PSEUDONYM_HEX: Final = 32
+
+
+class MaskError(ValueError):
+    """A mask that names no member, or a mode there is not; `attributes` where it is
+    the attributes' mask."""
+
+    def __init__(self, message: str, *, attributes: bool = False) -> None:
+        super().__init__(message)
+        self.attributes = attributes
 
 
 class Pseudonyms:
@@ -58,61 +76,160 @@ class Pseudonyms:
         return PSEUDONYM_PREFIX + digest[:_PSEUDONYM_HEX]
 
 
-class Mask:
-    """Masks the payload members `fields` and the attributes `attributes` name."""
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One masked member: `steps` from the payload's root (a path), or one name
+    matched at any depth (`anywhere`), and what a reader sees of its value."""
 
-    def __init__(self, fields: Iterable[str] = (), attributes: Iterable[str] = ()) -> None:
+    text: str
+    steps: tuple[str, ...]
+    anywhere: bool
+    # "withhold", "hash", "first" or "last"; `keep` the characters the last two show.
+    mode: str
+    keep: int
+
+    @classmethod
+    def of(cls, text: str, *, paths: bool) -> Rule:
+        """A setting's entry, `NAME`, `PATH` (where `paths`) or either then `:MODE`;
+        MaskError for one that names nothing or no mode there is."""
+        name, colon, mode = text.rpartition(":")
+        if not colon:
+            name, mode = text, "withhold"
+        shape = _MODE.fullmatch(mode)
+        if shape is None:
+            raise MaskError(
+                f"{text!r} names the mode {mode!r}: a mask's mode, after its last ':', is "
+                "withhold, hash, firstN or lastN (N from 1 to 64)"
+            )
+        keep = int(shape.group(2) or shape.group(3) or 0)
+        if mode[0] in "fl" and not 1 <= keep <= MOST_SHOWN:
+            raise MaskError(f"{text!r} shows {keep} characters: from 1 to {MOST_SHOWN}")
         # A name as Unicode composes it (NFC): `é` is one code point or two, one name.
-        self.fields = frozenset(unicodedata.normalize("NFC", name) for name in fields)
-        self.attributes = frozenset(attributes)
+        name = unicodedata.normalize("NFC", name.strip())
+        steps = tuple(name.split(".")) if paths else (name,)
+        if not all(steps):
+            raise MaskError(f"{text!r} names an empty member (a dot at an end, or two)")
+        kind = mode.rstrip("0123456789")
+        return cls(text, steps, len(steps) == 1, kind, keep)
+
+
+@lru_cache(maxsize=64)
+def _keyed(names: frozenset[str]) -> re.Pattern[str] | None:
+    """A masked name followed by `:` or `=` (quoted or not: `'email': …`, `email=…`,
+    `email: …`), or an XML element of that name (`<email>…`, `<email kind="work">…`),
+    in text that is not JSON: a value the mask cannot find the end of."""
+    if not names:
+        return None
+    either = "(?:" + "|".join(map(re.escape, sorted(names))) + ")"
+    return re.compile(either + r"""['"]?\s*[:=]|<""" + either + r"[\s/>]")
+
+
+def _spelled(names: Iterable[str]) -> frozenset[str]:
+    """Each of `names` composed and decomposed."""
+    return frozenset(spelled for name in names for spelled in (name, _decomposed(name)))
+
+
+def _ends(at: _Pending) -> frozenset[str]:
+    """The last members' names of the paths a walk at `at` is on, as they are spelled."""
+    return _spelled(path.steps[-1] for path, _ in at)
+
+
+def _from(at: _Pending, starts: _Pending) -> _Pending:
+    """`at`, with each of `starts` begun again."""
+    return tuple(dict.fromkeys((*at, *starts)))
+
+
+def _marks(names: Iterable[str]) -> tuple[bytes, ...]:
+    """How JSON spells each of `names` (composed or decomposed), unquoted."""
+    return tuple(sorted(_encode(spelled)[1:-1] for spelled in _spelled(names)))
+
+
+# Where a walk is in the paths masked: (rule, the step it waits for) pairs.
+_Pending = tuple[tuple[Rule, int], ...]
+
+
+class Mask:
+    """Masks the payload members `fields` and the attributes `attributes` name, each
+    `NAME[:MODE]` (a field also `PATH[:MODE]`); `pseudonyms` hashes a `hash` mode's."""
+
+    def __init__(
+        self,
+        fields: Iterable[str] = (),
+        attributes: Iterable[str] = (),
+        pseudonyms: Pseudonyms | None = None,
+    ) -> None:
+        rules = [Rule.of(text, paths=True) for text in fields]
+        try:
+            named = [Rule.of(text, paths=False) for text in attributes]
+        except MaskError as exc:
+            raise MaskError(str(exc), attributes=True) from None
+        for kind, spelled in (
+            ("member", [".".join(rule.steps) for rule in rules]),
+            ("attribute", [_attribute(rule.steps[0]) for rule in named]),
+        ):
+            twice = sorted({name for name in spelled if spelled.count(name) > 1})
+            if twice:
+                raise MaskError(
+                    f"the {kind} {twice[0]!r} is masked twice", attributes=kind == "attribute"
+                )
+        if pseudonyms is None and any(rule.mode == "hash" for rule in [*rules, *named]):
+            raise MaskError("a hash mode needs the system's key")
+        self._pseudonyms = pseudonyms
+        self._names = {rule.steps[0]: rule for rule in rules if rule.anywhere}
+        self._paths: _Pending = tuple((rule, 0) for rule in rules if not rule.anywhere)
+        self.fields = frozenset(self._names)
         # An attribute's name in lower case: an unwrapped push's attributes are HTTP
         # headers, whose names arrive lower-cased (`Client-IP` as `client-ip`).
-        self._attributes_lowered = frozenset(name.lower() for name in self.attributes)
+        self._attribute_rules = {_attribute(rule.steps[0]): rule for rule in named}
         # A member is named in JSON text as `"name"`, or with escapes (`"\u0065mail"`):
         # text with no such quoted name and no backslash holds none of them, at any
         # depth (JSON inside a string holds `\"`), and is passed on without decoding.
-        self._attribute_marks = tuple(_encode(name) for name in self._attributes_lowered)
+        self._attribute_marks = tuple(_encode(name) for name in self._attribute_rules)
         # A payload's members are found inside text too (JSON encoded again, a repr, a
         # form), where a name is quoted otherwise or not at all: its text is read
-        # wherever a name appears as JSON would spell it, with or without quotes.
-        spellings = sorted(
-            {spelled for name in self.fields for spelled in (name, _decomposed(name))}
-        )
-        self._field_marks = tuple(_encode(spelled)[1:-1] for spelled in spellings)
-        # A masked name followed by `:` or `=` (quoted or not: `'email': …`,
-        # `email=…`, `email: …`), or an XML element of that name (`<email>…`,
-        # `<email kind="work">…`), in text that is not JSON: a value the mask cannot
-        # find the end of, so the whole text is withheld.
-        either = "(?:" + "|".join(map(re.escape, spellings)) + ")"
-        self._keyed = (
-            re.compile(either + r"""['"]?\s*[:=]|<""" + either + r"[\s/>]") if self.fields else None
-        )
+        # wherever a name appears as JSON would spell it, with or without quotes. A
+        # path's value is found by its last member's name.
+        ends = self.fields | {rule.steps[-1] for rule, _ in self._paths}
+        self._field_marks = _marks(ends)
+        self._spellings = _spelled(self._names)
+        self._keyed = _keyed(self._spellings)
 
     def __bool__(self) -> bool:
-        return bool(self.fields or self.attributes)
+        return bool(self._names or self._paths or self._attribute_rules)
 
     def masks_attribute(self, name: str) -> bool:
         """Whether the attribute `name` is masked, however it is cased."""
-        return name.lower() in self._attributes_lowered
+        return _attribute(name) in self._attribute_rules
 
     def names_in(self, path: Iterable[str]) -> str | None:
-        """The first member of `path` (from a payload's root) this mask masks, if any."""
-        return next((step for step in path if _named(step, self.fields)), None)
+        """What of `path` (members from a payload's root) this mask masks, if any: a
+        member of it a name masks, or a masked path that it starts or that starts it
+        (a filter on either would tell what the mask hides)."""
+        steps = list(path)
+        named = next((step for step in steps if _named(step, self.fields)), None)
+        if named is not None:
+            return named
+        composed = [unicodedata.normalize("NFC", step) for step in steps]
+        for rule, _ in self._paths:
+            shared = min(len(rule.steps), len(composed))
+            if rule.steps[:shared] == tuple(composed[:shared]):
+                return rule.text
+        return None
 
     def view(self, row: T) -> T:
         """`row` (a RecordView, RejectionView or MessageView) with what it names masked."""
         changes: dict[str, Any] = {}
         attributes = getattr(row, "attributes", None)
-        if self.attributes and isinstance(attributes, msgspec.Raw):
+        if self._attribute_rules and isinstance(attributes, msgspec.Raw):
             masked = self._json(attributes, self._attribute_marks, self._attributes, lowered=True)
             if masked is not None:
                 changes["attributes"] = masked
         data = getattr(row, "data", None)
-        if self.fields and isinstance(data, msgspec.Raw):
-            masked = self._json(data, self._field_marks, self._masked)
+        if self._field_marks and isinstance(data, msgspec.Raw):
+            masked = self._json(data, self._field_marks, self._root)
             if masked is not None:
                 changes["data"] = masked
-        elif self.fields and isinstance(data, bytes):
+        elif self._field_marks and isinstance(data, bytes):
             changes["data"] = self._received(data)
         reason = getattr(row, "reason", None)
         if isinstance(reason, str):
@@ -123,7 +240,12 @@ class Mask:
         return msgspec.structs.replace(row, **changes) if changes else row  # type: ignore[type-var]
 
     def _json(
-        self, raw: msgspec.Raw, marks: tuple[bytes, ...], mask: Any, *, lowered: bool = False
+        self,
+        raw: msgspec.Raw,
+        marks: tuple[bytes, ...],
+        mask: Callable[[Any], tuple[Any, bool]],
+        *,
+        lowered: bool = False,
     ) -> msgspec.Raw | None:
         """`raw` masked, or None where it names nothing masked (it is served as sent).
         Whether it does is what `mask` found, never whether its result decodes equal:
@@ -147,64 +269,111 @@ class Mask:
     def _attributes(self, value: Any) -> tuple[Any, bool]:
         if not isinstance(value, dict):
             return value, False
-        named = {k for k in value if self.masks_attribute(k)}
-        return {k: MASKED if k in named else v for k, v in value.items()}, bool(named)
+        rules = self._attribute_rules
+        named = {k: rules[_attribute(k)] for k in value if _attribute(k) in rules}
+        masked = {k: self._shown(named[k], v) if k in named else v for k, v in value.items()}
+        return masked, bool(named)
+
+    def _shown(self, rule: Rule, value: Any) -> Any:
+        """What a reader sees of a masked member's `value`: MASKED, its keyed hash, or
+        its first or last characters (of its JSON where it is not text), MASKED where
+        those would be half of it or more."""
+        if rule.mode == "withhold":
+            return MASKED
+        if rule.mode == "hash":
+            assert self._pseudonyms is not None  # a hash rule is refused without them
+            return self._pseudonyms.of(value)
+        text = value if isinstance(value, str) else _encode(value).decode()
+        if len(text) < 2 * rule.keep:
+            return MASKED
+        return text[: rule.keep] + ELIDED if rule.mode == "first" else ELIDED + text[-rule.keep :]
+
+    def _root(self, value: Any) -> tuple[Any, bool]:
+        return self._masked(value, self._paths)
 
     def _members(self, value: Any) -> Any:
-        """`value` with every member `fields` names MASKED, at any depth, and inside any
-        text that is JSON again: walked with a list of its own, not the interpreter's
-        stack, which a payload nested ~500 deep would exhaust (JSON inside text goes
-        one call deeper a level, and each level doubles its backslashes: a 10 MB
-        payload holds at most ~23)."""
-        return self._masked(value)[0]
+        """`value` with every member a rule masks shown as its mode says, at any depth,
+        and inside any text that is JSON again: walked with a list of its own, not the
+        interpreter's stack, which a payload nested ~500 deep would exhaust (JSON inside
+        text goes one call deeper a level, and each level doubles its backslashes: a
+        10 MB payload holds at most ~23)."""
+        return self._root(value)[0]
 
-    def _masked(self, value: Any) -> tuple[Any, bool]:
-        """`_members(value)`, and whether it masked a member or changed a text."""
-        fields = self.fields
+    def _rule(self, key: str, at: _Pending) -> tuple[Rule | None, _Pending]:
+        """The rule masking member `key` of an object the walk reached at `at`, and
+        where the walk is in the paths below it."""
+        rule = self._names.get(key)
+        if rule is None and not key.isascii():
+            rule = self._names.get(unicodedata.normalize("NFC", key))
+        if rule is not None or not at:
+            return rule, ()
+        composed = key if key.isascii() else unicodedata.normalize("NFC", key)
+        below: list[tuple[Rule, int]] = []
+        for path, step in at:
+            if composed == path.steps[step]:
+                if step + 1 == len(path.steps):
+                    return path, ()
+                below.append((path, step + 1))
+            elif composed == ".".join(path.steps[step:]):
+                # A member named with the path's dots (`{"customer.email": …}`).
+                return path, ()
+        return None, tuple(below)
+
+    def _masked(self, value: Any, at: _Pending, *, anywhere: bool = False) -> tuple[Any, bool]:
+        """`value`, reached at `at` in the masked paths, masked, and whether a member
+        was masked or a text changed; `anywhere`, each path is masked wherever it
+        starts, not only from the root."""
         changed = False
 
-        def text(member: str) -> str:
+        def text(member: str, at: _Pending) -> str:
             nonlocal changed
-            seen = self._text(member)
+            seen = self._text(member, _from(at, self._paths) if anywhere else at, anywhere)
             changed = changed or seen is not member
             return seen
 
-        def copy(value: Any) -> Any:
-            nonlocal changed
-            if isinstance(value, dict):
-                named = {k for k in value if _named(k, fields)}
-                changed = changed or bool(named)
-                return {k: MASKED if k in named else v for k, v in value.items()}
-            if isinstance(value, list):
-                return list(value)
-            if isinstance(value, str):
-                return text(value)
-            return value
-
-        top = copy(value)
-        left = [top] if isinstance(top, dict | list) else []
+        if isinstance(value, str):
+            return text(value, at), changed
+        if not isinstance(value, dict | list):
+            return value, False
+        top = dict(value) if isinstance(value, dict) else list(value)
+        left: list[tuple[Any, _Pending]] = [(top, at)]
         while left:
-            node = left.pop()
-            for key, member in list(node.items() if isinstance(node, dict) else enumerate(node)):
+            node, here = left.pop()
+            if anywhere:
+                here = _from(here, self._paths)
+            pairs = node.items() if isinstance(node, dict) else enumerate(node)
+            for key, member in list(pairs):
+                below = here
+                if isinstance(node, dict):
+                    rule, below = self._rule(key, here)
+                    if rule is not None:
+                        node[key] = self._shown(rule, member)
+                        changed = True
+                        continue
                 if isinstance(member, dict | list):
-                    node[key] = copied = copy(member)
-                    left.append(copied)
+                    copied = dict(member) if isinstance(member, dict) else list(member)
+                    node[key] = copied
+                    left.append((copied, below))
                 elif isinstance(member, str):
-                    node[key] = text(member)
+                    node[key] = text(member, below)
         return top, changed
 
-    def _text(self, text: str) -> str:
-        """Text inside a payload: masked inside where it is JSON again (as it was where
-        that masks nothing), withheld where it opens as JSON but is none the mask can
-        read, or where it is text of another shape naming a masked member as a key."""
+    def _text(self, text: str, at: _Pending, anywhere: bool = False) -> str:
+        """Text inside a payload, reached at `at`: masked inside where it is JSON again
+        (as it was where that masks nothing), withheld where it opens as JSON but is
+        none the mask can read, or where it is text of another shape naming a masked
+        member as a key."""
+        if not at and not self._names:
+            # No path goes on below here, and no name masks anywhere: nothing to find.
+            return text
         if text.lstrip()[:1] not in _OPENS_JSON:
-            keyed = self._keyed
+            keyed = self._keyed if not at else _keyed(self._spellings | _ends(at))
             return UNREADABLE if keyed is not None and keyed.search(_composed(text)) else text
         raw = text.encode()
         if not _may_name(raw, self._field_marks):
             return text
         try:
-            masked, changed = self._masked(_decode(raw))
+            masked, changed = self._masked(_decode(raw), at, anywhere=anywhere)
         except msgspec.DecodeError:
             return UNREADABLE
         except RecursionError:
@@ -225,7 +394,9 @@ class Mask:
             value = _decode(data)
             if not _may_name(data, self._field_marks):
                 return data
-            masked, changed = self._masked(value)
+            # A path is masked wherever it starts: the payload is not known to be a
+            # record's `data` (the contract's is a member of it), nor of any shape.
+            masked, changed = self._masked(value, self._paths, anywhere=True)
             return _encode(masked) if changed else data
         except (msgspec.DecodeError, RecursionError):
             return b""
@@ -257,6 +428,11 @@ def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
         return False
     composed = _composed(text.decode(errors="replace")).encode()
     return any(mark in composed for mark in marks)
+
+
+def _attribute(name: str) -> str:
+    """An attribute's name as masks compare it: lower-cased, composed (NFC)."""
+    return name.lower() if name.isascii() else unicodedata.normalize("NFC", name.lower())
 
 
 def _lower(text: bytes) -> bytes:

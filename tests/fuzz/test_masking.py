@@ -5,6 +5,7 @@ spacing, repeated keys), and everything else reads as it was sent."""
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -98,3 +99,48 @@ def test_a_payload_nested_however_deep_is_masked_or_withheld_never_an_error(
     rejection = shown_rejection(text)
     received = mask.view(rejection).data
     assert received == wanted if depth < 500 else received in (wanted, b"")
+
+
+# Paths over names that nest: `a.b` masks b under a at the root, `b` itself nowhere else.
+PATHS = ["a.b", "a.é.c", "x"]
+path_names = st.sampled_from(["a", "b", "c", "é", "e\u0301", "x", "a.b", "é.c", "y"])
+# Text that is no JSON and names nothing as a key: what is passed on unread.
+plain = st.text(st.characters(exclude_characters='{["\\:=<'), max_size=8)
+path_values = st.recursive(
+    st.none() | st.integers() | plain,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(path_names, inner, max_size=3),
+    max_leaves=20,
+)
+
+
+def along_paths(value: Any, pending: list[tuple[tuple[str, ...], int]]) -> Any:
+    """What a reader must see of `value` reached with `pending` paths (each the step it
+    waits for): a member ending one, or named with its dots from where it is, MASKED."""
+    if isinstance(value, list):
+        return [along_paths(v, pending) for v in value]
+    if not isinstance(value, dict):
+        return value
+    shown = {}
+    for key, member in value.items():
+        name = unicodedata.normalize("NFC", key)
+        ends = any(
+            (name == steps[i] and i == len(steps) - 1) or name == ".".join(steps[i:])
+            for steps, i in pending
+        )
+        below = [(s, i + 1) for s, i in pending if name == s[i] and i + 1 < len(s)]
+        shown[key] = MASKED if ends else along_paths(member, below)
+    return shown
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+@given(data=st.dictionaries(path_names, path_values, max_size=4), bare=st.booleans())
+def test_a_path_masks_exactly_its_members_from_the_root(data: dict[str, Any], bare: bool) -> None:
+    # With `x` a name (any depth) or one more path from the root.
+    rules = PATHS if bare else [*PATHS[:2], "z.x"]
+    steps = [tuple(unicodedata.normalize("NFC", r).split(".")) for r in rules]
+    mask = Mask(rules)
+    seen = json.loads(bytes(mask.view(shown_record(json.dumps(data).encode())).data))
+    wanted = along_paths(data, [(s, 0) for s in steps if len(s) > 1])
+    if bare:
+        wanted = masked(wanted, frozenset({"x"}))
+    assert seen == wanted

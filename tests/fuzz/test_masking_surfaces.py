@@ -87,13 +87,33 @@ def holding(draw: st.DrawFn, name: str, secret: str) -> Any:
     return node
 
 
+@st.composite
+def along(draw: st.DrawFn, steps: list[str], secret: str) -> Any:
+    """A payload's `data` holding `secret` at the masked path `steps` from its root: an
+    array or JSON encoded again (once or twice) at any member on the way."""
+    node: Any = draw(st.sampled_from([secret, {"v": secret}, [secret, 1]]))
+    for step in reversed(steps):
+        node = {step: node, "kept": "shown"}
+        match draw(st.sampled_from(["as is", "array", "json", "json-twice"])):
+            case "array":
+                node = [node, {"other": 1}]
+            case "json":
+                node = json.dumps(node, indent=draw(st.none() | st.just(1)))
+            case "json-twice":
+                node = json.dumps(json.dumps(node))
+    return node
+
+
 # The mask settings drawn from, each served by one app for every example of it (an app
-# for each example would spend most of the test starting apps).
+# for each example would spend most of the test starting apps). A setting's first
+# field is where its examples' values are; a mode after its ':'.
 MASKS = [
     (("email",), ()),
     (("card", "é"), ("client-ip",)),
     (("email", "card", "é"), ("client-ip", "recordline-producer")),
     (("é",), ("recordline-producer",)),
+    (("customer.email:hash", "card:last2"), ("client-ip:hash", "recordline-producer:hash")),
+    (("card:first3", "order.customer.é:last2"), ("client-ip:last2",)),
 ]
 
 
@@ -113,8 +133,10 @@ def examples(draw: st.DrawFn) -> Example:
     fields, attributes = MASKS[masks]
     number = next(_examples)
     secret = f"zq{number}" + draw(st.text(_CHARS, min_size=1, max_size=12))
-    name = draw(st.sampled_from(fields))
-    body = draw(holding(name, secret))
+    field, _, _ = draw(st.sampled_from(fields)).partition(":")
+    steps = field.split(".")
+    name = steps[-1]
+    body = draw(holding(name, secret) if len(steps) == 1 else along(steps, secret))
     shape = draw(st.sampled_from(["record", "no id", "json string", "repr"]))
     payload: dict[str, Any] = {"data": body}
     if shape != "no id":
@@ -130,9 +152,10 @@ def examples(draw: st.DrawFn) -> Example:
         "repr": repr(payload).encode(),
     }[shape]
     sent = {"region": "eu-west"}
-    if "client-ip" in attributes:
+    named = {attribute.partition(":")[0] for attribute in attributes}
+    if "client-ip" in named:
         sent["client-ip"] = secret
-    if "recordline-producer" in attributes and draw(st.booleans()):
+    if "recordline-producer" in named and draw(st.booleans()):
         sent |= {
             "recordline-producer": secret,
             "recordline-epoch": "0",
