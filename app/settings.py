@@ -568,10 +568,14 @@ class QuerySettings(Section, frozen=True):
         str,
         env(
             "RECORDLINE_MASK_FIELDS",
-            "Comma-separated payload member names masked for readers who are not operators, "
-            "wherever an object in a record's `data` has one (any depth): in every read, "
-            "stream, export and the console",
-            accepts="comma-separated names, such as `email,card_number`",
+            "Comma-separated payload members masked for readers who are not operators: a "
+            "name masks that member wherever an object in a record's `data` has one (any "
+            "depth), a path (`customer.email`) that member from the root; each withheld, or "
+            "after a `:` its mode: `hash` (a keyed hash, the same for the same value), "
+            "`firstN` or `lastN` (its first or last N characters): in every read, stream, "
+            "export and the console",
+            accepts="comma-separated names or paths, each with an optional `:MODE`, such as "
+            "`email,customer.card:last4,customer.id:hash`",
         ),
     ] = ""
     mask_attributes: Annotated[
@@ -579,8 +583,9 @@ class QuerySettings(Section, frozen=True):
         env(
             "RECORDLINE_MASK_ATTRIBUTES",
             "Comma-separated Pub/Sub attribute names masked for readers who are not operators, "
-            "as RECORDLINE_MASK_FIELDS",
-            accepts="comma-separated names, such as `client-ip`",
+            "each with an optional `:MODE` as RECORDLINE_MASK_FIELDS",
+            accepts="comma-separated names, each with an optional `:MODE`, such as "
+            "`client-ip:hash`",
         ),
     ] = ""
     export_max_bytes: Annotated[
