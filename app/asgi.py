@@ -28,6 +28,7 @@ from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
 from app.errors import RecordlineError, SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
+from app.http.access import AccessRecord
 from app.http.codings import compression
 from app.http.head import Recordline
 from app.http.limits import BODY_COPIES
@@ -247,6 +248,10 @@ def create_app(
         if shared is not None and shared.exports is not None
         else export_places(settings.server.memory_budget_bytes)
     )
+    access = AccessRecord(
+        system=settings.telemetry.system,
+        shown=None if reads.mask is None else reads.mask.parameter,
+    )
     app = http_app(
         routers(
             auth,
@@ -259,12 +264,13 @@ def create_app(
                 else Places(settings.server.max_reads)
             ),
             exports=exports_middleware(exporting),
+            access=access,
             system=settings.telemetry.system,
             throttled=None if shared is None else shared.throttled,
         ),
         constants(readiness=readiness, replayer=Replay(pushes.ingest, observed))
         | reads.for_callers(auth),
-        lifespan=[auth.lifespan, lifespan],
+        lifespan=[auth.lifespan, access.lifespan, lifespan],
         after_exception=[push_refusals(pushes.outcomes, problems)],
         problems=problems,
         max_body_bytes=settings.server.max_body_bytes,
@@ -433,6 +439,8 @@ class ReadSide:
     # How a producer is named in a metric's label: by its pseudonym where its id is
     # masked (a metric is read by whoever reads /metrics or Cloud Monitoring).
     metric_producer: Callable[[str], str] = str
+    # What the readers' reads mask; None where nothing is masked.
+    mask: Mask | None = None
 
     def for_callers(self, auth: Auth) -> dict[str, Provide]:
         """The `reader`, `paging` and `producers` dependencies: the masked ones for a
@@ -524,6 +532,7 @@ class ReadSide:
             masked,
             masked_producers,
             metric_producer=pseudonyms.of if masked_producers is not None else str,
+            mask=mask if mask else None,
         )
 
 
@@ -608,6 +617,7 @@ def routers(
     reads: DefineMiddleware,
     exports: DefineMiddleware,
     throttled: PushPace | None = None,
+    access: AccessRecord | None = None,
     system: str = "",
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
@@ -621,6 +631,11 @@ def routers(
     """
     traced = telemetry.middleware()
     compressed = [compression()]
+
+    def recorded(action: str) -> list[DefineMiddleware]:
+        # Outermost: a refusal by the middleware within (too many reads) is recorded too.
+        return [] if access is None else [access.middleware(action)]
+
     return [
         # Called by the push subscription; a wrapped push is judged by what a browser
         # says too (`push_routes`, in line: a guard of Litestar's copies the handler).
@@ -635,7 +650,7 @@ def routers(
             "/",
             route_handlers=[*READ_ROUTES, *STREAM_ROUTES],
             guards=auth.pass_read_guards,
-            middleware=[reads, *traced, *telemetry.read_timing(), *compressed],
+            middleware=[*recorded("read"), reads, *traced, *telemetry.read_timing(), *compressed],
         ),
         # Exports are reads too, and at most so many at once (`exports_middleware`);
         # where exporting is a permission of its own, an exporter's alone.
@@ -643,20 +658,27 @@ def routers(
             "/",
             route_handlers=EXPORT_ROUTES,
             guards=auth.export_guards,
-            middleware=[reads, exports, *traced, *telemetry.read_timing(), *compressed],
+            middleware=[
+                *recorded("export"),
+                reads,
+                exports,
+                *traced,
+                *telemetry.read_timing(),
+                *compressed,
+            ],
         ),
         # Only a token gets a pass.
         Router(
             "/",
             route_handlers=read_pass_routes(auth.passes),
             guards=[*auth.read_guards, same_origin],
-            middleware=traced,
+            middleware=[*recorded("pass"), *traced],
         ),
         Router(
             "/",
             route_handlers=REPLAY_ROUTES,
             guards=[*auth.replay_guards, same_origin, json_only],
-            middleware=[reads, *traced, *compressed],
+            middleware=[*recorded("replay"), reads, *traced, *compressed],
         ),
         Router(
             "/",
@@ -673,7 +695,7 @@ def routers(
             "/",
             route_handlers=PRODUCER_ROUTES,
             guards=auth.pass_read_guards,
-            middleware=[reads, *traced, *compressed],
+            middleware=[*recorded("read"), reads, *traced, *compressed],
         ),
         console_router(
             auth, problems, guards=auth.read_guards, middleware=compressed, system=system

@@ -211,16 +211,24 @@ class ReadAccess:
 
     async def identity(self, credentials: Credentials) -> Identity:
         """The verified identity of one of the principals, as `check` admits it."""
-        identity = await verified_identity(
+        identity = await self.verified(credentials)
+        self.require(identity)
+        return identity
+
+    async def verified(self, credentials: Credentials) -> Identity:
+        """The identity behind the credentials' token, whoever it is (401 if none)."""
+        return await verified_identity(
             self._verifier, credentials, realm=self.realm, what=self._what
         )
+
+    def require(self, identity: Identity) -> None:
+        """A logged 403 unless `identity` is one of the principals."""
         if not self._principals.admit(identity):
             raise _refuse(
                 Forbidden(f"This identity may not {self._what} on this service."),
                 f"{identity.email} is not in {self._setting}",
                 self._what,
             )
-        return identity
 
 
 # What a reader who may not export is told (`ExportAccess`).
@@ -249,7 +257,15 @@ class ExportAccess:
         return identity is not None and self._exporters.admit(identity)
 
     async def check(self, credentials: Credentials) -> None:
-        identity = await self._read.identity(credentials)
+        self.require(await self.verified(credentials))
+
+    async def verified(self, credentials: Credentials) -> Identity:
+        """The identity behind the credentials' token, as `ReadAccess.verified`."""
+        return await self._read.verified(credentials)
+
+    def require(self, identity: Identity) -> None:
+        """A logged 403 unless `identity` reads and is one of the exporters."""
+        self._read.require(identity)
         if not self._exporters.admit(identity):
             raise _refuse(
                 ExportForbidden(NOT_AN_EXPORTER),

@@ -31,7 +31,7 @@ from app.auth.access import (
     SecretAccess,
     split_list,
 )
-from app.auth.oidc import GoogleCerts, IdTokenVerifier
+from app.auth.oidc import GoogleCerts, Identity, IdTokenVerifier
 from app.auth.passes import ReadPasses
 from app.errors import AmbiguousRequest, Forbidden
 from app.settings import Settings, check_access, is_loopback
@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 # Set in a request's scope when a read pass, not a token, admitted it (`admitted_by_pass`).
 ADMITTED_BY_COOKIE: Final = "recordline.read_pass"
+# Set in a request's scope to who the caller proved to be to a guard (`proven_as`).
+PROVEN_AS: Final = "recordline.principal"
+# Who a guard admitted by the push secret as a bearer token, where no identity is checked.
+SHARED_SECRET_HOLDER: Final = "holder of RECORDLINE_PUSH_TOKEN"  # noqa: S105 - a name, not a secret
 NO_CREDENTIALS: Final = Credentials(None, None)
 
 
@@ -225,7 +229,7 @@ class Auth:
         async def check_read(
             connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
         ) -> None:
-            await read.check(credentials(connection))
+            read.require(proven(connection, await read.verified(credentials(connection))))
 
         return [check_read]
 
@@ -247,7 +251,7 @@ class Auth:
             ):
                 connection.scope[ADMITTED_BY_COOKIE] = True  # type: ignore[typeddict-unknown-key]
                 return
-            await read.check(presented)
+            read.require(proven(connection, await read.verified(presented)))
 
         return [check_read_or_pass]
 
@@ -270,7 +274,7 @@ class Auth:
                 and passes.admits(connection.headers.getall("cookie", []))
             ):
                 raise export.refuse_pass()
-            await export.check(presented)
+            export.require(proven(connection, await export.verified(presented)))
 
         return [check_export]
 
@@ -284,7 +288,12 @@ class Auth:
             async def check_operator(
                 connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
             ) -> None:
-                await operate.check(credentials(connection))
+                presented = credentials(connection)
+                if isinstance(operate, ReadAccess):
+                    operate.require(proven(connection, await operate.verified(presented)))
+                else:
+                    await operate.check(presented)
+                    connection.scope[PROVEN_AS] = SHARED_SECRET_HOLDER  # type: ignore[typeddict-unknown-key]
 
             return [check_operator]
 
@@ -296,6 +305,20 @@ class Auth:
                 raise Forbidden(refusal)
 
         return [refuse_without_configuration]
+
+
+def proven(connection: ASGIConnection[Any, Any, Any, Any], identity: Identity) -> Identity:
+    """`identity`, said in the request's scope (`proven_as`) before a guard judges it."""
+    connection.scope[PROVEN_AS] = identity.email  # type: ignore[typeddict-unknown-key]
+    return identity
+
+
+def proven_as(scope: Scope) -> str | None:
+    """Who the caller of `scope` proved to be to a guard, admitted or refused: a verified
+    token's e-mail, the holder of the push secret, or None where no guard named anyone
+    (a read pass, a token that was not valid, or no authentication)."""
+    found = scope.get(PROVEN_AS)
+    return found if isinstance(found, str) else None
 
 
 def admitted_by_pass(scope: Scope) -> bool:

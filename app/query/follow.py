@@ -25,6 +25,7 @@ from app.budget import Places
 from app.errors import BadParameter, RetryLater, TooManyFollowers
 from app.query.events import HEARTBEAT, Encodings, Event
 from app.query.page_token import PageToken
+from app.query.served import served
 from app.query.service import AnyPage, Excerpt, Listing, Reader
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ class SharedReads:
             try:
                 # Shielded: one follower leaving (cancelled) ends no one else's wait.
                 found: Excerpt[AnyPage] = await asyncio.shield(shared.read)
+                # Read once for every follower at this cursor: each was served its rows.
+                served(len(found.rows), masked=self._reader.mask is not None)
                 return found
             except asyncio.CancelledError:
                 current = asyncio.current_task()

@@ -25,6 +25,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from app.store.producers import PRODUCER_ATTRIBUTE
+
 MASKED: Final = "[masked]"
 # What a record's data reads as for a reader when it is nested too deeply to be masked.
 WITHHELD: Final = "[withheld: nested too deeply to mask]"
@@ -215,6 +217,30 @@ class Mask:
             if rule.steps[:shared] == tuple(composed[:shared]):
                 return rule.text
         return None
+
+    def parameter(self, name: str, value: str) -> str:
+        """What an access record keeps of a request's parameter `name` (or its `path`):
+        its value, or, where it filters on what this mask hides (`attribute=KEY:VALUE`,
+        `field=PATH:VALUE`, `producer=ID` or `/v1/producers/ID` with the producer
+        attribute masked), the value's keyed hash (MASKED without a key)."""
+        producers = self.masks_attribute(PRODUCER_ATTRIBUTE)
+        if name == "producer":
+            return self._hidden(value) if producers else value
+        if name == "path":
+            # `/v1/producers/{id}`: a look-up by a producer's id, refused to readers.
+            head, marker, rest = value.partition("/v1/producers/")
+            return head + marker + self._hidden(rest) if producers and marker and rest else value
+        before, colon, after = value.partition(":")
+        if not colon:
+            return value
+        if name == "attribute" and self.masks_attribute(before):
+            return f"{before}:{self._hidden(after)}"
+        if name == "field" and self.names_in(before.split(".")) is not None:
+            return f"{before}:{self._hidden(after)}"
+        return value
+
+    def _hidden(self, value: str) -> str:
+        return MASKED if self._pseudonyms is None else self._pseudonyms.of(value)
 
     def view(self, row: T) -> T:
         """`row` (a RecordView, RejectionView or MessageView) with what it names masked."""

@@ -22,6 +22,7 @@ from app.budget import Budget, Charge, Share
 from app.errors import BadParameter, Gone, MaskedFilter, NotFound
 from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
+from app.query.served import served
 from app.records import (
     DAY_MICROS,
     EPOCH,
@@ -429,6 +430,7 @@ class Reader:
         (READ_COPIES) until nothing made of it is held any more."""
         if self._budget is None:
             excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
+            served(len(excerpt.rows), masked=self.mask is not None)
             return excerpt
         charge = Charge(self._budget, self._share)
         try:
@@ -439,6 +441,7 @@ class Reader:
         charge.shrink(READ_COPIES * size)
         excerpt.charge = charge
         charge.until_gone(excerpt)
+        served(len(excerpt.rows), masked=self.mask is not None)
         return excerpt
 
     async def _excerpt(
@@ -735,6 +738,7 @@ class Reader:
             need = base + READ_COPIES * row_bytes(record)
             if charge is None or charge.fits(need):
                 found = record_view(record)
+                served(1, masked=self.mask is not None)
                 return found if self.mask is None else self.mask.view(found)
             # Larger than there is room for now: let go, and read again once there is.
             del record
@@ -768,4 +772,5 @@ class Reader:
                 count=later.count, differs=later.differs, last_seen=moment(later.last_seen)
             ),
         )
+        served(1, masked=self.mask is not None)
         return found if self.mask is None else self.mask.view(found)

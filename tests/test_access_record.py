@@ -1,0 +1,301 @@
+"""The access record: one line a request on the `recordline.access` log saying who read,
+exported, replayed or was refused what, the rows and bytes it was served and whether a
+mask showed them; a filter on a masked name kept as its keyed hash, never as sent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from app.http.access import (
+    FOLLOWING_SECONDS,
+    MOST_CHARACTERS,
+    MOST_FOLLOWING,
+    MOST_PARAMETERS,
+    AccessRecord,
+)
+from app.http.head import Recordline
+from app.query.mask import PSEUDONYM_PREFIX
+from app.query.served import served
+from app.settings import Settings
+from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
+from tests.conftest import envelope
+from tests.conftest import settings as loaded
+
+ANALYST = "analyst@example.org"
+EXPORTER = "exporter@example.org"
+OPERATOR = "oncall@example.org"
+STRANGER = "stranger@example.org"
+SECRET = "a-push-secret-long-enough"
+HIDDEN = "10.9.8.7"
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+def settings(google: FakeGoogle, **env: str) -> Settings:
+    return Settings.load(
+        {
+            "RECORDLINE_STORE": "memory:",
+            "RECORDLINE_PUSH_AUDIENCE": PUSH_AUDIENCE,
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS": PUSHER,
+            "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+            "RECORDLINE_READ_PRINCIPALS": ANALYST,
+            "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
+            "RECORDLINE_EXPORT_PRINCIPALS": EXPORTER,
+            "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            "RECORDLINE_MASK_ATTRIBUTES": "client-ip:hash",
+            **env,
+        }
+    )
+
+
+def token(google: FakeGoogle, email: str) -> dict[str, str]:
+    audience = PUSH_AUDIENCE if email == PUSHER else READ_AUDIENCE
+    return {"Authorization": f"Bearer {google.mint(aud=audience, email=email)}"}
+
+
+@pytest.fixture
+def client(google: FakeGoogle) -> Iterator[TestClient[Recordline]]:
+    with TestClient(create_app(settings(google))) as client:
+        for n in range(3):
+            pushed = client.post(
+                "/pubsub/push",
+                json=envelope(
+                    {"id": f"r-{n}", "data": {"n": n}},
+                    message_id=f"m-{n}",
+                    attributes={"client-ip": HIDDEN},
+                ),
+                headers=token(google, PUSHER),
+            )
+            assert pushed.status_code == 204, pushed.text
+        yield client
+
+
+def records(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The access record's lines since the log was last cleared."""
+    return [
+        r.fields["access"]  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "recordline.access"
+    ]
+
+
+def test_a_read_says_who_read_what_and_whether_it_was_masked(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        page = client.get(
+            "/v1/records",
+            params={"limit": 2},
+            headers=token(google, ANALYST) | {"Accept-Encoding": "identity"},
+        )
+        (line,) = records(caplog)
+    assert page.status_code == 200
+    assert line["action"] == "read"
+    assert line["principal"] == ANALYST
+    assert line["method"] == "GET"
+    assert line["path"] == "/v1/records"
+    assert line["parameters"] == [["limit", "2"]]
+    assert line["status"] == 200
+    assert line["rows"] == 2
+    assert line["bytes"] == len(page.content)
+    assert line["masked"] is True
+    # An operator reads unmasked, and is named so.
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        client.get("/v1/records/r-1", headers=token(google, OPERATOR))
+        (line,) = records(caplog)
+    assert (line["principal"], line["rows"], line["masked"]) == (OPERATOR, 1, False)
+
+
+def test_an_export_and_a_refused_one_are_recorded(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        # Bytes as sent: with no compression asked, what the client reads.
+        plain = {"Accept-Encoding": "identity"}
+        exported = client.get("/v1/export/records", headers=token(google, EXPORTER) | plain)
+        refused = client.get("/v1/export/records", headers=token(google, ANALYST))
+        stranger = client.get("/v1/records", headers=token(google, STRANGER))
+        anonymous = client.get("/v1/records")
+        done, forbidden, outsider, nobody = records(caplog)
+    assert exported.status_code == 200
+    assert (done["action"], done["principal"], done["rows"]) == ("export", EXPORTER, 3)
+    assert done["bytes"] == len(exported.content)
+    assert refused.status_code == 403
+    assert (forbidden["action"], forbidden["status"], forbidden["rows"]) == ("export", 403, 0)
+    # A refused caller is named wherever its token proved who it is.
+    assert forbidden["principal"] == ANALYST
+    assert (outsider["status"], outsider["principal"]) == (403, STRANGER)
+    assert stranger.status_code == 403
+    assert (nobody["status"], nobody["principal"], anonymous.status_code) == (401, None, 401)
+
+
+def test_a_poll_that_finds_nothing_new_is_not_recorded(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = client.get("/v1/records", headers=token(google, ANALYST)).json()
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        later = client.get(
+            "/v1/records",
+            params={"page_token": first["next_page_token"]},
+            headers=token(google, ANALYST),
+        )
+        assert later.status_code == 200
+        assert later.json()["records"] == []
+        assert records(caplog) == []
+
+
+def test_a_filter_on_a_masked_attribute_is_kept_as_its_keyed_hash(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        asked = {"attribute": f"client-ip:{HIDDEN}", "limit": "5"}
+        operator = client.get("/v1/records", params=asked, headers=token(google, OPERATOR))
+        reader = client.get("/v1/records", params=asked, headers=token(google, ANALYST))
+        by_operator, by_reader = records(caplog)
+        logged = caplog.text + json.dumps(records(caplog))
+    assert operator.status_code == 200
+    assert len(operator.json()["records"]) == 3
+    assert reader.status_code == 403
+    for line in (by_operator, by_reader):
+        ((name, value), limit) = line["parameters"]
+        assert name == "attribute"
+        assert value.startswith("client-ip:" + PSEUDONYM_PREFIX)
+        assert limit == ["limit", "5"]
+    assert by_operator["parameters"] == by_reader["parameters"]
+    assert HIDDEN not in logged
+
+
+def test_a_replay_and_a_read_pass_are_recorded_with_who_asked(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    message = {
+        "data": base64.b64encode(b'{"id": "r-9", "data": 1}').decode(),
+        "message_id": "m-9",
+        "publish_time": "2024-04-27T12:00:01Z",
+    }
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        replayed = client.post(
+            "/v1/replay", json={"messages": [message]}, headers=token(google, OPERATOR)
+        )
+        (line,) = records(caplog)
+    assert replayed.status_code == 200, replayed.text
+    assert (line["action"], line["principal"], line["status"]) == ("replay", OPERATOR, 200)
+
+
+def test_a_lines_parameters_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
+    with TestClient(create_app(loaded(RECORDLINE_PUSH_TOKEN=SECRET))) as client:
+        pushed = client.post(
+            "/pubsub/push", params={"token": SECRET}, json=envelope({"id": "r-1", "data": 1})
+        )
+        assert pushed.status_code == 204
+        many = [(f"p{n}", "x" * 1000) for n in range(MOST_PARAMETERS + 5)]
+        with caplog.at_level(logging.INFO, "recordline.access"):
+            caplog.clear()
+            page = client.get("/v1/records", params=[("limit", "5"), *many])
+            (line,) = records(caplog)
+    # A parameter the API does not take is a 400, recorded as any refusal is.
+    assert page.status_code == 400
+    assert line["status"] == 400
+    assert line["principal"] is None  # reads here need no token
+    assert len(line["parameters"]) == MOST_PARAMETERS + 1
+    assert all(len(value) <= MOST_CHARACTERS + 1 for _, value in line["parameters"])
+    assert line["parameters"][-1] == ["…", "6 more"]
+
+
+def test_a_followers_polls_are_summed_a_line_for_each_who_followed_what(
+    google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    analyst, operator = token(google, ANALYST), token(google, OPERATOR)
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        with TestClient(create_app(settings(google))) as client:
+            tokens = {ANALYST: None, OPERATOR: None}
+            for n in range(3):
+                pushed = client.post(
+                    "/pubsub/push",
+                    json=envelope({"id": f"r-{n}", "data": n}, message_id=f"m-{n}"),
+                    headers=token(google, PUSHER),
+                )
+                assert pushed.status_code == 204
+                for who, headers in ((ANALYST, analyst), (OPERATOR, operator)):
+                    asked = {"wait": "1", "limit": "10"}
+                    if tokens[who] is not None:
+                        asked["page_token"] = tokens[who]
+                    caplog.clear()
+                    poll = client.get("/v1/records", params=asked, headers=headers)
+                    assert poll.status_code == 200, poll.text
+                    assert len(poll.json()["records"]) == 1
+                    tokens[who] = poll.json()["next_page_token"]
+                    # Nothing yet: summed until a minute has passed or the app stops.
+                    assert records(caplog) == []
+            caplog.clear()
+        summed = {line["principal"]: line for line in records(caplog)}
+    assert set(summed) == {ANALYST, OPERATOR}
+    for who, masked in ((ANALYST, True), (OPERATOR, False)):
+        line = summed[who]
+        assert (line["requests"], line["rows"], line["masked"]) == (3, 3, masked)
+        # The page tokens, different at each poll, are left out of what is summed.
+        assert line["parameters"] == [["wait", "1"], ["limit", "10"]]
+        assert line["first"] <= line["last"]
+
+
+def test_summed_polls_are_written_each_minute_and_bounded_in_number(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    access = AccessRecord(clock=lambda: now[0])
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        served(2, masked=False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    app = access.middleware("read")(answer)
+
+    async def poll(query: bytes) -> None:
+        scope = {"type": "http", "method": "GET", "path": "/v1/records", "query_string": query}
+
+        async def receive() -> Any:
+            return {"type": "http.disconnect"}
+
+        async def send(message: Any) -> None:
+            return None
+
+        await app(scope, receive, send)
+
+    async def polls() -> None:
+        await poll(b"wait=5&page_token=a")
+        await poll(b"wait=5&page_token=b")
+        assert records(caplog) == []
+        now[0] = FOLLOWING_SECONDS  # a minute on: the next request writes the sums
+        await poll(b"wait=5&page_token=c")
+        ((line,),) = [records(caplog)]
+        assert (line["requests"], line["rows"], line["bytes"]) == (3, 6, 6)
+        caplog.clear()
+        # A reader varying what it follows fills no more than MOST_FOLLOWING sums.
+        for n in range(MOST_FOLLOWING + 1):
+            await poll(b"wait=5&limit=%d" % (n + 1))
+        assert len(records(caplog)) == MOST_FOLLOWING
+
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        asyncio.run(polls())
