@@ -299,3 +299,16 @@ def test_summed_polls_are_written_each_minute_and_bounded_in_number(
     with caplog.at_level(logging.INFO, "recordline.access"):
         caplog.clear()
         asyncio.run(polls())
+
+
+def test_a_path_cannot_start_a_line_of_its_own_on_a_terminal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = create_app(loaded(RECORDLINE_PUSH_TOKEN=SECRET))
+    with TestClient(app) as client, caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        client.get("/v1/records/x%0AINFO%20forged%20line")
+        (record,) = [r for r in caplog.records if r.name == "recordline.access"]
+    assert "\n" not in record.getMessage()
+    assert "\\n" in record.getMessage()
+    assert record.fields["access"]["path"] == "/v1/records/x\nINFO forged line"  # type: ignore[attr-defined]

@@ -178,13 +178,20 @@ def _write(entry: dict[str, Any]) -> None:
     log.info(
         "%s %s %s %d: %d rows for %s",
         entry["action"],
-        entry["method"],
-        entry["path"],
+        _printable(entry["method"]),
+        _printable(entry["path"]),
         entry["status"],
         entry["rows"],
-        entry["principal"] or "anyone",
+        _printable(entry["principal"] or "anyone"),
         extra={"fields": {"access": entry}},
     )
+
+
+def _printable(text: str) -> str:
+    """`text` with what is not printable ASCII escaped: a line of text on a terminal
+    holds a path as its caller sent it, and a newline there would start a line of its
+    own (the JSON line escapes it already)."""
+    return text if text.isascii() and text.isprintable() else ascii(text)[1:-1]
 
 
 def _wall() -> str:
