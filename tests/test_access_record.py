@@ -228,7 +228,7 @@ def test_a_followers_polls_are_summed_a_line_for_each_who_followed_what(
     analyst, operator = token(google, ANALYST), token(google, OPERATOR)
     with caplog.at_level(logging.INFO, "recordline.access"):
         with TestClient(create_app(settings(google))) as client:
-            tokens = {ANALYST: None, OPERATOR: None}
+            tokens: dict[str, str | None] = {ANALYST: None, OPERATOR: None}
             for n in range(3):
                 pushed = client.post(
                     "/pubsub/push",
@@ -238,8 +238,9 @@ def test_a_followers_polls_are_summed_a_line_for_each_who_followed_what(
                 assert pushed.status_code == 204
                 for who, headers in ((ANALYST, analyst), (OPERATOR, operator)):
                     asked = {"wait": "1", "limit": "10"}
-                    if tokens[who] is not None:
-                        asked["page_token"] = tokens[who]
+                    last = tokens[who]
+                    if last is not None:
+                        asked["page_token"] = last
                     caplog.clear()
                     poll = client.get("/v1/records", params=asked, headers=headers)
                     assert poll.status_code == 200, poll.text
@@ -272,7 +273,7 @@ def test_summed_polls_are_written_each_minute_and_bounded_in_number(
     app = access.middleware("read")(answer)
 
     async def poll(query: bytes) -> None:
-        scope = {"type": "http", "method": "GET", "path": "/v1/records", "query_string": query}
+        scope: Any = {"type": "http", "method": "GET", "path": "/v1/records", "query_string": query}
 
         async def receive() -> Any:
             return {"type": "http.disconnect"}
