@@ -33,6 +33,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app.auth.guards import admitted_by_pass, proven_as
 from app.query.served import SERVED, Served
+from app.telemetry.logs import line_system
 
 log = logging.getLogger("recordline.access")
 # Recorded whatever RECORDLINE_LOG_LEVEL says of the service's other lines.
@@ -213,7 +214,8 @@ def line(
         principal = "read pass"
     return {
         "action": action,
-        "system": system or None,
+        # A cell's dispatcher says which system a request is for (`line_system`).
+        "system": line_system.get() or system or None,
         "principal": principal,
         "method": scope["method"],
         "path": scope["path"] if shown is None else shown("path", scope["path"]),

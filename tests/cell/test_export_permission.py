@@ -5,6 +5,9 @@ alpha's rows alone."""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,8 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from app.http.access import log as access_log
+from app.telemetry.logs import LABELS_FIELD, CloudLoggingFormatter
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
 from tests.cell.test_read_passes import SYSTEMS, entry, pass_of, reader, serving
 
@@ -83,3 +88,26 @@ def test_each_systems_console_offers_an_export_as_that_system_allows(
     assert 'id="export"' not in page("alpha", reader("alpha"))
     assert 'id="export"' in page("alpha", EXPORTER)
     assert 'id="export"' in page("beta", reader("beta"))
+
+
+def test_each_access_line_names_the_system_it_was_for(
+    cell: tuple[TestClient[Any], FakeGoogle],
+) -> None:
+    client, google = cell
+    # Each line as Cloud Logging gets it, formatted as it is written.
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(CloudLoggingFormatter())
+    access_log.addHandler(handler)
+    try:
+        for system in SYSTEMS:
+            answer = export(client, system, token(google, EXPORTER))
+            assert answer.status_code == (200 if system == "alpha" else 403)
+    finally:
+        access_log.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    # Which system each line is for, as the sink of each system's access record selects
+    # it (its `labels.system`, from the dispatcher), and as the line itself says.
+    assert [line[LABELS_FIELD]["system"] for line in lines] == list(SYSTEMS)
+    assert [line["access"]["system"] for line in lines] == list(SYSTEMS)
+    assert [line["access"]["status"] for line in lines] == [200, 403]
