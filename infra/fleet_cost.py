@@ -205,6 +205,18 @@ LOG_ENTRY_BYTES = 1200
 LOGGED_SHARE_OF_PUSHES = 0.001
 LOGGED_SHARE_OF_READS = 0.01
 LOGGED_SHARE_OF_LONG_POLLS = 0.0
+# The access record (docs/security.md#who-read-what): a line for each read answered rows,
+# a follower's long-polls summed a line a minute by each instance that answered them,
+# about a KiB each as Cloud Logging stores it. Each follower of a system: a line a minute
+# (without a serving tier it polls once a minute, answered rows; with one, a line a
+# minute from each ingest instance its polls reach). Exports, replays and refusals are
+# few beside them. The lines are stored in the _Default bucket (the Logging row) and
+# routed into the system's dataset (modules/system/access.tf), billed there as BigQuery's
+# streaming inserts ($0.01 per 200 MiB: a routed log's destination may bill it) and
+# kept a year (three months active, the rest long-term).
+ACCESS_LINE_BYTES = 1024
+BIGQUERY_STREAMING_GIB = 0.05
+ACCESS_KEPT_MONTHS = 12
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
@@ -676,7 +688,7 @@ ROWS = (
     ("Cloud Monitoring: alerting conditions", "https://cloud.google.com/stackdriver/pricing"),
     ("Cloud Trace spans", "https://cloud.google.com/stackdriver/pricing"),
     (
-        "Cloud Logging (request logs past the exclusions)",
+        "Cloud Logging (request logs past the exclusions, the access record)",
         "https://cloud.google.com/stackdriver/pricing",
     ),
     ("Cloud Scheduler (a canary job each)", "https://cloud.google.com/scheduler/pricing"),
@@ -691,6 +703,10 @@ ROWS = (
     (
         "GitHub Actions minutes (drift checks)",
         "https://docs.github.com/en/billing/concepts/product-billing/github-actions",
+    ),
+    (
+        "BigQuery: the access record in each system's dataset (routed, a year kept)",
+        "https://cloud.google.com/bigquery/pricing",
     ),
 )
 # The rows that hold one month alone: the twelfth's, then the twenty-fourth's.
@@ -820,7 +836,14 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     )
     read_share = LOGGED_SHARE_OF_LONG_POLLS if serving else LOGGED_SHARE_OF_READS
     logged = (pushes * LOGGED_SHARE_OF_PUSHES + reads * read_share) * LOG_ENTRY_BYTES
-    items[ROWS[14][0]] = max(0.0, logged - LOGGING_FREE) / GIB * LOGGING_GIB
+    access = ACCESS_LINE_BYTES * sum(
+        size
+        * FOLLOWERS_A_SYSTEM
+        * MINUTES_A_MONTH
+        * (max(1, ingest_instances(c)) if serving else 1)
+        for c, size in zip(cells, sizes, strict=True)
+    )
+    items[ROWS[14][0]] = max(0.0, logged + access - LOGGING_FREE) / GIB * LOGGING_GIB
 
     items[ROWS[15][0]] = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB
     secrets = sum(2 + int(c["exporters"]) for c in cells)
@@ -830,6 +853,11 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     )
     minutes = drift_minutes(sizes)
     items[ROWS[18][0]] = max(0.0, minutes - ACTIONS_FREE_MINUTES) * ACTIONS_MINUTE
+    stored = access / PHYSICAL_RATIO
+    active, long_term = min(ACCESS_KEPT_MONTHS, 3), max(0, ACCESS_KEPT_MONTHS - 3)
+    items[ROWS[19][0]] = access / GIB * BIGQUERY_STREAMING_GIB + stored / GIB * (
+        active * BIGQUERY_ACTIVE_GIB_MONTH + long_term * BIGQUERY_LONG_TERM_GIB_MONTH
+    )
     return items
 
 
