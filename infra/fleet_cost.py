@@ -210,13 +210,8 @@ LOGGED_SHARE_OF_LONG_POLLS = 0.0
 # about a KiB each as Cloud Logging stores it. Each follower of a system: a line a minute
 # (without a serving tier it polls once a minute, answered rows; with one, a line a
 # minute from each ingest instance its polls reach). Exports, replays and refusals are
-# few beside them. The lines are stored in the _Default bucket (the Logging row) and
-# routed into the system's dataset (modules/system/access.tf), billed there as BigQuery's
-# streaming inserts ($0.01 per 200 MiB: a routed log's destination may bill it) and
-# kept a year (three months active, the rest long-term).
+# few beside them. Kept in the _Default bucket with the request logs.
 ACCESS_LINE_BYTES = 1024
-BIGQUERY_STREAMING_GIB = 0.05
-ACCESS_KEPT_MONTHS = 12
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
@@ -704,10 +699,6 @@ ROWS = (
         "GitHub Actions minutes (drift checks)",
         "https://docs.github.com/en/billing/concepts/product-billing/github-actions",
     ),
-    (
-        "BigQuery: the access record in each system's dataset (routed, a year kept)",
-        "https://cloud.google.com/bigquery/pricing",
-    ),
 )
 # The rows that hold one month alone: the twelfth's, then the twenty-fourth's.
 MONTH_ROWS = {12: ROWS[6][0], 24: ROWS[7][0]}
@@ -853,11 +844,6 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     )
     minutes = drift_minutes(sizes)
     items[ROWS[18][0]] = max(0.0, minutes - ACTIONS_FREE_MINUTES) * ACTIONS_MINUTE
-    stored = access / PHYSICAL_RATIO
-    active, long_term = min(ACCESS_KEPT_MONTHS, 3), max(0, ACCESS_KEPT_MONTHS - 3)
-    items[ROWS[19][0]] = access / GIB * BIGQUERY_STREAMING_GIB + stored / GIB * (
-        active * BIGQUERY_ACTIVE_GIB_MONTH + long_term * BIGQUERY_LONG_TERM_GIB_MONTH
-    )
     return items
 
 

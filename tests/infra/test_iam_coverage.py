@@ -91,8 +91,6 @@ NEEDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
         frozenset({"logging.exclusions.get"}),
         _crud("logging.exclusions"),
     ),
-    # Each system's access record into its dataset (modules/system/access.tf).
-    "google_logging_project_sink": (frozenset({"logging.sinks.get"}), _crud("logging.sinks")),
     # The state bucket's own policy (it lives in the environment's project).
     "google_storage_bucket_iam_member": _iam("storage.buckets"),
     "google_bigquery_dataset": (

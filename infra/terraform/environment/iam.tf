@@ -122,20 +122,17 @@ resource "google_project_iam_member" "terraform_plan" {
   depends_on = [google_project_service.enabled]
 }
 
-# The request-log exclusions (logging.tf) and each system's access-record sink
-# (modules/system/access.tf) are read on every plan. roles/logging.viewer would also let
-# the account list every log entry, which a pull request's code could print: the plan
-# gets their configuration and nothing else.
+# The request-log exclusion (logging.tf) is read on every plan. roles/logging.viewer
+# would also let the account list every log entry, which a pull request's code could
+# print: the plan gets the exclusion's configuration and nothing else.
 resource "google_project_iam_custom_role" "terraform_plan_logging" {
   project     = var.project_id
   role_id     = "recordlineTerraformPlanLogging"
-  title       = "Recordline Terraform plan: log exclusions and sinks"
-  description = "Read the project's log exclusions and sinks (their configuration, never a log entry)."
+  title       = "Recordline Terraform plan: log exclusions"
+  description = "Read the project's log exclusions (their configuration, never a log entry)."
   permissions = [
     "logging.exclusions.get",
     "logging.exclusions.list",
-    "logging.sinks.get",
-    "logging.sinks.list",
   ]
 
   depends_on = [google_project_service.enabled]
