@@ -32,6 +32,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app.auth.guards import admitted_by_pass, proven_as
+from app.http.head import HEAD_REQUEST
 from app.query.served import SERVED, Served
 from app.telemetry.logs import line_system
 
@@ -90,13 +91,15 @@ class AccessRecord:
                 served = Served()
                 token = SERVED.set(served)
                 status, sent = 0, 0
+                # A HEAD is answered as its GET, whose content is not sent (app.http.head).
+                head = scope.get(HEAD_REQUEST) is True
                 started = self._clock()
 
                 async def counting(message: Message) -> None:
                     nonlocal status, sent
                     if message["type"] == "http.response.start":
                         status = message["status"]
-                    elif message["type"] == "http.response.body":
+                    elif message["type"] == "http.response.body" and not head:
                         sent += len(message.get("body", b""))
                     await send(message)
 
@@ -217,7 +220,7 @@ def line(
         # A cell's dispatcher says which system a request is for (`line_system`).
         "system": line_system.get() or system or None,
         "principal": principal,
-        "method": scope["method"],
+        "method": "HEAD" if scope.get(HEAD_REQUEST) is True else scope["method"],
         "path": scope["path"] if shown is None else shown("path", scope["path"]),
         "parameters": parameters(scope.get("query_string", b""), shown),
         "status": status,
