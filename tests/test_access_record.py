@@ -336,7 +336,9 @@ def test_a_read_of_the_ledger_is_recorded(
             caplog.clear()
             listed = client.get("/v1/producers", headers=token(google, ANALYST))
             one = client.get("/v1/producers/p-1", headers=token(google, OPERATOR))
-            audited = client.get("/v1/audit", params={"since": "1h"}, headers=token(google, ANALYST))
+            audited = client.get(
+                "/v1/audit", params={"since": "1h"}, headers=token(google, ANALYST)
+            )
             lines = records(caplog)
     assert (listed.status_code, one.status_code, audited.status_code) == (200, 200, 200)
     assert [(line["path"], line["principal"], line["rows"]) for line in lines] == [
