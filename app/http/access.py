@@ -96,7 +96,7 @@ class AccessRecord:
                 token = SERVED.set(served)
                 status, sent = 0, 0
                 # A HEAD is answered as its GET, whose content is not sent (app.http.head).
-                head = scope.get(HEAD_REQUEST) is True
+                head = HEAD_REQUEST in scope
                 started = self._clock()
 
                 async def counting(message: Message) -> None:
@@ -232,7 +232,7 @@ def line(
         # A cell's dispatcher says which system a request is for (`line_system`).
         "system": line_system.get() or system or None,
         "principal": principal,
-        "method": "HEAD" if scope.get(HEAD_REQUEST) is True else scope["method"],
+        "method": "HEAD" if HEAD_REQUEST in scope else scope["method"],
         "path": scope["path"] if shown is None else shown("path", scope["path"]),
         "parameters": parameters(scope.get("query_string", b""), shown),
         "status": status,
