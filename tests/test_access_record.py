@@ -29,6 +29,7 @@ from app.settings import Settings
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
 from tests.conftest import settings as loaded
+from tests.waiting import until
 
 ANALYST = "analyst@example.org"
 EXPORTER = "exporter@example.org"
@@ -313,3 +314,79 @@ def test_a_path_cannot_start_a_line_of_its_own_on_a_terminal(
     assert "\n" not in record.getMessage()
     assert "\\n" in record.getMessage()
     assert record.fields["access"]["path"] == "/v1/records/x\nINFO forged line"  # type: ignore[attr-defined]
+
+
+def test_a_read_of_the_ledger_is_recorded(
+    google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with TestClient(create_app(settings(google))) as client:
+        for n in range(2):
+            sequenced = {"recordline-producer": f"p-{n}", "recordline-epoch": "0"}
+            pushed = client.post(
+                "/pubsub/push",
+                json=envelope(
+                    {"id": f"r-{n}", "data": n},
+                    message_id=f"m-{n}",
+                    attributes=sequenced | {"recordline-seq": "0"},
+                ),
+                headers=token(google, PUSHER),
+            )
+            assert pushed.status_code == 204
+        with caplog.at_level(logging.INFO, "recordline.access"):
+            caplog.clear()
+            listed = client.get("/v1/producers", headers=token(google, ANALYST))
+            one = client.get("/v1/producers/p-1", headers=token(google, OPERATOR))
+            audited = client.get(
+                "/v1/audit", params={"since": "1h"}, headers=token(google, ANALYST)
+            )
+            lines = records(caplog)
+    assert (listed.status_code, one.status_code, audited.status_code) == (200, 200, 200)
+    assert [(line["path"], line["principal"], line["rows"]) for line in lines] == [
+        ("/v1/producers", ANALYST, 2),
+        ("/v1/producers/p-1", OPERATOR, 1),
+        ("/v1/audit", ANALYST, len(audited.json()["hours"])),
+    ]
+
+
+def test_a_head_is_recorded_as_a_head_that_sent_no_content(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        head = client.head("/v1/records", headers=token(google, ANALYST))
+        (line,) = records(caplog)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert (line["method"], line["rows"], line["bytes"]) == ("HEAD", 3, 0)
+
+
+def test_summed_polls_are_written_a_minute_on_with_no_request_after_them(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.http.access.FOLLOWING_SECONDS", 0.05)
+    access = AccessRecord()
+
+    async def answer(scope: Any, receive: Any, send: Any) -> None:
+        served(1, masked=False)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    async def nothing() -> Any:
+        return {"type": "http.disconnect"}
+
+    async def dropped(message: Any) -> None:
+        return None
+
+    async def poll_then_stop() -> None:
+        scope: Any = {"type": "http", "method": "GET", "path": "/v1/records"}
+        scope["query_string"] = b"wait=5"
+        await access.middleware("read")(answer)(scope, nothing, dropped)
+        assert records(caplog) == []
+        # The follower stops; no one asks anything more of the app, which keeps running.
+        await until(lambda: records(caplog), what="the sums written")
+
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        asyncio.run(poll_then_stop())
+        ((line,),) = [records(caplog)]
+    assert (line["requests"], line["rows"]) == (1, 1)

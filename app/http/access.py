@@ -32,6 +32,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from app.auth.guards import admitted_by_pass, proven_as
+from app.http.head import HEAD_REQUEST
 from app.query.served import SERVED, Served
 from app.telemetry.logs import line_system
 
@@ -62,8 +63,8 @@ Shown = Callable[[str, str], str]
 
 class AccessRecord:
     """The access record of one app: middleware recording each request of a route
-    group, and the followers' polls summed until `flush` (at most FOLLOWING_SECONDS
-    apart while requests come, and as the app stops)."""
+    group, and the followers' polls summed until `flush` (FOLLOWING_SECONDS after the
+    first of them, and as the app stops)."""
 
     def __init__(
         self,
@@ -77,6 +78,10 @@ class AccessRecord:
         self._clock = clock
         self._following: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._due = clock() + FOLLOWING_SECONDS
+        # Writes the sums a minute after the first of them, whether or not another
+        # request comes (a follower that stopped is recorded then, not at the next
+        # request or as the app stops, which may be days on or never).
+        self._timer: asyncio.TimerHandle | None = None
 
     def middleware(self, action: str) -> DefineMiddleware:
         """Middleware recording each request of a route group as `action` (read, export,
@@ -90,13 +95,15 @@ class AccessRecord:
                 served = Served()
                 token = SERVED.set(served)
                 status, sent = 0, 0
+                # A HEAD is answered as its GET, whose content is not sent (app.http.head).
+                head = HEAD_REQUEST in scope
                 started = self._clock()
 
                 async def counting(message: Message) -> None:
                     nonlocal status, sent
                     if message["type"] == "http.response.start":
                         status = message["status"]
-                    elif message["type"] == "http.response.body":
+                    elif message["type"] == "http.response.body" and not head:
                         sent += len(message.get("body", b""))
                     await send(message)
 
@@ -134,6 +141,11 @@ class AccessRecord:
             if summed is None:
                 if len(self._following) >= MOST_FOLLOWING:
                     self.flush()
+                if not self._following:
+                    self._due = now + FOLLOWING_SECONDS
+                    self._timer = asyncio.get_running_loop().call_later(
+                        FOLLOWING_SECONDS, self.flush
+                    )
                 summed = self._following[key] = entry | {
                     "parameters": [p for p in entry["parameters"] if p[0] not in PER_POLL],
                     "requests": 0,
@@ -154,6 +166,9 @@ class AccessRecord:
 
     def flush(self) -> None:
         """Write the followers' polls summed since the last flush, a line each."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._due = self._clock() + FOLLOWING_SECONDS
         summed, self._following = self._following, {}
         for entry in summed.values():
@@ -217,7 +232,7 @@ def line(
         # A cell's dispatcher says which system a request is for (`line_system`).
         "system": line_system.get() or system or None,
         "principal": principal,
-        "method": scope["method"],
+        "method": "HEAD" if HEAD_REQUEST in scope else scope["method"],
         "path": scope["path"] if shown is None else shown("path", scope["path"]),
         "parameters": parameters(scope.get("query_string", b""), shown),
         "status": status,

@@ -23,6 +23,7 @@ import msgspec
 from app.errors import BadParameter, MaskedLookUp, NotFound, RetryLater
 from app.query.mask import Pseudonyms
 from app.query.page_token import PageToken, PageTokens
+from app.query.served import served
 from app.records import micros, moment
 from app.store import Store
 from app.store.producers import (
@@ -326,6 +327,7 @@ class Producers:
         token_next = None
         if len(found) == limit:
             token_next = self._tokens.encode(PageToken(0, found[-1].producer, listing="producers"))
+        served(len(views), masked=self._pseudonyms is not None)
         return ProducersPage(producers=views, next_page_token=token_next)
 
     async def producer(self, producer: str) -> ProducerView:
@@ -338,6 +340,7 @@ class Producers:
         found = await self._book().producer(producer)
         if found is None:
             raise NotFound(f"no producer {producer!r} in the ledger")
+        served(1, masked=False)
         return producer_view(found, now=self._now(), grace=self._grace, gaps=None)
 
     async def worst(self, top: int) -> Worst:
@@ -376,6 +379,8 @@ class Producers:
                     missing=found.missing_by_hour.get(hour, 0),
                 )
             )
+        # Its rows are the hours it counts (the ranges it lists are of those hours).
+        served(len(hours), masked=self._pseudonyms is not None)
         return AuditReport(
             since=since,
             until=moment(end) if until is None else until,
