@@ -194,11 +194,11 @@ def _write(entry: dict[str, Any]) -> None:
     log.info(
         "%s %s %s %d: %d rows for %s",
         entry["action"],
-        _printable(entry["method"]),
+        entry["method"],  # one of the server's own tokens, as its parser read it
         _printable(entry["path"]),
         entry["status"],
         entry["rows"],
-        _printable(entry["principal"] or "anyone"),
+        entry["principal"] or "anyone",  # a verified token's e-mail, or the service's words
         extra={"fields": {"access": entry}},
     )
 
