@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -276,13 +277,14 @@ class Mask:
         """`raw` masked, or None where it names nothing masked (it is served as sent).
         Whether it does is what `mask` found, never whether its result decodes equal:
         a member sent twice whose last value reads `[masked]` decodes as if masked,
-        while the text as sent holds the first."""
+        while the text as sent holds the first. Text with a member sent twice is served
+        as it decodes, since the mask read the last value only."""
         text = bytes(raw)
         if not _may_name(_lower(text) if lowered else text, marks):
             return None
         try:
             masked, changed = mask(_decode(text))
-            return msgspec.Raw(_encode(masked)) if changed else None
+            return msgspec.Raw(_encode(masked)) if changed or _twice(text) else None
         except msgspec.DecodeError:
             # Stored as sent without being read (the contract's `data`), and not JSON
             # this decoder holds (a number beyond a float, an integer of thousands of
@@ -404,7 +406,7 @@ class Mask:
             return UNREADABLE
         except RecursionError:
             return WITHHELD
-        if not changed:
+        if not changed and not _twice(raw):
             return text
         try:
             return _encode(masked).decode()
@@ -423,7 +425,7 @@ class Mask:
             # A path is masked wherever it starts: the payload is not known to be a
             # record's `data` (the contract's is a member of it), nor of any shape.
             masked, changed = self._masked(value, self._paths, anywhere=True)
-            return _encode(masked) if changed else data
+            return _encode(masked) if changed or _twice(data) else data
         except (msgspec.DecodeError, RecursionError):
             return b""
 
@@ -454,6 +456,23 @@ def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
         return False
     composed = _composed(text.decode(errors="replace")).encode()
     return any(mark in composed for mark in marks)
+
+
+def _twice(text: bytes) -> bool:
+    """Whether JSON `text` has an object with a member sent twice: it decodes as the
+    last, which is what the mask read, so the text as sent would show the first. Also
+    where it cannot tell (nested too deeply), so that what is served is what was read."""
+    found = False
+
+    def members(pairs: list[tuple[str, Any]]) -> None:
+        nonlocal found
+        found = found or len({name for name, _ in pairs}) < len(pairs)
+
+    try:
+        json.loads(text, object_pairs_hook=members)
+    except (ValueError, RecursionError):
+        return True
+    return found
 
 
 def _attribute(name: str) -> str:
