@@ -225,3 +225,17 @@ def test_a_member_sent_twice_shows_neither_of_its_values(sent: bytes) -> None:
     assert EMAIL not in bytes(mask.view(shown_record(data)).data).decode()
     assert EMAIL not in bytes(mask.view(shown_rejection(data)).data).decode()
 
+
+
+def test_a_member_named_with_some_of_a_paths_dots_is_on_the_path() -> None:
+    mask = Mask(["customer.address.zip"])
+    for data in (
+        {"customer.address": {"zip": "94110"}},
+        {"customer": {"address.zip": "94110"}},
+        {"customer.address": [{"zip": "94110"}]},
+    ):
+        masked, _ = seen(mask, data)
+        assert "94110" not in json.dumps(masked), data
+    # Dots that name no step of the path are no path's.
+    kept, _ = seen(mask, {"customer.addr": {"zip": "94110"}})
+    assert kept == {"customer.addr": {"zip": "94110"}}

@@ -337,14 +337,14 @@ class Mask:
             return rule, ()
         composed = key if key.isascii() else unicodedata.normalize("NFC", key)
         below: list[tuple[Rule, int]] = []
+        # A member named with some of the path's dots (`{"customer.email": …}`, or
+        # `{"customer.address": {"zip": …}}` for `customer.address.zip`) is as many steps.
+        named = (composed,) if "." not in composed else tuple(composed.split("."))
         for path, step in at:
-            if composed == path.steps[step]:
-                if step + 1 == len(path.steps):
+            if path.steps[step : step + len(named)] == named:
+                if step + len(named) == len(path.steps):
                     return path, ()
-                below.append((path, step + 1))
-            elif composed == ".".join(path.steps[step:]):
-                # A member named with the path's dots (`{"customer.email": …}`).
-                return path, ()
+                below.append((path, step + len(named)))
         return None, tuple(below)
 
     def _masked(self, value: Any, at: _Pending, *, anywhere: bool = False) -> tuple[Any, bool]:
