@@ -226,7 +226,6 @@ def test_a_member_sent_twice_shows_neither_of_its_values(sent: bytes) -> None:
     assert EMAIL not in bytes(mask.view(shown_rejection(data)).data).decode()
 
 
-
 def test_a_member_named_with_some_of_a_paths_dots_is_on_the_path() -> None:
     mask = Mask(["customer.address.zip"])
     for data in (
