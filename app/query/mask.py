@@ -79,7 +79,9 @@ class Pseudonyms:
         return PSEUDONYM_PREFIX + digest[:_PSEUDONYM_HEX]
 
 
-@dataclass(frozen=True, slots=True)
+# Compared and hashed as itself (each of a mask's rules is one object): a walk keeps its
+# place in the paths as (rule, step) pairs, hashed at every object of a payload.
+@dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """One masked member: `steps` from the payload's root (a path), or one name
     matched at any depth (`anywhere`), and what a reader sees of its value."""
@@ -196,6 +198,9 @@ class Mask:
         self._field_marks = _marks(ends)
         self._spellings = _spelled(self._names)
         self._keyed = _keyed(self._spellings)
+        # Where a walk is, the names it finds as keys in text: a payload's strings
+        # share a few places, which each build their pattern once.
+        self._keyed_at = lru_cache(maxsize=256)(lambda at: _keyed(self._spellings | _ends(at)))
 
     def __bool__(self) -> bool:
         return bool(self._names or self._paths or self._attribute_rules)
@@ -395,7 +400,7 @@ class Mask:
             # No path goes on below here, and no name masks anywhere: nothing to find.
             return text
         if text.lstrip()[:1] not in _OPENS_JSON:
-            keyed = self._keyed if not at else _keyed(self._spellings | _ends(at))
+            keyed = self._keyed if not at else self._keyed_at(at)
             return UNREADABLE if keyed is not None and keyed.search(_composed(text)) else text
         raw = text.encode()
         if not _may_name(raw, self._field_marks):
