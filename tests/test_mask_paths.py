@@ -206,3 +206,35 @@ def test_a_rejections_payload_is_masked_wherever_a_path_starts() -> None:
     seen_data = bytes(mask.view(shown_rejection(payload)).data)
     assert EMAIL not in seen_data.decode()
     assert json.loads(seen_data)["data"] == {"customer": {"email": MASKED}}
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        # The member sent twice: a decoder keeps the last, the text holds the first.
+        b'{"customer":{"email":"%s"},"customer":{"name":"Alice"}}',
+        b'{"a":{"ssn":"%s"},"a":1}',
+        b'{"customer":{"email":"%s","email":"x@example.com"}}',
+        # The same inside JSON text, and as a rejection's payload.
+        b'{"note":"{\\"a\\":{\\"ssn\\":\\"%s\\"},\\"a\\":1}"}',
+    ],
+)
+def test_a_member_sent_twice_shows_neither_of_its_values(sent: bytes) -> None:
+    mask = Mask(["customer.email", "ssn"])
+    data = sent % EMAIL.encode()
+    assert EMAIL not in bytes(mask.view(shown_record(data)).data).decode()
+    assert EMAIL not in bytes(mask.view(shown_rejection(data)).data).decode()
+
+
+def test_a_member_named_with_some_of_a_paths_dots_is_on_the_path() -> None:
+    mask = Mask(["customer.address.zip"])
+    for data in (
+        {"customer.address": {"zip": "94110"}},
+        {"customer": {"address.zip": "94110"}},
+        {"customer.address": [{"zip": "94110"}]},
+    ):
+        masked, _ = seen(mask, data)
+        assert "94110" not in json.dumps(masked), data
+    # Dots that name no step of the path are no path's.
+    kept, _ = seen(mask, {"customer.addr": {"zip": "94110"}})
+    assert kept == {"customer.addr": {"zip": "94110"}}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -78,7 +79,9 @@ class Pseudonyms:
         return PSEUDONYM_PREFIX + digest[:_PSEUDONYM_HEX]
 
 
-@dataclass(frozen=True, slots=True)
+# Compared and hashed as itself (each of a mask's rules is one object): a walk keeps its
+# place in the paths as (rule, step) pairs, hashed at every object of a payload.
+@dataclass(frozen=True, slots=True, eq=False)
 class Rule:
     """One masked member: `steps` from the payload's root (a path), or one name
     matched at any depth (`anywhere`), and what a reader sees of its value."""
@@ -195,6 +198,9 @@ class Mask:
         self._field_marks = _marks(ends)
         self._spellings = _spelled(self._names)
         self._keyed = _keyed(self._spellings)
+        # Where a walk is, the names it finds as keys in text: a payload's strings
+        # share a few places, which each build their pattern once.
+        self._keyed_at = lru_cache(maxsize=256)(lambda at: _keyed(self._spellings | _ends(at)))
 
     def __bool__(self) -> bool:
         return bool(self._names or self._paths or self._attribute_rules)
@@ -276,13 +282,14 @@ class Mask:
         """`raw` masked, or None where it names nothing masked (it is served as sent).
         Whether it does is what `mask` found, never whether its result decodes equal:
         a member sent twice whose last value reads `[masked]` decodes as if masked,
-        while the text as sent holds the first."""
+        while the text as sent holds the first. Text with a member sent twice is served
+        as it decodes, since the mask read the last value only."""
         text = bytes(raw)
         if not _may_name(_lower(text) if lowered else text, marks):
             return None
         try:
             masked, changed = mask(_decode(text))
-            return msgspec.Raw(_encode(masked)) if changed else None
+            return msgspec.Raw(_encode(masked)) if changed or _twice(text) else None
         except msgspec.DecodeError:
             # Stored as sent without being read (the contract's `data`), and not JSON
             # this decoder holds (a number beyond a float, an integer of thousands of
@@ -335,14 +342,14 @@ class Mask:
             return rule, ()
         composed = key if key.isascii() else unicodedata.normalize("NFC", key)
         below: list[tuple[Rule, int]] = []
+        # A member named with some of the path's dots (`{"customer.email": …}`, or
+        # `{"customer.address": {"zip": …}}` for `customer.address.zip`) is as many steps.
+        named = (composed,) if "." not in composed else tuple(composed.split("."))
         for path, step in at:
-            if composed == path.steps[step]:
-                if step + 1 == len(path.steps):
+            if path.steps[step : step + len(named)] == named:
+                if step + len(named) == len(path.steps):
                     return path, ()
-                below.append((path, step + 1))
-            elif composed == ".".join(path.steps[step:]):
-                # A member named with the path's dots (`{"customer.email": …}`).
-                return path, ()
+                below.append((path, step + len(named)))
         return None, tuple(below)
 
     def _masked(self, value: Any, at: _Pending, *, anywhere: bool = False) -> tuple[Any, bool]:
@@ -393,7 +400,7 @@ class Mask:
             # No path goes on below here, and no name masks anywhere: nothing to find.
             return text
         if text.lstrip()[:1] not in _OPENS_JSON:
-            keyed = self._keyed if not at else _keyed(self._spellings | _ends(at))
+            keyed = self._keyed if not at else self._keyed_at(at)
             return UNREADABLE if keyed is not None and keyed.search(_composed(text)) else text
         raw = text.encode()
         if not _may_name(raw, self._field_marks):
@@ -404,7 +411,7 @@ class Mask:
             return UNREADABLE
         except RecursionError:
             return WITHHELD
-        if not changed:
+        if not changed and not _twice(raw):
             return text
         try:
             return _encode(masked).decode()
@@ -423,7 +430,7 @@ class Mask:
             # A path is masked wherever it starts: the payload is not known to be a
             # record's `data` (the contract's is a member of it), nor of any shape.
             masked, changed = self._masked(value, self._paths, anywhere=True)
-            return _encode(masked) if changed else data
+            return _encode(masked) if changed or _twice(data) else data
         except (msgspec.DecodeError, RecursionError):
             return b""
 
@@ -454,6 +461,23 @@ def _may_name(text: bytes, marks: tuple[bytes, ...]) -> bool:
         return False
     composed = _composed(text.decode(errors="replace")).encode()
     return any(mark in composed for mark in marks)
+
+
+def _twice(text: bytes) -> bool:
+    """Whether JSON `text` has an object with a member sent twice: it decodes as the
+    last, which is what the mask read, so the text as sent would show the first. Also
+    where it cannot tell (nested too deeply), so that what is served is what was read."""
+    found = False
+
+    def members(pairs: list[tuple[str, Any]]) -> None:
+        nonlocal found
+        found = found or len({name for name, _ in pairs}) < len(pairs)
+
+    try:
+        json.loads(text, object_pairs_hook=members)
+    except (ValueError, RecursionError):
+        return True
+    return found
 
 
 def _attribute(name: str) -> str:
