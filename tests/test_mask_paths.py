@@ -110,6 +110,7 @@ def test_each_mode_shows_what_it_says() -> None:
         ("customer..email", "", "RECORDLINE_MASK_FIELDS"),
         ("customer.email,customer.email:hash", "", "RECORDLINE_MASK_FIELDS"),
         ("email:", "", "RECORDLINE_MASK_FIELDS"),
+        ("items.0.card", "", "RECORDLINE_MASK_FIELDS"),
         ("", "client-ip:first", "RECORDLINE_MASK_ATTRIBUTES"),
         ("", "Client-IP,client-ip:hash", "RECORDLINE_MASK_ATTRIBUTES"),
     ],

@@ -114,6 +114,14 @@ class Rule:
         steps = tuple(name.split(".")) if paths else (name,)
         if not all(steps):
             raise MaskError(f"{text!r} names an empty member (a dot at an end, or two)")
+        if len(steps) > 1 and any(step.isdigit() for step in steps):
+            # `items.0.card` would mask nothing: a path walks through arrays, so no
+            # step is an array's index, and a member named by digits is rare enough to
+            # refuse rather than leave such a mask masking nothing.
+            raise MaskError(
+                f"{text!r} names a step by digits: a path walks through every element of "
+                "an array on it (`items.card` masks each item's card)"
+            )
         kind = mode.rstrip("0123456789")
         return cls(text, steps, len(steps) == 1, kind, keep)
 
