@@ -1,17 +1,10 @@
-"""The access record: who read, exported, replayed or was refused what, one JSON line a
-request on the `recordline.access` log.
-
-Each line says who (the identity a guard verified, admitted or refused; `holder of
-RECORDLINE_PUSH_TOKEN`; `read pass`; or null where no token was needed or none was
-valid), the action, the request (method, path and its parameters, a filter's value on
-a masked name as its keyed hash), and what it was served: its status, the rows read
-for it (app.query.served), the bytes sent (compressed where the client asked) and
-whether a mask showed them. Every export, replay, pass and refusal is a line of its
-own, as is every read answered rows; a follower's long-polls (`wait=`,
-`live=long-poll`) are summed, a line a minute for each who followed what (a follower
-at the tail asks about once a second: a line each would be most of the log's bill),
-and a read answered no rows is not recorded. Cloud Logging keeps the lines with the
-request's trace.
+"""The access record: who read, exported, replayed or was refused what, a JSON line a
+request on the `recordline.access` log: who (the identity a guard verified, admitted or
+refused), the action, the request (its parameters bounded, a filter on a masked name by
+its keyed hash), the rows read for it (app.query.served), the bytes sent and whether a
+mask showed them. Every export, replay, pass, refusal and read answered rows is a line;
+a follower's long-polls are summed, a line a minute for each who followed what; a read
+answered no rows is none.
 
 Design: docs/security.md#who-read-what
 """

@@ -1,13 +1,11 @@
 """What readers who are not operators do not see: payload members and attributes.
 
-`RECORDLINE_MASK_FIELDS` names payload members (a name, masked at any depth of a
-record's `data`) or paths (`customer.email`, from its root), each with a mode: withheld
-(MASKED), its first or last N characters, or a keyed hash that stays joinable. They are
-masked inside text too where it is JSON encoded again; text the mask cannot read that
-may name one is withheld. `RECORDLINE_MASK_ATTRIBUTES` names attributes, with the same
-modes. A rejection's payload is masked the same way where it is JSON, withheld where
-not; its reason quotes no literal. Every read of a non-operator goes through a Reader
-that masks (`ReadSide` in app.asgi): pages, streams, look-ups, exports, console.
+`RECORDLINE_MASK_FIELDS` names members (at any depth of a record's `data`) or paths
+(`customer.email`, from its root), `RECORDLINE_MASK_ATTRIBUTES` attributes, each with
+a mode: withheld, its first or last N characters, or a keyed hash that stays joinable.
+JSON encoded again inside text is masked inside; text the mask cannot read that may
+name one is withheld; a rejection's reason quotes no literal. Every read of a
+non-operator goes through a Reader that masks (`ReadSide` in app.asgi).
 
 Design: docs/security.md#who-sees-what
 """
