@@ -26,15 +26,13 @@ from app.http.head import Recordline
 from app.query.mask import PSEUDONYM_PREFIX
 from app.query.served import served
 from app.settings import Settings
-from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
+from tests.auth.fake_google import PUSHER, FakeGoogle
+from tests.auth.test_export_permission import ANALYST, EXPORTER, OPERATOR, STRANGER, token
+from tests.auth.test_export_permission import settings as exporting
 from tests.conftest import envelope
 from tests.conftest import settings as loaded
 from tests.waiting import until
 
-ANALYST = "analyst@example.org"
-EXPORTER = "exporter@example.org"
-OPERATOR = "oncall@example.org"
-STRANGER = "stranger@example.org"
 SECRET = "a-push-secret-long-enough"
 HIDDEN = "10.9.8.7"
 
@@ -47,25 +45,14 @@ def google() -> Iterator[FakeGoogle]:
 
 
 def settings(google: FakeGoogle, **env: str) -> Settings:
-    return Settings.load(
-        {
-            "RECORDLINE_STORE": "memory:",
-            "RECORDLINE_PUSH_AUDIENCE": PUSH_AUDIENCE,
-            "RECORDLINE_PUSH_SERVICE_ACCOUNTS": PUSHER,
-            "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
-            "RECORDLINE_READ_PRINCIPALS": ANALYST,
-            "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
-            "RECORDLINE_EXPORT_PRINCIPALS": EXPORTER,
-            "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
-            "RECORDLINE_MASK_ATTRIBUTES": "client-ip:hash",
-            **env,
-        }
+    """The export permission's deployment (tests/auth/test_export_permission.py), with
+    exporting a permission of its own and the client's address masked by hash."""
+    return exporting(
+        google,
+        RECORDLINE_EXPORT_PRINCIPALS=EXPORTER,
+        RECORDLINE_MASK_ATTRIBUTES="client-ip:hash",
+        **env,
     )
-
-
-def token(google: FakeGoogle, email: str) -> dict[str, str]:
-    audience = PUSH_AUDIENCE if email == PUSHER else READ_AUDIENCE
-    return {"Authorization": f"Bearer {google.mint(aud=audience, email=email)}"}
 
 
 @pytest.fixture
