@@ -581,7 +581,8 @@ def instructions(stack: DevStack) -> str:
             "Dead letters, once the cause is fixed (--dry-run first):",
             f"  {emulator_env} {tool} replay dead-letters "
             f"--subscription {stack.dead_letter_subscription} --url {stack.service_url} "
-            f"--token {stack.push_token}",
+            # `=`: a token may start with `-`, which an option's own word would not take.
+            f"--token={stack.push_token}",
             "",
         ]
     lines += [

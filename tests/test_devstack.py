@@ -12,8 +12,10 @@ tests/e2e/test_devstack_emulator.py.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,6 +25,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from app.commands.replay import add_arguments
+from recordline_dev.devstack import DevStack, instructions
 from tests.processes import (
     BANNER,
     ROOT,
@@ -332,3 +336,24 @@ def test_a_free_port_is_one_no_outgoing_connection_can_take_meanwhile(
     half = processes.LOWEST_PORT + (low - processes.LOWEST_PORT) // 2
     assert all(p < half for p in shares[0])
     assert all(p >= half for p in shares[1])
+
+
+def test_the_banners_replay_command_parses_whatever_its_token_starts_with() -> None:
+    # A push token is `secrets.token_urlsafe`, which starts with `-` one time in 64: the
+    # banner's `--token TOKEN` then read as a missing argument (a newcomer's pasted
+    # command failed, and a run of the whole suite with it).
+    token = "-leading-dash-token"
+    stack = DevStack(
+        service_url="http://127.0.0.1:8080",
+        store="duckdb:///tmp/x.duckdb",
+        emulator_host="127.0.0.1:8085",
+        push_subscription="records-push",
+        dead_letter_subscription="records-dead-letter-replay",
+        push_token=token,
+    )
+    (line,) = [x for x in instructions(stack).splitlines() if " replay dead-letters " in x]
+    words = shlex.split(line)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(words[words.index("replay") + 1 :])
+    assert args.token == token
