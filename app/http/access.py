@@ -59,18 +59,10 @@ class AccessRecord:
     group, and the followers' polls summed until `flush` (FOLLOWING_SECONDS after the
     first of them, and as the app stops)."""
 
-    def __init__(
-        self,
-        *,
-        system: str = "",
-        shown: Shown | None = None,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, *, system: str = "", shown: Shown | None = None) -> None:
         self._system = system
         self._shown = shown
-        self._clock = clock
         self._following: dict[tuple[Any, ...], dict[str, Any]] = {}
-        self._due = clock() + FOLLOWING_SECONDS
         # Writes the sums a minute after the first of them, whether or not another
         # request comes (a follower that stopped is recorded then, not at the next
         # request or as the app stops, which may be days on or never).
@@ -90,7 +82,7 @@ class AccessRecord:
                 status, sent = 0, 0
                 # A HEAD is answered as its GET, whose content is not sent (app.http.head).
                 head = HEAD_REQUEST in scope
-                started = self._clock()
+                started = time.monotonic()
 
                 async def counting(message: Message) -> None:
                     nonlocal status, sent
@@ -112,7 +104,7 @@ class AccessRecord:
                     SERVED.reset(token)
                     if served.rows or status >= 400 or action != "read":
                         entry = line(scope, action, self._system, status, served, sent, self._shown)
-                        entry["seconds"] = round(self._clock() - started, 6)
+                        entry["seconds"] = round(time.monotonic() - started, 6)
                         self._record(entry)
 
             return record
@@ -120,7 +112,6 @@ class AccessRecord:
         return DefineMiddleware(recorded)
 
     def _record(self, entry: dict[str, Any]) -> None:
-        now = self._clock()
         if entry["status"] < 400 and following(entry["parameters"]):
             key = (
                 entry["action"],
@@ -135,7 +126,6 @@ class AccessRecord:
                 if len(self._following) >= MOST_FOLLOWING:
                     self.flush()
                 if not self._following:
-                    self._due = now + FOLLOWING_SECONDS
                     self._timer = asyncio.get_running_loop().call_later(
                         FOLLOWING_SECONDS, self.flush
                     )
@@ -154,15 +144,12 @@ class AccessRecord:
             summed["last"] = _wall()
         else:
             _write(entry)
-        if now >= self._due:
-            self.flush()
 
     def flush(self) -> None:
         """Write the followers' polls summed since the last flush, a line each."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._due = self._clock() + FOLLOWING_SECONDS
         summed, self._following = self._following, {}
         for entry in summed.values():
             _write(entry)
