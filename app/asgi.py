@@ -617,7 +617,7 @@ def routers(
     reads: DefineMiddleware,
     exports: DefineMiddleware,
     throttled: PushPace | None = None,
-    access: AccessRecord | None = None,
+    access: AccessRecord,
     system: str = "",
 ) -> list[Router]:
     """The routes, each group behind its guards and middleware.
@@ -634,7 +634,7 @@ def routers(
 
     def recorded(action: str) -> list[DefineMiddleware]:
         # Outermost: a refusal by the middleware within (too many reads) is recorded too.
-        return [] if access is None else [access.middleware(action)]
+        return [access.middleware(action)]
 
     return [
         # Called by the push subscription; a wrapped push is judged by what a browser

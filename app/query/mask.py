@@ -330,14 +330,6 @@ class Mask:
     def _root(self, value: Any) -> tuple[Any, bool]:
         return self._masked(value, self._paths)
 
-    def _members(self, value: Any) -> Any:
-        """`value` with every member a rule masks shown as its mode says, at any depth,
-        and inside any text that is JSON again: walked with a list of its own, not the
-        interpreter's stack, which a payload nested ~500 deep would exhaust (JSON inside
-        text goes one call deeper a level, and each level doubles its backslashes: a
-        10 MB payload holds at most ~23)."""
-        return self._root(value)[0]
-
     def _rule(self, key: str, at: _Pending) -> tuple[Rule | None, _Pending]:
         """The rule masking member `key` of an object the walk reached at `at`, and
         where the walk is in the paths below it."""
@@ -361,7 +353,10 @@ class Mask:
     def _masked(self, value: Any, at: _Pending, *, anywhere: bool = False) -> tuple[Any, bool]:
         """`value`, reached at `at` in the masked paths, masked, and whether a member
         was masked or a text changed; `anywhere`, each path is masked wherever it
-        starts, not only from the root."""
+        starts, not only from the root. Walked with a list of its own, not the
+        interpreter's stack, which a payload nested ~500 deep would exhaust (JSON inside
+        text goes one call deeper a level, and each level doubles its backslashes: a 10
+        MB payload holds at most ~23)."""
         changed = False
 
         def text(member: str, at: _Pending) -> str:

@@ -430,7 +430,6 @@ class Reader:
         (READ_COPIES) until nothing made of it is held any more."""
         if self._budget is None:
             excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
-            served(len(excerpt.rows), masked=self.mask is not None)
             return excerpt
         charge = Charge(self._budget, self._share)
         try:
@@ -441,7 +440,6 @@ class Reader:
         charge.shrink(READ_COPIES * size)
         excerpt.charge = charge
         charge.until_gone(excerpt)
-        served(len(excerpt.rows), masked=self.mask is not None)
         return excerpt
 
     async def _excerpt(
@@ -506,6 +504,7 @@ class Reader:
             views = [self.mask.view(v) for v in views]
         excerpt = Excerpt(listing, cursor, rows, views, resume, horizon, full)
         excerpt.short, excerpt.size = short, size
+        served(len(rows), masked=self.mask is not None)
         return excerpt, size
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
