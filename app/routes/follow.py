@@ -19,6 +19,7 @@ from litestar import Request, Response
 from litestar.datastructures import Accept, CacheControlHeader, ETag
 from litestar.datastructures.headers import Header
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
+from litestar.types import Scope
 
 from app.auth.guards import admitted_by_pass
 from app.errors import RetryLater
@@ -41,8 +42,9 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 # when that is larger: what a follower whose client reads slowly holds while paused.
 SSE_EVENT_BYTES: Final = 1024 * 1024
 NO_CACHE: Final = CacheControlHeader(no_cache=True)
-# The request headers that carry a reader's credentials (`app.auth.guards.credentials`).
-CREDENTIALS: Final = ("authorization", "x-serverless-authorization")
+# The request headers that carry a reader's credentials (`app.auth.guards.credentials`),
+# as the scope names them.
+CREDENTIALS: Final = (b"authorization", b"x-serverless-authorization")
 # What an event stream is sent with besides its type: no cache keeps it, and no
 # proxy holds its events back to send them together (nginx's header).
 STREAMING: Final[dict[str, str]] = {"X-Accel-Buffering": "no", NO_CACHE.HEADER_NAME: "no-cache"}
@@ -70,27 +72,40 @@ def shareable(request: Request[Any, Any, Any], followers: Followers) -> bool:
     so an answer to a token is `private`: another client never gets it from the cache.
     So is an answer to a read pass: a cache that checks no pass would give it to anyone,
     and Cloud CDN keeps a signed request's answer a second whatever it says."""
-    if admitted_by_pass(request.scope):
+    if admitted_by_pass(request.scope) or not followers.shared_cache:
         return False
-    headers = request.headers
-    return followers.shared_cache and not any(name in headers for name in CREDENTIALS)
+    return not any(name.lower() in CREDENTIALS for name, _ in request.scope["headers"])
 
 
-def immutable(shared: bool, kept: int | None = None) -> CacheControlHeader:
+def immutable(shared: bool, kept: int | None = None) -> tuple[str, str]:
     """What a cache may do with an answer that can never change: keep it a year, or
-    (`kept`) only as long as the retention keeps its rows, which no cache then serves."""
-    return CacheControlHeader(
-        public=shared or None,
-        private=not shared or None,
-        max_age=IMMUTABLE_SECONDS if kept is None else min(kept, IMMUTABLE_SECONDS),
-        immutable=True,
+    (`kept`) only as long as the retention keeps its rows, which no cache then serves.
+    The Cache-Control header written as Litestar's `CacheControlHeader` writes it, but
+    at once: that finds its directives by walking its dataclass's fields, ~50 calls a
+    page."""
+    max_age = IMMUTABLE_SECONDS if kept is None else min(kept, IMMUTABLE_SECONDS)
+    return (
+        NO_CACHE.HEADER_NAME,
+        f"max-age={max_age}, {'public' if shared else 'private'}, immutable",
     )
 
 
 def unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
     """Whether the client holds what `etag` names already (`If-None-Match`)."""
-    sent = request.headers.get("if-none-match", "")
+    sent = header(request.scope, b"if-none-match")
+    if not sent:
+        return False
     return etag.to_header() in {tag.strip().removeprefix("W/") for tag in sent.split(",")}
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The request's first header `name` (lower case), as Litestar's `Headers.get` finds
+    it, but read from the scope's raw headers: the `Headers` made for that, ~20 calls a
+    request, would be kept in the scope as long as the request."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
 
 
 def until_gone(request: Request[Any, Any, Any], followers: Followers, seat: Seat) -> _UntilGone:
@@ -134,10 +149,10 @@ def wants_stream(request: Request[Any, Any, Any]) -> bool:
     matches a `q=0` range like any other, so only its parsing is used.) The higher
     quality wins; a tie, no header, or nothing acceptable: JSON.
     """
-    header = request.headers.get("accept")
-    if not header:
+    accept = header(request.scope, b"accept")
+    if not accept:
         return False
-    ranges = [_media_range(media) for media in Accept(header.lower())]
+    ranges = [_media_range(media) for media in Accept(accept.lower())]
     stream = _quality(ranges, EVENT_STREAM)
     return stream > 0 and stream > _quality(ranges, JSON)
 
@@ -160,6 +175,10 @@ def _quality(ranges: list[tuple[str, float]], media_type: str) -> float:
     specificity = {media_type: 2, wildcard: 1, "*/*": 0}
     matching = [(specificity[r], q) for r, q in ranges if r in specificity]
     return max(matching)[1] if matching else 0.0
+
+
+# An answer no cache keeps without asking again, as headers: written once.
+NOT_CACHED: Final = as_headers(NO_CACHE)
 
 
 def page_body(encodings: Encodings, page: RecordsPage | RejectionsPage) -> bytes:
@@ -199,10 +218,10 @@ def answer(
         # until the body is sent.
         charge.keep(page)
     if not full:
-        return Response(body, media_type=JSON, headers=found | as_headers(NO_CACHE))
+        return Response(body, media_type=JSON, headers=found | NOT_CACHED)
     etag = ETag(value=hashlib.sha256(body).hexdigest()[:32])
-    cache_control = immutable(shareable(request, followers), kept) if final else NO_CACHE
-    found |= as_headers(etag, cache_control)
+    found |= as_headers(etag)
+    found |= as_headers(immutable(shareable(request, followers), kept)) if final else NOT_CACHED
     if unchanged(request, etag):
         return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=found)
     return Response(body, media_type=JSON, headers=found)
