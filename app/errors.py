@@ -377,7 +377,7 @@ class TooManyFollowers(RetryLater):
 class TooManyReads(RetryLater):
     """This instance already serves as many reads, waiting pages, streams and replays at once
     as it has room for: RECORDLINE_MAX_CONNECTIONS less the share kept for pushes
-    (RECORDLINE_PUSH_RESERVE). Retry after `Retry-After`."""
+    (a fifth, `app.settings.PUSH_RESERVE`). Retry after `Retry-After`."""
 
     title = "Too many reads"
     problem = "too-many-reads"

@@ -162,6 +162,12 @@ MIN_PUSH_TOKEN_LENGTH = 16
 # would let anyone sign a cursor. Beyond loopback, a key of 16 or more characters.
 DEFAULT_PAGE_TOKEN_SECRET = "recordline-page-token"  # noqa: S105 - refused beyond loopback
 MIN_PAGE_TOKEN_SECRET_LENGTH = 16
+# Share of the connections, and of the memory budget, kept for pushes: reads, waiting
+# pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
+# hold at most the rest of the budget. A constant, not a setting: the two bounds it
+# divides (RECORDLINE_MAX_CONNECTIONS, RECORDLINE_MEMORY_BUDGET_BYTES) are the ones an
+# instance's size calls for, and a fifth for pushes holds at any size.
+PUSH_RESERVE: Final = 0.2
 PRINCIPALS_ACCEPTED = (
     "comma-separated e-mails (`ada@example.com`, `etl@P.iam.gserviceaccount.com`: no "
     "`user:` or `serviceAccount:` prefix) and `domain:example.com` entries; a token names "
@@ -252,18 +258,6 @@ class ServerSettings(Section, frozen=True):
             "instance",
         ),
     ] = 1000
-    push_reserve: Annotated[
-        float,
-        Meta(gt=0, lt=1),
-        env(
-            "RECORDLINE_PUSH_RESERVE",
-            "Share of RECORDLINE_MAX_CONNECTIONS, and of RECORDLINE_MEMORY_BUDGET_BYTES, kept "
-            "for pushes: reads, waiting pages, streams and replays in flight at once are at "
-            "most the rest (800 of 1,000), and hold at most the rest of the budget; one more "
-            "is answered 503 `too-many-reads` or `too-much-in-flight`",
-            accepts="a number between 0 and 1",
-        ),
-    ] = 0.2
     memory_budget_bytes: Annotated[
         int,
         # Room for the largest push (four times 14 MiB) beside what reads need for the largest
@@ -274,8 +268,8 @@ class ServerSettings(Section, frozen=True):
             "Most bytes the process holds for requests and answers in flight at once, "
             "whatever the connections: heads and bodies being read and decoded, rows read "
             "and what is made of them until sent. Past it a push is answered 503 at once and "
-            "a read after waiting a second, `too-much-in-flight`; reads leave "
-            "RECORDLINE_PUSH_RESERVE of it (and at least the largest push) to pushes. Sized "
+            "a read after waiting a second, `too-much-in-flight`; reads leave a fifth "
+            "of it (and at least the largest push) to pushes. Sized "
             "for a 1 GiB instance: the process's bound is this and about 600 MiB more at the "
             "defaults (docs/security.md, What the process holds)",
         ),
@@ -302,10 +296,10 @@ class ServerSettings(Section, frozen=True):
     @property
     def max_reads(self) -> int:
         """Reads in flight at once: a system's share in a cell, else what
-        RECORDLINE_PUSH_RESERVE leaves (at least one)."""
+        PUSH_RESERVE leaves (at least one)."""
         if self.system_reads:
             return self.system_reads
-        return max(1, self.max_connections - round(self.max_connections * self.push_reserve))
+        return max(1, self.max_connections - round(self.max_connections * PUSH_RESERVE))
 
 
 class StoreSettings(Section, frozen=True):
@@ -1496,6 +1490,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_BATCH_MAX_DELAY_MS": "a flush waits for no more rows",
     "RECORDLINE_HEARTBEAT_SECONDS": "a stream's heartbeat comes every 15 s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": "a schema revision's fetch ends after 3 s",
+    "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 
 

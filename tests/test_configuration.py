@@ -20,7 +20,14 @@ import pytest
 from app.cli import main
 from app.ingest import batcher, schemas
 from app.query import follow
-from app.settings import RETIRED, TOOL_VARIABLES, Settings, SettingsError, every_setting
+from app.settings import (
+    PUSH_RESERVE,
+    RETIRED,
+    TOOL_VARIABLES,
+    Settings,
+    SettingsError,
+    every_setting,
+)
 from tests.processes import free_port
 from tests.waiting import until_blocking
 
@@ -38,7 +45,6 @@ BAD_VALUES = {
     "RECORDLINE_KEEP_ALIVE_SECONDS": "-1",
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "0",
     "RECORDLINE_MAX_CONNECTIONS": "0",
-    "RECORDLINE_PUSH_RESERVE": "1",
     "RECORDLINE_MEMORY_BUDGET_BYTES": "67108864",
     "RECORDLINE_LOG_FORMAT": "xml",
     "RECORDLINE_LOG_LEVEL": "LOUD",
@@ -349,6 +355,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     ),
     "RECORDLINE_HEARTBEAT_SECONDS": lambda: f"every {follow.HEARTBEAT_SECONDS:g} s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",
+    "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
 
@@ -363,6 +370,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_BATCH_MAX_DELAY_MS",
         "RECORDLINE_HEARTBEAT_SECONDS",
         "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
+        "RECORDLINE_PUSH_RESERVE",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(

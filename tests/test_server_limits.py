@@ -787,7 +787,7 @@ def test_readers_at_the_bound_leave_pushes_their_room() -> None:
                     body += sock.recv(4096)
                 assert json.loads(body)["type"] == "/problems/too-many-reads"
             answered.append(status)
-        # 40 streams (RECORDLINE_PUSH_RESERVE keeps 10 of 50 for pushes), 10 refused.
+        # 40 streams (PUSH_RESERVE keeps 10 of 50 for pushes), 10 refused.
         assert sorted(answered) == [200] * 40 + [503] * 10
         for n in range(20):
             sock = served.connect()
