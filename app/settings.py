@@ -403,12 +403,15 @@ class StoreSettings(Section, frozen=True):
     ] = 0
 
 
+# Rows waiting to be stored before pushes get 503. A constant, not a setting: what an
+# instance can hold is bounded by bytes (RECORDLINE_QUEUE_MAX_BYTES, sized with its
+# memory); this bounds the count of rows, for many small ones, at what group commits
+# drain in seconds. (Tests build a `BatchSettings` with a queue of a few rows.)
+QUEUE_MAX_ROWS: Final = 20_000
+
+
 class BatchSettings(Section, frozen=True):
-    queue_rows: Annotated[
-        int,
-        Meta(gt=0),
-        env("RECORDLINE_QUEUE_MAX_ROWS", "Rows waiting to be stored before pushes get 503"),
-    ] = 20_000
+    queue_rows: Annotated[int, Meta(gt=0)] = QUEUE_MAX_ROWS
     queue_bytes: Annotated[
         int,
         Meta(gt=0),
@@ -1490,6 +1493,8 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_BATCH_MAX_DELAY_MS": "a flush waits for no more rows",
     "RECORDLINE_HEARTBEAT_SECONDS": "a stream's heartbeat comes every 15 s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": "a schema revision's fetch ends after 3 s",
+    "RECORDLINE_QUEUE_MAX_ROWS": "at most 20,000 rows wait to be stored; "
+    "RECORDLINE_QUEUE_MAX_BYTES bounds their bytes",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

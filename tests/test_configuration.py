@@ -22,6 +22,7 @@ from app.ingest import batcher, schemas
 from app.query import follow
 from app.settings import (
     PUSH_RESERVE,
+    QUEUE_MAX_ROWS,
     RETIRED,
     TOOL_VARIABLES,
     Settings,
@@ -64,7 +65,6 @@ BAD_VALUES = {
     "RECORDLINE_MAX_FOLLOWERS": "0",
     "RECORDLINE_PRODUCER_GRACE_SECONDS": "0",
     "RECORDLINE_RETENTION_DAYS": "1.5",
-    "RECORDLINE_QUEUE_MAX_ROWS": "0",
     "RECORDLINE_QUEUE_MAX_BYTES": "0",
     "RECORDLINE_ID_FIELD": "meta..id",
     "RECORDLINE_TIME_FIELD": "created at",
@@ -355,6 +355,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     ),
     "RECORDLINE_HEARTBEAT_SECONDS": lambda: f"every {follow.HEARTBEAT_SECONDS:g} s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",
+    "RECORDLINE_QUEUE_MAX_ROWS": lambda: f"at most {QUEUE_MAX_ROWS:,} rows",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
@@ -371,6 +372,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_HEARTBEAT_SECONDS",
         "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
         "RECORDLINE_PUSH_RESERVE",
+        "RECORDLINE_QUEUE_MAX_ROWS",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
