@@ -302,6 +302,14 @@ class ServerSettings(Section, frozen=True):
         return max(1, self.max_connections - round(self.max_connections * PUSH_RESERVE))
 
 
+# BigQuery only: rows younger than this are not served yet, so a page never races a
+# commit still in flight on another instance (docs/reading.md). A constant, not a
+# setting: it is what keeps a follower's exactly-once promise, and nothing about a
+# deployment makes a shorter one safe. (Tests on BigQuery's fakes build a
+# `StoreSettings` without it, to read at once what they pushed.)
+SETTLE_SECONDS: Final = 15.0
+
+
 class StoreSettings(Section, frozen=True):
     url: Annotated[
         str,
@@ -383,15 +391,7 @@ class StoreSettings(Section, frozen=True):
         Meta(ge=0),
         env("RECORDLINE_READ_CACHE_SECONDS", "TTL of the BigQuery read cache; 0 turns it off"),
     ] = 0.0
-    settle_seconds: Annotated[
-        float,
-        Meta(ge=0),
-        env(
-            "RECORDLINE_SETTLE_SECONDS",
-            "BigQuery only: rows younger than this are not served yet, so a page never "
-            "races a commit still in flight (see docs/reading.md)",
-        ),
-    ] = 15.0
+    settle_seconds: Annotated[float, Meta(ge=0)] = SETTLE_SECONDS
     retention_days: Annotated[
         int,
         Meta(ge=0),
@@ -1495,6 +1495,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": "a schema revision's fetch ends after 3 s",
     "RECORDLINE_QUEUE_MAX_ROWS": "at most 20,000 rows wait to be stored; "
     "RECORDLINE_QUEUE_MAX_BYTES bounds their bytes",
+    "RECORDLINE_SETTLE_SECONDS": "BigQuery's rows are served once 15 s old",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
 from litestar.testing import AsyncTestClient, TestClient
@@ -114,6 +115,13 @@ async def delivered(
 
 def settings(**env: str) -> Settings:
     return Settings.load({"RECORDLINE_STORE": "memory:", **env})
+
+
+def unsettled(settings: Settings) -> Settings:
+    """`settings` with BigQuery's rows served as soon as they are committed, not after the
+    settle window (SETTLE_SECONDS): a test on the fakes reads at once what it pushed."""
+    store = msgspec.structs.replace(settings.store, settle_seconds=0)
+    return msgspec.structs.replace(settings, store=store)
 
 
 @pytest.fixture(params=["memory", pytest.param("serving", marks=pytest.mark.emulator)])

@@ -24,6 +24,7 @@ from app.settings import (
     PUSH_RESERVE,
     QUEUE_MAX_ROWS,
     RETIRED,
+    SETTLE_SECONDS,
     TOOL_VARIABLES,
     Settings,
     SettingsError,
@@ -58,7 +59,6 @@ BAD_VALUES = {
     "RECORDLINE_EXPORT_IN_SERVICE": "sometimes",
     "SPANNER_EMULATOR_HOST": "http://localhost:9010",
     "RECORDLINE_READ_CACHE_SECONDS": "-1",
-    "RECORDLINE_SETTLE_SECONDS": "a while",
     "RECORDLINE_STREAM_SECONDS": "3601",
     "RECORDLINE_LONG_POLL_SECONDS": "61",
     "RECORDLINE_SHARED_CACHE": "sometimes",
@@ -356,6 +356,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_HEARTBEAT_SECONDS": lambda: f"every {follow.HEARTBEAT_SECONDS:g} s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",
     "RECORDLINE_QUEUE_MAX_ROWS": lambda: f"at most {QUEUE_MAX_ROWS:,} rows",
+    "RECORDLINE_SETTLE_SECONDS": lambda: f"once {SETTLE_SECONDS:g} s old",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
@@ -373,6 +374,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
         "RECORDLINE_PUSH_RESERVE",
         "RECORDLINE_QUEUE_MAX_ROWS",
+        "RECORDLINE_SETTLE_SECONDS",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
