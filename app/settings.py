@@ -162,6 +162,10 @@ MIN_PUSH_TOKEN_LENGTH = 16
 # would let anyone sign a cursor. Beyond loopback, a key of 16 or more characters.
 DEFAULT_PAGE_TOKEN_SECRET = "recordline-page-token"  # noqa: S105 - refused beyond loopback
 MIN_PAGE_TOKEN_SECRET_LENGTH = 16
+# Bounds of the server on each connection (`ServerSettings`, app.http.limits): constants,
+# not settings; a test that needs a real process with a shorter one builds its
+# `ServerSettings` (tests/tuned.py).
+HEADER_TIMEOUT_SECONDS: Final = 10.0
 # Share of the connections, and of the memory budget, kept for pushes: reads, waiting
 # pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
 # hold at most the rest of the budget. A constant, not a setting: the two bounds it
@@ -211,15 +215,10 @@ class ServerSettings(Section, frozen=True):
             "attributes of Pub/Sub's largest sends ~130 KB)",
         ),
     ] = 256 * 1024
-    header_timeout_seconds: Annotated[
-        float,
-        Meta(gt=0, le=300),
-        env(
-            "RECORDLINE_HEADER_TIMEOUT_SECONDS",
-            "How long a request's line and headers may take to arrive, from its first byte "
-            "(from the connection's opening, for its first request); then it is closed",
-        ),
-    ] = 10.0
+    # How long a request's line and headers may take to arrive, from its first byte (from
+    # the connection's opening, for its first request); then it is closed. A constant,
+    # not a setting: a sender's head arrives in milliseconds, whatever the deployment.
+    header_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = HEADER_TIMEOUT_SECONDS
     body_timeout_seconds: Annotated[
         float,
         Meta(gt=0, le=600),
@@ -1496,6 +1495,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_QUEUE_MAX_ROWS": "at most 20,000 rows wait to be stored; "
     "RECORDLINE_QUEUE_MAX_BYTES bounds their bytes",
     "RECORDLINE_SETTLE_SECONDS": "BigQuery's rows are served once 15 s old",
+    "RECORDLINE_HEADER_TIMEOUT_SECONDS": "a request's line and headers arrive within 10 s",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

@@ -21,6 +21,7 @@ from app.cli import main
 from app.ingest import batcher, schemas
 from app.query import follow
 from app.settings import (
+    HEADER_TIMEOUT_SECONDS,
     PUSH_RESERVE,
     QUEUE_MAX_ROWS,
     RETIRED,
@@ -42,7 +43,6 @@ BAD_VALUES = {
     "RECORDLINE_MAX_BODY_BYTES": "-5",
     "RECORDLINE_EXPORT_MAX_BYTES": "1024",
     "RECORDLINE_MAX_HEADER_BYTES": "1024",
-    "RECORDLINE_HEADER_TIMEOUT_SECONDS": "0",
     "RECORDLINE_BODY_TIMEOUT_SECONDS": "0",
     "RECORDLINE_KEEP_ALIVE_SECONDS": "-1",
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "0",
@@ -357,6 +357,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",
     "RECORDLINE_QUEUE_MAX_ROWS": lambda: f"at most {QUEUE_MAX_ROWS:,} rows",
     "RECORDLINE_SETTLE_SECONDS": lambda: f"once {SETTLE_SECONDS:g} s old",
+    "RECORDLINE_HEADER_TIMEOUT_SECONDS": lambda: f"within {HEADER_TIMEOUT_SECONDS:g} s",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
@@ -375,6 +376,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_PUSH_RESERVE",
         "RECORDLINE_QUEUE_MAX_ROWS",
         "RECORDLINE_SETTLE_SECONDS",
+        "RECORDLINE_HEADER_TIMEOUT_SECONDS",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
