@@ -166,6 +166,7 @@ MIN_PAGE_TOKEN_SECRET_LENGTH = 16
 # not settings; a test that needs a real process with a shorter one builds its
 # `ServerSettings` (tests/tuned.py).
 HEADER_TIMEOUT_SECONDS: Final = 10.0
+KEEP_ALIVE_SECONDS: Final = 75.0
 # Share of the connections, and of the memory budget, kept for pushes: reads, waiting
 # pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
 # hold at most the rest of the budget. A constant, not a setting: the two bounds it
@@ -238,14 +239,10 @@ class ServerSettings(Section, frozen=True):
             "event); then the connection is closed and what was not sent is dropped",
         ),
     ] = 30.0
-    keep_alive_seconds: Annotated[
-        float,
-        Meta(gt=0, le=3600),
-        env(
-            "RECORDLINE_KEEP_ALIVE_SECONDS",
-            "How long an idle connection is kept between requests; Pub/Sub reuses them",
-        ),
-    ] = 75.0
+    # How long an idle connection is kept between requests; Pub/Sub reuses them. A
+    # constant, not a setting: what idle connections hold is bounded by
+    # RECORDLINE_MAX_CONNECTIONS, at which the longest idle is closed first.
+    keep_alive_seconds: Annotated[float, Meta(gt=0, le=3600)] = KEEP_ALIVE_SECONDS
     max_connections: Annotated[
         int,
         Meta(ge=1),
@@ -1496,6 +1493,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_QUEUE_MAX_BYTES bounds their bytes",
     "RECORDLINE_SETTLE_SECONDS": "BigQuery's rows are served once 15 s old",
     "RECORDLINE_HEADER_TIMEOUT_SECONDS": "a request's line and headers arrive within 10 s",
+    "RECORDLINE_KEEP_ALIVE_SECONDS": "an idle connection is kept 75 s between requests",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

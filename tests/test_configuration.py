@@ -22,6 +22,7 @@ from app.ingest import batcher, schemas
 from app.query import follow
 from app.settings import (
     HEADER_TIMEOUT_SECONDS,
+    KEEP_ALIVE_SECONDS,
     PUSH_RESERVE,
     QUEUE_MAX_ROWS,
     RETIRED,
@@ -44,7 +45,6 @@ BAD_VALUES = {
     "RECORDLINE_EXPORT_MAX_BYTES": "1024",
     "RECORDLINE_MAX_HEADER_BYTES": "1024",
     "RECORDLINE_BODY_TIMEOUT_SECONDS": "0",
-    "RECORDLINE_KEEP_ALIVE_SECONDS": "-1",
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "0",
     "RECORDLINE_MAX_CONNECTIONS": "0",
     "RECORDLINE_MEMORY_BUDGET_BYTES": "67108864",
@@ -358,6 +358,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_QUEUE_MAX_ROWS": lambda: f"at most {QUEUE_MAX_ROWS:,} rows",
     "RECORDLINE_SETTLE_SECONDS": lambda: f"once {SETTLE_SECONDS:g} s old",
     "RECORDLINE_HEADER_TIMEOUT_SECONDS": lambda: f"within {HEADER_TIMEOUT_SECONDS:g} s",
+    "RECORDLINE_KEEP_ALIVE_SECONDS": lambda: f"kept {KEEP_ALIVE_SECONDS:g} s",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
@@ -377,6 +378,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_QUEUE_MAX_ROWS",
         "RECORDLINE_SETTLE_SECONDS",
         "RECORDLINE_HEADER_TIMEOUT_SECONDS",
+        "RECORDLINE_KEEP_ALIVE_SECONDS",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
