@@ -149,7 +149,7 @@ class HeadersTooLarge(RecordlineError):
 
 
 class RequestTimeout(RecordlineError):
-    """The request's body did not arrive within RECORDLINE_BODY_TIMEOUT_SECONDS of its
+    """The request's body did not arrive within 30 s (BODY_TIMEOUT_SECONDS) of its
     headers. The connection is closed."""
 
     status = 408

@@ -21,6 +21,7 @@ from app.cli import main
 from app.ingest import batcher, schemas
 from app.query import follow
 from app.settings import (
+    BODY_TIMEOUT_SECONDS,
     HEADER_TIMEOUT_SECONDS,
     KEEP_ALIVE_SECONDS,
     PUSH_RESERVE,
@@ -44,7 +45,6 @@ BAD_VALUES = {
     "RECORDLINE_MAX_BODY_BYTES": "-5",
     "RECORDLINE_EXPORT_MAX_BYTES": "1024",
     "RECORDLINE_MAX_HEADER_BYTES": "1024",
-    "RECORDLINE_BODY_TIMEOUT_SECONDS": "0",
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "0",
     "RECORDLINE_MAX_CONNECTIONS": "0",
     "RECORDLINE_MEMORY_BUDGET_BYTES": "67108864",
@@ -359,6 +359,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_SETTLE_SECONDS": lambda: f"once {SETTLE_SECONDS:g} s old",
     "RECORDLINE_HEADER_TIMEOUT_SECONDS": lambda: f"within {HEADER_TIMEOUT_SECONDS:g} s",
     "RECORDLINE_KEEP_ALIVE_SECONDS": lambda: f"kept {KEEP_ALIVE_SECONDS:g} s",
+    "RECORDLINE_BODY_TIMEOUT_SECONDS": lambda: f"within {BODY_TIMEOUT_SECONDS:g} s",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 

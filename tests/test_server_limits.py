@@ -96,8 +96,8 @@ def serve(server: dict[str, float] | None = None, **env: str) -> Iterator[Served
 def small() -> Iterator[Served]:
     """A service with small bounds, so that trying them is quick; pushes need the token."""
     with serve(
+        {"body_timeout_seconds": BODY_TIMEOUT},
         RECORDLINE_MAX_HEADER_BYTES=str(HEAD_BYTES),
-        RECORDLINE_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
         RECORDLINE_PUSH_TOKEN=TOKEN,
     ) as served:
         yield served

@@ -645,10 +645,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         else:
             seconds = self.limits.body_timeout_seconds
             self._refuse_in_body(
-                RequestTimeout(
-                    f"the body did not arrive within {seconds:g} s of the headers "
-                    "(RECORDLINE_BODY_TIMEOUT_SECONDS)"
-                )
+                RequestTimeout(f"the body did not arrive within {seconds:g} s of the headers")
             )
 
 
