@@ -168,6 +168,7 @@ MIN_PAGE_TOKEN_SECRET_LENGTH = 16
 HEADER_TIMEOUT_SECONDS: Final = 10.0
 KEEP_ALIVE_SECONDS: Final = 75.0
 BODY_TIMEOUT_SECONDS: Final = 30.0
+SEND_TIMEOUT_SECONDS: Final = 30.0
 # Share of the connections, and of the memory budget, kept for pushes: reads, waiting
 # pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
 # hold at most the rest of the budget. A constant, not a setting: the two bounds it
@@ -226,18 +227,11 @@ class ServerSettings(Section, frozen=True):
     # Pub/Sub sends from Google's network, and the largest push (13.4 MB) within 30 s needs
     # 0.45 MB/s.
     body_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = BODY_TIMEOUT_SECONDS
-    send_timeout_seconds: Annotated[
-        float,
-        Meta(gt=0, le=600),
-        env(
-            "RECORDLINE_SEND_TIMEOUT_SECONDS",
-            "How long an answer may wait for its client to take any of it (a stream: its next "
-            "event); then the connection is closed and what was not sent is dropped",
-        ),
-    ] = 30.0
-    # How long an idle connection is kept between requests; Pub/Sub reuses them. A
-    # constant, not a setting: what idle connections hold is bounded by
-    # RECORDLINE_MAX_CONNECTIONS, at which the longest idle is closed first.
+    # How long an answer may wait for its client to take any of it (a stream: its next
+    # event); then the connection is closed and what was not sent is dropped. A constant,
+    # not a setting: a client that reads takes some of its answer within seconds, and what
+    # one that does not holds is bounded by RECORDLINE_MEMORY_BUDGET_BYTES meanwhile.
+    send_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = SEND_TIMEOUT_SECONDS
     keep_alive_seconds: Annotated[float, Meta(gt=0, le=3600)] = KEEP_ALIVE_SECONDS
     max_connections: Annotated[
         int,
@@ -1491,6 +1485,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_HEADER_TIMEOUT_SECONDS": "a request's line and headers arrive within 10 s",
     "RECORDLINE_KEEP_ALIVE_SECONDS": "an idle connection is kept 75 s between requests",
     "RECORDLINE_BODY_TIMEOUT_SECONDS": "a request's body arrives within 30 s of its headers",
+    "RECORDLINE_SEND_TIMEOUT_SECONDS": "a client taking none of its answer for 30 s is cut off",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

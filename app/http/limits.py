@@ -101,7 +101,7 @@ class Connection(Protocol):
 
     def cut(self) -> None:
         """Close the connection now, dropping what it has not sent: its client took
-        nothing for RECORDLINE_SEND_TIMEOUT_SECONDS."""
+        nothing for SEND_TIMEOUT_SECONDS."""
         ...
 
 
@@ -361,7 +361,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def cut(self) -> None:
         """Close the connection now, dropping what it has not sent, for a client that took
-        nothing for RECORDLINE_SEND_TIMEOUT_SECONDS (counted as `send-timeout`): a
+        nothing for SEND_TIMEOUT_SECONDS (counted as `send-timeout`): a
         follower cut off releases the event it held at once, not when its client reads it
         (`close` would keep it until then)."""
         self._disarm()
@@ -390,7 +390,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._stall = None
 
     def _stalled(self) -> None:
-        """The client took nothing of its answer for RECORDLINE_SEND_TIMEOUT_SECONDS."""
+        """The client took nothing of its answer for SEND_TIMEOUT_SECONDS."""
         self._stall = None
         unsent = self.transport.get_write_buffer_size()
         if unsent < self._unsent:
