@@ -169,6 +169,7 @@ HEADER_TIMEOUT_SECONDS: Final = 10.0
 KEEP_ALIVE_SECONDS: Final = 75.0
 BODY_TIMEOUT_SECONDS: Final = 30.0
 SEND_TIMEOUT_SECONDS: Final = 30.0
+MAX_HEADER_BYTES: Final = 256 * 1024
 # Share of the connections, and of the memory budget, kept for pushes: reads, waiting
 # pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
 # hold at most the rest of the budget. A constant, not a setting: the two bounds it
@@ -208,19 +209,11 @@ class ServerSettings(Section, frozen=True):
             "Largest push body accepted; a 10 MB Pub/Sub message is ~13.4 MB once base64-wrapped",
         ),
     ] = 14 * 1024 * 1024
-    max_header_bytes: Annotated[
-        int,
-        Meta(ge=16 * 1024, le=16 * 1024 * 1024),
-        env(
-            "RECORDLINE_MAX_HEADER_BYTES",
-            "Largest request line and headers together, and largest trailers and framing of a "
-            "chunked body; more is a 431 and a closed connection (an unwrapped push with 100 "
-            "attributes of Pub/Sub's largest sends ~130 KB)",
-        ),
-    ] = 256 * 1024
-    # How long a request's line and headers may take to arrive, from its first byte (from
-    # the connection's opening, for its first request); then it is closed. A constant,
-    # not a setting: a sender's head arrives in milliseconds, whatever the deployment.
+    # Largest request line and headers together, and largest trailers and framing of a
+    # chunked body; more is a 431 and a closed connection. A constant, not a setting: it is
+    # what Pub/Sub sends at most (an unwrapped push with 100 attributes of its largest sends
+    # ~130 KB), with room.
+    max_header_bytes: Annotated[int, Meta(ge=16 * 1024, le=16 * 1024 * 1024)] = MAX_HEADER_BYTES
     header_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = HEADER_TIMEOUT_SECONDS
     # How long a request's body (and a chunked body's trailers) may take to arrive, from
     # the end of its headers; then it is answered 408 and closed. A constant, not a setting:
@@ -1486,6 +1479,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_KEEP_ALIVE_SECONDS": "an idle connection is kept 75 s between requests",
     "RECORDLINE_BODY_TIMEOUT_SECONDS": "a request's body arrives within 30 s of its headers",
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "a client taking none of its answer for 30 s is cut off",
+    "RECORDLINE_MAX_HEADER_BYTES": "a request's line and headers are at most 256 KiB",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

@@ -96,8 +96,7 @@ def serve(server: dict[str, float] | None = None, **env: str) -> Iterator[Served
 def small() -> Iterator[Served]:
     """A service with small bounds, so that trying them is quick; pushes need the token."""
     with serve(
-        {"body_timeout_seconds": BODY_TIMEOUT},
-        RECORDLINE_MAX_HEADER_BYTES=str(HEAD_BYTES),
+        {"body_timeout_seconds": BODY_TIMEOUT, "max_header_bytes": HEAD_BYTES},
         RECORDLINE_PUSH_TOKEN=TOKEN,
     ) as served:
         yield served

@@ -44,7 +44,7 @@ HEADER_FRAMING: Final = 4
 # Requests a connection may send ahead of their answers (pipelined), waiting behind the
 # one being answered: each holds ~2 KiB of objects however few its bytes (1.2 million
 # pipelined 34-byte requests once held 2.9 GB), so they are counted, and their heads
-# together are at most RECORDLINE_MAX_HEADER_BYTES. No client of this service pipelines.
+# together are at most MAX_HEADER_BYTES. No client of this service pipelines.
 MAX_PIPELINED: Final = 32
 # How long a refused connection is still read from, what comes dropped, once its
 # refusal is sent: closed with bytes unread, the connection would be reset, and a
@@ -526,8 +526,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._in_flight and self._queued_too_much(len(self.url) + _fields_bytes(headers)):
             return self._answer(
                 TooManyPipelined(
-                    f"more than {MAX_PIPELINED} requests (or {limit} bytes of their heads, "
-                    "RECORDLINE_MAX_HEADER_BYTES) waiting on one connection behind the one "
+                    f"more than {MAX_PIPELINED} requests (or {limit} bytes of their heads) "
+                    "waiting on one connection behind the one "
                     "being answered; send the rest again on a new connection"
                 )
             )
@@ -572,8 +572,8 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def _too_large(self, what: str) -> HeadersTooLarge:
         return HeadersTooLarge(
-            f"{what} are larger than {self.limits.max_header_bytes} bytes "
-            f"(RECORDLINE_MAX_HEADER_BYTES), or than {MAX_HEADERS} fields"
+            f"{what} are larger than {self.limits.max_header_bytes} bytes, "
+            f"or than {MAX_HEADERS} fields"
         )
 
     def _answer(self, error: RecordlineError) -> bytes:
