@@ -462,6 +462,13 @@ class SchemaSettings(Section, frozen=True):
     ] = ""
 
 
+# How long a stream's long-poll waits for rows before its 204. A constant, not a
+# setting: it is under the clients' read timeout (30 s in the Durable Streams Python
+# client), which no deployment chooses; a shared cache in front is set a few seconds
+# longer (docs/deploying.md). (Tests build a `QuerySettings` with a shorter one.)
+LONG_POLL_SECONDS: Final = 20.0
+
+
 class QuerySettings(Section, frozen=True):
     page_token_secret: Annotated[
         str,
@@ -508,16 +515,9 @@ class QuerySettings(Section, frozen=True):
             "answered 503 with Retry-After",
         ),
     ] = 1000
-    long_poll_seconds: Annotated[
-        float,
-        Meta(gt=0, le=60),
-        env(
-            "RECORDLINE_LONG_POLL_SECONDS",
-            "How long a stream's long-poll (`/v1/streams/...?live=long-poll`) waits for rows "
-            "before it answers 204; keep it under the clients' read timeout (30 s in the "
-            "Durable Streams Python client)",
-        ),
-    ] = 20.0
+    # How long a stream's long-poll (`/v1/streams/...?live=long-poll`) waits for rows
+    # before it answers 204 (LONG_POLL_SECONDS).
+    long_poll_seconds: Annotated[float, Meta(gt=0, le=60)] = LONG_POLL_SECONDS
     shared_cache: Annotated[
         bool,
         env(
@@ -1480,6 +1480,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_BODY_TIMEOUT_SECONDS": "a request's body arrives within 30 s of its headers",
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "a client taking none of its answer for 30 s is cut off",
     "RECORDLINE_MAX_HEADER_BYTES": "a request's line and headers are at most 256 KiB",
+    "RECORDLINE_LONG_POLL_SECONDS": "a stream's long-poll waits 20 s for rows",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

@@ -124,6 +124,13 @@ def unsettled(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, store=store)
 
 
+def long_polling(settings: Settings, seconds: float) -> Settings:
+    """`settings` whose streams' long-polls wait `seconds` for rows, not LONG_POLL_SECONDS
+    (20 s): a test sees one answer 204 within its run."""
+    query = msgspec.structs.replace(settings.query, long_poll_seconds=seconds)
+    return msgspec.structs.replace(settings, query=query)
+
+
 @pytest.fixture(params=["memory", pytest.param("serving", marks=pytest.mark.emulator)])
 def store(request: pytest.FixtureRequest) -> FaultyStore:
     """The store API tests run on: the embedded default, and the serving tier

@@ -19,7 +19,7 @@ from app.settings import Settings
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import Abort, FakeBigQueryWrite
-from tests.conftest import envelope, served, unsettled
+from tests.conftest import envelope, long_polling, served, unsettled
 
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
 
@@ -140,10 +140,10 @@ async def test_a_durable_streams_client_follows_bigquery_alone(
                 "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
                 "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
                 "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-                "RECORDLINE_LONG_POLL_SECONDS": "5",
             }
         )
     )
+    settings = long_polling(settings, 5)
     async with served(create_app(settings)) as client:
         url = f"{client.base_url}/v1/streams/records"
         for n in range(3):
