@@ -162,14 +162,16 @@ MIN_PUSH_TOKEN_LENGTH = 16
 # would let anyone sign a cursor. Beyond loopback, a key of 16 or more characters.
 DEFAULT_PAGE_TOKEN_SECRET = "recordline-page-token"  # noqa: S105 - refused beyond loopback
 MIN_PAGE_TOKEN_SECRET_LENGTH = 16
-# Bounds of the server on each connection (`ServerSettings`, app.http.limits): constants,
-# not settings; a test that needs a real process with a shorter one builds its
-# `ServerSettings` (tests/tuned.py).
+# The server's bounds on each connection (app.http.limits) and its stop's time: the
+# defaults of `ServerSettings` fields that no variable sets (each says why there); a
+# test that needs a real process with a shorter one builds its `ServerSettings`
+# (tests/tuned.py).
 HEADER_TIMEOUT_SECONDS: Final = 10.0
 KEEP_ALIVE_SECONDS: Final = 75.0
 BODY_TIMEOUT_SECONDS: Final = 30.0
 SEND_TIMEOUT_SECONDS: Final = 30.0
 MAX_HEADER_BYTES: Final = 256 * 1024
+SHUTDOWN_GRACE_SECONDS: Final = 7.0
 # Share of the connections, and of the memory budget, kept for pushes: reads, waiting
 # pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
 # hold at most the rest of the budget. A constant, not a setting: the two bounds it
@@ -192,15 +194,10 @@ class ServerSettings(Section, frozen=True):
     port: Annotated[
         int, Meta(ge=0, le=65535), env("PORT", "Port to serve on (Cloud Run sets it)")
     ] = 8080
-    shutdown_grace_seconds: Annotated[
-        float,
-        Meta(gt=0),
-        env(
-            "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
-            "On SIGTERM, the time within which the process exits: in-flight pushes are "
-            "answered 2 s before it ends, whatever the store does; Cloud Run kills at 10 s",
-        ),
-    ] = 7.0
+    # On SIGTERM, the time within which the process exits: in-flight pushes are answered
+    # 2 s before it ends, whatever the store does. A constant, not a setting: Cloud Run kills
+    # at 10 s, whatever the deployment.
+    shutdown_grace_seconds: Annotated[float, Meta(gt=0)] = SHUTDOWN_GRACE_SECONDS
     max_body_bytes: Annotated[
         int,
         Meta(gt=0),
@@ -1481,6 +1478,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_SEND_TIMEOUT_SECONDS": "a client taking none of its answer for 30 s is cut off",
     "RECORDLINE_MAX_HEADER_BYTES": "a request's line and headers are at most 256 KiB",
     "RECORDLINE_LONG_POLL_SECONDS": "a stream's long-poll waits 20 s for rows",
+    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": "on SIGTERM the process exits within 7 s",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

@@ -31,6 +31,7 @@ from app.settings import (
     RETIRED,
     SEND_TIMEOUT_SECONDS,
     SETTLE_SECONDS,
+    SHUTDOWN_GRACE_SECONDS,
     TOOL_VARIABLES,
     Settings,
     SettingsError,
@@ -44,7 +45,6 @@ from tests.waiting import until_blocking
 BAD_VALUES = {
     "RECORDLINE_HOST": "two words",
     "PORT": "abc",
-    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": "0",
     "RECORDLINE_MAX_BODY_BYTES": "-5",
     "RECORDLINE_EXPORT_MAX_BYTES": "1024",
     "RECORDLINE_MAX_CONNECTIONS": "0",
@@ -363,6 +363,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_SEND_TIMEOUT_SECONDS": lambda: f"for {SEND_TIMEOUT_SECONDS:g} s",
     "RECORDLINE_MAX_HEADER_BYTES": lambda: f"at most {MAX_HEADER_BYTES // 1024} KiB",
     "RECORDLINE_LONG_POLL_SECONDS": lambda: f"waits {LONG_POLL_SECONDS:g} s",
+    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": lambda: f"within {SHUTDOWN_GRACE_SECONDS:g} s",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
