@@ -384,6 +384,11 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_SETTLE_SECONDS",
         "RECORDLINE_HEADER_TIMEOUT_SECONDS",
         "RECORDLINE_KEEP_ALIVE_SECONDS",
+        "RECORDLINE_BODY_TIMEOUT_SECONDS",
+        "RECORDLINE_SEND_TIMEOUT_SECONDS",
+        "RECORDLINE_MAX_HEADER_BYTES",
+        "RECORDLINE_LONG_POLL_SECONDS",
+        "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
