@@ -466,6 +466,10 @@ class SchemaSettings(Section, frozen=True):
 LONG_POLL_SECONDS: Final = 20.0
 
 
+# Most bytes one export sends (`QuerySettings.export_max_bytes`).
+EXPORT_MAX_BYTES: Final = 256 * 1024 * 1024
+
+
 class QuerySettings(Section, frozen=True):
     page_token_secret: Annotated[
         str,
@@ -561,15 +565,10 @@ class QuerySettings(Section, frozen=True):
             "`client-ip:hash`",
         ),
     ] = ""
-    export_max_bytes: Annotated[
-        int,
-        Meta(ge=1024 * 1024, le=16 * 1024**3),
-        env(
-            "RECORDLINE_EXPORT_MAX_BYTES",
-            "Most bytes one export (`/v1/export/...`) sends; past it the export ends with a "
-            "note and the token to go on from",
-        ),
-    ] = 256 * 1024 * 1024
+    # Most bytes one export (`/v1/export/...`) sends; past it the export ends with a note
+    # and the token to go on from. A constant, not a setting, as its other bounds are
+    # (`max_rows`, four minutes): an export goes on from its token, whatever the size.
+    export_max_bytes: Annotated[int, Meta(ge=1024 * 1024, le=16 * 1024**3)] = EXPORT_MAX_BYTES
 
 
 def names(value: str) -> list[str]:
@@ -1479,6 +1478,7 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_MAX_HEADER_BYTES": "a request's line and headers are at most 256 KiB",
     "RECORDLINE_LONG_POLL_SECONDS": "a stream's long-poll waits 20 s for rows",
     "RECORDLINE_SHUTDOWN_GRACE_SECONDS": "on SIGTERM the process exits within 7 s",
+    "RECORDLINE_EXPORT_MAX_BYTES": "an export sends at most 256 MiB, then the token to go on from",
     "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 

@@ -22,6 +22,7 @@ from app.ingest import batcher, schemas
 from app.query import follow
 from app.settings import (
     BODY_TIMEOUT_SECONDS,
+    EXPORT_MAX_BYTES,
     HEADER_TIMEOUT_SECONDS,
     KEEP_ALIVE_SECONDS,
     LONG_POLL_SECONDS,
@@ -46,7 +47,6 @@ BAD_VALUES = {
     "RECORDLINE_HOST": "two words",
     "PORT": "abc",
     "RECORDLINE_MAX_BODY_BYTES": "-5",
-    "RECORDLINE_EXPORT_MAX_BYTES": "1024",
     "RECORDLINE_MAX_CONNECTIONS": "0",
     "RECORDLINE_MEMORY_BUDGET_BYTES": "67108864",
     "RECORDLINE_LOG_FORMAT": "xml",
@@ -364,6 +364,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
     "RECORDLINE_MAX_HEADER_BYTES": lambda: f"at most {MAX_HEADER_BYTES // 1024} KiB",
     "RECORDLINE_LONG_POLL_SECONDS": lambda: f"waits {LONG_POLL_SECONDS:g} s",
     "RECORDLINE_SHUTDOWN_GRACE_SECONDS": lambda: f"within {SHUTDOWN_GRACE_SECONDS:g} s",
+    "RECORDLINE_EXPORT_MAX_BYTES": lambda: f"at most {EXPORT_MAX_BYTES // 2**20} MiB",
     "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
@@ -389,6 +390,7 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_MAX_HEADER_BYTES",
         "RECORDLINE_LONG_POLL_SECONDS",
         "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
+        "RECORDLINE_EXPORT_MAX_BYTES",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(
