@@ -381,8 +381,8 @@ class StoreSettings(Section, frozen=True):
 
 # Rows waiting to be stored before pushes get 503. A constant, not a setting: what an
 # instance can hold is bounded by bytes (RECORDLINE_QUEUE_MAX_BYTES, sized with its
-# memory); this bounds the count of rows, for many small ones, at what group commits
-# drain in seconds. (Tests build a `BatchSettings` with a queue of a few rows.)
+# memory); this bounds the count of rows, for many small ones. (Tests build a
+# `BatchSettings` with a queue of a few rows.)
 QUEUE_MAX_ROWS: Final = 20_000
 
 
