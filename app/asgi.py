@@ -64,7 +64,14 @@ from app.routes.reads import (
     reads_middleware,
 )
 from app.routes.streams import STREAM_ROUTES
-from app.settings import QuerySettings, ServerSettings, Settings, SettingsError, names
+from app.settings import (
+    PUSH_RESERVE,
+    QuerySettings,
+    ServerSettings,
+    Settings,
+    SettingsError,
+    names,
+)
 from app.store import Store
 from app.store.copies import LaterCopies, told_all
 from app.store.open import open_store
@@ -327,11 +334,11 @@ def probes_canary(settings: Settings) -> bool:
 
 def in_flight(server: ServerSettings) -> Budget:
     """The process's budget for requests and answers in flight: reads leave pushes
-    RECORDLINE_PUSH_RESERVE of it, and at least room for the largest push beside what
+    PUSH_RESERVE of it, and at least room for the largest push beside what
     large pushes leave to small ones (`app.budget`)."""
     most = server.memory_budget_bytes
     largest_push = server.max_header_bytes + BODY_COPIES * server.max_body_bytes
-    room = max(round(most * server.push_reserve), largest_push + round(most * LARGE_ROOM))
+    room = max(round(most * PUSH_RESERVE), largest_push + round(most * LARGE_ROOM))
     return Budget(most, read_room=room)
 
 

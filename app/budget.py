@@ -24,7 +24,7 @@ SMALL_BYTES: Final = 64 * 1024
 LARGE_ROOM: Final = 1 / 16
 # How long a read waits for room before it is refused: a page of the largest rows is
 # sent in well under this to a client that reads, and a client that does not is cut
-# off at the send timeout (RECORDLINE_SEND_TIMEOUT_SECONDS).
+# off at the send timeout (SEND_TIMEOUT_SECONDS).
 READ_WAIT_SECONDS: Final = 1.0
 # Reads take more than the least they need only while this share of the room they
 # have is left: a thousand followers woken at once find room for their least each,

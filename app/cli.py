@@ -785,7 +785,14 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(environ, typed)
     if settings is None:
         return 2
+    return serve(settings, typed)
 
+
+def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
+    """`recordline serve` with `settings`, until stopped; its exit status. (What is a
+    constant in the service, a test that needs a real process builds otherwise here.)
+    `typed`: the flags that set variables, which a refusal names as the user typed them."""
+    typed = typed or {}
     import uvicorn
 
     from app.asgi import create_app

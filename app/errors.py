@@ -140,7 +140,7 @@ class BodyTooLarge(RecordlineError):
 
 class HeadersTooLarge(RecordlineError):
     """The request line and headers, or a chunked body's trailers and framing, are larger
-    than the service reads (RECORDLINE_MAX_HEADER_BYTES, and at most 256 header fields).
+    than the service reads (256 KiB, MAX_HEADER_BYTES, and at most 256 header fields).
     The connection is closed."""
 
     status = 431
@@ -149,7 +149,7 @@ class HeadersTooLarge(RecordlineError):
 
 
 class RequestTimeout(RecordlineError):
-    """The request's body did not arrive within RECORDLINE_BODY_TIMEOUT_SECONDS of its
+    """The request's body did not arrive within 30 s (BODY_TIMEOUT_SECONDS) of its
     headers. The connection is closed."""
 
     status = 408
@@ -377,7 +377,7 @@ class TooManyFollowers(RetryLater):
 class TooManyReads(RetryLater):
     """This instance already serves as many reads, waiting pages, streams and replays at once
     as it has room for: RECORDLINE_MAX_CONNECTIONS less the share kept for pushes
-    (RECORDLINE_PUSH_RESERVE). Retry after `Retry-After`."""
+    (a fifth, `app.settings.PUSH_RESERVE`). Retry after `Retry-After`."""
 
     title = "Too many reads"
     problem = "too-many-reads"
@@ -417,7 +417,7 @@ class TooManyConnections(RetryLater):
 
 class TooManyPipelined(RetryLater):
     """The connection sent more requests ahead of their answers than the service holds for
-    one connection (32, and their heads together at most RECORDLINE_MAX_HEADER_BYTES): the
+    one connection (32, and their heads together at most MAX_HEADER_BYTES): the
     requests ahead are answered, this one and what follows it are not read, and the
     connection is closed. Send the rest again, on a new connection."""
 

@@ -162,6 +162,22 @@ MIN_PUSH_TOKEN_LENGTH = 16
 # would let anyone sign a cursor. Beyond loopback, a key of 16 or more characters.
 DEFAULT_PAGE_TOKEN_SECRET = "recordline-page-token"  # noqa: S105 - refused beyond loopback
 MIN_PAGE_TOKEN_SECRET_LENGTH = 16
+# The server's bounds on each connection (app.http.limits) and its stop's time: the
+# defaults of `ServerSettings` fields that no variable sets (each says why there); a
+# test that needs a real process with a shorter one builds its `ServerSettings`
+# (tests/tuned.py).
+HEADER_TIMEOUT_SECONDS: Final = 10.0
+KEEP_ALIVE_SECONDS: Final = 75.0
+BODY_TIMEOUT_SECONDS: Final = 30.0
+SEND_TIMEOUT_SECONDS: Final = 30.0
+MAX_HEADER_BYTES: Final = 256 * 1024
+SHUTDOWN_GRACE_SECONDS: Final = 7.0
+# Share of the connections, and of the memory budget, kept for pushes: reads, waiting
+# pages, streams and replays in flight at once are at most the rest (800 of 1,000), and
+# hold at most the rest of the budget. A constant, not a setting: the two bounds it
+# divides (RECORDLINE_MAX_CONNECTIONS, RECORDLINE_MEMORY_BUDGET_BYTES) are the ones an
+# instance's size calls for, and a fifth for pushes holds at any size.
+PUSH_RESERVE: Final = 0.2
 PRINCIPALS_ACCEPTED = (
     "comma-separated e-mails (`ada@example.com`, `etl@P.iam.gserviceaccount.com`: no "
     "`user:` or `serviceAccount:` prefix) and `domain:example.com` entries; a token names "
@@ -178,15 +194,10 @@ class ServerSettings(Section, frozen=True):
     port: Annotated[
         int, Meta(ge=0, le=65535), env("PORT", "Port to serve on (Cloud Run sets it)")
     ] = 8080
-    shutdown_grace_seconds: Annotated[
-        float,
-        Meta(gt=0),
-        env(
-            "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
-            "On SIGTERM, the time within which the process exits: in-flight pushes are "
-            "answered 2 s before it ends, whatever the store does; Cloud Run kills at 10 s",
-        ),
-    ] = 7.0
+    # On SIGTERM, the time within which the process exits: in-flight pushes are answered
+    # 2 s before it ends, whatever the store does. A constant, not a setting: Cloud Run kills
+    # at 10 s, whatever the deployment.
+    shutdown_grace_seconds: Annotated[float, Meta(gt=0)] = SHUTDOWN_GRACE_SECONDS
     max_body_bytes: Annotated[
         int,
         Meta(gt=0),
@@ -195,52 +206,23 @@ class ServerSettings(Section, frozen=True):
             "Largest push body accepted; a 10 MB Pub/Sub message is ~13.4 MB once base64-wrapped",
         ),
     ] = 14 * 1024 * 1024
-    max_header_bytes: Annotated[
-        int,
-        Meta(ge=16 * 1024, le=16 * 1024 * 1024),
-        env(
-            "RECORDLINE_MAX_HEADER_BYTES",
-            "Largest request line and headers together, and largest trailers and framing of a "
-            "chunked body; more is a 431 and a closed connection (an unwrapped push with 100 "
-            "attributes of Pub/Sub's largest sends ~130 KB)",
-        ),
-    ] = 256 * 1024
-    header_timeout_seconds: Annotated[
-        float,
-        Meta(gt=0, le=300),
-        env(
-            "RECORDLINE_HEADER_TIMEOUT_SECONDS",
-            "How long a request's line and headers may take to arrive, from its first byte "
-            "(from the connection's opening, for its first request); then it is closed",
-        ),
-    ] = 10.0
-    body_timeout_seconds: Annotated[
-        float,
-        Meta(gt=0, le=600),
-        env(
-            "RECORDLINE_BODY_TIMEOUT_SECONDS",
-            "How long a request's body (and a chunked body's trailers) may take to arrive, "
-            "from the end of its headers; then it is answered 408 and closed. A 13.4 MB push "
-            "within 30 s needs 0.45 MB/s",
-        ),
-    ] = 30.0
-    send_timeout_seconds: Annotated[
-        float,
-        Meta(gt=0, le=600),
-        env(
-            "RECORDLINE_SEND_TIMEOUT_SECONDS",
-            "How long an answer may wait for its client to take any of it (a stream: its next "
-            "event); then the connection is closed and what was not sent is dropped",
-        ),
-    ] = 30.0
-    keep_alive_seconds: Annotated[
-        float,
-        Meta(gt=0, le=3600),
-        env(
-            "RECORDLINE_KEEP_ALIVE_SECONDS",
-            "How long an idle connection is kept between requests; Pub/Sub reuses them",
-        ),
-    ] = 75.0
+    # Largest request line and headers together, and largest trailers and framing of a
+    # chunked body; more is a 431 and a closed connection. A constant, not a setting: it is
+    # what Pub/Sub sends at most (an unwrapped push with 100 attributes of its largest sends
+    # ~130 KB), with room.
+    max_header_bytes: Annotated[int, Meta(ge=16 * 1024, le=16 * 1024 * 1024)] = MAX_HEADER_BYTES
+    header_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = HEADER_TIMEOUT_SECONDS
+    # How long a request's body (and a chunked body's trailers) may take to arrive, from
+    # the end of its headers; then it is answered 408 and closed. A constant, not a setting:
+    # Pub/Sub sends from Google's network, and the largest push (13.4 MB) within 30 s needs
+    # 0.45 MB/s.
+    body_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = BODY_TIMEOUT_SECONDS
+    # How long an answer may wait for its client to take any of it (a stream: its next
+    # event); then the connection is closed and what was not sent is dropped. A constant,
+    # not a setting: a client that reads takes some of its answer within seconds, and what
+    # one that does not holds is bounded by RECORDLINE_MEMORY_BUDGET_BYTES meanwhile.
+    send_timeout_seconds: Annotated[float, Meta(gt=0, le=600)] = SEND_TIMEOUT_SECONDS
+    keep_alive_seconds: Annotated[float, Meta(gt=0, le=3600)] = KEEP_ALIVE_SECONDS
     max_connections: Annotated[
         int,
         Meta(ge=1),
@@ -252,18 +234,6 @@ class ServerSettings(Section, frozen=True):
             "instance",
         ),
     ] = 1000
-    push_reserve: Annotated[
-        float,
-        Meta(gt=0, lt=1),
-        env(
-            "RECORDLINE_PUSH_RESERVE",
-            "Share of RECORDLINE_MAX_CONNECTIONS, and of RECORDLINE_MEMORY_BUDGET_BYTES, kept "
-            "for pushes: reads, waiting pages, streams and replays in flight at once are at "
-            "most the rest (800 of 1,000), and hold at most the rest of the budget; one more "
-            "is answered 503 `too-many-reads` or `too-much-in-flight`",
-            accepts="a number between 0 and 1",
-        ),
-    ] = 0.2
     memory_budget_bytes: Annotated[
         int,
         # Room for the largest push (four times 14 MiB) beside what reads need for the largest
@@ -274,8 +244,8 @@ class ServerSettings(Section, frozen=True):
             "Most bytes the process holds for requests and answers in flight at once, "
             "whatever the connections: heads and bodies being read and decoded, rows read "
             "and what is made of them until sent. Past it a push is answered 503 at once and "
-            "a read after waiting a second, `too-much-in-flight`; reads leave "
-            "RECORDLINE_PUSH_RESERVE of it (and at least the largest push) to pushes. Sized "
+            "a read after waiting a second, `too-much-in-flight`; reads leave a fifth "
+            "of it (and at least the largest push) to pushes. Sized "
             "for a 1 GiB instance: the process's bound is this and about 600 MiB more at the "
             "defaults (docs/security.md, What the process holds)",
         ),
@@ -302,10 +272,18 @@ class ServerSettings(Section, frozen=True):
     @property
     def max_reads(self) -> int:
         """Reads in flight at once: a system's share in a cell, else what
-        RECORDLINE_PUSH_RESERVE leaves (at least one)."""
+        PUSH_RESERVE leaves (at least one)."""
         if self.system_reads:
             return self.system_reads
-        return max(1, self.max_connections - round(self.max_connections * self.push_reserve))
+        return max(1, self.max_connections - round(self.max_connections * PUSH_RESERVE))
+
+
+# BigQuery only: rows younger than this are not served yet, so a page never races a
+# commit still in flight on another instance (docs/reading.md). A constant, not a
+# setting: it is what keeps a follower's exactly-once promise, and nothing about a
+# deployment makes a shorter one safe. (Tests on BigQuery's fakes build a
+# `StoreSettings` without it, to read at once what they pushed.)
+SETTLE_SECONDS: Final = 15.0
 
 
 class StoreSettings(Section, frozen=True):
@@ -389,15 +367,7 @@ class StoreSettings(Section, frozen=True):
         Meta(ge=0),
         env("RECORDLINE_READ_CACHE_SECONDS", "TTL of the BigQuery read cache; 0 turns it off"),
     ] = 0.0
-    settle_seconds: Annotated[
-        float,
-        Meta(ge=0),
-        env(
-            "RECORDLINE_SETTLE_SECONDS",
-            "BigQuery only: rows younger than this are not served yet, so a page never "
-            "races a commit still in flight (see docs/reading.md)",
-        ),
-    ] = 15.0
+    settle_seconds: Annotated[float, Meta(ge=0)] = SETTLE_SECONDS
     retention_days: Annotated[
         int,
         Meta(ge=0),
@@ -409,12 +379,15 @@ class StoreSettings(Section, frozen=True):
     ] = 0
 
 
+# Rows waiting to be stored before pushes get 503. A constant, not a setting: what an
+# instance can hold is bounded by bytes (RECORDLINE_QUEUE_MAX_BYTES, sized with its
+# memory); this bounds the count of rows, for many small ones. (Tests build a
+# `BatchSettings` with a queue of a few rows.)
+QUEUE_MAX_ROWS: Final = 20_000
+
+
 class BatchSettings(Section, frozen=True):
-    queue_rows: Annotated[
-        int,
-        Meta(gt=0),
-        env("RECORDLINE_QUEUE_MAX_ROWS", "Rows waiting to be stored before pushes get 503"),
-    ] = 20_000
+    queue_rows: Annotated[int, Meta(gt=0)] = QUEUE_MAX_ROWS
     queue_bytes: Annotated[
         int,
         Meta(gt=0),
@@ -486,6 +459,17 @@ class SchemaSettings(Section, frozen=True):
     ] = ""
 
 
+# How long a stream's long-poll waits for rows before its 204. A constant, not a
+# setting: it is under the clients' read timeout (30 s in the Durable Streams Python
+# client), which no deployment chooses; a shared cache in front is set a few seconds
+# longer (docs/deploying.md). (Tests build a `QuerySettings` with a shorter one.)
+LONG_POLL_SECONDS: Final = 20.0
+
+
+# Most bytes one export sends (`QuerySettings.export_max_bytes`).
+EXPORT_MAX_BYTES: Final = 256 * 1024 * 1024
+
+
 class QuerySettings(Section, frozen=True):
     page_token_secret: Annotated[
         str,
@@ -532,16 +516,9 @@ class QuerySettings(Section, frozen=True):
             "answered 503 with Retry-After",
         ),
     ] = 1000
-    long_poll_seconds: Annotated[
-        float,
-        Meta(gt=0, le=60),
-        env(
-            "RECORDLINE_LONG_POLL_SECONDS",
-            "How long a stream's long-poll (`/v1/streams/...?live=long-poll`) waits for rows "
-            "before it answers 204; keep it under the clients' read timeout (30 s in the "
-            "Durable Streams Python client)",
-        ),
-    ] = 20.0
+    # How long a stream's long-poll (`/v1/streams/...?live=long-poll`) waits for rows
+    # before it answers 204 (LONG_POLL_SECONDS).
+    long_poll_seconds: Annotated[float, Meta(gt=0, le=60)] = LONG_POLL_SECONDS
     shared_cache: Annotated[
         bool,
         env(
@@ -588,15 +565,10 @@ class QuerySettings(Section, frozen=True):
             "`client-ip:hash`",
         ),
     ] = ""
-    export_max_bytes: Annotated[
-        int,
-        Meta(ge=1024 * 1024, le=16 * 1024**3),
-        env(
-            "RECORDLINE_EXPORT_MAX_BYTES",
-            "Most bytes one export (`/v1/export/...`) sends; past it the export ends with a "
-            "note and the token to go on from",
-        ),
-    ] = 256 * 1024 * 1024
+    # Most bytes one export (`/v1/export/...`) sends; past it the export ends with a note
+    # and the token to go on from. A constant, not a setting, as its other bounds are
+    # (`max_rows`, four minutes): an export goes on from its token, whatever the size.
+    export_max_bytes: Annotated[int, Meta(ge=1024 * 1024, le=16 * 1024**3)] = EXPORT_MAX_BYTES
 
 
 def names(value: str) -> list[str]:
@@ -1496,6 +1468,18 @@ RETIRED: dict[str, str] = {
     "RECORDLINE_BATCH_MAX_DELAY_MS": "a flush waits for no more rows",
     "RECORDLINE_HEARTBEAT_SECONDS": "a stream's heartbeat comes every 15 s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": "a schema revision's fetch ends after 3 s",
+    "RECORDLINE_QUEUE_MAX_ROWS": "at most 20,000 rows wait to be stored; "
+    "RECORDLINE_QUEUE_MAX_BYTES bounds their bytes",
+    "RECORDLINE_SETTLE_SECONDS": "BigQuery's rows are served once 15 s old",
+    "RECORDLINE_HEADER_TIMEOUT_SECONDS": "a request's line and headers arrive within 10 s",
+    "RECORDLINE_KEEP_ALIVE_SECONDS": "an idle connection is kept 75 s between requests",
+    "RECORDLINE_BODY_TIMEOUT_SECONDS": "a request's body arrives within 30 s of its headers",
+    "RECORDLINE_SEND_TIMEOUT_SECONDS": "a client taking none of its answer for 30 s is cut off",
+    "RECORDLINE_MAX_HEADER_BYTES": "a request's line and headers are at most 256 KiB",
+    "RECORDLINE_LONG_POLL_SECONDS": "a stream's long-poll waits 20 s for rows",
+    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": "on SIGTERM the process exits within 7 s",
+    "RECORDLINE_EXPORT_MAX_BYTES": "an export sends at most 256 MiB, then the token to go on from",
+    "RECORDLINE_PUSH_RESERVE": "reads leave pushes 0.2 of the connections and of the memory budget",
 }
 
 

@@ -69,15 +69,34 @@ ROWS = ("httptools", "bounded", "h11", "hypercorn", "granian")
 CANDIDATES = {"granian": "granian==2.8.7", "hypercorn": "hypercorn==0.18.0"}
 
 
-def argv(row: str, port: int, app: str) -> list[str]:
-    """`app` (`module:factory`) served by `row` on `port`."""
-    return [sys.executable, "-m", "bench.server", "--serve", row, str(port), app]
+def argv(row: str, port: int, app: str, *, patient: bool = False) -> list[str]:
+    """`app` (`module:factory`) served by `row` on `port`; `patient`: with the time bounds
+    as wide as they go (`PATIENT`)."""
+    return [
+        sys.executable,
+        "-m",
+        "bench.server",
+        "--serve",
+        row,
+        str(port),
+        app,
+        *(["--patient"] if patient else []),
+    ]
 
 
-def serve(row: str, port: int, app: str) -> None:
+# Under valgrind a server runs ~50 times slower: a request's head may take that much
+# longer, and a connection stay idle that much longer between pushes.
+PATIENT = {"header_timeout_seconds": 300.0, "keep_alive_seconds": 3600.0}
+
+
+def serve(row: str, port: int, app: str, *, patient: bool = False) -> None:
+    import msgspec
+
     from app.settings import ServerSettings
 
     limits = ServerSettings.from_env(os.environ)
+    if patient:
+        limits = msgspec.structs.replace(limits, **PATIENT)
     if row == "hypercorn":
         _hypercorn(port, limits, app)
     elif row == "granian":
@@ -227,14 +246,12 @@ def _with_candidates(argv_: Sequence[str]) -> int | None:
 def instructions(rows: Sequence[str], pushes: int, app: str) -> dict[str, tuple[float, float]]:
     """Per push, for each row: the main thread's instructions (the event loop), and every
     thread's, counted from the first push to the last."""
-    # Under valgrind a server runs ~50 times slower: time bounds as wide as they go.
-    os.environ.update(RECORDLINE_HEADER_TIMEOUT_SECONDS="300", RECORDLINE_KEEP_ALIVE_SECONDS="3600")
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # two CPUs
         counting = {}
         for row in rows:
             port = free_port()
             counting[row] = pool.submit(
-                by_thread, argv(row, port, app), port, "00", pushes, until_stop=False
+                by_thread, argv(row, port, app, patient=True), port, "00", pushes, until_stop=False
             )
         counted = {row: future.result() for row, future in counting.items()}
     return {row: (c[1] / pushes, sum(c.values()) / pushes) for row, c in counted.items()}
@@ -242,7 +259,7 @@ def instructions(rows: Sequence[str], pushes: int, app: str) -> dict[str, tuple[
 
 def main(argv_: list[str]) -> int:
     if argv_[:1] == ["--serve"]:
-        serve(argv_[1], int(argv_[2]), argv_[3])
+        serve(argv_[1], int(argv_[2]), argv_[3], patient=argv_[4:] == ["--patient"])
         return 0
     parser = argparse.ArgumentParser(prog="bench server")
     parser.add_argument("--pushes", type=int, default=300)

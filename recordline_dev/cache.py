@@ -33,7 +33,7 @@ NJS_MODULE = "ngx_http_js_module.so"
 _KEY = r"[A-Za-z0-9_-]{1,63}:[A-Za-z0-9_-]+={0,2}"
 # Each follower holds a client connection; nginx itself needs a few more files.
 SPARE_FILES = 256
-# The origin's long-poll answers within its wait (RECORDLINE_LONG_POLL_SECONDS, 20 s);
+# The origin's long-poll answers within its wait (LONG_POLL_SECONDS, 20 s);
 # a request waiting for another's answer to one must wait longer than that, or it goes
 # to the origin itself and the collapsing is lost.
 LOCK_MARGIN_SECONDS = 10

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import uvicorn
 from litestar.testing import AsyncTestClient, TestClient
@@ -174,6 +175,20 @@ async def delivered(
 
 def settings(**env: str) -> Settings:
     return Settings.load({"RECORDLINE_STORE": "memory:", **env})
+
+
+def unsettled(settings: Settings) -> Settings:
+    """`settings` with BigQuery's rows served as soon as they are committed, not after the
+    settle window (SETTLE_SECONDS): a test on the fakes reads at once what it pushed."""
+    store = msgspec.structs.replace(settings.store, settle_seconds=0)
+    return msgspec.structs.replace(settings, store=store)
+
+
+def long_polling(settings: Settings, seconds: float) -> Settings:
+    """`settings` whose streams' long-polls wait `seconds` for rows, not LONG_POLL_SECONDS
+    (20 s): a test sees one answer 204 within its run."""
+    query = msgspec.structs.replace(settings.query, long_poll_seconds=seconds)
+    return msgspec.structs.replace(settings, query=query)
 
 
 @pytest.fixture(params=["memory", pytest.param("serving", marks=pytest.mark.emulator)])

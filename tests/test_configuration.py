@@ -20,7 +20,24 @@ import pytest
 from app.cli import main
 from app.ingest import batcher, schemas
 from app.query import follow
-from app.settings import RETIRED, TOOL_VARIABLES, Settings, SettingsError, every_setting
+from app.settings import (
+    BODY_TIMEOUT_SECONDS,
+    EXPORT_MAX_BYTES,
+    HEADER_TIMEOUT_SECONDS,
+    KEEP_ALIVE_SECONDS,
+    LONG_POLL_SECONDS,
+    MAX_HEADER_BYTES,
+    PUSH_RESERVE,
+    QUEUE_MAX_ROWS,
+    RETIRED,
+    SEND_TIMEOUT_SECONDS,
+    SETTLE_SECONDS,
+    SHUTDOWN_GRACE_SECONDS,
+    TOOL_VARIABLES,
+    Settings,
+    SettingsError,
+    every_setting,
+)
 from tests.processes import free_port
 from tests.waiting import until_blocking
 
@@ -29,16 +46,8 @@ from tests.waiting import until_blocking
 BAD_VALUES = {
     "RECORDLINE_HOST": "two words",
     "PORT": "abc",
-    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": "0",
     "RECORDLINE_MAX_BODY_BYTES": "-5",
-    "RECORDLINE_EXPORT_MAX_BYTES": "1024",
-    "RECORDLINE_MAX_HEADER_BYTES": "1024",
-    "RECORDLINE_HEADER_TIMEOUT_SECONDS": "0",
-    "RECORDLINE_BODY_TIMEOUT_SECONDS": "0",
-    "RECORDLINE_KEEP_ALIVE_SECONDS": "-1",
-    "RECORDLINE_SEND_TIMEOUT_SECONDS": "0",
     "RECORDLINE_MAX_CONNECTIONS": "0",
-    "RECORDLINE_PUSH_RESERVE": "1",
     "RECORDLINE_MEMORY_BUDGET_BYTES": "67108864",
     "RECORDLINE_LOG_FORMAT": "xml",
     "RECORDLINE_LOG_LEVEL": "LOUD",
@@ -51,14 +60,11 @@ BAD_VALUES = {
     "RECORDLINE_EXPORT_IN_SERVICE": "sometimes",
     "SPANNER_EMULATOR_HOST": "http://localhost:9010",
     "RECORDLINE_READ_CACHE_SECONDS": "-1",
-    "RECORDLINE_SETTLE_SECONDS": "a while",
     "RECORDLINE_STREAM_SECONDS": "3601",
-    "RECORDLINE_LONG_POLL_SECONDS": "61",
     "RECORDLINE_SHARED_CACHE": "sometimes",
     "RECORDLINE_MAX_FOLLOWERS": "0",
     "RECORDLINE_PRODUCER_GRACE_SECONDS": "0",
     "RECORDLINE_RETENTION_DAYS": "1.5",
-    "RECORDLINE_QUEUE_MAX_ROWS": "0",
     "RECORDLINE_QUEUE_MAX_BYTES": "0",
     "RECORDLINE_ID_FIELD": "meta..id",
     "RECORDLINE_TIME_FIELD": "created at",
@@ -349,6 +355,17 @@ ANSWERS: dict[str, Callable[[], str]] = {
     ),
     "RECORDLINE_HEARTBEAT_SECONDS": lambda: f"every {follow.HEARTBEAT_SECONDS:g} s",
     "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS": lambda: f"after {schemas.FETCH_SECONDS:g} s",
+    "RECORDLINE_QUEUE_MAX_ROWS": lambda: f"at most {QUEUE_MAX_ROWS:,} rows",
+    "RECORDLINE_SETTLE_SECONDS": lambda: f"once {SETTLE_SECONDS:g} s old",
+    "RECORDLINE_HEADER_TIMEOUT_SECONDS": lambda: f"within {HEADER_TIMEOUT_SECONDS:g} s",
+    "RECORDLINE_KEEP_ALIVE_SECONDS": lambda: f"kept {KEEP_ALIVE_SECONDS:g} s",
+    "RECORDLINE_BODY_TIMEOUT_SECONDS": lambda: f"within {BODY_TIMEOUT_SECONDS:g} s",
+    "RECORDLINE_SEND_TIMEOUT_SECONDS": lambda: f"for {SEND_TIMEOUT_SECONDS:g} s",
+    "RECORDLINE_MAX_HEADER_BYTES": lambda: f"at most {MAX_HEADER_BYTES // 1024} KiB",
+    "RECORDLINE_LONG_POLL_SECONDS": lambda: f"waits {LONG_POLL_SECONDS:g} s",
+    "RECORDLINE_SHUTDOWN_GRACE_SECONDS": lambda: f"within {SHUTDOWN_GRACE_SECONDS:g} s",
+    "RECORDLINE_EXPORT_MAX_BYTES": lambda: f"at most {EXPORT_MAX_BYTES // 2**20} MiB",
+    "RECORDLINE_PUSH_RESERVE": lambda: f"pushes {PUSH_RESERVE:g} of the connections",
 }
 
 
@@ -363,6 +380,17 @@ ANSWERS: dict[str, Callable[[], str]] = {
         "RECORDLINE_BATCH_MAX_DELAY_MS",
         "RECORDLINE_HEARTBEAT_SECONDS",
         "RECORDLINE_SCHEMA_FETCH_TIMEOUT_SECONDS",
+        "RECORDLINE_PUSH_RESERVE",
+        "RECORDLINE_QUEUE_MAX_ROWS",
+        "RECORDLINE_SETTLE_SECONDS",
+        "RECORDLINE_HEADER_TIMEOUT_SECONDS",
+        "RECORDLINE_KEEP_ALIVE_SECONDS",
+        "RECORDLINE_BODY_TIMEOUT_SECONDS",
+        "RECORDLINE_SEND_TIMEOUT_SECONDS",
+        "RECORDLINE_MAX_HEADER_BYTES",
+        "RECORDLINE_LONG_POLL_SECONDS",
+        "RECORDLINE_SHUTDOWN_GRACE_SECONDS",
+        "RECORDLINE_EXPORT_MAX_BYTES",
     ],
 )
 def test_a_variable_that_is_no_longer_a_setting_is_refused_saying_what_became_of_it(

@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import RECORDLINE, ROOT, Terminal, free_port, wait_ready
+from tests import tuned
+from tests.processes import ROOT, Terminal, free_port, wait_ready
 
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
 # Cases per operation in each phase: enough for coverage's boundaries and a few
@@ -55,9 +56,9 @@ def test_the_service_does_what_its_openapi_document_says(
     url = f"http://127.0.0.1:{port}"
     store = f"duckdb://{tmp_path / 'contract.duckdb'}"
     # A stream's long-poll that finds nothing is answered at its end: soon, in this run.
-    env = {**os.environ, "RECORDLINE_LONG_POLL_SECONDS": "0.5"}
+    soon = {"query": {"long_poll_seconds": 0.5}}
     server = Terminal(
-        [RECORDLINE, "serve", "--port", str(port), "--store", store], env=env, cwd=tmp_path
+        tuned.argv(soon, "--port", str(port), "--store", store), env=dict(os.environ), cwd=tmp_path
     )
     terminals.append(server)
     wait_ready(url, server)

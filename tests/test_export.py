@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 
@@ -22,6 +23,7 @@ from app.asgi import create_app
 from app.query.export import NOTE_KEY, Bounds, Column, Export, Format, Walk, columns_of
 from app.query.service import RECORDS, RecordsPage
 from app.records import Record, micros
+from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
@@ -44,9 +46,18 @@ def push_body(n: int, *, valid: bool = True, text: str = PAYLOAD) -> dict[str, A
     }
 
 
+def exporting(max_bytes: int) -> Settings:
+    """The settings with an export's bytes bounded by `max_bytes` (EXPORT_MAX_BYTES in
+    the service), built as create_app takes them."""
+    own = settings()
+    return msgspec.structs.replace(
+        own, query=msgspec.structs.replace(own.query, export_max_bytes=max_bytes)
+    )
+
+
 @pytest.fixture
 def app(store: FaultyStore) -> Litestar:
-    return create_app(settings(RECORDLINE_EXPORT_MAX_BYTES=str(1024 * 1024)), store=store)
+    return create_app(exporting(1024 * 1024), store=store)
 
 
 @pytest.fixture
@@ -189,7 +200,7 @@ async def export_peak(client: httpx.AsyncClient) -> tuple[int, int]:
 @pytest.mark.slow
 async def test_an_export_is_streamed_never_held_whole() -> None:
     store = DuckDBStore(":memory:")
-    app = create_app(settings(RECORDLINE_EXPORT_MAX_BYTES=str(64 * 1024 * 1024)), store=store)
+    app = create_app(exporting(64 * 1024 * 1024), store=store)
     now = time.time_ns() // 1000 - 60_000_000
 
     async def stored(numbers: range) -> None:

@@ -130,9 +130,9 @@ RECORD_BYTES = 400_000
 def exporting() -> Iterator[Served]:
     with (
         serve(
+            {"send_timeout_seconds": 60},
             RECORDLINE_PUSH_TOKEN=TOKEN,
             RECORDLINE_MEMORY_BUDGET_BYTES=str(EXPORT_BUDGET),
-            RECORDLINE_SEND_TIMEOUT_SECONDS="60",
         ) as served,
         httpx.Client(base_url=served.url) as client,
     ):

@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -39,17 +38,17 @@ from app.query.service import PAGE_BYTES
 from app.routes.follow import SSE_EVENT_BYTES
 from app.store.tail import MAX_BYTES as TAIL_BYTES
 from recordline_dev.processes import free_port
+from tests import tuned
 from tests.waiting import until_blocking
 
 # Slow, every test: each module-scoped service is filled with the largest records first.
 pytestmark = pytest.mark.slow
 
-RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 MIB = 1024 * 1024
 RECORDS = 40
 REJECTIONS = 8
 PAYLOAD = 4 * MIB
-# What a follower that takes nothing may wait (RECORDLINE_SEND_TIMEOUT_SECONDS): short,
+# What a follower that takes nothing may wait (SEND_TIMEOUT_SECONDS): short,
 # so that the test sees the cut-off.
 SEND_TIMEOUT = 5.0
 # What the process may hold more than before, while answering and once done. A read
@@ -147,11 +146,13 @@ def envelope(message_id: str, data: bytes) -> dict[str, object]:
 
 
 @contextlib.contextmanager
-def serving(folder: Path, settings: dict[str, str]) -> Iterator[Served]:
-    """`recordline serve` on a DuckDB file in `folder`, with these settings, until done."""
+def serving(folder: Path, settings: dict[str, str], server: dict[str, float]) -> Iterator[Served]:
+    """`recordline serve` on a DuckDB file in `folder`, with these settings and its
+    server's bounds of `server` (field → value: constants in the service), until done."""
     port = free_port()
+    store = f"duckdb://{folder}/r.duckdb"
     process = subprocess.Popen(
-        [RECORDLINE, "serve", "--port", str(port), "--store", f"duckdb://{folder}/r.duckdb"],
+        tuned.argv({"server": server}, "--port", str(port), "--store", store),
         env={**os.environ, "RECORDLINE_LOG_LEVEL": "ERROR", **settings},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -181,10 +182,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """A service on a DuckDB file holding RECORDS records and REJECTIONS rejections of
     PAYLOAD bytes each, the largest the tests need."""
     settings = {
-        "RECORDLINE_SEND_TIMEOUT_SECONDS": str(SEND_TIMEOUT),
         "RECORDLINE_MAX_CONNECTIONS": str(CONNECTIONS),
     }
-    with serving(tmp_path_factory.mktemp("memory"), settings) as served:
+    server = {"send_timeout_seconds": SEND_TIMEOUT}
+    with serving(tmp_path_factory.mktemp("memory"), settings, server) as served:
         with httpx.Client(base_url=served.url, timeout=60) as client:
             text = "x" * PAYLOAD
             for n in range(RECORDS):
@@ -394,9 +395,9 @@ def budgeted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served,
         "RECORDLINE_MEMORY_BUDGET_BYTES": str(BUDGET),
         "RECORDLINE_QUEUE_MAX_BYTES": str(QUEUE),
         "RECORDLINE_MAX_CONNECTIONS": "400",
-        "RECORDLINE_SEND_TIMEOUT_SECONDS": str(BUDGET_SEND_TIMEOUT),
     }
-    with serving(tmp_path_factory.mktemp("budget"), settings) as served:
+    server = {"send_timeout_seconds": BUDGET_SEND_TIMEOUT}
+    with serving(tmp_path_factory.mktemp("budget"), settings, server) as served:
         with httpx.Client(base_url=served.url, timeout=60) as client:
             text = "x" * (FRESH_BYTES - 100)
             for n in range(FRESH):

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import duckdb
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
@@ -32,7 +33,7 @@ from app.ingest.shape import FieldPaths
 from app.problems import Problems
 from app.records import MAX_ID_LENGTH, Record, Rejection
 from app.routes.ingest import STORED, push_routes
-from app.settings import QUEUED_ROW_BYTES, Settings
+from app.settings import QUEUED_ROW_BYTES, BatchSettings, Settings
 from app.store import RowOutcome
 from tests.conftest import envelope, served, settings
 from tests.fakes import FaultyStore
@@ -578,7 +579,9 @@ async def queue_depth(client: httpx.AsyncClient) -> int:
 
 
 async def test_full_queue_is_503_and_accepted_rows_still_land(store: FaultyStore) -> None:
-    app = create_app(settings(RECORDLINE_QUEUE_MAX_ROWS="2"), store=store)
+    # A queue of two rows (QUEUE_MAX_ROWS in the service), built as create_app takes it.
+    two_rows = msgspec.structs.replace(settings(), batch=BatchSettings(queue_rows=2))
+    app = create_app(two_rows, store=store)
     store.release.clear()  # appends stall, so the queue fills up behind them
     async with served(app) as client:
         pushes = [

@@ -18,7 +18,6 @@ import os
 import resource
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,10 +30,10 @@ from hypothesis import strategies as st
 
 from app.http.limits import MAX_HEADERS, MAX_PIPELINED
 from recordline_dev.processes import free_port
+from tests import tuned
 from tests.fuzz.budget import EXAMPLES
 from tests.waiting import until_blocking
 
-RECORDLINE = str(Path(sys.executable).with_name("recordline"))
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 2.0
 # Small, so that a head over it fits in one socket read (256 KiB).
@@ -62,16 +61,14 @@ class Served:
 
 
 @contextlib.contextmanager
-def serve(**env: str) -> Iterator[Served]:
+def serve(server: dict[str, float] | None = None, **env: str) -> Iterator[Served]:
+    """`recordline serve` with `env`, and its server's bounds of `server` (field → value:
+    constants in the service) in place of its own, the head's time HEADER_TIMEOUT."""
     port = free_port()
+    bounds = {"header_timeout_seconds": HEADER_TIMEOUT, **(server or {})}
     process = subprocess.Popen(
-        [RECORDLINE, "serve", "--port", str(port), "--store", "memory:"],
-        env={
-            **os.environ,
-            "RECORDLINE_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
-            "RECORDLINE_LOG_LEVEL": "WARNING",
-            **env,
-        },
+        tuned.argv({"server": bounds}, "--port", str(port), "--store", "memory:"),
+        env={**os.environ, "RECORDLINE_LOG_LEVEL": "WARNING", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -99,8 +96,7 @@ def serve(**env: str) -> Iterator[Served]:
 def small() -> Iterator[Served]:
     """A service with small bounds, so that trying them is quick; pushes need the token."""
     with serve(
-        RECORDLINE_MAX_HEADER_BYTES=str(HEAD_BYTES),
-        RECORDLINE_BODY_TIMEOUT_SECONDS=str(BODY_TIMEOUT),
+        {"body_timeout_seconds": BODY_TIMEOUT, "max_header_bytes": HEAD_BYTES},
         RECORDLINE_PUSH_TOKEN=TOKEN,
     ) as served:
         yield served
@@ -744,8 +740,8 @@ def test_a_thousand_idle_connections_leave_pushes_their_room() -> None:
     # Once, 1,000 idle keep-alive connections (the default bound) made every push 503.
     idle = 1000
     with serve(
+        {"header_timeout_seconds": 30},
         RECORDLINE_MAX_CONNECTIONS=str(idle),
-        RECORDLINE_HEADER_TIMEOUT_SECONDS="30",
         RECORDLINE_PUSH_TOKEN=TOKEN,
     ) as served:
         socks = [served.connect() for _ in range(idle)]
@@ -787,7 +783,7 @@ def test_readers_at_the_bound_leave_pushes_their_room() -> None:
                     body += sock.recv(4096)
                 assert json.loads(body)["type"] == "/problems/too-many-reads"
             answered.append(status)
-        # 40 streams (RECORDLINE_PUSH_RESERVE keeps 10 of 50 for pushes), 10 refused.
+        # 40 streams (PUSH_RESERVE keeps 10 of 50 for pushes), 10 refused.
         assert sorted(answered) == [200] * 40 + [503] * 10
         for n in range(20):
             sock = served.connect()
@@ -800,7 +796,7 @@ def test_readers_at_the_bound_leave_pushes_their_room() -> None:
 
 @pytest.mark.slow
 def test_past_the_connection_bound_the_idle_go_first_then_requests_get_503() -> None:
-    with serve(RECORDLINE_MAX_CONNECTIONS="4", RECORDLINE_HEADER_TIMEOUT_SECONDS="30") as served:
+    with serve({"header_timeout_seconds": 30}, RECORDLINE_MAX_CONNECTIONS="4") as served:
         # Four connections that sent nothing: closed, the longest idle first, for new ones.
         idle = [served.connect() for _ in range(4)]
         assert httpx.get(f"{served.url}/healthz").status_code == 200

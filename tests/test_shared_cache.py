@@ -26,7 +26,7 @@ from recordline_dev.cache import NginxMissing, SharedCache, find_nginx, shared_c
 from recordline_dev.processes import free_port
 from recordline_dev.varnish import VarnishCache, VarnishMissing, find_varnishd, varnish_cache
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
-from tests.conftest import settings
+from tests.conftest import long_polling, settings
 from tests.test_streams import push_body
 from tests.waiting import until
 
@@ -48,11 +48,12 @@ async def following(direct: httpx.AsyncClient) -> bool:
 async def origin(port: int, store: Path, **env: str) -> AsyncIterator[httpx.AsyncClient]:
     """The service on `port` (on this loop), its DuckDB file `store`, as a shared cache's
     origin (`env` in place of its settings here); a client that talks to it directly."""
-    defaults = {
-        "RECORDLINE_SHARED_CACHE": "true",
-        "RECORDLINE_LONG_POLL_SECONDS": str(WAIT_SECONDS),
-    }
-    app = create_app(settings(RECORDLINE_STORE=f"duckdb://{store}", **(defaults | env)))
+    defaults = {"RECORDLINE_SHARED_CACHE": "true"}
+    app = create_app(
+        long_polling(
+            settings(RECORDLINE_STORE=f"duckdb://{store}", **(defaults | env)), WAIT_SECONDS
+        )
+    )
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_config=None)
     )

@@ -32,7 +32,7 @@ from app.records import MAX_ID_LENGTH, MAX_MICROS, MIN_MICROS, Record
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store import PageQuery, row_bytes
 from app.store.duckdb.store import DuckDBStore
-from tests.conftest import served, settings
+from tests.conftest import long_polling, served, settings
 from tests.fakes import FaultyStore
 from tests.waiting import until
 
@@ -71,7 +71,7 @@ def store() -> FaultyStore:
 def app(store: FaultyStore, monkeypatch: pytest.MonkeyPatch) -> Recordline:
     monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
     return create_app(
-        settings(RECORDLINE_LONG_POLL_SECONDS="0.5", RECORDLINE_STREAM_SECONDS="1.5"),
+        long_polling(settings(RECORDLINE_STREAM_SECONDS="1.5"), 0.5),
         store=store,
     )
 
@@ -418,7 +418,7 @@ async def test_a_long_poll_that_times_out_is_a_204_at_the_same_offset(
 @pytest.mark.slow
 async def test_a_behind_long_poll_answers_at_once_and_live_reads_count_as_followers() -> None:
     app = create_app(
-        settings(RECORDLINE_MAX_FOLLOWERS="1", RECORDLINE_LONG_POLL_SECONDS="5"),
+        long_polling(settings(RECORDLINE_MAX_FOLLOWERS="1"), 5),
         store=DuckDBStore(":memory:"),
     )
     async with served(app) as client:

@@ -25,19 +25,17 @@ from app.http.head import Recordline
 from app.query import follow
 from app.store.duckdb.store import DuckDBStore
 from tests.bigquery.threaded import ThreadedBigQuery, serving_store
-from tests.conftest import delivered, served, settings
+from tests.conftest import delivered, long_polling, served, settings
 from tests.node import npm_package
 from tests.spanner.emulator import SpannerEmulator
 from tests.test_streams import push_body
 from tests.waiting import until
 
 STREAM = "/v1/streams/records"
-LIVE_SETTINGS = {
-    # Short lives, so that the clients reconnect (SSE) and time out (long-poll)
-    # within the test, as they would over minutes.
-    "RECORDLINE_LONG_POLL_SECONDS": "0.5",
-    "RECORDLINE_STREAM_SECONDS": "1",
-}
+# Short lives, so that the clients reconnect (SSE) and time out (long-poll) within the
+# test, as they would over minutes.
+LIVE_SETTINGS = {"RECORDLINE_STREAM_SECONDS": "1"}
+LONG_POLL_SECONDS = 0.5
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +112,7 @@ async def all_list(clients: list[httpx.AsyncClient], rows: list[str]) -> bool:
 @pytest.fixture
 async def duckdb_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     store = DuckDBStore(str(tmp_path / "records.duckdb"))
-    app = create_app(settings(**LIVE_SETTINGS), store=store)
+    app = create_app(long_polling(settings(**LIVE_SETTINGS), LONG_POLL_SECONDS), store=store)
     async with served(app) as client:
         yield client
 
@@ -129,7 +127,7 @@ async def test_the_python_client_follows_on_duckdb(
 
 def serving_app(emulator: SpannerEmulator, database: str, bigquery: ThreadedBigQuery) -> Recordline:
     store = serving_store(database, emulator.host, bigquery)
-    return create_app(settings(**LIVE_SETTINGS), store=store)
+    return create_app(long_polling(settings(**LIVE_SETTINGS), LONG_POLL_SECONDS), store=store)
 
 
 @pytest.mark.emulator

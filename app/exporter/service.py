@@ -5,7 +5,7 @@ label. What fails in one system is that system's: a start that fails is tried ag
 after a pause, by a Supervisor that counts it (loop `export start`). The cell's
 throttles file is read as its ingest service reads it (`app.cell.throttles`): a system
 whose export on-call slowed waits between its batches. SIGTERM stops it within
-RECORDLINE_SHUTDOWN_GRACE_SECONDS, every lease handed back.
+SHUTDOWN_GRACE_SECONDS, every lease handed back.
 
 Design: docs/operations.md#the-exporter-service
 """

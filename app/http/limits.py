@@ -44,7 +44,7 @@ HEADER_FRAMING: Final = 4
 # Requests a connection may send ahead of their answers (pipelined), waiting behind the
 # one being answered: each holds ~2 KiB of objects however few its bytes (1.2 million
 # pipelined 34-byte requests once held 2.9 GB), so they are counted, and their heads
-# together are at most RECORDLINE_MAX_HEADER_BYTES. No client of this service pipelines.
+# together are at most MAX_HEADER_BYTES. No client of this service pipelines.
 MAX_PIPELINED: Final = 32
 # How long a refused connection is still read from, what comes dropped, once its
 # refusal is sent: closed with bytes unread, the connection would be reset, and a
@@ -101,7 +101,7 @@ class Connection(Protocol):
 
     def cut(self) -> None:
         """Close the connection now, dropping what it has not sent: its client took
-        nothing for RECORDLINE_SEND_TIMEOUT_SECONDS."""
+        nothing for SEND_TIMEOUT_SECONDS."""
         ...
 
 
@@ -361,7 +361,7 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def cut(self) -> None:
         """Close the connection now, dropping what it has not sent, for a client that took
-        nothing for RECORDLINE_SEND_TIMEOUT_SECONDS (counted as `send-timeout`): a
+        nothing for SEND_TIMEOUT_SECONDS (counted as `send-timeout`): a
         follower cut off releases the event it held at once, not when its client reads it
         (`close` would keep it until then)."""
         self._disarm()
@@ -390,7 +390,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             self._stall = None
 
     def _stalled(self) -> None:
-        """The client took nothing of its answer for RECORDLINE_SEND_TIMEOUT_SECONDS."""
+        """The client took nothing of its answer for SEND_TIMEOUT_SECONDS."""
         self._stall = None
         unsent = self.transport.get_write_buffer_size()
         if unsent < self._unsent:
@@ -526,8 +526,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._in_flight and self._queued_too_much(len(self.url) + _fields_bytes(headers)):
             return self._answer(
                 TooManyPipelined(
-                    f"more than {MAX_PIPELINED} requests (or {limit} bytes of their heads, "
-                    "RECORDLINE_MAX_HEADER_BYTES) waiting on one connection behind the one "
+                    f"more than {MAX_PIPELINED} requests (or {limit} bytes of their heads) "
+                    "waiting on one connection behind the one "
                     "being answered; send the rest again on a new connection"
                 )
             )
@@ -572,8 +572,8 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def _too_large(self, what: str) -> HeadersTooLarge:
         return HeadersTooLarge(
-            f"{what} are larger than {self.limits.max_header_bytes} bytes "
-            f"(RECORDLINE_MAX_HEADER_BYTES), or than {MAX_HEADERS} fields"
+            f"{what} are larger than {self.limits.max_header_bytes} bytes, "
+            f"or than {MAX_HEADERS} fields"
         )
 
     def _answer(self, error: RecordlineError) -> bytes:
@@ -645,10 +645,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         else:
             seconds = self.limits.body_timeout_seconds
             self._refuse_in_body(
-                RequestTimeout(
-                    f"the body did not arrive within {seconds:g} s of the headers "
-                    "(RECORDLINE_BODY_TIMEOUT_SECONDS)"
-                )
+                RequestTimeout(f"the body did not arrive within {seconds:g} s of the headers")
             )
 
 

@@ -96,7 +96,8 @@ class BatchLimits(NamedTuple):
 
     @classmethod
     def of(cls, batch: BatchSettings) -> BatchLimits:
-        """A batch's own limits, and the queue's as `batch` sets them (RECORDLINE_QUEUE_*)."""
+        """A batch's own limits, and the queue's as `batch` sets them (QUEUE_MAX_ROWS,
+        RECORDLINE_QUEUE_MAX_BYTES)."""
         return cls(
             MAX_BATCH_ROWS,
             MAX_BATCH_BYTES,

@@ -36,7 +36,7 @@ MAX_WAIT_SECONDS: Final = 60.0
 DEFAULT_MAX_FOLLOWERS: Final = 1000
 # A stream whose client takes no event for this long (its connection's buffers full)
 # is cut off, and what it held dropped: it held one event meanwhile, never more, and
-# reconnects from where it was (RECORDLINE_SEND_TIMEOUT_SECONDS).
+# reconnects from where it was (SEND_TIMEOUT_SECONDS).
 SLOW_FOLLOWER_SECONDS: Final = 30.0
 # How long a stream's long-poll waits for rows before its 204: under the 30 s
 # many HTTP clients give a response (the Durable Streams Python client's default).

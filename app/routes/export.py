@@ -82,7 +82,7 @@ MaxRows = Annotated[
     Parameter(
         ge=1,
         le=MAX_ROWS,
-        description="Rows sent at most; past them (or RECORDLINE_EXPORT_MAX_BYTES, or four "
+        description="Rows sent at most; past them (or 256 MiB, or four "
         "minutes) the export ends with a note and the `page_token` to go on with",
     ),
 ]

@@ -2,7 +2,7 @@
 
 A reader may hold its connection for minutes: at the bound on connections, 50
 streams once made every push 503. So reads in flight are at most
-`ServerSettings.max_reads` (what RECORDLINE_PUSH_RESERVE leaves of the connections;
+`ServerSettings.max_reads` (what PUSH_RESERVE, a fifth, leaves of the connections;
 one more is 503 `too-many-reads`), and exports, which hold a chunk until taken, one
 for each EXPORT_BYTES of the budget (`too-many-exports`); in a cell, each system's
 share of both (`app.budget.Places`).
@@ -45,7 +45,7 @@ def reads_middleware(places: Places) -> DefineMiddleware:
         where = "this instance serves" if places.pool is None else "this system serves"
         return TooManyReads(
             f"{where} {places.open} reads at once, the most it keeps room for beside "
-            "pushes (RECORDLINE_MAX_CONNECTIONS, RECORDLINE_PUSH_RESERVE); retry",
+            "pushes (a fifth of RECORDLINE_MAX_CONNECTIONS); retry",
             retry_after=FULL_RETRY_SECONDS,
         )
 

@@ -455,7 +455,7 @@ variable "trace_sample_ratio" {
 
 variable "extra_env" {
   type        = map(string)
-  description = "More environment variables for the cell's ingest service and exporter pool (tuning such as RECORDLINE_QUEUE_MAX_ROWS, or RECORDLINE_DEDUPE_WINDOW_SECONDS, which every system of the cell runs with)."
+  description = "More environment variables for the cell's ingest service and exporter pool (tuning such as RECORDLINE_QUEUE_MAX_BYTES, or RECORDLINE_DEDUPE_WINDOW_SECONDS, which every system of the cell runs with)."
   default     = {}
 }
 

@@ -31,6 +31,7 @@ from app.ingest.service import to_row
 from app.query.page_token import PageToken, PageTokens
 from app.records import MAX_ID_LENGTH, MAX_MICROS, Record, Rejection
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET, Settings
+from tests.conftest import long_polling
 from tests.fuzz.budget import EXAMPLES
 
 PUSH_TOKEN = "a1b2c3d4e5f6a7b8c9d0"
@@ -51,16 +52,18 @@ class Restartable:
 
     @staticmethod
     def _build() -> Recordline:
+        # A stream's long-poll or SSE read holds the request this long at most: the
+        # cases keep their shapes, and answer soon.
         return create_app(
-            Settings.load(
-                {
-                    "RECORDLINE_STORE": "memory:",
-                    "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
-                    # A stream's long-poll or SSE read holds the request this long at
-                    # most: the cases keep their shapes, and answer soon.
-                    "RECORDLINE_LONG_POLL_SECONDS": "0.05",
-                    "RECORDLINE_STREAM_SECONDS": "0.5",
-                }
+            long_polling(
+                Settings.load(
+                    {
+                        "RECORDLINE_STORE": "memory:",
+                        "RECORDLINE_PUSH_TOKEN": PUSH_TOKEN,
+                        "RECORDLINE_STREAM_SECONDS": "0.5",
+                    }
+                ),
+                0.05,
             )
         )
 

@@ -19,7 +19,7 @@ from app.settings import Settings
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import Abort, FakeBigQueryWrite
-from tests.conftest import envelope, served
+from tests.conftest import envelope, long_polling, served, unsettled
 
 RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de datos"}
 
@@ -28,13 +28,14 @@ RECORD = {"id": "1", "timestamp": "2024-04-27T12:00:00Z", "data": "Ejemplo de da
 def bigquery_settings(write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs) -> Settings:
     # Configured as an operator would: the store URL, the insecure write
     # endpoint, and the library's emulator variable for queries.
-    return Settings.load(
-        {
-            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-        }
+    return unsettled(
+        Settings.load(
+            {
+                "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+            }
+        )
     )
 
 
@@ -89,14 +90,15 @@ async def test_reads_older_than_the_retention_answer_410_before_any_query(
 ) -> None:
     # BigQuery drops expired partitions (Terraform sets the expiration from the
     # same variable): a page reaching into them would be silently incomplete.
-    settings = Settings.load(
-        {
-            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-            "RECORDLINE_RETENTION_DAYS": "30",
-        }
+    settings = unsettled(
+        Settings.load(
+            {
+                "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+                "RECORDLINE_RETENTION_DAYS": "30",
+            }
+        )
     )
     tokens = PageTokens(settings.query.page_token_secret)
     day = 86_400 * 1_000_000
@@ -132,15 +134,16 @@ async def test_a_durable_streams_client_follows_bigquery_alone(
 
     from durable_streams import astream
 
-    settings = Settings.load(
-        {
-            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-            "RECORDLINE_LONG_POLL_SECONDS": "5",
-        }
+    settings = unsettled(
+        Settings.load(
+            {
+                "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write_fake.address,
+            }
+        )
     )
+    settings = long_polling(settings, 5)
     async with served(create_app(settings)) as client:
         url = f"{client.base_url}/v1/streams/records"
         for n in range(3):

@@ -19,7 +19,7 @@ from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import DAY, NOW, SECOND, Stream, make_stream
-from tests.conftest import envelope, served
+from tests.conftest import envelope, served, unsettled
 
 Factory = Callable[..., Any]
 KINDS = {t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()}
@@ -52,15 +52,17 @@ def operator_settings(
     jobs: FakeBigQueryJobs,
     **extra: str,
 ) -> Settings:
-    """The BigQuery store on the fakes, configured as an operator would."""
-    return Settings.load(
-        {
-            "BIGQUERY_EMULATOR_HOST": jobs.endpoint,
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-            **extra,
-        }
+    """The BigQuery store on the fakes, configured as an operator would, its rows served
+    at once (`unsettled`)."""
+    return unsettled(
+        Settings.load(
+            {
+                "BIGQUERY_EMULATOR_HOST": jobs.endpoint,
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write.address,
+                **extra,
+            }
+        )
     )
 
 

@@ -57,7 +57,7 @@ async def cell() -> AsyncIterator[tuple[Cell, httpx.AsyncClient]]:
 
 async def slow_push(port: int, system: str, *, chunked: bool) -> asyncio.StreamWriter:
     """A push to `system` that sends its head and the first bytes of its body, then
-    nothing more (a publisher sending slowly, within RECORDLINE_BODY_TIMEOUT_SECONDS):
+    nothing more (a publisher sending slowly, within BODY_TIMEOUT_SECONDS):
     declaring the largest body, or chunked."""
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {LARGEST}"

@@ -34,7 +34,7 @@ from app.asgi import create_app, fetching_schemas
 from app.settings import Settings
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.threaded import ThreadedBigQuery
-from tests.conftest import served_in_thread
+from tests.conftest import served_in_thread, unsettled
 from tests.fuzz.budget import EXAMPLES
 from tests.fuzz.strategies import FORMATS, MAPPED, Push, SchemaRevisions, pushes
 from tests.spanner.emulator import SpannerEmulator
@@ -120,7 +120,7 @@ class Service:
 
 @contextlib.contextmanager
 def running(name: str, env: dict[str, str]) -> Iterator[Service]:
-    config = Settings.load(env)
+    config = unsettled(Settings.load(env))  # BigQuery's rows read at once
     app = create_app(config, schemas=fetching_schemas(config, SchemaRevisions()))
     with served_in_thread(app) as client:
         service = Service(name, client)
@@ -146,7 +146,6 @@ def store_env(request: pytest.FixtureRequest, tmp: Path) -> Iterator[dict[str, s
                 "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
                 "BIGQUERY_EMULATOR_HOST": fakes.jobs.endpoint,
                 "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": fakes.write.address,
-                "RECORDLINE_SETTLE_SECONDS": "0",
             }
             if kind == "serving":
                 emulator: SpannerEmulator = request.getfixturevalue("spanner_emulator")

@@ -20,7 +20,7 @@ from tests.bigquery.billing import BillingModel
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import NOW, SECOND, make_stream
-from tests.conftest import served
+from tests.conftest import served, unsettled
 from tests.infra.test_fleet import PROJECT_NUMBER, _root_console
 from tests.infra.test_terraform import _resources
 
@@ -93,13 +93,14 @@ async def bigquery() -> Any:
     jobs.billing = BillingModel(
         layouts=LAYOUTS, kinds=KINDS, row_weight=stream.weight, clock=lambda: NOW / SECOND
     )
-    settings = Settings.load(
-        {
-            "BIGQUERY_EMULATOR_HOST": jobs.endpoint,
-            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
-            "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write.address,
-            "RECORDLINE_SETTLE_SECONDS": "0",
-        }
+    settings = unsettled(
+        Settings.load(
+            {
+                "BIGQUERY_EMULATOR_HOST": jobs.endpoint,
+                "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+                "RECORDLINE_BIGQUERY_WRITE_ENDPOINT": write.address,
+            }
+        )
     )
     try:
         async with served(create_app(settings)) as client:
