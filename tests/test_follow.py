@@ -492,6 +492,27 @@ def test_accept_is_negotiated_as_rfc_9110_says(
         assert answer.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
+# Qualities that are no qvalue (RFC 9110, 12.4.2): out of 0–1, more than three decimals,
+# not a number, or one Python reads as infinite.
+UNUSABLE_Q = ["inf", "1e999", "-inf", "nan", "abc", "2", "-1", "1.0001", "0.0001", "", "1.5"]
+
+
+@pytest.mark.parametrize("q", UNUSABLE_Q)
+def test_a_range_whose_quality_is_no_qvalue_is_left_out_never_a_5xx(
+    streams: httpx.Client, q: str
+) -> None:
+    # Alone, it asks for nothing: a JSON page. Beside a usable range, that one decides.
+    for accept, wanted in [
+        (f"text/event-stream;q={q}", "application/json"),
+        (f"text/event-stream;q={q}, application/json;q=1", "application/json"),
+        (f"application/json;q={q}, text/event-stream;q=0.5", "text/event-stream"),
+    ]:
+        with streams.stream("GET", "/v1/records", headers={"Accept": accept}) as answer:
+            answer.read()
+        assert answer.status_code == 200, accept
+        assert answer.headers["content-type"].startswith(wanted), accept
+
+
 @pytest.mark.slow
 async def test_a_stream_whose_reads_fail_ends_with_where_to_resume_and_why(
     client: httpx.AsyncClient, store: FaultyStore

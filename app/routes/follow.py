@@ -10,13 +10,13 @@ docs/reading.md#following-the-tail
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import re
 from typing import Any, Final, TypeVar
 
 import msgspec
 from litestar import Request, Response
-from litestar.datastructures import Accept, CacheControlHeader, ETag
+from litestar.datastructures import CacheControlHeader, ETag
 from litestar.datastructures.headers import Header
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
 from litestar.types import Scope
@@ -42,6 +42,8 @@ IMMUTABLE_SECONDS: Final = 31_536_000
 # when that is larger: what a follower whose client reads slowly holds while paused.
 SSE_EVENT_BYTES: Final = 1024 * 1024
 NO_CACHE: Final = CacheControlHeader(no_cache=True)
+# RFC 9110's qvalue (section 12.4.2): 0 to 1, three decimals at most.
+QVALUE: Final = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
 # The request headers that carry a reader's credentials (`app.auth.guards.credentials`),
 # as the scope names them.
 CREDENTIALS: Final = (b"authorization", b"x-serverless-authorization")
@@ -146,26 +148,28 @@ def wants_stream(request: Request[Any, Any, Any]) -> bool:
     case-insensitively, each type takes the quality of the most specific range
     that matches it, and a quality of 0 is "not acceptable", so
     `text/event-stream;q=0, */*` never streams. (Litestar's `Accept.best_match`
-    matches a `q=0` range like any other, so only its parsing is used.) The higher
-    quality wins; a tie, no header, or nothing acceptable: JSON.
+    matches a `q=0` range like any other, and its parsing fails on `q=inf`.) A range
+    whose q is no qvalue (`q=2`, `q=inf`, `q=abc`) is left out, as one that says
+    nothing. The higher quality wins; a tie, no header, or nothing acceptable: JSON.
     """
     accept = header(request.scope, b"accept")
     if not accept:
         return False
-    ranges = [_media_range(media) for media in Accept(accept.lower())]
+    ranges = [r for media in accept.lower().split(",") if (r := _media_range(media))]
     stream = _quality(ranges, EVENT_STREAM)
     return stream > 0 and stream > _quality(ranges, JSON)
 
 
-def _media_range(media: str) -> tuple[str, float]:
-    """`text/*;q=0.5` → ("text/*", 0.5); a missing or unreadable q is 1."""
+def _media_range(media: str) -> tuple[str, float] | None:
+    """`text/*;q=0.5` → ("text/*", 0.5); without a q, 1; None where the q is no qvalue."""
     kind, *parameters = media.split(";")
     quality = 1.0
     for parameter in parameters:
         name, _, value = parameter.partition("=")
         if name.strip() == "q":
-            with contextlib.suppress(ValueError):
-                quality = float(value.strip())
+            if not QVALUE.fullmatch(value.strip()):
+                return None
+            quality = float(value)
     return kind.strip(), quality
 
 
