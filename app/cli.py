@@ -799,6 +799,7 @@ def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
     from app.cell.app import Cell, create_cell
     from app.http.head import Recordline
     from app.http.limits import bounded_httptools
+    from app.process import CLOSING_SECONDS
     from app.telemetry import configure_logging, google_project
 
     configure_logging(
@@ -850,7 +851,12 @@ def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=math.ceil(server.shutdown_grace_seconds),
+        # Open requests get the stop's grace less what the drain and the store's close
+        # keep (pushes are answered by then, app.lifespan): a reader that takes nothing is
+        # cut off there, and the steps after it still have their time.
+        timeout_graceful_shutdown=max(
+            1, math.floor(server.shutdown_grace_seconds - CLOSING_SECONDS)
+        ),
         # Pub/Sub keeps connections open; a short idle timeout would churn them.
         timeout_keep_alive=math.ceil(server.keep_alive_seconds),
     )

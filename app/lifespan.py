@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from litestar import Litestar
 
@@ -74,6 +74,8 @@ class Lifespan:
     # Whether this app hears SIGTERM itself; a cell's systems hear it from the cell
     # (`stopping`), which installs one handler for them all.
     signals: bool = True
+    # Set once the store closed in the stop's budget (a close cut short leaves it unset).
+    store_closed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @asynccontextmanager
     async def __call__(self, _: Litestar) -> AsyncIterator[None]:
@@ -92,7 +94,8 @@ class Lifespan:
                 stack.enter_context(on_terminate(self.stopping))
             log.info("recordline ready on store %s", self.store_url)
             yield
-        log.info("recordline stopped: accepted rows drained, store closed")
+        closed = ", store closed" if self.store_closed.is_set() else ""
+        log.info("recordline stopped: accepted rows drained%s", closed)
 
     def stopping(self) -> None:
         """SIGTERM: the stop's clock starts now, not once uvicorn is done waiting."""
@@ -111,6 +114,7 @@ class Lifespan:
         try:
             async with asyncio.timeout(self.budget.left(keeping=TELEMETRY_SECONDS)):
                 await self.store.close()
+            self.store_closed.set()
         except TimeoutError:
             log.warning("the store did not close within the stop's budget; exiting anyway")
 

@@ -295,8 +295,9 @@ class Batcher:
         drained = self._drained = asyncio.get_running_loop().create_future()
         self._arrive()
         try:
-            async with asyncio.timeout(grace):
-                await drained
+            if self._queue or self._appends:  # else nothing is left to store
+                async with asyncio.timeout(grace):
+                    await drained
         except TimeoutError:
             log.error("shutdown grace ran out with %d rows unstored", len(self._queue))
             await stop_flusher()
