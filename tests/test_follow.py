@@ -492,7 +492,7 @@ def test_accept_is_negotiated_as_rfc_9110_says(
         assert answer.headers["content-type"] == "text/event-stream; charset=utf-8"
 
 
-# Qualities that are no qvalue (RFC 9110, 12.4.2): out of 0–1, more than three decimals,
+# Qualities that are no qvalue (RFC 9110, 12.4.2): out of 0 to 1, more than three decimals,
 # not a number, or one Python reads as infinite.
 UNUSABLE_Q = ["inf", "1e999", "-inf", "nan", "abc", "2", "-1", "1.0001", "0.0001", "", "1.5"]
 
