@@ -12,6 +12,8 @@ from litestar.middleware import DefineMiddleware
 from litestar.middleware.compression import CompressionMiddleware
 from litestar.types import Receive, Scope, Send
 
+from app.http.head import first_header
+
 # Responses shorter than this go out as they are: gzip's header and the CPU
 # would cost more than they save (a look-up, a problem document).
 COMPRESS_FROM_BYTES = 1024
@@ -65,16 +67,6 @@ def negotiated_coding(header: str | None, offered: Sequence[str]) -> str | None:
     return best if best is not None and best_weight >= identity else None
 
 
-def _accept_encoding(scope: Scope) -> str | None:
-    """The request's first Accept-Encoding, read from the scope's raw headers: Litestar's
-    `Headers`, made for it, would be kept in the scope as long as the request (1 KiB
-    an idle follower)."""
-    for name, value in scope["headers"]:
-        if name.lower() == b"accept-encoding":
-            return value.decode("latin-1")
-    return None
-
-
 class NegotiatedCompression(CompressionMiddleware):
     """Litestar's compression, with the coding chosen as RFC 9110 says.
 
@@ -86,7 +78,7 @@ class NegotiatedCompression(CompressionMiddleware):
         offered = [self.config.compression_facade.encoding]
         if self.config.gzip_fallback:
             offered.append("gzip")
-        coding = negotiated_coding(_accept_encoding(scope), offered)
+        coding = negotiated_coding(first_header(scope, b"accept-encoding"), offered)
         if coding is None:
             await self.app(scope, receive, send)
             return

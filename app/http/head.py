@@ -30,6 +30,16 @@ HEAD_REQUEST: Final = "recordline.head"
 ANSWERING: Final = "recordline.app"
 
 
+def first_header(scope: Scope, name: bytes) -> str | None:
+    """The request's first header `name` (lower case), as Litestar's `Headers.get` finds
+    it, read from the scope's raw headers: a `Headers` made for it (~20 calls) would be
+    kept in the scope as long as the request."""
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 class Recordline:
     """The service's app: `litestar`, with HEAD answered wherever GET is, and each
     request's charge of the process's budget (`CHARGE`: the server's, or made here on

@@ -19,12 +19,11 @@ from litestar import Request, Response
 from litestar.datastructures import CacheControlHeader, ETag
 from litestar.datastructures.headers import Header
 from litestar.status_codes import HTTP_304_NOT_MODIFIED
-from litestar.types import Scope
 
 from app.auth.guards import admitted_by_pass
 from app.errors import RetryLater
 from app.http.events import EVENT_STREAM, EventStream, stop_of, watcher
-from app.http.head import charge_of
+from app.http.head import charge_of, first_header
 from app.problems import problem_type
 from app.query.events import Encodings, Event, event, event_bytes, framed
 from app.query.follow import Follow, Followers, Seat
@@ -94,20 +93,10 @@ def immutable(shared: bool, kept: int | None = None) -> tuple[str, str]:
 
 def unchanged(request: Request[Any, Any, Any], etag: ETag) -> bool:
     """Whether the client holds what `etag` names already (`If-None-Match`)."""
-    sent = header(request.scope, b"if-none-match")
+    sent = first_header(request.scope, b"if-none-match")
     if not sent:
         return False
     return etag.to_header() in {tag.strip().removeprefix("W/") for tag in sent.split(",")}
-
-
-def header(scope: Scope, name: bytes) -> str | None:
-    """The request's first header `name` (lower case), as Litestar's `Headers.get` finds
-    it, but read from the scope's raw headers: the `Headers` made for that, ~20 calls a
-    request, would be kept in the scope as long as the request."""
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
 
 
 def until_gone(request: Request[Any, Any, Any], followers: Followers, seat: Seat) -> _UntilGone:
@@ -152,7 +141,7 @@ def wants_stream(request: Request[Any, Any, Any]) -> bool:
     whose q is no qvalue (`q=2`, `q=inf`, `q=abc`) is left out, as one that says
     nothing. The higher quality wins; a tie, no header, or nothing acceptable: JSON.
     """
-    accept = header(request.scope, b"accept")
+    accept = first_header(request.scope, b"accept")
     if not accept:
         return False
     ranges = [r for media in accept.lower().split(",") if (r := _media_range(media))]
