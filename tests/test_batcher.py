@@ -136,6 +136,76 @@ async def test_each_waiter_gets_its_own_outcome_and_failures_reach_all(loops: Su
     await batcher.close(grace=1)
 
 
+class Poisoned(Recorder):
+    """A store that refuses every append holding the row `poison`, as a whole."""
+
+    def __init__(self, poison: str) -> None:
+        super().__init__()
+        self.poison = poison
+
+    async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
+        if any(r.message_id == self.poison for r in rows):
+            self.entered.extend(r.message_id for r in rows)
+            raise StoreUnavailable("refused")
+        return await super().append(rows)
+
+
+async def test_a_row_the_store_always_refuses_takes_no_neighbour_with_it(
+    loops: Supervisor,
+) -> None:
+    # Pub/Sub delivers every refused message again, often all at once: each delivery
+    # here is the same rows pushed together, the poison among them.
+    store = Poisoned("m3")
+    batcher = make(store)
+    await batcher.start(loops)
+    deliveries = []
+    for _ in range(3):
+        store.gate.clear()
+        pushes = asyncio.gather(
+            *(outcome(batcher, record(n), 10) for n in range(6)), return_exceptions=True
+        )
+        await accepted(batcher, store, len(store.entered) + 6)
+        store.gate.set()
+        deliveries.append(
+            {f"m{n}": not isinstance(o, Exception) for n, o in enumerate(await pushes)}
+        )
+    # The first delivery shares one append with the poison and is refused whole; from
+    # the next, each row refused with it goes alone: only the poison is refused again.
+    assert deliveries[0] == dict.fromkeys(deliveries[0], False)
+    assert deliveries[1] == {f"m{n}": n != 3 for n in range(6)}
+    assert deliveries[2] == deliveries[1]
+    # Stored once alone each, then batched again as any row, only the poison kept apart.
+    alone = [["m0"], ["m1"], ["m2"], ["m4"], ["m5"]]
+    assert store.batches == [*alone, ["m0", "m1", "m2"], ["m4", "m5"]]
+    await batcher.close(grace=1)
+
+
+async def test_after_an_outage_its_rows_are_appended_alone_once_then_batched(
+    loops: Supervisor,
+) -> None:
+    store = Recorder()
+    batcher = make(store)
+    await batcher.start(loops)
+    store.error = StoreUnavailable("down")
+    store.gate.clear()
+    pushes = asyncio.gather(
+        *(outcome(batcher, record(n), 10) for n in range(4)), return_exceptions=True
+    )
+    await accepted(batcher, store, 4)
+    store.gate.set()
+    assert all(isinstance(o, StoreUnavailable) for o in await pushes)
+    store.error = None
+    for delivery in range(2):
+        store.gate.clear()
+        pushes = asyncio.gather(*(outcome(batcher, record(n), 10) for n in range(4)))
+        await accepted(batcher, store, len(store.entered) + 4)
+        store.gate.set()
+        assert await pushes == [None] * 4, delivery
+    assert store.batches[:4] == [["m0"], ["m1"], ["m2"], ["m3"]]
+    assert store.batches[4:] == [["m0", "m1", "m2", "m3"]]
+    await batcher.close(grace=1)
+
+
 async def test_queue_bound_and_deadline(loops: Supervisor) -> None:
     store = Recorder()
     batcher = make(store, queue_rows=3, deadline=0.2, max_rows=1)

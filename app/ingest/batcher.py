@@ -70,6 +70,8 @@ _SWEEP_SECONDS = 0.05
 # past a few hundred rows an append gains little, and one Storage Write request carries 8 MiB.
 MAX_BATCH_ROWS = 1000
 MAX_BATCH_BYTES = 8 * 1024 * 1024
+# How many rows of failed appends are remembered (`_suspects`): more than a batch holds.
+MAX_SUSPECTS = 2 * MAX_BATCH_ROWS
 # How long the flusher or the sweep may be down (failing and started again)
 # before readiness names it: meanwhile pushes wait, then fail with a 503.
 LOOP_SECONDS = 1.0
@@ -151,6 +153,10 @@ class Batcher:
         # Loop time by which every row is answered once the instance is stopping
         # (`hurry`), whatever its own deadline.
         self._cutoff = math.inf
+        # The message ids of rows refused with others in one failed append, oldest
+        # first: each is appended alone if it comes again, so that a row a store always
+        # refuses takes no neighbour with it at every delivery (to the dead-letter topic).
+        self._suspects: dict[str, None] = {}
 
     # -- producer side ---------------------------------------------------
 
@@ -358,9 +364,13 @@ class Batcher:
         batch: list[_Pending] = []
         size = 0
         queue = self._queue
+        suspects = self._suspects
         while queue and len(batch) < self._max_rows:
             head = queue[0]
             if batch and size + head.size > self._max_bytes:
+                break
+            alone = head.row.message_id in suspects if suspects else False
+            if batch and alone:
                 break
             queue.popleft()
             self._queued_bytes -= head.size
@@ -368,6 +378,8 @@ class Batcher:
                 continue
             batch.append(head)
             size += head.size
+            if alone:
+                break
         return batch
 
     async def _append(
@@ -377,20 +389,37 @@ class Batcher:
             with observed:
                 outcomes = await self._store.append([p.row for p in batch])
         except RecordlineError as exc:
+            self._suspect(batch)
             self._fail(batch, exc)
         except Exception as exc:
             log.exception("append of %d rows failed", len(batch))
+            self._suspect(batch)
             self._fail(batch, StoreUnavailable(f"store error: {type(exc).__name__}"))
         except asyncio.CancelledError:
             self._fail(batch, ShuttingDown("shut down before the row was stored"))
             raise
         else:
+            if self._suspects:
+                for pending in batch:
+                    self._suspects.pop(pending.row.message_id, None)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(outcome)
         finally:
             del self._in_flight[number]
             self._slots.release()
+
+    def _suspect(self, batch: Sequence[_Pending]) -> None:
+        """Remember the rows of a failed append of several: which of them the store
+        refuses is not known, so each is appended alone if it comes again (after an outage,
+        the last MAX_SUSPECTS rows it refused are appended one by one as they come back)."""
+        if len(batch) < 2:
+            return
+        suspects = self._suspects
+        for pending in batch:
+            suspects[pending.row.message_id] = None
+        while len(suspects) > MAX_SUSPECTS:
+            del suspects[next(iter(suspects))]
 
     @staticmethod
     def _fail(batch: Sequence[_Pending], exc: BaseException) -> None:
