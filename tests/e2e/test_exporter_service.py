@@ -455,8 +455,8 @@ async def test_a_hung_release_rolled_back_exports_every_row_once_within_the_runb
         # It hangs, every lease held (paused, as Jepsen pauses a process): rows acknowledged
         # meanwhile wait in Spanner.
         bad.process.send_signal(signal.SIGSTOP)
+        assert await holding() == {bad.pid}  # read at once: its leases run out in time
         await acknowledge(stores, 3, acknowledged, "hung")
-        assert await holding() == {bad.pid}
         assert not exported()
 
         # The traffic shift starts the last good revision's instance: every system taken
