@@ -40,29 +40,89 @@ from tests.waiting import until, until_blocking
 NOT_QUICK = ("slow", "emulator", "browser", "nginx", "varnish", "wrk")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # The first Ctrl-C stops the run, even when it lands in Hypothesis's gc callback.
+    interrupts.install()
+    # Written by the process that sees every test's report: with -n, the controller.
+    if config.getoption("write_durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(Durations(), "recordline-durations")
+
+
+# What each module (or class) of tests took in a whole run on two cores, in seconds:
+# the order the run hands them out in (`heaviest_first`). Written by `python3 dev.py
+# test --write-durations`; a module it does not name is weighed by its
+# tests' marks (`guessed`). Only the order of the run depends on it.
+DURATIONS = Path(__file__).with_name("durations.json")
+SERVERS = ("emulator", "browser", "nginx", "varnish", "wrk")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--quick",
         action="store_true",
         help=f"the inner loop's subset: no test marked {', '.join(NOT_QUICK)} (README: Tests)",
     )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # The first Ctrl-C stops the run, even when it lands in Hypothesis's gc callback.
-    interrupts.install()
+    parser.addoption(
+        "--write-durations",
+        action="store_true",
+        help="write what each module of the run took into tests/durations.json",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.getoption("quick"):
-        return
-    kept, left = [], []
+    if config.getoption("quick"):
+        kept, left = [], []
+        for item in items:
+            slow = any(item.get_closest_marker(name) for name in NOT_QUICK)
+            (left if slow else kept).append(item)
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = kept
+    heaviest_first(items)
+
+
+def scope_of(nodeid: str) -> str:
+    """The unit pytest-xdist hands a worker under `--dist loadscope`: a module, or a
+    class of one."""
+    return nodeid.rsplit("::", 1)[0]
+
+
+def guessed(item: pytest.Item) -> float:
+    """About what a test takes, in seconds, by its marks alone."""
+    if any(item.get_closest_marker(name) for name in SERVERS):
+        return 3.0
+    return 1.0 if item.get_closest_marker("slow") else 0.05
+
+
+def heaviest_first(items: list[pytest.Item]) -> None:
+    """Order the run's modules by what they took, the longest first (each module's tests
+    in their own order). With -n, workers are handed modules in this order
+    (`--no-loadscope-reorder`): a module of one long test handed out last leaves one
+    worker running it alone at the end, as xdist's own order (by test count) does."""
+    known: dict[str, float] = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    guesses: dict[str, float] = {}
     for item in items:
-        slow = any(item.get_closest_marker(name) for name in NOT_QUICK)
-        (left if slow else kept).append(item)
-    if left:
-        config.hook.pytest_deselected(items=left)
-        items[:] = kept
+        scope = scope_of(item.nodeid)
+        guesses[scope] = guesses.get(scope, 0.0) + guessed(item)
+    items.sort(key=lambda item: -known.get(scope_of(item.nodeid), guesses[scope_of(item.nodeid)]))
+
+
+class Durations:
+    """What each scope's tests took (setup, call and teardown), summed as their reports
+    reach this process (with -n, the controller's), written at the end of the run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        scope = scope_of(report.nodeid)
+        self.seconds[scope] = self.seconds.get(scope, 0.0) + report.duration
+
+    def pytest_sessionfinish(self) -> None:
+        # The modules this run did not run keep what they took before.
+        known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+        known.update({scope: round(s, 1) for scope, s in self.seconds.items()})
+        DURATIONS.write_text(json.dumps(dict(sorted(known.items())), indent=0) + "\n")
 
 
 def envelope(
