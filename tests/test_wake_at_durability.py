@@ -205,14 +205,14 @@ class HeldEarlyRead(DuckDBStore):
         super().__init__(path)
         self.held = asyncio.Event()
         self.asked = asyncio.Event()
-        new_records = self._early.new_records
+        new_records = self._applier.early.new_records
 
         async def held(records: list[Record]) -> list[Record]:
             self.asked.set()
             await self.held.wait()
             return await new_records(records)
 
-        self._early.new_records = held
+        self._applier.early.new_records = held
 
 
 def stored(message_id: str) -> Record:

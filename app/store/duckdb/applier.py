@@ -1,5 +1,7 @@
-"""A DuckDB store's applier: journaled frames, queued in frame order, moved into
-DuckDB many at a time through the writer thread, and the reads that wait for them.
+"""A DuckDB store's write path after the ledger: each append journaled (durable), its
+new records shown to followers at once where any wait (early_tail.py), queued in frame
+order, moved into DuckDB many at a time through the writer thread; and the reads that
+wait for them. The applier alone keeps its queue, what it holds and when it runs.
 
 Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
@@ -12,7 +14,7 @@ import contextlib
 import itertools
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -20,12 +22,14 @@ from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store.backoff import Backoff
 from app.store.copies import ConflictObserver
+from app.store.duckdb.early_tail import EarlyTail, Read
 from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserted
 from app.store.duckdb.journal import Frame
 from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import Changes, FrameLedger
 from app.store.live import Live
+from app.store.supervisor import Supervisor
 from app.store.tally import Held
 
 log = logging.getLogger(__name__)
@@ -90,12 +94,15 @@ class Unapplied:
 
 @dataclass(slots=True, kw_only=True)
 class Applier:
-    """Applies the frames `queue`d (numbered by `frames`) through `insert` on the writer
-    thread (`write`), every `every` seconds or at once when a read waits; then reports
-    their rows readable to `live`, tells `conflicts` of differing copies, and has
-    `ledger` write the producers' changes and release the journal."""
+    """Journals each append through `frames` and queues it; applies the frames queued
+    through `insert` on the writer thread (`write`), every `every` seconds or at once
+    when a read waits; then reports their rows readable to `live`, tells `conflicts` of
+    differing copies, and has `ledger` write the producers' changes and release the
+    journal. With followers, an append's new records are shown once journaled, as
+    `read` (DuckDB's) finds which of them DuckDB will keep (`early`)."""
 
     write: Callable[..., Awaitable[Any]]
+    read: Read
     insert: Insert
     frames: Frames
     ledger: LedgerWriter
@@ -103,26 +110,108 @@ class Applier:
     clock: Callable[[], int]
     conflicts: ConflictObserver | None
     every: float = APPLY_EVERY_SECONDS
-    # Whether the applier runs: a read waits for it only then.
-    running: bool = field(default=False, init=False)
-    unapplied: deque[Unapplied] = field(default_factory=deque, init=False)
-    # Frames journaled whose entry is not in `unapplied` yet (an append that
+    # Whether the applier runs (`start`, `stop`): a read waits for it only then.
+    _running: bool = field(default=False, init=False)
+    _unapplied: deque[Unapplied] = field(default_factory=deque, init=False)
+    # Frames journaled whose entry is not in `_unapplied` yet (an append that
     # waits for its early read): none from them on is applied before they are,
     # so `applied` never passes a frame not in DuckDB (`_apply_next`).
-    queuing: set[int] = field(default_factory=set, init=False)
-    rows: int = field(default=0, init=False)  # rows journaled and not yet applied
+    _queuing: set[int] = field(default_factory=set, init=False)
+    _rows: int = field(default=0, init=False)  # rows journaled and not yet applied
     # The message ids of the records journaled and not yet applied (with how many
     # copies): a record shown to followers before DuckDB has it must be the copy
     # DuckDB will keep, and so not the later copy of one still to be applied.
-    pending: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
+    _pending: collections.Counter[str] = field(default_factory=collections.Counter, init=False)
+    # Appends under way, each until its message ids are pending: an append that
+    # starts before then (two are in flight) shows nothing early, as it cannot know them.
+    _appending: int = field(default=0, init=False)
     applied: int = field(default=0, init=False)  # appends whose rows are all in DuckDB
     error: str | None = field(default=None, init=False)
-    hurry: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    early: EarlyTail = field(init=False)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _progress: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     # A batch inserted into DuckDB and not yet accounted for (the tail, the
     # journal): what the applier finishes first when it is restarted.
     _half_applied: tuple[list[Unapplied], Inserted] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.early = EarlyTail(self.read, self._pending, self.live, self.clock)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def backlog(self) -> int:
+        """Rows journaled and not yet applied."""
+        return self._rows
+
+    def journaled(self) -> Iterable[Unapplied]:
+        """The frames journaled and not yet applied, in frame order."""
+        return self._unapplied
+
+    def start(self, loops: Supervisor) -> None:
+        """Apply what is journaled from now on, under `loops`: down once it fails for
+        longer than it lets appends wait to be applied."""
+        self._running = True
+        loops.run("applier", self.forever, interval=self.every)
+
+    async def stop(self, within: float) -> bool:
+        """Apply what is journaled, for at most `within` seconds, and stop applying:
+        whether every append was applied (the rest stays in the journal)."""
+        self._hurry.set()
+        try:
+            async with asyncio.timeout(within):
+                await self.caught_up(self.frames.number)
+        except (TimeoutError, StoreUnavailable):
+            return False
+        finally:
+            self._running = False
+        return True
+
+    async def journal(
+        self, rows: Sequence[Record | Rejection], ledger: FrameLedger | None = None
+    ) -> int:
+        """Make `rows` and the ledger's changes durable (one journal frame), then queue
+        them to be applied; the frame's number, or StoreUnavailable, having kept
+        nothing, if the write fails. Waits first while MAX_UNAPPLIED_ROWS are queued."""
+        if self._rows >= MAX_UNAPPLIED_ROWS:
+            await self.room()
+        records = [r for r in rows if type(r) is Record]
+        # With followers, the records go to the tail as soon as they are durable
+        # (journaled), not once DuckDB has them: which of them DuckDB will keep is
+        # asked meanwhile (early_tail.py), unless another append is under way (it
+        # could hold a copy of the same message).
+        followed = self.live.followed
+        early = self.early
+        asked = early.ask(records) if records and followed and not self._appending else None
+        self._appending += 1
+        try:
+            try:
+                number = await self.frames.write(rows, records, ledger)
+            except BaseException:
+                if asked is not None:
+                    asked.cancel()
+                raise
+            shown: list[Record] | None = None
+            queuing = self._queuing
+            queuing.add(number)
+            try:
+                if asked is not None:
+                    shown = await early.answer(asked)
+            finally:
+                # Journaled: queued whatever happens meanwhile, in frame order (a later
+                # append may have been queued while this one waited for its early read).
+                queuing.discard(number)
+                self._queue(Unapplied(number, rows, ledger, shown=shown), records)
+        finally:
+            self._appending -= 1
+        if shown:
+            early.show(shown)
+        elif followed:
+            self._hurry.set()  # followers see these rows once applied: now, not in 250 ms
+        return number
 
     async def replay(self, frame: Frame) -> None:
         """Insert a frame the journal held at start, with its ledger's changes."""
@@ -138,29 +227,29 @@ class Applier:
 
     async def room(self) -> None:
         """Return once fewer than MAX_UNAPPLIED_ROWS rows wait to be applied."""
-        while self.rows >= MAX_UNAPPLIED_ROWS:
+        while self._rows >= MAX_UNAPPLIED_ROWS:
             await self._progress.wait()
 
-    def queue(self, entry: Unapplied, records: list[Record]) -> None:
-        """Queue a journaled frame (`records`: its rows that are records) for the
-        applier, the queue kept in frame order."""
-        unapplied = self.unapplied
+    def _queue(self, entry: Unapplied, records: list[Record]) -> None:
+        """Queue a journaled frame (`records`: its rows that are records), the queue
+        kept in frame order."""
+        unapplied = self._unapplied
         at = len(unapplied)
         while at and unapplied[at - 1].frame_number > entry.frame_number:
             at -= 1
         unapplied.insert(at, entry)
-        self.rows += len(entry.rows)
-        self.pending.update([r.message_id for r in records])
+        self._rows += len(entry.rows)
+        self._pending.update([r.message_id for r in records])
         self._wake.set()
 
     def _appliable(self) -> int:
         """How many queued frames, from the first, may be applied now: those before
         the first frame journaled and not yet queued."""
-        if not self.queuing:
-            return len(self.unapplied)
-        first = min(self.queuing)
+        if not self._queuing:
+            return len(self._unapplied)
+        first = min(self._queuing)
         count = 0
-        for entry in self.unapplied:
+        for entry in self._unapplied:
             if entry.frame_number > first:
                 break
             count += 1
@@ -173,14 +262,14 @@ class Applier:
         # a caller runs several at once, and any unapplied row holds reads back,
         # but those already in the tail: a read of the tail has them, and every
         # other read first waits for what was journaled to be applied (`applied_now`).
-        horizon = min((entry.oldest for entry in self.unapplied if not entry.shown), default=now)
+        horizon = min((entry.oldest for entry in self._unapplied if not entry.shown), default=now)
         if now - horizon > _FRESH_MICROS:
             # A reader: what has waited this long is applied now, for its next page.
-            self.hurry.set()
+            self._hurry.set()
         return horizon
 
     def everything_applied(self) -> bool:
-        return not self.unapplied and self.applied == self.frames.number and self.error is None
+        return not self._unapplied and self.applied == self.frames.number and self.error is None
 
     async def forever(self) -> None:
         delays = Backoff(*_APPLY_RETRY_SECONDS)
@@ -212,17 +301,17 @@ class Applier:
     async def _apply_next(self) -> tuple[list[Unapplied], Inserted] | None:
         """Insert the next batch of journaled rows into DuckDB: the batch and what the
         insert did, or None if it failed (the rows stay journaled, to try again)."""
-        if self.rows < _APPLY_MAX_ROWS and not self.hurry.is_set():
+        if self._rows < _APPLY_MAX_ROWS and not self._hurry.is_set():
             # Let appends accumulate: see APPLY_EVERY_SECONDS. A read waiting on
             # its barrier, or an append that followers see only once applied (not
             # shown when journaled), cuts this short.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.every):
-                    await self.hurry.wait()
-        self.hurry.clear()
+                    await self._hurry.wait()
+        self._hurry.clear()
         batch: list[Unapplied] = []
         count = 0
-        for entry in itertools.islice(self.unapplied, self._appliable()):
+        for entry in itertools.islice(self._unapplied, self._appliable()):
             if batch and count + len(entry.rows) > _APPLY_MAX_ROWS:
                 break
             batch.append(entry)
@@ -262,17 +351,17 @@ class Applier:
         fresh: list[Record | Rejection] = [r for r in records if r.message_id not in shown]
         self.error = None
         for entry in batch:
-            self.unapplied.popleft()
+            self._unapplied.popleft()
             for row in entry.rows:
                 if type(row) is Rejection:
                     fresh.append(row)  # every rejection is read
                 elif type(row) is Record:
-                    left = self.pending[row.message_id] - 1
+                    left = self._pending[row.message_id] - 1
                     if left:
-                        self.pending[row.message_id] = left
+                        self._pending[row.message_id] = left
                     else:
-                        del self.pending[row.message_id]
-            self.rows -= len(entry.rows)
+                        del self._pending[row.message_id]
+            self._rows -= len(entry.rows)
         self.applied = batch[-1].frame_number
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
@@ -300,7 +389,7 @@ class Applier:
         the applier stops."""
         while self.applied < frame_number:
             progress = self._progress
-            if not self.running:
+            if not self._running:
                 raise StoreUnavailable("the DuckDB store is not applying writes")
             await progress.wait()
 
@@ -312,7 +401,7 @@ class Applier:
         # for the others. Each read of DuckDB itself then waits for everything
         # journaled to be applied (`applied_now`).
         await self.applied_through(
-            max((e.frame_number for e in self.unapplied if not e.shown), default=0)
+            max((e.frame_number for e in self._unapplied if not e.shown), default=0)
         )
 
     async def applied_now(self) -> None:
@@ -324,7 +413,7 @@ class Applier:
     async def applied_through(self, frame_number: int) -> None:
         if self.applied >= frame_number:
             return
-        self.hurry.set()
+        self._hurry.set()
         try:
             async with asyncio.timeout(READ_BARRIER_SECONDS):
                 await self.caught_up(frame_number)

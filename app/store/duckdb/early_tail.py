@@ -10,7 +10,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import duckdb
 
@@ -29,24 +29,17 @@ Read = Callable[
 @dataclass
 class EarlyTail:
     """Asks which of an append's records DuckDB will keep (`read`, beside `pending`: the
-    message ids journaled and not yet applied), and reports them readable to `live`.
-    The store counts the appends under way in `appending`."""
+    message ids journaled and not yet applied, which the applier keeps), and reports
+    them readable to `live`. The applier asks only while no other append is under way."""
 
     read: Read
     pending: collections.Counter[str]
     live: Live
     clock: Callable[[], int]
-    # Appends under way, each until its message ids are pending: an append that
-    # starts before then (two are in flight) shows nothing early, as it cannot know
-    # them.
-    appending: int = field(default=0, init=False)
 
-    def ask(self, records: list[Record]) -> asyncio.Future[list[Record]] | None:
+    def ask(self, records: list[Record]) -> asyncio.Future[list[Record]]:
         """Start asking which of `records` (an append's, followed) to show once they are
-        journaled; None while another append is under way: a concurrent append could
-        hold a copy of the same message."""
-        if self.appending:
-            return None
+        journaled."""
         return asyncio.ensure_future(self.new_records(records))
 
     async def answer(self, asked: asyncio.Future[list[Record]]) -> list[Record] | None:

@@ -8,8 +8,7 @@ Design: docs/producers.md
 from __future__ import annotations
 
 import asyncio
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from app.records import Record, Rejection, rejected_record
@@ -26,12 +25,12 @@ from app.store.tally import Copy, Sequenced, SequenceKey
 @dataclass(slots=True, kw_only=True)
 class Sequencer:
     """Settles appends against `ledger`, then journals and queues what is kept through
-    `store` (the frame's number); what is held is looked for in `unapplied` (the
-    applier's queue), then in DuckDB (`database`, `seen`: the store's look-up)."""
+    `store` (the frame's number); what is held is looked for in what is `journaled`
+    (the applier's queue), then in DuckDB (`database`, `seen`: the store's look-up)."""
 
     ledger: DuckDBLedger
     store: Callable[[Sequence[Record | Rejection], FrameLedger | None], Awaitable[int]]
-    unapplied: deque[Unapplied]
+    journaled: Callable[[], Iterable[Unapplied]]
     database: Database
     seen: Callable[[Sequence[str]], Awaitable[dict[str, MessageState]]]
     clock: Callable[[], int]
@@ -121,7 +120,7 @@ class Sequencer:
         keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
         stored = set[str]()
         ids: dict[SequenceKey, set[str]] = {}
-        for entry in self.unapplied:
+        for entry in self.journaled():
             stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
             if entry.ledger is not None:
                 for held in entry.ledger.copies:
@@ -135,7 +134,7 @@ class Sequencer:
         # The messages themselves, where they are: journaled, or in DuckDB.
         every = {i for found in ids.values() for i in found}
         messages: dict[str, list[Record | Rejection]] = {}
-        for entry in self.unapplied:
+        for entry in self.journaled():
             for row in entry.rows:
                 if row.message_id in every:
                     messages.setdefault(row.message_id, []).append(row)

@@ -1,17 +1,17 @@
 """The embedded default store: one DuckDB file (or memory), one process, its parts
 composed here. An append is durable once its frame is in the commit journal
-(frames.py); the Applier moves journaled rows into DuckDB (applier.py, inserts.py)
-on the one writer thread (database.py); the Reader reads on reader threads, never
-past the oldest row not yet applied (reads.py). Appends with producer sequences are
-settled first (sequencing.py); followers see new records once journaled
-(early_tail.py). One process sees every write: message_id is unique on insert.
+(frames.py); the Applier owns the write path from there: it journals each append,
+shows followers its new records once journaled (early_tail.py) and moves journaled
+rows into DuckDB (inserts.py) on the one writer thread (database.py). The Reader
+reads on reader threads, never past the oldest row not yet applied (reads.py).
+Appends with producer sequences are settled first (sequencing.py), then journaled
+by the Applier. One process sees every write: message_id is unique on insert.
 
 Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -25,18 +25,15 @@ from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
 from app.store.duckdb.applier import (
     APPLY_EVERY_SECONDS,
-    MAX_UNAPPLIED_ROWS,
     READ_BARRIER_SECONDS,
     Applier,
-    Unapplied,
 )
 from app.store.duckdb.database import READ_SECONDS, Database
-from app.store.duckdb.early_tail import EarlyTail
 from app.store.duckdb.frames import Frames
 from app.store.duckdb.inserts import Inserter
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.ledger_writes import LedgerWriter
-from app.store.duckdb.producers import DuckDBLedger, FrameLedger
+from app.store.duckdb.producers import DuckDBLedger
 from app.store.duckdb.reads import Reader
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sequencing import Sequencer
@@ -106,6 +103,7 @@ class DuckDBStore:
         )
         self._applier = Applier(
             write=self._db.write,
+            read=self._db.read,
             insert=Inserter(self._db.connection, self._typed, clock).insert,
             frames=self._frames,
             ledger=LedgerWriter(self._ledger, self._journal),
@@ -116,14 +114,13 @@ class DuckDBStore:
         )
         self._sequencer = Sequencer(
             ledger=self._ledger,
-            store=self._store,
-            unapplied=self._applier.unapplied,
+            store=self._applier.journal,
+            journaled=self._applier.journaled,
             database=self._db,
             seen=self.seen,
             clock=clock,
         )
         self._reader = Reader(self._db, self._applier.applied_now, self.live, self._typed)
-        self._early = EarlyTail(self._db.read, self._applier.pending, self.live, clock)
 
     @property
     def live_producers(self) -> int:
@@ -151,10 +148,7 @@ class DuckDBStore:
         await self._ledger.start()
         await self._reader.warm_tail(self._clock() // 1000)
         await self._loops.start()
-        applier = self._applier
-        applier.running = True
-        # Down once it fails for longer than it lets appends wait to be applied.
-        self._loops.run("applier", applier.forever, interval=applier.every)
+        self._applier.start(self._loops)
         retention = self._retention
         if retention.days:
             # Once now, for a store that was closed longer than the interval.
@@ -165,24 +159,19 @@ class DuckDBStore:
         applier = self._applier
         if applier.running:
             # Whatever is not applied now stays in the journal for the next start.
-            applier.hurry.set()
-            try:
-                async with asyncio.timeout(READ_BARRIER_SECONDS):
-                    await applier.caught_up(self._frames.number)
-            except (TimeoutError, StoreUnavailable):
+            if not await applier.stop(READ_BARRIER_SECONDS):
                 if self._journal is not None:
                     log.warning(
                         "closing with %d journaled rows not applied: the next start recovers "
                         "them from the journal",
-                        applier.rows,
+                        applier.backlog,
                     )
                 else:
                     log.error(
                         "closing with %d rows not applied: a memory store keeps no journal, "
                         "so they are lost",
-                        applier.rows,
+                        applier.backlog,
                     )
-            applier.running = False
             await self._loops.close()
         if self._ledger.owed and self._db.con is not None:
             with contextlib.suppress(StoreUnavailable):  # logged; the journal keeps them
@@ -222,54 +211,11 @@ class DuckDBStore:
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         if self._db.con is None:
             raise StoreUnavailable("the DuckDB store is closed")
-        if self._applier.rows >= MAX_UNAPPLIED_ROWS:
-            await self._applier.room()
         sequences = [sequence_of(r) for r in rows]
         if sequences.count(None) != len(sequences):  # some row claims a sequence
             return await self._sequencer.append(rows, sequences)
-        await self._store(rows)
+        await self._applier.journal(rows)
         return [None] * len(rows)
-
-    async def _store(
-        self, rows: Sequence[Record | Rejection], ledger: FrameLedger | None = None
-    ) -> int:
-        """Make `rows` and the ledger's changes durable (one journal frame), then queue
-        them for the applier; the frame's number, or StoreUnavailable, having kept
-        nothing, if the write fails."""
-        records = [r for r in rows if type(r) is Record]
-        # With followers, the records go to the tail as soon as they are durable
-        # (journaled), not once DuckDB has them: which of them DuckDB will keep is
-        # asked meanwhile (early_tail.py).
-        followed = self.live.followed
-        early = self._early
-        asked = early.ask(records) if records and followed else None
-        early.appending += 1
-        try:
-            try:
-                number = await self._frames.write(rows, records, ledger)
-            except BaseException:
-                if asked is not None:
-                    asked.cancel()
-                raise
-            shown: list[Record] | None = None
-            queuing = self._applier.queuing
-            queuing.add(number)
-            try:
-                if asked is not None:
-                    shown = await early.answer(asked)
-            finally:
-                # Journaled: queued for the applier whatever happens meanwhile, in
-                # frame order (a later append may have been queued while this one
-                # waited for its early read).
-                queuing.discard(number)
-                self._applier.queue(Unapplied(number, rows, ledger, shown=shown), records)
-        finally:
-            early.appending -= 1
-        if shown:
-            early.show(shown)
-        elif followed:
-            self._applier.hurry.set()  # followers see these rows once applied: now, not in 250 ms
-        return number
 
     async def _ledger_settled(self) -> None:
         """Return once every append acknowledged is applied and its ledger changes are
