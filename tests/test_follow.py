@@ -22,7 +22,7 @@ from app.asgi import create_app
 from app.http.head import Recordline
 from app.query import follow
 from app.query.events import ENCODED_BYTES, Encodings, Event
-from app.query.follow import SHARED_READ_SECONDS, Followers
+from app.query.follow import HEARTBEAT_SECONDS, SHARED_READ_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
 from app.query.service import PAGE_BYTES, READ_COPIES, RecordsPage
 from app.records import moment
@@ -148,7 +148,9 @@ async def test_a_streams_follower_whose_client_leaves_frees_its_seat_at_once(
         left = time.monotonic()
         waiting.cancel()  # the client closes the connection
         await until(lambda: followers.open == 0, what="its seat given back as it left")
-        assert time.monotonic() - left < 1.0
+        # As it left, not when its wait or the stream's next heartbeat would have found it
+        # gone (on loaded cores the cancel itself takes a second or more).
+        assert time.monotonic() - left < HEARTBEAT_SECONDS / 3
 
 
 async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_once(
