@@ -184,14 +184,14 @@ def add_operator_commands(add_parser: AddParser) -> None:
         help="the serving tier's export to BigQuery: status, leases, retry, reject, resync, verify",
     )
     add_system_argument(export, "whose export (its serving database and dataset)")
-    from app.store.tiered import operator
+    from app.commands import export as exporting
 
-    operator.add_arguments(export)
+    exporting.add_arguments(export)
 
     restore = add_parser(
         "restore", help="the serving tier: write back the rows a serving database lost"
     )
-    from app.store.spanner import restore as restoring
+    from app.commands import restore as restoring
 
     restoring.add_arguments(restore)
 
@@ -498,9 +498,9 @@ def _sql_serving(query: str) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from app.commands import export as exporting
     from app.commands.target import TargetError, one_system
     from app.store.open import operated
-    from app.store.tiered import operator
     from app.telemetry import configure_logging, google_project
 
     settings = _settings(dict(os.environ))
@@ -519,7 +519,7 @@ def _export(args: argparse.Namespace) -> int:
         project=google_project(settings),
         system=settings.telemetry.system,
     )
-    return asyncio.run(operator.run(args, operated(settings)))
+    return asyncio.run(exporting.run(args, operated(settings)))
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -597,7 +597,7 @@ def _exporter() -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from app.store.spanner import restore
+    from app.commands import restore
 
     settings = _settings(dict(os.environ))
     if settings is None:

@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 OPENAPI = ROOT / "site-openapi.json"
 README = ROOT / "README.md"
-# README's links into docs/ (`](docs/reading.md#pages)`), as the site's pages link.
+# README's links into docs/ (`](docs/reading.md#filters)`), as the site's pages link.
 _DOCS_LINK = re.compile(r"\]\(docs/")
 # Where scripts/install-mermaid.sh keeps Mermaid, and where the site serves it.
 MERMAID = ROOT / ".tools" / "mermaid"

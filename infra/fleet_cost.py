@@ -296,8 +296,8 @@ FOLLOWER_REQUEST_SECONDS = 1.0
 # Each system's month of rows is read once from outside Google Cloud (a downstream
 # service, an export to another cloud), as pages of JSON gzip-compressed eightfold: a
 # 100-row page of varied order-like records is 57,069 bytes plain and 7,101 gzipped
-# (`bench cost`, docs/benchmarks.md#cost). A record as served: its data and about 300
-# bytes of ids, times and attributes.
+# (`bench cost`, docs/benchmarks.md, "A month of followers"). A record as served: its
+# data and about 300 bytes of ids, times and attributes.
 READS_OF_A_MONTH = 1
 GZIP_RATIO = 8.0
 SERVED_ROW_OVERHEAD = 300

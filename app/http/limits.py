@@ -110,7 +110,7 @@ class Refused(Exception):
     refused upgrade is no HTTP this layer follows."""
 
 
-def answer(error: RecordlineError, problems: Problems) -> bytes:
+def problem_bytes(error: RecordlineError, problems: Problems) -> bytes:
     """`error` as a whole HTTP/1.1 answer, its problem document, that closes the connection."""
     problem, headers = problems.of(error)
     body = msgspec.json.encode(problem)
@@ -579,7 +579,7 @@ class BoundedHttpTools(HttpToolsProtocol):
     def _answer(self, error: RecordlineError) -> bytes:
         """`error` as the answer that ends this connection, counted by its problem."""
         self._count(error.problem)
-        return answer(error, self.problems)
+        return problem_bytes(error, self.problems)
 
     def _count(self, reason: str) -> None:
         if self.observer is not None:

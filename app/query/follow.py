@@ -324,7 +324,7 @@ class Followers:
         return self.encodings.of(read, Reader, lambda: self.reader.as_page(read))
 
 
-class Mode(Protocol):
+class FollowMode(Protocol):
     """What a protocol makes of a follower's reads, as a stream of events
     (`Follow.events`): where it reads next, and what it sends of each read."""
 
@@ -401,7 +401,7 @@ class Follow:
         read = await self.read(listing, cursor, limit, reader.page_bytes, wait=wait)
         return self.followers.page_of(read, first=first)
 
-    async def events(self, mode: Mode, *, seconds: float) -> AsyncIterator[Event]:
+    async def events(self, mode: FollowMode, *, seconds: float) -> AsyncIterator[Event]:
         """A stream's events, as `mode` makes them of each read, for `seconds` at most,
         until `stop` or a read fails (`mode.end` then says so): each read that finds
         rows, and a heartbeat once the stream was quiet for the heartbeat interval."""

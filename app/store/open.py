@@ -9,7 +9,8 @@ second to import, which a service on DuckDB never pays.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 from app.settings import (
     BIGQUERY_URL,
@@ -25,13 +26,13 @@ from app.store import Reprojecting, Store
 from app.store.observers import NO_OBSERVERS, StoreObservers
 
 if TYPE_CHECKING:
+    from app.store.bigquery.queries import QueryRunner
     from app.store.bigquery.store import BigQueryOptions, BigQueryStore
     from app.store.spanner.calls import SpannerClients
     from app.store.spanner.serving import SpannerDatabase, SpannerServing
     from app.store.tiered.balance import Balance
     from app.store.tiered.exporter import ExportThrottle
     from app.store.tiered.fleet import SystemExport
-    from app.store.tiered.operator import Operated
     from app.typed.revisions import Revisions
 
 
@@ -163,12 +164,23 @@ def spanner_database(url: str, *, var: str = "RECORDLINE_SERVING") -> SpannerDat
     return SpannerDatabase(match["project"], match["instance"], match["name"])
 
 
+class Operated(NamedTuple):
+    """The stores `recordline export`'s commands work on (`app.commands.export`), as
+    the settings name them (`operated`): each made when a command needs it, not started."""
+
+    # The serving tier; None if there is none (RECORDLINE_SERVING is not set).
+    serving: Callable[[], SpannerServing] | None
+    analytics: Callable[[], BigQueryStore]
+    # Queries of the BigQuery project named, bounded for a command rather than a request.
+    queries: Callable[[str], QueryRunner]
+    dedupe_window_seconds: float
+
+
 def operated(settings: Settings) -> Operated:
     """What `recordline export`'s commands work on, as the settings name it."""
     # Imported here: the clients take most of a second to import, which the
     # parser of every other command need not pay.
     from app.store.bigquery.queries import QueryRunner
-    from app.store.tiered.operator import Operated
     from app.store.tiered.verify import BIGQUERY_SECONDS
 
     store = settings.store

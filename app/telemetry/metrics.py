@@ -593,7 +593,7 @@ class PushOutcomes:
 
 class Conflicts:
     """A store's conflict observer: counts and logs each later copy of a stored message
-    whose content differs from it (app.store.ConflictObserver).
+    whose content differs from it (app.store.copies.ConflictObserver).
 
     Such a copy is acknowledged like any redelivery (retrying would never store
     it: the message id is taken), so the log line is all that is left of it.

@@ -223,7 +223,7 @@ def test_table_is_partitioned_by_day_and_clustered(
 
 
 def test_the_export_watermarks_table_is_small_whole_and_written_by_the_service() -> None:
-    # The exporter appends to it with the serving tier (app/store/spanner/export.py):
+    # The exporter appends to it with the serving tier (app/store/tiered/exporter.py):
     # two rows a minute at most, read whole by the analyst's query, kept for good.
     table = _resources("google_bigquery_table")["export_watermarks"]
     assert "time_partitioning" not in table

@@ -18,9 +18,9 @@ import msgspec
 import pytest
 
 from app.cli import _main
+from app.commands import export
 from app.settings import Settings
 from app.store.open import operated
-from app.store.tiered import operator
 from app.store.tiered.exporter import Exporter
 from app.store.tiered.verify import WINDOW_MICROS
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -73,7 +73,7 @@ async def test_verify_finds_a_row_bigquery_lost_and_names_its_window(
     one = exporter(store)
     await drain(one)
     settings = serving_settings()
-    assert await operator.run(verify_args(since), operated(settings)) == 0
+    assert await export.run(verify_args(since), operated(settings)) == 0
     # Billed for the two columns it reads: a message id (2 bytes and its length,
     # as BigQuery counts a STRING) and a TIMESTAMP (8 bytes) per row.
     (first, *_) = [q for q in jobs_fake.queries if "BIT_XOR" in q.sql]
@@ -85,10 +85,10 @@ async def test_verify_finds_a_row_bigquery_lost_and_names_its_window(
     assert " same" in said
     assert "DIFFERS" not in said
     lost = drop(write_fake, "records", "m-5")
-    assert await operator.run(verify_args(since), operated(settings)) == 1
+    assert await export.run(verify_args(since), operated(settings)) == 1
     said = capsys.readouterr().out
     window = lost["ingest_time"] // WINDOW_MICROS * WINDOW_MICROS
-    start = operator._time(window)
+    start = export._time(window)
     assert f"first window that differs: records from {start}" in said
     assert f"records {start} spanner 12 " in said
     assert "bigquery 11 " in said
@@ -112,7 +112,7 @@ async def test_a_blocked_table_is_told_and_retried_at_once_by_an_operator(
     await drain(one)
     assert "m-bad" in one.blocked["records"]
     settings = serving_settings()
-    assert await operator.run(argparse.Namespace(action="status"), operated(settings)) == 1
+    assert await export.run(argparse.Namespace(action="status"), operated(settings)) == 1
     said = capsys.readouterr().out
     assert "BLOCKED since" in said
     assert "m-bad" in said
@@ -121,15 +121,15 @@ async def test_a_blocked_table_is_told_and_retried_at_once_by_an_operator(
     write_fake.refuse = None
     await drain(one)
     assert copies(write_fake, "records") == {}
-    assert await operator.run(retry_args(), operated(settings)) == 0
+    assert await export.run(retry_args(), operated(settings)) == 0
     assert (await one.ledger.progress("records")).blocked is None
     # The holder tries it at its next round, and goes on from that very row.
     await drain(one)
     assert "records" not in one.blocked
     assert copies(write_fake, "records") == {"m-1": 1, "m-bad": 1, "m-2": 1}
-    assert await operator.run(argparse.Namespace(action="status"), operated(settings)) == 0
+    assert await export.run(argparse.Namespace(action="status"), operated(settings)) == 0
     # Nothing to retry now.
-    assert await operator.run(retry_args(), operated(settings)) == 0
+    assert await export.run(retry_args(), operated(settings)) == 0
     assert "not blocked" in capsys.readouterr().out
 
 
@@ -168,11 +168,11 @@ async def test_a_row_bigquery_never_takes_is_moved_to_the_rejections_by_an_opera
         )
 
     # Only the row the stop names: another message is refused, nothing moves.
-    assert await operator.run(reject("m-1"), operated(settings)) == operator.EXIT_REFUSED
+    assert await export.run(reject("m-1"), operated(settings)) == export.EXIT_REFUSED
     assert "nothing moved" in capsys.readouterr().err
     assert (await store.serving.message("m-1")) is not None
     assert (await one.ledger.progress("records")).blocked is not None
-    assert await operator.run(reject("m-bad"), operated(settings)) == 0
+    assert await export.run(reject("m-bad"), operated(settings)) == 0
     # The export goes on at the holder's next round, without it, each row once; the
     # rejection, committed now, once it is a second old.
     await drain(one)
@@ -189,7 +189,7 @@ async def test_a_row_bigquery_never_takes_is_moved_to_the_rejections_by_an_opera
     assert status is not None
     assert status.status == "rejected"
     # Spanner and BigQuery agree on both tables.
-    assert await operator.run(verify_args(0), operated(settings)) == 0
+    assert await export.run(verify_args(0), operated(settings)) == 0
 
 
 def resync_args(table: str = "records") -> argparse.Namespace:
@@ -229,7 +229,7 @@ async def test_a_progress_behind_the_stream_is_resynced_past_what_bigquery_holds
 ) -> None:
     one = await behind_the_stream(make_tiered, write_fake)
     settings = serving_settings()
-    assert await operator.run(resync_args(), operated(settings)) == 0
+    assert await export.run(resync_args(), operated(settings)) == 0
     said = capsys.readouterr().out
     assert "BigQuery holds 2 rows past the progress" in said
     assert "after message m-4 on a new stream" in said
@@ -240,7 +240,7 @@ async def test_a_progress_behind_the_stream_is_resynced_past_what_bigquery_holds
     assert "records" not in one.blocked
     assert copies(write_fake, "records") == {f"m-{n}": 1 for n in range(1, 6)}
     # Not blocked now: nothing to do.
-    assert await operator.run(resync_args(), operated(settings)) == 0
+    assert await export.run(resync_args(), operated(settings)) == 0
     assert "not blocked" in capsys.readouterr().out
 
 
@@ -253,7 +253,7 @@ async def test_a_resync_moves_nothing_where_bigquery_lacks_a_row_before_one_it_h
     one = await behind_the_stream(make_tiered, write_fake)
     drop(write_fake, "records", "m-3")  # BigQuery holds m-4 but not m-3 before it
     blocked = await one.ledger.progress("records")
-    assert await operator.run(resync_args(), operated(serving_settings())) == operator.EXIT_REFUSED
+    assert await export.run(resync_args(), operated(serving_settings())) == export.EXIT_REFUSED
     assert "but not message m-3 before it" in capsys.readouterr().err
     assert await one.ledger.progress("records") == blocked
 
@@ -284,7 +284,7 @@ async def test_rows_deleted_before_their_export_are_resynced_past_by_an_operator
     await settle_clock()
     await drain(one)
     assert "rows were deleted before they were exported" in one.blocked["records"]
-    assert await operator.run(resync_args(), operated(serving_settings())) == 0
+    assert await export.run(resync_args(), operated(serving_settings())) == 0
     assert "BigQuery holds 0 rows past the progress" in capsys.readouterr().out
     # What Spanner still has is exported, once; what it lost is in neither store.
     await drain(one)

@@ -24,6 +24,7 @@ import msgspec
 import pytest
 from google.cloud.bigquery_storage_v1 import types
 
+from app.commands import export
 from app.records import Record, Row
 from app.settings import Settings
 from app.store.open import operated
@@ -31,7 +32,6 @@ from app.store.spanner.export_ledger import SpannerLedger
 from app.store.spanner.ledger import Lease, LeaseClaim, Progress
 from app.store.spanner.serving import SpannerServing
 from app.store.supervisor import Supervisor
-from app.store.tiered import operator
 from app.store.tiered.exporter import Exporter
 from tests.bigquery.fake_storage_write import (
     Abort,
@@ -139,7 +139,7 @@ async def test_every_failure_shape_goes_on_or_blocks_saying_why_and_the_other_ta
                 assert write_fake.failed["records"] == failed  # not asked again
                 assert name not in copies(write_fake, "records")
                 del write_fake.broken["records"]
-                assert await operator.run(retry_args(), operated(settings)) == operator.EXIT_DONE
+                assert await export.run(retry_args(), operated(settings)) == export.EXIT_DONE
                 assert "cleared" in capsys.readouterr().out
                 await rounds.until_exported(name)
                 assert not one.blocked
@@ -211,7 +211,7 @@ async def test_a_gone_stream_whose_count_disagrees_blocks_and_resync_mends_it(
     args = argparse.Namespace(
         action="resync", table="records", reason="BigQuery lost m-2", operator=OPERATOR
     )
-    assert await operator.run(args, operated(serving_settings())) == operator.EXIT_DONE
+    assert await export.run(args, operated(serving_settings())) == export.EXIT_DONE
     assert "after message m-1 on a new stream" in capsys.readouterr().out
     await drain(one)
     assert copies(write_fake, "records") == {"m-1": 1, "m-2": 1}
@@ -355,9 +355,9 @@ async def test_a_poison_row_blocks_its_table_alone_naming_it_and_reject_clears_i
     assert rounds.held("rejected") == 2 * rounds.rounds
     assert one.leading
     settings = serving_settings()
-    assert await operator.run(argparse.Namespace(action="status"), operated(settings)) == 1
+    assert await export.run(argparse.Namespace(action="status"), operated(settings)) == 1
     assert "m-poison" in capsys.readouterr().out
-    assert await operator.run(reject_args("m-poison"), operated(settings)) == operator.EXIT_DONE
+    assert await export.run(reject_args("m-poison"), operated(settings)) == export.EXIT_DONE
     capsys.readouterr()
     # Then the row that cannot be read: named too, after the rows before it.
     for _ in range(4):
@@ -366,7 +366,7 @@ async def test_a_poison_row_blocks_its_table_alone_naming_it_and_reject_clears_i
     assert "message m-unreadable of records cannot be exported (read)" in reason
     assert "ValueError" in reason
     assert copies(write_fake, "records") == dict.fromkeys(["m-1", "m-2", "m-3", "m-4", "m-5"], 1)
-    assert await operator.run(reject_args("m-unreadable"), operated(settings)) == operator.EXIT_DONE
+    assert await export.run(reject_args("m-unreadable"), operated(settings)) == export.EXIT_DONE
     await settle_clock()  # the rejections the operator made, once settled, go too
     await drain(one)
     assert not one.blocked

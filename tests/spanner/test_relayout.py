@@ -17,10 +17,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from app.commands import export
 from app.records import Record, Rejection
 from app.settings import Settings
 from app.store.open import operated
-from app.store.tiered import operator
 from tests.bigquery.billing import Layout
 from tests.bigquery.fake_jobs import FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
@@ -89,4 +89,4 @@ async def test_a_new_layout_is_filled_from_the_old_table_and_the_export_goes_on_
     }
     # `export verify`: Spanner and the new table agree, window by window.
     verify = argparse.Namespace(action="verify", since=since, window=1.0)
-    assert await operator.run(verify, operated(serving_settings())) == 0
+    assert await export.run(verify, operated(serving_settings())) == 0

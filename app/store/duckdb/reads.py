@@ -34,7 +34,7 @@ from app.store.live import Live
 
 
 @dataclass(slots=True)
-class Reader:
+class DuckDBReads:
     """Reads `database` on its reader threads once `applied_now` returns, and pages of
     records from `live`'s tail where it holds them all; a filter's typed fields are
     `typed`'s."""

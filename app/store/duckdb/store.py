@@ -2,8 +2,8 @@
 composed here. An append is durable once its frame is in the commit journal
 (frames.py); the Applier owns the write path from there: it journals each append,
 shows followers its new records once journaled (early_tail.py) and moves journaled
-rows into DuckDB (inserts.py) on the one writer thread (database.py). The Reader
-reads on reader threads, never past the oldest row not yet applied (reads.py).
+rows into DuckDB (inserts.py) on the one writer thread (database.py). Reads
+run on reader threads, never past the oldest row not yet applied (reads.py).
 Appends with producer sequences are settled first (sequencing.py), then journaled
 by the Applier. One process sees every write: message_id is unique on insert.
 
@@ -34,7 +34,7 @@ from app.store.duckdb.inserts import Inserter
 from app.store.duckdb.journal_process import JournalProcess
 from app.store.duckdb.ledger_writes import LedgerWriter
 from app.store.duckdb.producers import DuckDBLedger
-from app.store.duckdb.reads import Reader
+from app.store.duckdb.reads import DuckDBReads
 from app.store.duckdb.retention import EXPIRE_EVERY_SECONDS, Retention
 from app.store.duckdb.sequencing import Sequencer
 from app.store.duckdb.typed import TypedColumns
@@ -120,7 +120,7 @@ class DuckDBStore:
             seen=self.seen,
             clock=clock,
         )
-        self._reader = Reader(self._db, self._applier.applied_now, self.live, self._typed)
+        self._reads = DuckDBReads(self._db, self._applier.applied_now, self.live, self._typed)
 
     @property
     def live_producers(self) -> int:
@@ -146,7 +146,7 @@ class DuckDBStore:
             await self._journal.discard_replayed()
         # Producers' entries are read as they publish; the hours' counts now.
         await self._ledger.start()
-        await self._reader.warm_tail(self._clock() // 1000)
+        await self._reads.warm_tail(self._clock() // 1000)
         await self._loops.start()
         self._applier.start(self._loops)
         retention = self._retention
@@ -237,16 +237,16 @@ class DuckDBStore:
     # -- reading ---------------------------------------------------------------
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
-        return await self._reader.page(kind, query)
+        return await self._reads.page(kind, query)
 
     async def latest(self, record_id: str) -> Record | None:
-        return await self._reader.latest(record_id)
+        return await self._reads.latest(record_id)
 
     async def message(self, message_id: str) -> MessageStatus | None:
-        return await self._reader.message(message_id)
+        return await self._reads.message(message_id)
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
-        return await self._reader.seen(message_ids)
+        return await self._reads.seen(message_ids)
 
     async def reproject(self, records: Sequence[Record]) -> int:
         """Project these stored records again, as the code and revisions are now, and

@@ -3,7 +3,7 @@
 # systems the ones in trouble are the ones on screen; each cell's own dashboard has its
 # distributions and its services (the cell root's dashboard.tf). Every cell's project is
 # in this project's metrics scope (cells.tf).
-# (docs/operations.md#from-one-system-to-a-thousand)
+# (docs/operations.md#cells-from-one-system-to-a-thousand)
 
 locals {
   # The application's metrics as they arrive: every system's counters and every cell's

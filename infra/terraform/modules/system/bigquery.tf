@@ -115,7 +115,7 @@ resource "google_bigquery_table" "rejected" {
 }
 
 # Up to when BigQuery is complete, for analysts (README, "BigQuery"): with `serving`, the
-# exporter (app/store/spanner/export.py) appends a row per table each time its watermark
+# exporter (app/store/tiered/exporter.py) appends a row per table each time its watermark
 # moves on by a minute, through the table's _default stream; every row of that table
 # with an ingest_time before the watermark is in BigQuery. Empty without `serving`; here
 # for every system all the same, so turning `serving` on needs nothing else. Generated

@@ -24,7 +24,7 @@ resource "google_cloud_scheduler_job" "canary" {
   project     = var.project_id
   region      = var.region
   name        = "${var.service_name}-canary"
-  description = "Publishes a canary record to ${google_pubsub_topic.records.name} every minute (docs/operations.md#canary-age)."
+  description = "Publishes a canary record to ${google_pubsub_topic.records.name} every minute (docs/operations.md#canary-stale)."
   schedule    = "* * * * *"
   time_zone   = "Etc/UTC"
 

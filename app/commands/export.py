@@ -18,8 +18,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -36,7 +35,7 @@ from app.records import (
 
 if TYPE_CHECKING:
     from app.store.bigquery.queries import QueryRunner
-    from app.store.bigquery.store import BigQueryStore
+    from app.store.open import Operated
     from app.store.spanner.ledger import Decision, LeaseState, Progress, Standing
     from app.store.spanner.serving import SpannerServing
     from app.store.tiered.held import QueryHeld
@@ -51,18 +50,6 @@ EXIT_UNAVAILABLE: Final = 4
 EXIT_BUG: Final = 70
 # The commands that change the export, each a decision kept with its reason.
 DECIDING: Final = ("retry", "reject", "resync")
-
-
-class Operated(NamedTuple):
-    """What the commands work on, as the settings name it (`app.store.open.operated`):
-    each made when a command needs it, not started."""
-
-    # The serving tier; None if there is none (RECORDLINE_SERVING is not set).
-    serving: Callable[[], SpannerServing] | None
-    analytics: Callable[[], BigQueryStore]
-    # Queries of the BigQuery project named, bounded for a command rather than a request.
-    queries: Callable[[str], QueryRunner]
-    dedupe_window_seconds: float
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
