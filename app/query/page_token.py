@@ -51,6 +51,10 @@ class PageToken(msgspec.Struct, array_like=True, frozen=True):
     # The rows the list keeps (`attribute=`, `record_id=`, …), which every later page
     # keeps too; None for every row, as in tokens of older releases.
     filter: RowFilter | None = None
+    # A newest-first page's (`order=newest`): the rows before the key (`until`,
+    # `before_message_id`), no older than `after_time`, the newest first.
+    newest: bool = False
+    before_message_id: Annotated[str, Meta(max_length=MAX_ID_LENGTH)] = ""
 
 
 _encode = msgspec.msgpack.encode

@@ -61,6 +61,12 @@ _FOREVER = 2**62
 # How far back `Reader.newest` looks first (µs), and how much further each time.
 _NEWEST_FIRST_SPAN = 1_000_000
 _NEWEST_SPAN_GROWTH = 60
+# A newest-first page (`Reader.newest_page`) reads windows back from its ceiling, a
+# second first, each this many times longer than the last while they hold few rows;
+# in one that holds more than a read takes, the newest rows are looked for by halves;
+# after this many reads it ends with what it has, its token going on from there.
+_BACK_SPAN_GROWTH = 8
+_BACK_MAX_READS = 48
 
 
 class RecordView(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -389,6 +395,135 @@ class Reader:
         read = await self.excerpt(listing, cursor, limit, budget)
         return self.page_of(read, waited=False, first=page_token is None)
 
+    async def newest_page(
+        self,
+        listing: Listing[AnyPage],
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+        page_token: str | None,
+        filter: RowFilter | None = None,
+    ) -> AnyPage:
+        """One page of a list newest first: its newest `limit` rows (and `page_bytes` of
+        them) before `until` or the read horizon, none older than `since`; its token
+        reads on to older rows. Read through the list's own pages, forwards, in windows
+        back from the ceiling: every store serves it as it serves a page. It is complete
+        up to its ceiling, where a follower of newer rows starts (`since`)."""
+        cursor = self.cursor(listing, since, until, limit, page_token, filter=filter, newest=True)
+        await self._store.barrier()
+        horizon = self.horizon()
+        if cursor.until is not None and cursor.until <= horizon:
+            top = (cursor.until, cursor.before_message_id)
+        else:
+            top = (horizon, "")
+        floor = cursor.after_time
+        taken: list[tuple[Any, Any]] = []  # (row, view), the newest first
+        reads: list[Excerpt[AnyPage]] = []
+        size = 0
+        more = False
+        end = top[0] + 1 if top[1] else top[0]  # rows before it, in time, are read
+        span = _NEWEST_FIRST_SPAN
+        floor_found = False
+        # Where windows stop while the newest part of a window too full to read is looked
+        # for: its oldest rows' last time, at or above which the newest rows are.
+        low = floor
+        for _ in range(_BACK_MAX_READS):
+            if end <= floor:
+                break
+            begin = max(end - span, low)
+            window = PageToken(begin, "", end, listing=listing.name, filter=cursor.filter)
+            # As many rows as a read takes: a page of a few rows is found in one read.
+            read = await self.excerpt(listing, window, MAX_LIMIT, self.page_bytes)
+            if read.full and end - begin > 1:
+                # More rows than one read takes: look at the newest part of the window,
+                # half as long as the read's rows took, or what they left of it.
+                # Rows are at its last row's time: the newest are between it and the end,
+                # looked for by halves.
+                low = read.rows[-1].ingest_time
+                span = max(1, (end - low + 1) // 2)
+                continue
+            found = [
+                (r, v)
+                for r, v in zip(read.rows, read.views, strict=True)
+                if (r.ingest_time, r.message_id) < top
+            ]
+            if read.full:
+                # All in one microsecond, more than a read takes: the newest are read last.
+                found = await self._whole_window(listing, read, found, top, limit)
+            if found:
+                reads.append(read)  # its charge lasts while the page holds its rows
+            for row, view in reversed(found):
+                weight = row_bytes(row)
+                if len(taken) == limit or (taken and size + weight > self.page_bytes):
+                    more = True
+                    break
+                taken.append((row, view))
+                size += weight
+            if more:
+                break
+            end = begin
+            if begin <= low:
+                low = floor  # what was too full to read is read: on below it
+            if low > floor:
+                if not read.rows:
+                    span = max(1, (end - low + 1) // 2)  # none here: the lower half next
+            elif len(read.rows) * _BACK_SPAN_GROWTH < MAX_LIMIT:
+                span *= _BACK_SPAN_GROWTH  # a window as dense would not overflow a read
+            if not floor_found and end > floor:
+                # Before looking further back: where the oldest row below is, if any (one
+                # read, oldest first), so that no window reaches further.
+                floor_found = True
+                below = PageToken(floor, "", end, listing=listing.name, filter=cursor.filter)
+                first = await self.excerpt(listing, below, 1, self.page_bytes)
+                floor = first.rows[0].ingest_time if first.rows else end
+        else:
+            more = end > floor
+        token = None
+        if more:
+            edge = taken[-1][0] if taken else None
+            until_key = (edge.ingest_time, edge.message_id) if edge else (end, "")
+            token = self._tokens.encode(
+                PageToken(
+                    floor,
+                    "",
+                    until_key[0],
+                    listing=listing.name,
+                    filter=cursor.filter,
+                    newest=True,
+                    before_message_id=until_key[1],
+                )
+            )
+        page = listing.page([view for _, view in taken], token, moment(top[0]))
+        for read in reads:
+            read.held_by(page)
+        return page
+
+    async def _whole_window(
+        self,
+        listing: Listing[AnyPage],
+        read: Excerpt[AnyPage],
+        found: list[tuple[Any, Any]],
+        top: tuple[int, str],
+        limit: int,
+    ) -> list[tuple[Any, Any]]:
+        """The rest of a one-microsecond window after its first `read`: its rows before
+        `top`, the newest `limit` and one more at most (so that a page of `limit` knows
+        that more are left), read page by page (each let go once read)."""
+        keep = limit + 1
+        kept: list[tuple[Any, Any]] = found[-keep:]
+        cursor = read.cursor
+        while read.full:
+            cursor = PageToken(
+                *read.resume, cursor.until, listing=listing.name, filter=cursor.filter
+            )
+            read = await self.excerpt(listing, cursor, limit, self.page_bytes)
+            for row, view in zip(read.rows, read.views, strict=True):
+                if (row.ingest_time, row.message_id) < top:
+                    kept.append((row, view))
+            kept = kept[-keep:]
+        return kept
+
     def page_of(self, read: Excerpt[AnyPage], *, waited: bool, first: bool) -> AnyPage:
         """The API's page of a read. One that found nothing after waiting (`waited`)
         gives the cursor back as it came, with a fresh `complete_until`; one after
@@ -601,10 +736,12 @@ class Reader:
         *,
         sent_as: str = "page_token",
         filter: RowFilter | None = None,
+        newest: bool = False,
     ) -> PageToken:
         """Where a page of these bounds starts, or what it would raise (400, 410), without
         reading: a stream checks its start so that an expired cursor is a 410, never an
-        empty stream. `sent_as` is where the client sent the token (`Last-Event-ID`)."""
+        empty stream. `sent_as` is where the client sent the token (`Last-Event-ID`).
+        `newest`: a newest-first page's (`newest_page`), whose `until` is its ceiling."""
         if not 1 <= limit <= MAX_LIMIT:
             raise BadParameter("limit", f"must be between 1 and {MAX_LIMIT}")
         self.refuse_masked(filter)
@@ -618,6 +755,23 @@ class Reader:
                 raise BadParameter(
                     sent_as, f"was issued by /v1/{cursor.listing}, not /v1/{listing.name}"
                 )
+            if cursor.newest != newest:
+                raise BadParameter(
+                    sent_as,
+                    "was issued for pages newest first (`order=newest`), read with it"
+                    if cursor.newest
+                    else "was issued for pages oldest first; read it without `order=newest`",
+                )
+            if newest:
+                # Its ceiling moves down from page to page: `until` was the first's.
+                if filter is not None and filter != cursor.filter:
+                    raise BadParameter(
+                        sent_as,
+                        "was issued for another filter; send it with the filter of the "
+                        "first page, or without one (it carries its own)",
+                    )
+                self._check_retained(sent_as, cursor.after_time)
+                return cursor
             if until is not None and max(micros(until), 0) != cursor.until:
                 raise BadParameter(
                     sent_as,
@@ -651,7 +805,12 @@ class Reader:
         start, end = max(start, 0), None if end is None else max(end, 0)
         # message_id > "" holds for every row: the page starts at `since`.
         return PageToken(
-            after_time=start, after_message_id="", until=end, listing=listing.name, filter=filter
+            after_time=start,
+            after_message_id="",
+            until=end,
+            listing=listing.name,
+            filter=filter,
+            newest=newest,
         )
 
     def start(self, listing: Listing[Any], cursor: PageToken | None, *, sent_as: str) -> PageToken:

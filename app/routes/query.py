@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from datetime import datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 from litestar import Request, Response, get
@@ -70,7 +70,9 @@ from app.store.filters import MAX_CONDITIONS, RowFilter
 from app.store.producers import MAX_PRODUCER_LENGTH
 
 _AGO = re.compile(AGO_PATTERN)
-_PAGE_PARAMETERS = frozenset({"since", "until", "limit", "page_token", "wait"}) | FILTER_PARAMETERS
+_PAGE_PARAMETERS = (
+    frozenset({"since", "until", "limit", "page_token", "wait", "order"}) | FILTER_PARAMETERS
+)
 
 
 def time_parameter(description: str) -> Any:
@@ -105,6 +107,17 @@ Wait = Annotated[
         description=(
             "Seconds a page that would be empty waits for a row past the cursor (long-poll); "
             "at the end it is answered empty, with the same cursor"
+        ),
+    ),
+]
+Order = Annotated[
+    Literal["oldest", "newest"],
+    Parameter(
+        description=(
+            "`oldest` (the default): in ingest order, from `since`. `newest`: the newest rows "
+            "first, before `until` or now and none older than `since`, each page's token going "
+            "on to older rows; a page read only (no `wait`, no event stream): to follow what "
+            "comes after it, read oldest first from its `complete_until` as `since`"
         ),
     ),
 ]
@@ -328,6 +341,7 @@ async def _paged(
     page_token: str | None,
     wait: float,
     asked: Filter,
+    order: str = "oldest",
 ) -> Response[Any]:
     """One page of either list, its parameters checked the same way; or, asked for
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
@@ -336,6 +350,18 @@ async def _paged(
     start, end = time_of("since", since), time_of("until", until)
     keep = asked.of(listing)
     streaming = wants_stream(request)
+    if order == "newest":
+        if wait or streaming:
+            raise BadParameter(
+                "order",
+                "newest first is read a page at a time, never followed (`wait`, an event "
+                "stream): follow oldest first from a page's `complete_until` as `since`",
+            )
+        newest = await reader.newest_page(
+            listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
+        )
+        # Never kept by a cache: its first page changes as rows come.
+        return answer(request, newest, full=False, final=False, followers=followers)
     if streaming:
         # A client resuming a stream sends the last event's id, which is its token.
         resumed = request.headers.get("last-event-id")
@@ -401,9 +427,12 @@ async def list_records(
     record_id: RecordIdFilter = None,
     message_id: MessageIdFilter = None,
     field: FieldFilter = None,
+    order: Order = "oldest",
 ) -> Response[RecordsPage]:
     asked = Filter(attribute, producer, record_id, message_id, field)
-    return await _paged(request, paging, RECORDS, since, until, limit, page_token, wait, asked)
+    return await _paged(
+        request, paging, RECORDS, since, until, limit, page_token, wait, asked, order
+    )
 
 
 @get(
@@ -429,13 +458,16 @@ async def list_rejections(
     attribute: AttributeFilter = None,
     producer: ProducerFilter = None,
     message_id: MessageIdFilter = None,
+    order: Order = "oldest",
 ) -> Response[RejectionsPage]:
     # Rejections have no record id nor typed fields: asked for, the filter says so.
     given = request.query_params
     asked = Filter(
         attribute, producer, given.get("record_id"), message_id, given.getall("field", [])
     )
-    return await _paged(request, paging, REJECTIONS, since, until, limit, page_token, wait, asked)
+    return await _paged(
+        request, paging, REJECTIONS, since, until, limit, page_token, wait, asked, order
+    )
 
 
 @get(

@@ -1,0 +1,188 @@
+"""Pages newest first (`order=newest`): every row once, the newest first, on every store."""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from typing import Any
+
+from litestar.testing import AsyncTestClient, TestClient
+
+from app.asgi import create_app
+from app.http.head import Recordline
+from app.records import Record, Rejection
+from app.store.duckdb.store import DuckDBStore
+from tests.conftest import envelope, settings
+
+
+def push(client: TestClient[Recordline], n: int, **attributes: str) -> None:
+    body = envelope({"id": f"r{n}", "data": n}, message_id=f"m{n:04d}", attributes=attributes)
+    assert client.post("/pubsub/push", json=body).status_code == 204
+
+
+def walk(client: TestClient[Recordline], path: str = "/v1/records", **params: Any) -> list[Any]:
+    """Every page of a newest-first read, each page's rows in order."""
+    rows: list[Any] = []
+    key = "records" if path.endswith("records") else "rejections"
+    page = client.get(path, params={"order": "newest", **params}).json()
+    rows += page[key]
+    while page["next_page_token"] is not None:
+        token = page["next_page_token"]
+        page = client.get(path, params={**params, "order": "newest", "page_token": token}).json()
+        rows += page[key]
+    return rows
+
+
+def keys(rows: list[Any]) -> list[tuple[str, str]]:
+    return [(r["ingest_time"], r["message_id"]) for r in rows]
+
+
+def test_newest_first_pages_hold_every_row_once_the_newest_first(
+    client: TestClient[Recordline],
+) -> None:
+    for n in range(25):
+        push(client, n)
+    first = client.get("/v1/records", params={"order": "newest", "limit": 7})
+    assert first.status_code == 200
+    assert (
+        first.headers["cache-control"].startswith("no-cache")
+        or "no-store" in (first.headers["cache-control"])
+    )
+    assert [r["message_id"] for r in first.json()["records"]] == [
+        f"m{n:04d}" for n in range(24, 17, -1)
+    ]
+    rows = walk(client, limit=7)
+    assert sorted(r["message_id"] for r in rows) == [f"m{n:04d}" for n in range(25)]
+    assert keys(rows) == sorted(keys(rows), reverse=True)
+    assert len(set(keys(rows))) == 25
+    # What comes after the first page is read oldest first from its complete_until.
+    push(client, 99)
+    since = first.json()["complete_until"]
+    after = client.get("/v1/records", params={"since": since}).json()["records"]
+    assert [r["message_id"] for r in after] == ["m0099"]
+
+
+def test_newest_first_keeps_the_filter_and_the_bounds(client: TestClient[Recordline]) -> None:
+    for n in range(12):
+        push(client, n, colour="red" if n % 3 == 0 else "blue")
+    reds = walk(client, limit=2, attribute="colour:red")
+    assert [r["message_id"] for r in reds] == ["m0009", "m0006", "m0003", "m0000"]
+    every = client.get("/v1/records", params={"limit": 12}).json()["records"]
+    since, until = every[4]["ingest_time"], every[9]["ingest_time"]
+    bounded = walk(client, limit=3, since=since, until=until)
+    assert [r["message_id"] for r in bounded] == [f"m{n:04d}" for n in range(8, 3, -1)]
+
+
+def test_newest_first_is_a_page_read_and_its_tokens_say_so(client: TestClient[Recordline]) -> None:
+    for n in range(3):
+        push(client, n)
+    waited = client.get("/v1/records", params={"order": "newest", "wait": 1})
+    assert waited.status_code == 400
+    assert waited.json()["parameter"] == "order"
+    streamed = client.get(
+        "/v1/records", params={"order": "newest"}, headers={"accept": "text/event-stream"}
+    )
+    assert streamed.status_code == 400
+    assert client.get("/v1/records", params={"order": "latest"}).status_code == 400
+    newest = client.get("/v1/records", params={"order": "newest", "limit": 1}).json()
+    oldest = client.get("/v1/records", params={"limit": 1}).json()
+    # A token reads on only in the order it was issued for.
+    mixed = client.get("/v1/records", params={"page_token": newest["next_page_token"]})
+    assert mixed.status_code == 400
+    assert "order=newest" in mixed.json()["detail"]
+    mixed = client.get(
+        "/v1/records", params={"order": "newest", "page_token": oldest["next_page_token"]}
+    )
+    assert mixed.status_code == 400
+    # Nor an export or a stream: they read oldest first.
+    export = client.get(
+        "/v1/export/records", params={"format": "jsonl", "page_token": newest["next_page_token"]}
+    )
+    assert export.status_code == 400
+    # Nor on the other list.
+    other = client.get(
+        "/v1/rejections", params={"order": "newest", "page_token": newest["next_page_token"]}
+    )
+    assert other.status_code == 400
+
+
+def test_rejections_read_newest_first(client: TestClient[Recordline]) -> None:
+    for n in range(5):
+        body = {
+            "message": {
+                "data": base64.b64encode(b"not json %d" % n).decode(),
+                "messageId": f"bad{n}",
+                "publishTime": "2024-01-01T00:00:00Z",
+            },
+            "subscription": "projects/p/subscriptions/s",
+        }
+        assert client.post("/pubsub/push", json=body).status_code == 204
+    rows = walk(client, "/v1/rejections", limit=2)
+    assert [r["message_id"] for r in rows] == [f"bad{n}" for n in range(4, -1, -1)]
+
+
+async def test_newest_first_over_rows_of_one_microsecond_and_sparse_times() -> None:
+    # Rows stored at chosen times: many in one microsecond, some a day or a year apart,
+    # read newest first by pages of every size, each case's rows found by its attribute.
+    store = DuckDBStore(":memory:")
+    app = create_app(settings(), store=store)
+    chooser = random.Random(7)
+    base = 1_700_000_000_000_000
+    async with AsyncTestClient(app) as client:
+        for case in range(24):
+            times = [
+                base
+                + chooser.choice([0, 1, 2, 999_999, 86_400_000_000, 31_536_000_000_000])
+                + chooser.randrange(3)
+                for _ in range(chooser.randrange(0, 40))
+            ]
+            rows: list[Record | Rejection] = [
+                Record(
+                    message_id=f"c{case}-{i:03d}",
+                    publish_time=t,
+                    ingest_time=t,
+                    id=str(i),
+                    data="1",
+                    attributes=f'{{"case":"{case}"}}',
+                )
+                for i, t in enumerate(times)
+            ]
+            if rows:
+                await store.append(rows)
+            limit = chooser.choice([1, 2, 3, 7, 50, 1000])
+            seen: list[tuple[int, str]] = []
+            params: dict[str, Any] = {
+                "order": "newest",
+                "limit": limit,
+                "attribute": f"case:{case}",
+            }
+            while True:
+                page = (await client.get("/v1/records", params=params)).json()
+                assert len(page["records"]) <= limit
+                seen += [(r["ingest_time"], r["message_id"]) for r in page["records"]]
+                if page["next_page_token"] is None:
+                    break
+                params = {"order": "newest", "limit": limit, "page_token": page["next_page_token"]}
+            ids = [message_id for _, message_id in seen]
+            expected = sorted(rows, key=lambda r: (r.ingest_time, r.message_id), reverse=True)
+            assert ids == [r.message_id for r in expected], (case, limit)
+
+
+async def test_a_burst_long_ago_is_found_on_the_first_page() -> None:
+    # A nightly job's 5,000 rows in half a second, a year ago, nothing since: the first
+    # page holds the newest of them, not an empty page and a token to go on with.
+    store = DuckDBStore(":memory:")
+    app = create_app(settings(), store=store)
+    start = time.time_ns() // 1000 - 365 * 86_400_000_000
+    rows: list[Record | Rejection] = [
+        Record(message_id=f"b{i:05d}", publish_time=0, ingest_time=start + i * 100, id=str(i))
+        for i in range(5000)
+    ]
+    async with AsyncTestClient(app) as client:
+        for at in range(0, len(rows), 1000):
+            await store.append(rows[at : at + 1000])
+        page = (await client.get("/v1/records", params={"order": "newest", "limit": 50})).json()
+    assert [r["message_id"] for r in page["records"]] == [
+        f"b{i:05d}" for i in range(4999, 4949, -1)
+    ]
