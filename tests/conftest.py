@@ -4,6 +4,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -189,6 +190,18 @@ def long_polling(settings: Settings, seconds: float) -> Settings:
     (20 s): a test sees one answer 204 within its run."""
     query = msgspec.structs.replace(settings.query, long_poll_seconds=seconds)
     return msgspec.structs.replace(settings, query=query)
+
+
+@pytest.fixture(autouse=True)
+def root_logging() -> Iterator[None]:
+    """The root logger as the test found it: a command run in process (`recordline
+    export`, `serve`) sets its handler on the stream it writes to, which is the test's
+    captured stdout, closed once the test ends; a later test's log line would meet it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(params=["memory", pytest.param("serving", marks=pytest.mark.emulator)])
