@@ -73,7 +73,8 @@ def test_records_browse_filter_and_show_a_record(service: str, page: Any) -> Non
     page.fill("input[name=attribute]", "colour:red")
     page.click("#filters button[type=submit]")
     expect(page.locator("#rows tbody tr.row")).to_have_count(3)
-    assert message_ids(page) == ["m-0", "m-2", "m-4"]
+    # Opened at now: the newest first.
+    assert message_ids(page) == ["m-4", "m-2", "m-0"]
     page.fill("input[name=attribute]", "")
     page.fill("input[name=producer]", "orders")
     page.click("#filters button[type=submit]")
@@ -96,12 +97,13 @@ def test_a_live_push_appears_while_following(service: str, page: Any) -> None:
     with httpx.Client(base_url=service) as client:
         push = envelope("live-1", {"key": "live-1", "data": {"live": True}}, {"colour": "live"})
         assert client.post("/pubsub/push", json=push).status_code == 204
+    # On top, where the view opened at now, the newest first.
     expect(page.locator("#rows tbody tr.row[data-message-id=live-1]")).to_have_count(1)
-    # Scrolled up to read, the tail pauses at once (its waiting read abandoned: no row is
-    # added under the reader); back at the bottom it goes on from where it stopped.
+    assert message_ids(page)[0] == "live-1"
+    # Scrolled down to read, the tail pauses at once (its waiting read abandoned: no row is
+    # added above the reader); back at the top it goes on from where it stopped.
     page.set_viewport_size({"width": 1280, "height": 300})
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    page.evaluate("window.scrollTo(0, 0)")
     expect(page.locator("#paused")).to_be_visible()
     with httpx.Client(base_url=service) as client:
         for name in ("live-2", "live-3"):
@@ -110,12 +112,27 @@ def test_a_live_push_appears_while_following(service: str, page: Any) -> None:
     # A waiting read answers a push within milliseconds: a second shows none was made.
     page.wait_for_timeout(1000)
     expect(page.locator("#rows tbody tr.row[data-message-id=live-2]")).to_have_count(0)
-    assert page.evaluate("window.scrollY") == 0
-    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    assert page.evaluate("window.scrollY") > 0
+    page.evaluate("window.scrollTo(0, 0)")
     expect(page.locator("#rows tbody tr.row[data-message-id=live-3]")).to_have_count(1)
     expect(page.locator("#paused")).to_be_hidden()
-    # Each row once, in order.
-    assert message_ids(page)[-3:] == ["live-1", "live-2", "live-3"]
+    # Each row once, the newest first.
+    assert message_ids(page)[:3] == ["live-3", "live-2", "live-1"]
+    assert len(message_ids(page)) == len(set(message_ids(page)))
+
+
+def test_older_rows_are_read_on_below_the_newest(service: str, page: Any) -> None:
+    with httpx.Client(base_url=service) as client:
+        for n in range(105):
+            push = envelope(f"old-{n:03d}", {"key": f"old-{n:03d}", "data": {}}, {"colour": "old"})
+            assert client.post("/pubsub/push", json=push).status_code == 204
+    page.goto(f"{service}/console/records?attribute=colour:old")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(100)
+    assert message_ids(page)[0] == "old-104"
+    page.click("#more")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(105)
+    assert message_ids(page) == [f"old-{n:03d}" for n in range(104, -1, -1)]
+    expect(page.locator("#more")).to_be_hidden()
 
 
 def test_a_rejection_opened_and_replayed(service: str, page: Any) -> None:
@@ -230,7 +247,7 @@ def test_a_view_s_filters_are_in_its_address_to_share_and_reload(service: str, p
     page.fill("input[name=producer]", "")
     page.click("#filters button[type=submit]")
     expect(page.locator("#rows tbody tr.row")).to_have_count(3)
-    assert message_ids(page) == ["m-0", "m-2", "m-4"]
+    assert message_ids(page) == ["m-4", "m-2", "m-0"]
     assert "attribute=colour%3Ared" in page.url
     assert "producer" not in page.url
     page.reload()
@@ -321,7 +338,7 @@ def test_a_read_overtaken_by_a_later_one_shows_nothing(service: str, page: Any, 
     # A later round trip: the late answer was taken in before it came.
     page.evaluate("() => fetch('../v1/records?limit=1').then((answer) => answer.json())")
     if view == "records":
-        assert message_ids(page) == ["m-0", "m-2", "m-4"]
+        assert message_ids(page) == ["m-4", "m-2", "m-0"]
     else:
         expect(page.locator("#reasons tbody tr.row")).to_have_count(1)
         assert page.locator("#reasons tbody tr.row").first.inner_text().split("\t")[1] == "1"

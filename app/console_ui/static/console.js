@@ -129,23 +129,25 @@ function recordRow(record) {
 
 function records() {
   const form = $("#filters"), body = $("#rows tbody"), more = $("#more");
-  let next = null, query = null, generation = 0;
+  // The view opens at now, the newest row first (`order=newest`): `older` reads on to
+  // older rows (More, at the bottom); `newer` follows what comes after the first page,
+  // oldest first from its `complete_until`, each row put on top.
+  let older = null, newer = null, query = null, generation = 0;
   // The follower's waiting read, if one is in flight: abandoned when the reader scrolls
-  // up (the rows it would bring wait for them) or reads anew.
+  // down (the rows it would bring wait for them) or reads anew.
   let waiting = null;
   // Whether the view holds no row yet, which the status line says (following or not).
   let empty = false;
   const sayEmpty = () => status(follow.checked ? "No record yet: following." : "No record is kept by these filters.");
   const follow = $("#follow");
-  const atBottom = () => window.innerHeight + window.scrollY >= document.body.scrollHeight - 40;
+  const atTop = () => window.scrollY <= 40;
 
-  async function page(token, wait, signal) {
-    const params = new URLSearchParams(query);
-    params.set("limit", "100");
-    if (token) { params.delete("since"); params.set("page_token", token); }
-    if (wait) params.set("wait", "20");
-    const answer = await (await api(`${ROOT}/v1/records?${params}`, { signal })).json();
-    return answer;
+  async function page(params, signal) {
+    const asked = new URLSearchParams(query);
+    for (const [name, value] of Object.entries(params)) asked.set(name, value);
+    if (asked.has("page_token")) asked.delete("since");
+    asked.set("limit", "100");
+    return await (await api(`${ROOT}/v1/records?${asked}`, { signal })).json();
   }
 
   async function read(event) {
@@ -158,25 +160,28 @@ function records() {
     body.replaceChildren();
     status("");
     try {
-      const answer = await page(null, false);
+      const answer = await page({ order: "newest" });
       if (mine !== generation) return;  // a later read's filters are the view's
       for (const record of answer.records) body.append(recordRow(record));
       empty = !answer.records.length;
       if (empty) sayEmpty();
-      next = answer.next_page_token;
-      more.hidden = !next || answer.records.length < 100;
+      older = answer.next_page_token;
+      more.hidden = !older;
+      // What comes after this page, oldest first, from where it is complete.
+      newer = { since: answer.complete_until };
       if (follow.checked) tail(generation);
     } catch (error) { if (mine === generation) status(error.message); }
   }
 
-  // Follows as rows arrive (long-poll pages, the API's follow protocol); paused while
-  // the reader has scrolled up, and goes on from where it was once at the bottom again.
+  // Follows as rows arrive (long-poll pages, the API's follow protocol), each on top;
+  // paused while the reader has scrolled down, and goes on from where it was once at
+  // the top again.
   async function tail(mine) {
-    while (follow.checked && mine === generation && next) {
-      if (!atBottom()) {
+    while (follow.checked && mine === generation && newer) {
+      if (!atTop()) {
         $("#paused").hidden = false;
         await new Promise((resolve) => window.addEventListener("scroll", function back() {
-          if (atBottom()) { window.removeEventListener("scroll", back); resolve(); }
+          if (atTop()) { window.removeEventListener("scroll", back); resolve(); }
         }));
         $("#paused").hidden = true;
         continue;
@@ -184,37 +189,34 @@ function records() {
       const controller = new AbortController();
       waiting = controller;
       try {
-        const answer = await page(next, true, controller.signal);
+        const answer = await page({ ...newer, wait: "20" }, controller.signal);
         if (mine !== generation) return;
-        // Kept in view only by a reader who was at the bottom, not one who scrolled up.
-        const following = atBottom();
-        for (const record of answer.records) body.append(recordRow(record));
-        next = answer.next_page_token;
+        for (const record of answer.records) body.prepend(recordRow(record));
+        if (answer.next_page_token) newer = { page_token: answer.next_page_token };
         if (answer.records.length) { empty = false; status(""); }
-        if (answer.records.length && following) window.scrollTo(0, document.body.scrollHeight);
       } catch (error) {
-        // Abandoned: scrolled up (paused above, `next` unchanged) or read anew.
+        // Abandoned: scrolled down (paused above, `newer` unchanged) or read anew.
         if (controller.signal.aborted) continue;
         status(error.message); return;
       } finally { if (waiting === controller) waiting = null; }
     }
   }
 
-  window.addEventListener("scroll", () => { if (waiting && !atBottom()) waiting.abort(); });
+  window.addEventListener("scroll", () => { if (waiting && !atTop()) waiting.abort(); });
 
   more.addEventListener("click", async () => {
     const mine = generation;
     try {
-      const answer = await page(next, false);
+      const answer = await page({ order: "newest", page_token: older });
       if (mine !== generation) return;
       for (const record of answer.records) body.append(recordRow(record));
-      next = answer.next_page_token;
-      more.hidden = !next || answer.records.length < 100;
+      older = answer.next_page_token;
+      more.hidden = !older;
     } catch (error) { status(error.message); }
   });
   follow.addEventListener("change", () => {
     if (empty) sayEmpty();
-    if (follow.checked) { more.hidden = true; tail(generation); }
+    if (follow.checked) tail(generation);
   });
   form.addEventListener("submit", read);
   // Offered to whoever may export here alone (the page says so: no form otherwise).
