@@ -238,12 +238,14 @@ def test_a_view_s_filters_are_in_its_address_to_share_and_reload(service: str, p
     expect(page.locator("input[name=attribute]")).to_have_value("colour:red")
     # A value is an input's text, never markup.
     expect(page.locator("input[name=producer]")).to_have_value("<b>x")
-    expect(page.locator("#status")).to_contain_text("No record is kept by these filters")
-    # Following it, the view says it waits; no longer following, it says so no more.
-    page.check("#follow")
+    # Following it (as the view does from the start), it says it waits; no longer
+    # following, it says the filters keep nothing.
+    expect(page.locator("#follow")).to_be_checked()
     expect(page.locator("#status")).to_have_text("No record yet: following.")
     page.uncheck("#follow")
     expect(page.locator("#status")).to_have_text("No record is kept by these filters.")
+    page.check("#follow")
+    expect(page.locator("#status")).to_have_text("No record yet: following.")
     page.fill("input[name=producer]", "")
     page.click("#filters button[type=submit]")
     expect(page.locator("#rows tbody tr.row")).to_have_count(3)
