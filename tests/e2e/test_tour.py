@@ -240,6 +240,8 @@ class Tour:
             elif target == "/v1/records?since=1h":
                 # How long ago, as `tail --since 1h` takes it (a 400 before).
                 assert "m-1" in [r["message_id"] for r in answer["records"]]
+            elif target == "/v1/records?order=newest":
+                assert [r["message_id"] for r in answer["records"]][:1] == ["m-1"]
             elif target == "/v1/records/1":
                 assert answer["id"] == "1"
             elif target == "/v1/messages/m-1":
