@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import time
@@ -186,3 +187,44 @@ async def test_a_burst_long_ago_is_found_on_the_first_page() -> None:
     assert [r["message_id"] for r in page["records"]] == [
         f"b{i:05d}" for i in range(4999, 4949, -1)
     ]
+
+
+async def test_a_walk_is_gone_when_its_ceiling_leaves_the_retention_not_its_floor() -> None:
+    # The oldest row kept is a moment from the retention's edge: a walk of the newest
+    # rows goes on after it passes the edge, and ends at the edge; a token whose next
+    # rows are past the edge is 410.
+    store = DuckDBStore(":memory:")
+    app = create_app(settings(RECORDLINE_RETENTION_DAYS="1"), store=store)
+    day = 86_400_000_000
+    async with AsyncTestClient(app) as client:
+        now = time.time_ns() // 1000
+        edge = now - day + 1_500_000
+        rows: list[Record | Rejection] = [
+            Record(message_id=f"old{i}", publish_time=0, ingest_time=edge + i, id=f"o{i}")
+            for i in range(2)
+        ]
+        rows += [
+            Record(
+                message_id=f"new{i}", publish_time=0, ingest_time=now - 10_000_000 + i, id=str(i)
+            )
+            for i in range(4)
+        ]
+        await store.append(rows)
+        params: dict[str, Any] = {"order": "newest", "limit": 2}
+        first = (await client.get("/v1/records", params=params)).json()
+        assert [r["message_id"] for r in first["records"]] == ["new3", "new2"]
+        rest = {**params, "until": first["records"][0]["ingest_time"], "limit": 4}
+        late = (await client.get("/v1/records", params=rest)).json()
+        assert [r["message_id"] for r in late["records"]] == ["new2", "new1", "new0", "old1"]
+        await asyncio.sleep(2)
+        second = await client.get(
+            "/v1/records", params={**params, "page_token": first["next_page_token"]}
+        )
+        assert second.status_code == 200
+        assert [r["message_id"] for r in second.json()["records"]] == ["new1", "new0"]
+        assert second.json()["next_page_token"] is None
+        gone = await client.get(
+            "/v1/records", params={**params, "page_token": late["next_page_token"]}
+        )
+        assert gone.status_code == 410
+        assert gone.json()["parameter"] == "page_token"

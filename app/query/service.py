@@ -417,7 +417,8 @@ class Reader:
             top = (cursor.until, cursor.before_message_id)
         else:
             top = (horizon, "")
-        floor = cursor.after_time
+        # No lower than the retention keeps now: a walk begun earlier ends there.
+        floor = max(cursor.after_time, self._oldest_retained())
         taken: list[tuple[Any, Any]] = []  # (row, view), the newest first
         reads: list[Excerpt[AnyPage]] = []
         size = 0
@@ -770,7 +771,10 @@ class Reader:
                         "was issued for another filter; send it with the filter of the "
                         "first page, or without one (it carries its own)",
                     )
-                self._check_retained(sent_as, cursor.after_time)
+                # Where it goes on from is its ceiling, not its floor (the oldest row
+                # below when it was issued, which the retention reaches first): Gone
+                # once rows just below the ceiling may have been deleted.
+                self._check_retained(sent_as, cursor.until if cursor.until is not None else 0)
                 return cursor
             if until is not None and max(micros(until), 0) != cursor.until:
                 raise BadParameter(
