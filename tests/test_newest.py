@@ -228,3 +228,35 @@ async def test_a_walk_is_gone_when_its_ceiling_leaves_the_retention_not_its_floo
         )
         assert gone.status_code == 410
         assert gone.json()["parameter"] == "page_token"
+
+
+class CountedPages(DuckDBStore):
+    """The embedded store, counting the pages it is asked for."""
+
+    pages = 0
+
+    async def page(self, kind: Any, query: Any) -> Any:
+        self.pages += 1
+        return await super().page(kind, query)
+
+
+async def test_a_small_page_in_a_crowded_microsecond_costs_few_reads() -> None:
+    # 5,000 rows of one microsecond, read a row at a time: each page reads the
+    # microsecond a read's worth of rows at a time, not a page's `limit` at a time.
+    store = CountedPages(":memory:")
+    app = create_app(settings(), store=store)
+    at = time.time_ns() // 1000 - 5_000_000
+    rows: list[Record | Rejection] = [
+        Record(message_id=f"s{i:05d}", publish_time=0, ingest_time=at, id=str(i))
+        for i in range(5000)
+    ]
+    async with AsyncTestClient(app) as client:
+        for start in range(0, len(rows), 1000):
+            await store.append(rows[start : start + 1000])
+        params: dict[str, Any] = {"order": "newest", "limit": 1}
+        for expected in ("s04999", "s04998", "s04997"):
+            before = store.pages
+            page = (await client.get("/v1/records", params=params)).json()
+            assert [r["message_id"] for r in page["records"]] == [expected]
+            assert store.pages - before <= 60
+            params = {"order": "newest", "limit": 1, "page_token": page["next_page_token"]}

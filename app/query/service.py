@@ -510,7 +510,8 @@ class Reader:
     ) -> list[tuple[Any, Any]]:
         """The rest of a one-microsecond window after its first `read`: its rows before
         `top`, the newest `limit` and one more at most (so that a page of `limit` knows
-        that more are left), read page by page (each let go once read)."""
+        that more are left), read as many rows at a time as a read takes whatever the
+        page's `limit` (each read let go once read), up to the ceiling."""
         keep = limit + 1
         kept: list[tuple[Any, Any]] = found[-keep:]
         cursor = read.cursor
@@ -518,11 +519,13 @@ class Reader:
             cursor = PageToken(
                 *read.resume, cursor.until, listing=listing.name, filter=cursor.filter
             )
-            read = await self.excerpt(listing, cursor, limit, self.page_bytes)
+            read = await self.excerpt(listing, cursor, MAX_LIMIT, self.page_bytes)
             for row, view in zip(read.rows, read.views, strict=True):
                 if (row.ingest_time, row.message_id) < top:
                     kept.append((row, view))
             kept = kept[-keep:]
+            if read.rows and (read.rows[-1].ingest_time, read.rows[-1].message_id) >= top:
+                break  # the rest is at or after the ceiling
         return kept
 
     def page_of(self, read: Excerpt[AnyPage], *, waited: bool, first: bool) -> AnyPage:
