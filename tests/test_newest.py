@@ -8,6 +8,9 @@ import random
 import time
 from typing import Any
 
+import hypothesis
+import pytest
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
@@ -260,3 +263,60 @@ async def test_a_small_page_in_a_crowded_microsecond_costs_few_reads() -> None:
             assert [r["message_id"] for r in page["records"]] == [expected]
             assert store.pages - before <= 60
             params = {"order": "newest", "limit": 1, "page_token": page["next_page_token"]}
+
+
+_WALKS = iter(range(10**9))
+
+
+@pytest.mark.slow
+@hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    first=st.integers(0, 12),
+    steps=st.lists(st.tuples(st.integers(1, 5), st.integers(0, 3)), max_size=8),
+)
+def test_a_walk_serves_every_row_once_while_rows_arrive_at_the_top(
+    client: TestClient[Recordline], first: int, steps: list[tuple[int, int]]
+) -> None:
+    # Rows pushed before the first page, then pages of each `limit` with some rows
+    # pushed between them: the walk holds the rows before its first page once each,
+    # newest first, and reading oldest first from its complete_until, the others once.
+    walk_id = str(next(_WALKS))
+    sent: list[str] = []
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            message_id = f"w{walk_id}-{len(sent):03d}"
+            body = envelope({"id": message_id}, message_id=message_id, attributes={"w": walk_id})
+            assert client.post("/pubsub/push", json=body).status_code == 204
+            sent.append(message_id)
+
+    send(first)
+    before = len(sent)
+    params: dict[str, Any] = {"order": "newest", "attribute": f"w:{walk_id}", "limit": 1}
+    seen: list[Any] = []
+    complete_until = None
+    token = None
+    for limit, arriving in [*steps, *([(1000, 0)] * (first + 2))]:
+        asked = {**params, "limit": limit, **({} if token is None else {"page_token": token})}
+        answer = client.get("/v1/records", params=asked)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        complete_until = complete_until or page["complete_until"]
+        assert len(page["records"]) <= limit
+        seen += page["records"]
+        token = page["next_page_token"]
+        if token is None:
+            break
+        params = {"order": "newest", "limit": limit}
+        send(arriving)
+    assert token is None
+    assert keys(seen) == sorted(keys(seen), reverse=True)
+    assert [r["message_id"] for r in seen] == sent[:before][::-1]
+    after = client.get(
+        "/v1/records", params={"since": complete_until, "attribute": f"w:{walk_id}", "limit": 1000}
+    ).json()["records"]
+    assert [r["message_id"] for r in after] == sent[before:]
