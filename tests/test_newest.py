@@ -14,9 +14,13 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
+from app.budget import Budget
 from app.http.head import Recordline
+from app.query.page_token import PageTokens
+from app.query.service import READ_COPIES, RECORDS, Reader
 from app.records import Record, Rejection
 from app.store.duckdb.store import DuckDBStore
+from app.store.pages import row_bytes
 from tests.conftest import envelope, settings
 
 
@@ -320,3 +324,41 @@ def test_a_walk_serves_every_row_once_while_rows_arrive_at_the_top(
         "/v1/records", params={"since": complete_until, "attribute": f"w:{walk_id}", "limit": 1000}
     ).json()["records"]
     assert [r["message_id"] for r in after] == sent[before:]
+
+
+async def test_the_rows_of_a_crowded_microsecond_a_page_holds_are_charged_to_the_budget() -> None:
+    # 2,000 rows of 1 kB and 4 of 1 MB in one microsecond: the newest, read last, are
+    # what the page holds, and the budget is charged for them while it holds them.
+    store = DuckDBStore(":memory:")
+    await store.start()
+    budget = Budget(512 * 1024 * 1024)
+    reader = Reader(
+        store,
+        pending_horizon=lambda: 2**62,
+        tokens=PageTokens("a-secret-long-enough-for-tokens"),
+        budget=budget,
+    )
+    at = time.time_ns() // 1000 - 5_000_000
+    rows: list[Record | Rejection] = [
+        Record(
+            message_id=f"b{i:04d}",
+            publish_time=0,
+            ingest_time=at,
+            id=str(i),
+            data='"' + "x" * (1_000_000 if i >= 2000 else 1000) + '"',
+        )
+        for i in range(2004)
+    ]
+    try:
+        for start in range(0, len(rows), 1000):
+            await store.append(rows[start : start + 1000])
+        page = await reader.newest_page(
+            RECORDS, since=None, until=None, limit=1000, page_token=None
+        )
+        shown = {r.message_id for r in page.records}
+        assert [r.message_id for r in page.records][:5] == [f"b{i}" for i in range(2003, 1998, -1)]
+        held = sum(row_bytes(r) for r in rows if r.message_id in shown)
+        assert budget.held >= READ_COPIES * held
+        assert page.next_page_token is not None
+    finally:
+        await store.close()

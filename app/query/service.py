@@ -451,8 +451,9 @@ class Reader:
             ]
             if read.full:
                 # All in one microsecond, more than a read takes: the newest are read last.
-                found = await self._whole_window(listing, read, found, top, limit)
-            if found:
+                found, held = await self._whole_window(listing, read, found, top, limit)
+                reads += held  # their charge lasts while the page holds their rows
+            elif found:
                 reads.append(read)  # its charge lasts while the page holds its rows
             for row, view in reversed(found):
                 weight = row_bytes(row)
@@ -507,13 +508,14 @@ class Reader:
         found: list[tuple[Any, Any]],
         top: tuple[int, str],
         limit: int,
-    ) -> list[tuple[Any, Any]]:
+    ) -> tuple[list[tuple[Any, Any]], list[Excerpt[AnyPage]]]:
         """The rest of a one-microsecond window after its first `read`: its rows before
         `top`, the newest `limit` and one more at most (so that a page of `limit` knows
-        that more are left), read as many rows at a time as a read takes whatever the
-        page's `limit` (each read let go once read), up to the ceiling."""
-        keep = limit + 1
-        kept: list[tuple[Any, Any]] = found[-keep:]
+        that more are left), and no more bytes than a page and one row; read as many rows
+        at a time as a read takes whatever the page's `limit`, up to the ceiling. With
+        them, the reads they came from, whose charge lasts while they are held."""
+        kept: list[tuple[Any, Any, Excerpt[AnyPage]]] = [(r, v, read) for r, v in found]
+        kept = self._newest_kept(kept, limit)
         cursor = read.cursor
         while read.full:
             cursor = PageToken(
@@ -522,11 +524,25 @@ class Reader:
             read = await self.excerpt(listing, cursor, MAX_LIMIT, self.page_bytes)
             for row, view in zip(read.rows, read.views, strict=True):
                 if (row.ingest_time, row.message_id) < top:
-                    kept.append((row, view))
-            kept = kept[-keep:]
+                    kept.append((row, view, read))
+            kept = self._newest_kept(kept, limit)
             if read.rows and (read.rows[-1].ingest_time, read.rows[-1].message_id) >= top:
                 break  # the rest is at or after the ceiling
-        return kept
+        held: list[Excerpt[AnyPage]] = []
+        for _, _, source in kept:
+            if not any(source is h for h in held):
+                held.append(source)
+        return [(r, v) for r, v, _ in kept], held
+
+    def _newest_kept(self, rows: list[Any], limit: int) -> list[Any]:
+        """The newest of `rows` (oldest first) that a page may take and one more: `limit`
+        and one, and rows while those after them hold no more than a page's bytes."""
+        size = 0
+        start = len(rows)
+        while start > 0 and len(rows) - start <= limit and size <= self.page_bytes:
+            start -= 1
+            size += row_bytes(rows[start][0])
+        return rows[start:]
 
     def page_of(self, read: Excerpt[AnyPage], *, waited: bool, first: bool) -> AnyPage:
         """The API's page of a read. One that found nothing after waiting (`waited`)
