@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 import time
 from typing import Any
 
+import hypothesis
+import pytest
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
+from app.budget import Budget
 from app.http.head import Recordline
+from app.query.page_token import PageTokens
+from app.query.service import READ_COPIES, RECORDS, Reader
 from app.records import Record, Rejection
 from app.store.duckdb.store import DuckDBStore
+from app.store.pages import row_bytes
 from tests.conftest import envelope, settings
 
 
@@ -186,3 +194,171 @@ async def test_a_burst_long_ago_is_found_on_the_first_page() -> None:
     assert [r["message_id"] for r in page["records"]] == [
         f"b{i:05d}" for i in range(4999, 4949, -1)
     ]
+
+
+async def test_a_walk_is_gone_when_its_ceiling_leaves_the_retention_not_its_floor() -> None:
+    # The oldest row kept is a moment from the retention's edge: a walk of the newest
+    # rows goes on after it passes the edge, and ends at the edge; a token whose next
+    # rows are past the edge is 410.
+    store = DuckDBStore(":memory:")
+    app = create_app(settings(RECORDLINE_RETENTION_DAYS="1"), store=store)
+    day = 86_400_000_000
+    async with AsyncTestClient(app) as client:
+        now = time.time_ns() // 1000
+        edge = now - day + 1_500_000
+        rows: list[Record | Rejection] = [
+            Record(message_id=f"old{i}", publish_time=0, ingest_time=edge + i, id=f"o{i}")
+            for i in range(2)
+        ]
+        rows += [
+            Record(
+                message_id=f"new{i}", publish_time=0, ingest_time=now - 10_000_000 + i, id=str(i)
+            )
+            for i in range(4)
+        ]
+        await store.append(rows)
+        params: dict[str, Any] = {"order": "newest", "limit": 2}
+        first = (await client.get("/v1/records", params=params)).json()
+        assert [r["message_id"] for r in first["records"]] == ["new3", "new2"]
+        rest = {**params, "until": first["records"][0]["ingest_time"], "limit": 4}
+        late = (await client.get("/v1/records", params=rest)).json()
+        assert [r["message_id"] for r in late["records"]] == ["new2", "new1", "new0", "old1"]
+        await asyncio.sleep(2)
+        second = await client.get(
+            "/v1/records", params={**params, "page_token": first["next_page_token"]}
+        )
+        assert second.status_code == 200
+        assert [r["message_id"] for r in second.json()["records"]] == ["new1", "new0"]
+        assert second.json()["next_page_token"] is None
+        gone = await client.get(
+            "/v1/records", params={**params, "page_token": late["next_page_token"]}
+        )
+        assert gone.status_code == 410
+        assert gone.json()["parameter"] == "page_token"
+
+
+class CountedPages(DuckDBStore):
+    """The embedded store, counting the pages it is asked for."""
+
+    pages = 0
+
+    async def page(self, kind: Any, query: Any) -> Any:
+        self.pages += 1
+        return await super().page(kind, query)
+
+
+async def test_a_small_page_in_a_crowded_microsecond_costs_few_reads() -> None:
+    # 5,000 rows of one microsecond, read a row at a time: each page reads the
+    # microsecond a read's worth of rows at a time, not a page's `limit` at a time.
+    store = CountedPages(":memory:")
+    app = create_app(settings(), store=store)
+    at = time.time_ns() // 1000 - 5_000_000
+    rows: list[Record | Rejection] = [
+        Record(message_id=f"s{i:05d}", publish_time=0, ingest_time=at, id=str(i))
+        for i in range(5000)
+    ]
+    async with AsyncTestClient(app) as client:
+        for start in range(0, len(rows), 1000):
+            await store.append(rows[start : start + 1000])
+        params: dict[str, Any] = {"order": "newest", "limit": 1}
+        for expected in ("s04999", "s04998", "s04997"):
+            before = store.pages
+            page = (await client.get("/v1/records", params=params)).json()
+            assert [r["message_id"] for r in page["records"]] == [expected]
+            assert store.pages - before <= 60
+            params = {"order": "newest", "limit": 1, "page_token": page["next_page_token"]}
+
+
+_WALKS = iter(range(10**9))
+
+
+@pytest.mark.slow
+@hypothesis.settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+@hypothesis.given(
+    first=st.integers(0, 12),
+    steps=st.lists(st.tuples(st.integers(1, 5), st.integers(0, 3)), max_size=8),
+)
+def test_a_walk_serves_every_row_once_while_rows_arrive_at_the_top(
+    client: TestClient[Recordline], first: int, steps: list[tuple[int, int]]
+) -> None:
+    # Rows pushed before the first page, then pages of each `limit` with some rows
+    # pushed between them: the walk holds the rows before its first page once each,
+    # newest first, and reading oldest first from its complete_until, the others once.
+    walk_id = str(next(_WALKS))
+    sent: list[str] = []
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            message_id = f"w{walk_id}-{len(sent):03d}"
+            body = envelope({"id": message_id}, message_id=message_id, attributes={"w": walk_id})
+            assert client.post("/pubsub/push", json=body).status_code == 204
+            sent.append(message_id)
+
+    send(first)
+    before = len(sent)
+    params: dict[str, Any] = {"order": "newest", "attribute": f"w:{walk_id}", "limit": 1}
+    seen: list[Any] = []
+    complete_until = None
+    token = None
+    for limit, arriving in [*steps, *([(1000, 0)] * (first + 2))]:
+        asked = {**params, "limit": limit, **({} if token is None else {"page_token": token})}
+        answer = client.get("/v1/records", params=asked)
+        assert answer.status_code == 200, answer.text
+        page = answer.json()
+        complete_until = complete_until or page["complete_until"]
+        assert len(page["records"]) <= limit
+        seen += page["records"]
+        token = page["next_page_token"]
+        if token is None:
+            break
+        params = {"order": "newest", "limit": limit}
+        send(arriving)
+    assert token is None
+    assert keys(seen) == sorted(keys(seen), reverse=True)
+    assert [r["message_id"] for r in seen] == sent[:before][::-1]
+    after = client.get(
+        "/v1/records", params={"since": complete_until, "attribute": f"w:{walk_id}", "limit": 1000}
+    ).json()["records"]
+    assert [r["message_id"] for r in after] == sent[before:]
+
+
+async def test_the_rows_of_a_crowded_microsecond_a_page_holds_are_charged_to_the_budget() -> None:
+    # 2,000 rows of 1 kB and 4 of 1 MB in one microsecond: the newest, read last, are
+    # what the page holds, and the budget is charged for them while it holds them.
+    store = DuckDBStore(":memory:")
+    await store.start()
+    budget = Budget(512 * 1024 * 1024)
+    reader = Reader(
+        store,
+        pending_horizon=lambda: 2**62,
+        tokens=PageTokens("a-secret-long-enough-for-tokens"),
+        budget=budget,
+    )
+    at = time.time_ns() // 1000 - 5_000_000
+    rows: list[Record | Rejection] = [
+        Record(
+            message_id=f"b{i:04d}",
+            publish_time=0,
+            ingest_time=at,
+            id=str(i),
+            data='"' + "x" * (1_000_000 if i >= 2000 else 1000) + '"',
+        )
+        for i in range(2004)
+    ]
+    try:
+        for start in range(0, len(rows), 1000):
+            await store.append(rows[start : start + 1000])
+        page = await reader.newest_page(
+            RECORDS, since=None, until=None, limit=1000, page_token=None
+        )
+        shown = {r.message_id for r in page.records}
+        assert [r.message_id for r in page.records][:5] == [f"b{i}" for i in range(2003, 1998, -1)]
+        held = sum(row_bytes(r) for r in rows if r.message_id in shown)
+        assert budget.held >= READ_COPIES * held
+        assert page.next_page_token is not None
+    finally:
+        await store.close()

@@ -417,7 +417,8 @@ class Reader:
             top = (cursor.until, cursor.before_message_id)
         else:
             top = (horizon, "")
-        floor = cursor.after_time
+        # No lower than the retention keeps now: a walk begun earlier ends there.
+        floor = max(cursor.after_time, self._oldest_retained())
         taken: list[tuple[Any, Any]] = []  # (row, view), the newest first
         reads: list[Excerpt[AnyPage]] = []
         size = 0
@@ -450,8 +451,9 @@ class Reader:
             ]
             if read.full:
                 # All in one microsecond, more than a read takes: the newest are read last.
-                found = await self._whole_window(listing, read, found, top, limit)
-            if found:
+                found, held = await self._whole_window(listing, read, found, top, limit)
+                reads += held  # their charge lasts while the page holds their rows
+            elif found:
                 reads.append(read)  # its charge lasts while the page holds its rows
             for row, view in reversed(found):
                 weight = row_bytes(row)
@@ -506,23 +508,41 @@ class Reader:
         found: list[tuple[Any, Any]],
         top: tuple[int, str],
         limit: int,
-    ) -> list[tuple[Any, Any]]:
+    ) -> tuple[list[tuple[Any, Any]], list[Excerpt[AnyPage]]]:
         """The rest of a one-microsecond window after its first `read`: its rows before
         `top`, the newest `limit` and one more at most (so that a page of `limit` knows
-        that more are left), read page by page (each let go once read)."""
-        keep = limit + 1
-        kept: list[tuple[Any, Any]] = found[-keep:]
+        that more are left), and no more bytes than a page and one row; read as many rows
+        at a time as a read takes whatever the page's `limit`, up to the ceiling. With
+        them, the reads they came from, whose charge lasts while they are held."""
+        kept: list[tuple[Any, Any, Excerpt[AnyPage]]] = [(r, v, read) for r, v in found]
+        kept = self._newest_kept(kept, limit)
         cursor = read.cursor
         while read.full:
             cursor = PageToken(
                 *read.resume, cursor.until, listing=listing.name, filter=cursor.filter
             )
-            read = await self.excerpt(listing, cursor, limit, self.page_bytes)
+            read = await self.excerpt(listing, cursor, MAX_LIMIT, self.page_bytes)
             for row, view in zip(read.rows, read.views, strict=True):
                 if (row.ingest_time, row.message_id) < top:
-                    kept.append((row, view))
-            kept = kept[-keep:]
-        return kept
+                    kept.append((row, view, read))
+            kept = self._newest_kept(kept, limit)
+            if read.rows and (read.rows[-1].ingest_time, read.rows[-1].message_id) >= top:
+                break  # the rest is at or after the ceiling
+        held: list[Excerpt[AnyPage]] = []
+        for _, _, source in kept:
+            if not any(source is h for h in held):
+                held.append(source)
+        return [(r, v) for r, v, _ in kept], held
+
+    def _newest_kept(self, rows: list[Any], limit: int) -> list[Any]:
+        """The newest of `rows` (oldest first) that a page may take and one more: `limit`
+        and one, and rows while those after them hold no more than a page's bytes."""
+        size = 0
+        start = len(rows)
+        while start > 0 and len(rows) - start <= limit and size <= self.page_bytes:
+            start -= 1
+            size += row_bytes(rows[start][0])
+        return rows[start:]
 
     def page_of(self, read: Excerpt[AnyPage], *, waited: bool, first: bool) -> AnyPage:
         """The API's page of a read. One that found nothing after waiting (`waited`)
@@ -770,7 +790,10 @@ class Reader:
                         "was issued for another filter; send it with the filter of the "
                         "first page, or without one (it carries its own)",
                     )
-                self._check_retained(sent_as, cursor.after_time)
+                # Where it goes on from is its ceiling, not its floor (the oldest row
+                # below when it was issued, which the retention reaches first): Gone
+                # once rows just below the ceiling may have been deleted.
+                self._check_retained(sent_as, cursor.until if cursor.until is not None else 0)
                 return cursor
             if until is not None and max(micros(until), 0) != cursor.until:
                 raise BadParameter(
