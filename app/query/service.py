@@ -484,7 +484,9 @@ class Reader:
         token = None
         if more:
             edge = taken[-1][0] if taken else None
-            until_key = (edge.ingest_time, edge.message_id) if edge else (end, "")
+            # Never above the page's own ceiling: a page that found nothing in its reads
+            # goes on from where its windows ended, or from its ceiling.
+            until_key = (edge.ingest_time, edge.message_id) if edge else min((end, ""), top)
             token = self._tokens.encode(
                 PageToken(
                     floor,
