@@ -40,6 +40,9 @@ BEYOND_A_SCHEMA = {
     ("until", "must be later than since"),
     ("until", "at most 168 hours after since"),
     ("page_token", "was issued for another filter"),
+    ("order", "newest first is read a page at a time"),  # with `wait=`
+    ("page_token", "was issued for pages newest first"),
+    ("page_token", "was issued for pages oldest first"),
     # A filter's size in all, across its parameters (app/query/filters.py).
     ("attribute", "the filter's names and values take"),
     ("field", "the filter's names and values take"),
