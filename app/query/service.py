@@ -437,10 +437,8 @@ class Reader:
             # As many rows as a read takes: a page of a few rows is found in one read.
             read = await self.excerpt(listing, window, MAX_LIMIT, self.page_bytes)
             if read.full and end - begin > 1:
-                # More rows than one read takes: look at the newest part of the window,
-                # half as long as the read's rows took, or what they left of it.
-                # Rows are at its last row's time: the newest are between it and the end,
-                # looked for by halves.
+                # More rows than one read takes: rows are at its last row's time, so the
+                # newest lie between it and the end, looked for by halves.
                 low = read.rows[-1].ingest_time
                 span = max(1, (end - low + 1) // 2)
                 continue
