@@ -190,6 +190,52 @@ def test_a_replay_and_a_read_pass_are_recorded_with_who_asked(
         (line,) = records(caplog)
     assert replayed.status_code == 200, replayed.text
     assert (line["action"], line["principal"], line["status"]) == ("replay", OPERATOR, 200)
+    # Which message became what, and the operator's words: none given here.
+    assert (line["messages"], line["note"], line["dry_run"]) == ([["m-9", "stored"]], None, False)
+
+
+def test_a_replay_s_note_is_kept_with_its_outcomes_and_bounded(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator says why (a payload edited, and what for): the line keeps it with each
+    message's outcome, a dry run's as a dry run's; a note past its bound is a 400 naming
+    it, and replays nothing."""
+    fixed = {
+        "data": base64.b64encode(b'{"id": "r-8", "data": {"amount": 5}}').decode(),
+        "message_id": "m-8",
+        "publish_time": "2024-04-27T12:00:01Z",
+    }
+    note = "amount was a string; fixed to the number the producer meant"
+    operator = token(google, OPERATOR)
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        checked = client.post(
+            "/v1/replay",
+            json={"messages": [fixed, fixed], "note": note, "dry_run": True},
+            headers=operator,
+        )
+        replayed = client.post(
+            "/v1/replay", json={"messages": [fixed], "note": note}, headers=operator
+        )
+        too_long = client.post(
+            "/v1/replay", json={"messages": [fixed], "note": "x" * 501}, headers=operator
+        )
+        lines = records(caplog)
+    assert checked.status_code == replayed.status_code == 200, (checked.text, replayed.text)
+    assert too_long.status_code == 400, too_long.text
+    assert "note" in too_long.json()["detail"]
+    check, replay, refused = lines
+    assert (check["dry_run"], check["note"]) == (True, note)
+    assert check["messages"] == [["m-8", "stored"], ["m-8", "already_stored"]]
+    assert (replay["dry_run"], replay["note"], replay["messages"]) == (
+        False,
+        note,
+        [["m-8", "stored"]],
+    )
+    # Refused before it was read: no message named, nothing stored by it.
+    assert refused["status"] == 400
+    assert "messages" not in refused
+    assert client.get("/v1/messages/m-8", headers=operator).json()["status"] == "stored"
 
 
 def test_a_lines_parameters_are_bounded(caplog: pytest.LogCaptureFixture) -> None:

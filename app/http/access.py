@@ -207,7 +207,7 @@ def line(
     principal = proven_as(scope)
     if principal is None and admitted_by_pass(scope):
         principal = "read pass"
-    return {
+    entry = {
         "action": action,
         # A cell's dispatcher says which system a request is for (`line_system`).
         "system": line_system.get() or system or None,
@@ -220,6 +220,9 @@ def line(
         "bytes": sent,
         "masked": served.masked,
     }
+    if served.facts is not None:
+        entry |= served.facts
+    return entry
 
 
 def parameters(query: bytes, shown: Shown | None) -> list[list[str]]:

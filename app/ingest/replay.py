@@ -43,6 +43,8 @@ log = logging.getLogger("recordline.replay")
 # One request's messages: one look-up (a billed query on BigQuery) for all of
 # them, then one group commit; 100 keeps a request well inside Cloud Run's timeout.
 MAX_REPLAY_MESSAGES = 100
+# What an operator may say of a replay, kept with it in the access record.
+MAX_NOTE_CHARACTERS = 500
 
 
 class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
@@ -67,6 +69,17 @@ class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
 class ReplayRequest(msgspec.Struct, kw_only=True, frozen=True):
     messages: Annotated[list[ReplayMessage], Meta(min_length=1, max_length=MAX_REPLAY_MESSAGES)]
     dry_run: bool = False
+    note: (
+        Annotated[
+            str,
+            Meta(
+                max_length=MAX_NOTE_CHARACTERS,
+                description="Why, in the operator's words (a payload edited, and what for): "
+                "kept with the replay's messages and outcomes in the access record",
+            ),
+        ]
+        | None
+    ) = None
 
 
 Outcome = Literal["stored", "rejected", "already_stored"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -14,6 +15,9 @@ class Served:
 
     rows: int = 0
     masked: bool = False
+    # What the request did beyond reading rows, for its line (a replay's messages and
+    # the note its operator gave): the line's own fields, beside the others.
+    facts: dict[str, Any] | None = None
 
 
 SERVED: ContextVar[Served | None] = ContextVar("served", default=None)
@@ -25,3 +29,10 @@ def served(rows: int, *, masked: bool) -> None:
     if current is not None:
         current.rows += rows
         current.masked = current.masked or masked
+
+
+def told(**facts: Any) -> None:
+    """Put `facts` on the access record of the request in hand, if it keeps one."""
+    current = SERVED.get()
+    if current is not None:
+        current.facts = (current.facts or {}) | facts

@@ -50,6 +50,7 @@ from app.ingest.replay import (
 )
 from app.ingest.service import Ingest, PushObserver
 from app.problems import Problems, problem_responses
+from app.query.served import told
 from app.telemetry import PushTraces, push_received
 
 PUSH_PATH = "/pubsub/push"
@@ -211,7 +212,9 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
         "original message id, publish time and attributes. Each is stored as a record if "
         "today's validation accepts it, kept rejected if not, and skipped if a record with "
         "its message id exists already. Answers once every stored row is durable; a 503 "
-        "means retry the request. `dry_run` says what would happen and stores nothing."
+        "means retry the request. `dry_run` says what would happen and stores nothing; "
+        "`note`, why (in the operator's words), is kept with the messages' outcomes in the "
+        "access record."
     ),
     tags=["operations"],
     operation_class=ReplayOperation,
@@ -232,7 +235,14 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
     ),
 )
 async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay]) -> ReplayAnswer:
-    return await replayer.replay(data)
+    answer = await replayer.replay(data)
+    # Its access record says which messages became what, and why, as the operator said.
+    told(
+        dry_run=answer.dry_run,
+        note=data.note,
+        messages=[[result.message_id, result.outcome] for result in answer.results],
+    )
+    return answer
 
 
 def push_refusals(

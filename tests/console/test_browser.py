@@ -9,8 +9,10 @@ With CONSOLE_SCREENSHOTS=1 the tests write the pages' screenshots into docs/imag
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ from recordline_dev.processes import free_port, stop_group
 from tests.console.browser import envelope, sequenced, serve, shot
 
 pytestmark = pytest.mark.browser
+
+# Each served console's log (its access record among its lines), by its address.
+LOGS: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,7 @@ def service(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 assert client.post("/pubsub/push", json=push).status_code == 204
         stop_group(process, timeout=15)
         process = serve(folder, port, RECORDLINE_ID_FIELD="key", **grace)
+        LOGS[url] = folder / "service.log"
         yield url
     finally:
         stop_group(process, timeout=15)
@@ -346,3 +352,66 @@ def test_a_read_overtaken_by_a_later_one_shows_nothing(service: str, page: Any, 
         assert page.locator("#reasons tbody tr.row").first.inner_text().split("\t")[1] == "1"
     expect(page.locator("#status")).to_be_empty()
     assert "colour%3A" + ("purple" if view == "rejections" else "red") in page.url
+
+
+def test_a_rejection_fixed_in_the_browser_is_checked_replayed_and_recorded(
+    service: str, page: Any
+) -> None:
+    """A payload wrong as sent (its record id missing) is edited in the browser: what
+    changed is shown, today's validation's verdict comes before anything is sent, an
+    edit that still fails cannot be sent, and the fixed one is stored under its original
+    message id with the operator's note in the access record."""
+    with httpx.Client(base_url=service) as client:
+        pushed = client.post(
+            "/pubsub/push", json=envelope("bad-3", {"data": {"n": 3}}, {"colour": "orange"})
+        )
+        assert pushed.status_code == 204
+    page.goto(f"{service}/console/rejections?attribute=colour%3Aorange")
+    page.locator("#reasons tbody tr", has_text="`$.key` (the record id").click()
+    page.click("button[aria-label='fix bad-3']")
+    payload = page.locator("textarea[aria-label='payload of bad-3']")
+    expect(payload).to_have_value(json.dumps({"data": {"n": 3}}))  # the bytes as sent
+    replay = page.locator("tr.editor .edit-replay")
+    verdict = page.locator("tr.editor .edit-verdict")
+    # Still without its id: rejected again, and not to be sent.
+    payload.fill('{"data": {"n": 4}}')
+    expect(page.locator("tr.editor .edit-changes")).to_have_text("Changed: data.data.n")
+    page.click("tr.editor .edit-check")
+    expect(verdict).to_contain_text("would reject it: payload: `$.key` (the record id")
+    page.fill("input[aria-label='why bad-3 is fixed']", "the producer left out its key")
+    expect(replay).to_be_disabled()
+    # Fixed: it would be stored, and is sent once a note says why.
+    payload.fill('{"key": "k-3", "data": {"n": 3}}')
+    expect(page.locator("tr.editor .edit-changes")).to_have_text("Changed: data.key (added)")
+    expect(replay).to_be_disabled()  # an edit needs a check of its own
+    page.click("tr.editor .edit-check")
+    expect(verdict).to_have_text("Today's validation would store it.")
+    expect(replay).to_be_enabled()
+    shot(page, "fix")
+    replay.click()
+    expect(page.locator("#outcomes tbody tr")).to_contain_text("stored")
+    expect(page.locator("#rows tbody tr[data-message-id=bad-3]")).to_contain_text("stored since")
+    with httpx.Client(base_url=service) as client:
+        stored = client.get("/v1/messages/bad-3").json()
+        rejected = client.get("/v1/rejections", params={"message_id": "bad-3"}).json()
+    assert stored["status"] == "stored"
+    assert (stored["record"]["id"], stored["record"]["data"]) == (
+        "k-3",
+        {"key": "k-3", "data": {"n": 3}},
+    )
+    # The rejection keeps the message as it came: beside the record, the edit.
+    (kept,) = rejected["rejections"]
+    assert json.loads(base64.b64decode(kept["data"])) == {"data": {"n": 3}}
+    lines = [
+        json.loads(line) for line in LOGS[service].read_text().splitlines() if line.startswith("{")
+    ]
+    replays = [
+        line["access"]
+        for line in lines
+        if line.get("logger") == "recordline.access" and line["access"]["action"] == "replay"
+    ]
+    assert [(r["dry_run"], r["messages"], r["note"]) for r in replays[-3:]] == [
+        (True, [["bad-3", "rejected"]], None),  # checked before a note was written
+        (True, [["bad-3", "stored"]], "the producer left out its key"),
+        (False, [["bad-3", "stored"]], "the producer left out its key"),
+    ]

@@ -305,6 +305,14 @@ function rejections() {
       const tr = row([box, rejection.ingest_time, rejection.message_id, payload, rejection.stored ? "stored since" : "rejected"]);
       tr.children[3].className = "payload";
       tr.dataset.messageId = rejection.message_id;
+      if (replay && !rejection.stored) {
+        const fix = element("button", "Fix…", { type: "button", class: "fix", "aria-label": `fix ${rejection.message_id}` });
+        fix.addEventListener("click", () => {
+          const open = tr.nextSibling && tr.nextSibling.classList && tr.nextSibling.classList.contains("editor");
+          if (open) tr.nextSibling.remove(); else tr.after(editor(rejection, read));
+        });
+        tr.append(element("td").appendChild(fix).parentNode);
+      }
       body.append(tr);
     }
   }
@@ -389,6 +397,129 @@ function rejections() {
   form.addEventListener("submit", read);
   filtersFromAddress(form, REJECTION_FILTERS);
   read();
+}
+
+// A rejection fixed in the browser: its payload (as UTF-8 text) and attributes edited,
+// checked against today's validation (a dry run, nothing stored), then replayed under
+// its original message id with the operator's note, which the access record keeps.
+// What changed is shown before it is sent: the JSON paths, where both sides are JSON.
+function editor(rejection, reread) {
+  const cell = element("td", undefined, { colspan: "6" });
+  const tr = element("tr", undefined, { class: "editor" });
+  tr.append(cell);
+  let text = null;
+  try {
+    const bytes = Uint8Array.from(atob(rejection.data), (c) => c.charCodeAt(0));
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (_) { /* not UTF-8 text: replayed as it came, not edited here */ }
+  if (text === null) {
+    cell.append(element("p", "Its payload is not UTF-8 text: it can be replayed as it came (select it above), not edited here."));
+    return tr;
+  }
+  const id = rejection.message_id;
+  const data = element("textarea", undefined, { class: "edit-data", rows: "8", cols: "80", spellcheck: "false", "aria-label": `payload of ${id}` });
+  data.value = text;
+  const attributes = element("textarea", undefined, { class: "edit-attributes", rows: "4", cols: "80", spellcheck: "false", "aria-label": `attributes of ${id}` });
+  attributes.value = JSON.stringify(rejection.attributes, null, 2);
+  const note = element("input", undefined, { class: "edit-note", size: "70", maxlength: "500", "aria-label": `why ${id} is fixed`, placeholder: "why: kept with the replay in the access record" });
+  const check = element("button", "Check against today's validation", { type: "button", class: "edit-check" });
+  const send = element("button", "Replay fixed", { type: "button", class: "edit-replay", disabled: "" });
+  const changes = element("p", "", { class: "edit-changes" });
+  const verdict = element("p", "", { class: "edit-verdict" });
+  cell.append(
+    element("h3", "payload"), data, element("h3", "attributes"), attributes,
+    element("h3", "why"), note, element("div"), check, send, changes, verdict,
+  );
+
+  // The message as edited, or an Error saying what is wrong with the edit.
+  function message() {
+    let edited;
+    try { edited = JSON.parse(attributes.value); } catch (error) { throw new Error(`attributes are not JSON: ${error.message}`); }
+    if (edited === null || typeof edited !== "object" || Array.isArray(edited)
+        || Object.values(edited).some((value) => typeof value !== "string")) {
+      throw new Error('attributes are an object of strings, {"name": "value"}');
+    }
+    let binary = "";
+    for (const byte of new TextEncoder().encode(data.value)) binary += String.fromCharCode(byte);
+    return {
+      message_id: id, publish_time: rejection.publish_time, data: btoa(binary), attributes: edited,
+      ...(rejection.subscription ? { subscription: rejection.subscription } : {}),
+    };
+  }
+
+  function said() {
+    const paths = [];
+    changed(parsed(text), parsed(data.value), "data", paths);
+    let edited = null;
+    try { edited = JSON.parse(attributes.value); } catch (_) { paths.push("attributes (not JSON)"); }
+    if (edited !== null) walk(rejection.attributes, edited, "attributes", paths);
+    changes.textContent = paths.length ? `Changed: ${paths.slice(0, 20).join(", ")}${paths.length > 20 ? ", …" : ""}` : "Nothing changed yet.";
+  }
+
+  // Any edit after a check needs a check of its own before it is sent.
+  for (const input of [data, attributes]) input.addEventListener("input", () => { send.disabled = true; verdict.textContent = ""; said(); });
+  note.addEventListener("input", () => { send.disabled = send.dataset.checked !== "stored" || !note.value.trim(); });
+  said();
+
+  async function replayed(dryRun) {
+    const body = { messages: [message()], dry_run: dryRun, note: note.value.trim() || null };
+    const answer = await (await api(`${ROOT}/v1/replay`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+    })).json();
+    return answer.results[0];
+  }
+
+  check.addEventListener("click", async () => {
+    send.disabled = true;
+    send.dataset.checked = "";
+    try {
+      const result = await replayed(true);
+      send.dataset.checked = result.outcome;
+      verdict.textContent = {
+        stored: "Today's validation would store it." + (note.value.trim() ? "" : " Say why, then replay it."),
+        rejected: `Today's validation would reject it: ${result.reason}`,
+        already_stored: "Its message is stored already: nothing to replay.",
+      }[result.outcome] || result.outcome;
+      send.disabled = result.outcome !== "stored" || !note.value.trim();
+    } catch (error) { verdict.textContent = error.message; }
+  });
+  send.addEventListener("click", async () => {
+    send.disabled = true;
+    try {
+      const result = await replayed(false);
+      const outcomes = $("#outcomes tbody");
+      outcomes.replaceChildren(row([result.message_id, result.outcome, result.reason || ""]));
+      $("#outcomes").hidden = false;
+      await reread();  // its row as it is now: stored since, or rejected still
+    } catch (error) { verdict.textContent = error.message; }
+  });
+  return tr;
+}
+
+function parsed(text) {
+  try { return { json: JSON.parse(text) }; } catch (_) { return { text }; }
+}
+
+// The paths at which `after` differs from `before` (each {json} or {text}), into `paths`.
+function changed(before, after, path, paths) {
+  if ("json" in before && "json" in after) walk(before.json, after.json, path, paths);
+  else if (("text" in before ? before.text : JSON.stringify(before.json)) !== ("text" in after ? after.text : JSON.stringify(after.json))) {
+    paths.push(`${path} (text)`);
+  }
+}
+
+function walk(before, after, path, paths) {
+  if (paths.length > 20) return;
+  const isObject = (value) => value !== null && typeof value === "object";
+  if (isObject(before) && isObject(after) && Array.isArray(before) === Array.isArray(after)) {
+    const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
+    for (const key of keys) {
+      const at = Array.isArray(before) ? `${path}[${key}]` : `${path}.${key}`;
+      if (!(key in before)) paths.push(`${at} (added)`);
+      else if (!(key in after)) paths.push(`${at} (removed)`);
+      else walk(before[key], after[key], at, paths);
+    }
+  } else if (JSON.stringify(before) !== JSON.stringify(after)) paths.push(path);
 }
 
 // -- producers --------------------------------------------------------------------
