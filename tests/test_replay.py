@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.cli import main
 from app.commands.replay import ReplayError, Service, replay_dead_letters, replay_rejected
 from app.ingest.replay import MAX_REPLAY_MESSAGES
 from app.records import Rejection
@@ -81,7 +83,7 @@ def run_replay(url: str, **options: Any) -> Counter[str]:
         **options,
     }
     token = arguments.pop("token", None)
-    service = Service(url, token=token)
+    service = Service(url, token=token, note=arguments.pop("note", None))
     try:
         return replay_rejected(service, say=quiet, **arguments)
     finally:
@@ -121,6 +123,31 @@ async def test_a_fixed_rejection_becomes_one_record_under_its_original_id(
             await http.get("/v1/rejections", params={"since": "2023-01-01T00:00:00Z"})
         ).json()["rejections"]
         assert len(rejections) == 3
+
+
+async def test_the_cli_s_note_is_kept_with_what_each_message_became(
+    rejected_store: DuckDBStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`recordline replay --note`: each request carries it, and its access line keeps it
+    beside the messages' outcomes; a note past its bound is refused before anything is
+    sent (exit 2, saying why)."""
+    note = "the numeric data bug fixed in 4.2"
+    async with served(create_app(settings(), store=rejected_store)) as http:
+        url = str(http.base_url).rstrip("/")
+        with caplog.at_level(logging.INFO, "recordline.access"):
+            counts = await asyncio.to_thread(run_replay, url, note=note)
+        lines = [r.fields["access"] for r in caplog.records if r.name == "recordline.access"]  # type: ignore[attr-defined]
+    assert counts == Counter({"stored": 2, "rejected": 1})
+    (line,) = [line for line in lines if line["action"] == "replay"]
+    assert line["note"] == note
+    assert sorted(line["messages"]) == [
+        ["m-bad", "rejected"],
+        ["m-fixed-1", "stored"],
+        ["m-fixed-2", "stored"],
+    ]
+    with pytest.raises(SystemExit) as exited:
+        main(["replay", "rejected", "--url", "http://127.0.0.1:9", "--note", "x" * 501])
+    assert exited.value.code == 2
 
 
 async def test_only_rejections_whose_reason_matches_are_replayed(

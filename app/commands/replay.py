@@ -37,7 +37,13 @@ from app.commands.target import (
     service_target,
 )
 from app.errors import shortened
-from app.ingest.replay import MAX_REPLAY_MESSAGES, Outcome, ReplayAnswer, ReplayResult
+from app.ingest.replay import (
+    MAX_NOTE_CHARACTERS,
+    MAX_REPLAY_MESSAGES,
+    Outcome,
+    ReplayAnswer,
+    ReplayResult,
+)
 from app.records import TIME_FORMS, rfc3339
 from app.settings import Settings
 
@@ -135,11 +141,14 @@ class Service:
         url: str,
         *,
         token: str | Callable[[], str | None] | None = None,
+        note: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         import httpx
 
         self._token = token
+        # Why, in the operator's words: sent with each request, kept in its access record.
+        self._note = note
         self.url = url.rstrip("/")
         self._http = httpx.Client(base_url=self.url, timeout=60, transport=transport)
 
@@ -185,7 +194,7 @@ class Service:
         pending = list(messages)
         refused: list[Refused] = []
         while pending:
-            body = {"messages": pending, "dry_run": dry_run}
+            body = {"messages": pending, "dry_run": dry_run, "note": self._note}
             try:
                 answer = self._call("POST", "/v1/replay", json=body)
             except _OneRefused as exc:
@@ -463,7 +472,7 @@ def run(
     except ReplayError as exc:
         print(f"recordline replay: {exc}", file=sys.stderr)
         return 2
-    service = Service(target.url, token=target.token)
+    service = Service(target.url, token=target.token, note=args.note)
     subscription = ""
     try:
         if args.what == "rejected":
@@ -525,6 +534,14 @@ def run(
     return 1 if counts[REFUSED] else 0
 
 
+def _note(text: str) -> str:
+    if len(text) > MAX_NOTE_CHARACTERS:
+        raise argparse.ArgumentTypeError(
+            f"{len(text)} characters: a note is {MAX_NOTE_CHARACTERS} at most"
+        )
+    return text
+
+
 def _target(args: argparse.Namespace, settings: Settings) -> Target:
     if args.url is None and not settings.command.url:
         raise ReplayError("name the service to replay to: --url, or RECORDLINE_URL")
@@ -557,6 +574,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         )
         sub.add_argument(
             "--dry-run", action="store_true", help="say what would happen; store nothing"
+        )
+        sub.add_argument(
+            "--note",
+            type=_note,
+            help="why (the cause fixed), in your words: kept with each request's messages "
+            f"and outcomes in the service's access record ({MAX_NOTE_CHARACTERS} characters "
+            "at most)",
         )
         if name == "rejected":
             sub.add_argument(
