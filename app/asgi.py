@@ -639,6 +639,9 @@ def routers(
     traced = telemetry.middleware()
     compressed = [compression()]
 
+    if telemetry.route_handlers and auth.metrics_refused:
+        log.warning("GET /metrics will answer 403: %s", auth.metrics_refused)
+
     def recorded(action: str) -> list[DefineMiddleware]:
         # Outermost: a refusal by the middleware within (too many reads) is recorded too.
         return [access.middleware(action)]
@@ -694,8 +697,15 @@ def routers(
                 readyz,
                 describe_problem,
                 docs_assets(),
-                *telemetry.route_handlers,
             ],
+            middleware=compressed,
+        ),
+        # The scrape: anyone's on loopback, an operator's beyond it (said at start where
+        # no one can be admitted, rather than at the first scrape).
+        Router(
+            "/",
+            route_handlers=telemetry.route_handlers,
+            guards=auth.metrics_guards,
             middleware=compressed,
         ),
         Router(

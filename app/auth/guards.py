@@ -45,6 +45,12 @@ PROVEN_AS: Final = "recordline.principal"
 # Who a guard admitted by the push secret as a bearer token, where no identity is checked.
 SHARED_SECRET_HOLDER: Final = "holder of RECORDLINE_PUSH_TOKEN"  # noqa: S105 - a name, not a secret
 NO_CREDENTIALS: Final = Credentials(None, None)
+# Why `/metrics` beyond loopback answers no one: no operator can be told.
+METRICS_REFUSAL: Final = (
+    "/metrics beyond loopback is for operators: it needs RECORDLINE_READ_AUDIENCE and "
+    "RECORDLINE_OPERATOR_PRINCIPALS (or RECORDLINE_PUSH_TOKEN as a bearer token where that is "
+    "the setup); or send metrics to Cloud Monitoring (OTEL_METRICS_EXPORTER=gcp_monitoring)."
+)
 
 
 class Auth:
@@ -61,6 +67,8 @@ class Auth:
         owns_certs: bool = True,
         passes: PassAccess | None = None,
         export: ExportAccess | None = None,
+        metrics: ReadAccess | SecretAccess | None = None,
+        metrics_refusal: str | None = None,
     ) -> None:
         self._push = push
         # Where exporting is a permission of its own; None: every reader exports.
@@ -74,6 +82,9 @@ class Auth:
         self._owns_certs = owns_certs
         self._operate = operate
         self._replay_refusal = replay_refusal
+        # `/metrics` beyond loopback: operators alone, or refused (None and None: open).
+        self._metrics = metrics
+        self._metrics_refusal = metrics_refusal
 
     @classmethod
     def from_settings(cls, settings: Settings, *, certs: GoogleCerts | None = None) -> Auth:
@@ -111,6 +122,7 @@ class Auth:
         read: ReadAccess | None = None
         export: ExportAccess | None = None
         operate: ReadAccess | SecretAccess | None = None
+        metrics: ReadAccess | SecretAccess | None = None
         replay_refusal = None
         if certs is not None and auth.read_audience:
             # Several audiences: the read audience, and Cloud Run's URL, which an uptime
@@ -135,10 +147,17 @@ class Auth:
                 what="replay",
                 setting="RECORDLINE_OPERATOR_PRINCIPALS",
             )
+            metrics = ReadAccess(
+                verifier=verifier,
+                principals=operators,
+                what="read /metrics",
+                setting="RECORDLINE_OPERATOR_PRINCIPALS",
+            )
         elif auth.push_token:
             # No Google identity to check (the emulator's setup): replay takes the
             # secret that configured the service, as a bearer token.
             operate = SecretAccess(auth.push_token)
+            metrics = SecretAccess(auth.push_token, what="read /metrics")
         elif push is not None or not is_loopback(host):
             # Once anything is authenticated, a same-host proxy must not make replay an
             # unauthenticated write: only the loopback dev service, with no
@@ -153,7 +172,17 @@ class Auth:
                 "outer gate such as Cloud Run's invoker check protects records and rejections."
             )
         passes = ReadPasses.from_settings(settings)
+        # `/metrics` (where served) is anyone's on a loopback service, who could read its
+        # files as well; beyond loopback its labels (producers, systems) and figures (a
+        # system's traffic) are an operator's, as a replay is.
+        metrics_refusal = None
+        if is_loopback(host):
+            metrics = None
+        elif metrics is None:
+            metrics_refusal = METRICS_REFUSAL
         return cls(
+            metrics=metrics,
+            metrics_refusal=metrics_refusal,
             push=push,
             read=read,
             certs=certs,
@@ -279,32 +308,52 @@ class Auth:
         return [check_export]
 
     @property
+    def metrics_refused(self) -> str | None:
+        """Why `/metrics` answers no one here (beyond loopback, with no operators), if so."""
+        return self._metrics_refusal
+
+    @property
+    def metrics_guards(self) -> list[Guard]:
+        """`/metrics`: anyone on a loopback service; beyond it, operators alone, as a
+        replay (their tokens, or the push secret where no identity is checked), and
+        refused to everyone where no operator can be told."""
+        return _operator_guards(self._metrics, self._metrics_refusal, "/metrics")
+
+    @property
     def replay_guards(self) -> list[Guard]:
         """Operators only (or the push secret where no Google identity is checked);
         with no authentication at all, loopback callers only."""
-        operate, refusal = self._operate, self._replay_refusal
-        if operate is not None:
+        return _operator_guards(self._operate, self._replay_refusal, "replay")
 
-            async def check_operator(
-                connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-            ) -> None:
-                presented = credentials(connection)
-                if isinstance(operate, ReadAccess):
-                    operate.require(proven(connection, await operate.verified(presented)))
-                else:
-                    await operate.check(presented)
-                    connection.scope[PROVEN_AS] = SHARED_SECRET_HOLDER  # type: ignore[typeddict-unknown-key]
 
-            return [check_operator]
+def _operator_guards(
+    operate: ReadAccess | SecretAccess | None, refusal: str | None, what: str
+) -> list[Guard]:
+    """Guards admitting whom `operate` admits; where it is None, everyone, or no one
+    (403 `refusal`) where one is given."""
+    if operate is not None:
 
-        async def refuse_without_configuration(
+        async def check_operator(
             connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
         ) -> None:
-            if refusal is not None:
-                log.warning("replay refused with 403: %s", refusal)
-                raise Forbidden(refusal)
+            presented = credentials(connection)
+            if isinstance(operate, ReadAccess):
+                operate.require(proven(connection, await operate.verified(presented)))
+            else:
+                await operate.check(presented)
+                connection.scope[PROVEN_AS] = SHARED_SECRET_HOLDER  # type: ignore[typeddict-unknown-key]
 
-        return [refuse_without_configuration]
+        return [check_operator]
+    if refusal is None:
+        return []
+
+    async def refuse_without_configuration(
+        connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+    ) -> None:
+        log.warning("%s refused with 403: %s", what, refusal)
+        raise Forbidden(refusal)
+
+    return [refuse_without_configuration]
 
 
 def proven(connection: ASGIConnection[Any, Any, Any, Any], identity: Identity) -> Identity:

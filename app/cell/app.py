@@ -29,7 +29,7 @@ from litestar.types import Receive, Scope, Send
 from app.asgi import Shared, constants, create_app, http_app, in_flight
 from app.auth.oidc import GoogleCerts
 from app.budget import Budget, Places, Share
-from app.cell.root import CellReadiness, Refusal, root_routes
+from app.cell.root import CELL_METRICS_REFUSAL, CellReadiness, Refusal, root_routes
 from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
 from app.cell.throttles import STALE_SECONDS, Throttles
 from app.http.head import Recordline
@@ -38,7 +38,14 @@ from app.problems import Problems
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
 from app.routes.console import cell_console_router
 from app.routes.reads import export_places
-from app.settings import ServerSettings, Settings, SettingsError, system_settings, system_shares
+from app.settings import (
+    ServerSettings,
+    Settings,
+    SettingsError,
+    is_loopback,
+    system_settings,
+    system_shares,
+)
 from app.store import Store
 from app.store.backoff import Backoff
 from app.store.supervisor import Supervisor
@@ -265,8 +272,14 @@ def create_cell(
         systems, readiness, telemetry, budget, certs=certs, spanner=spanner, throttles=throttles
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
+    loopback = is_loopback(settings.server.host)
+    if telemetry.route_handlers and not loopback:
+        log.warning("GET /metrics will answer 403: %s", CELL_METRICS_REFUSAL)
     root = http_app(
-        [*root_routes(telemetry.route_handlers), cell_console_router(list(systems), problems)],
+        [
+            *root_routes(telemetry.route_handlers, loopback=loopback),
+            cell_console_router(list(systems), problems),
+        ],
         constants(readiness=readiness, refusal=Refusal(systems)),
         lifespan=[lifespan],
         after_exception=[],

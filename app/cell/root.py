@@ -28,6 +28,7 @@ from app.cell.throttles import Throttles
 from app.docs import docs_assets
 from app.errors import (
     CertsUnavailable,
+    Forbidden,
     RecordlineError,
     RetryLater,
     SystemUnavailable,
@@ -173,10 +174,26 @@ def _sent_path(scope: HTTPScope) -> str:
     return scope["path"] if raw is None else unquote(raw.decode("latin-1"))
 
 
-def root_routes(extra: list[Any]) -> list[Router]:
-    """The cell's own routes at the root, `extra` (its metrics) among them, and the
-    refusals of what it passes to no system."""
-    return [
-        Router("/", route_handlers=[healthz, cell_readyz, describe_problem, docs_assets(), *extra]),
+# Why a cell's `/metrics` beyond loopback answers no one.
+CELL_METRICS_REFUSAL: Final = (
+    "A cell's /metrics beyond loopback answers no one: its figures and labels are every "
+    "system's, and no one is told to operate them all. Send them to Cloud Monitoring "
+    "(OTEL_METRICS_EXPORTER=gcp_monitoring), as Terraform does."
+)
+
+
+async def _refuse_metrics(*_: Any) -> None:
+    raise Forbidden(CELL_METRICS_REFUSAL)
+
+
+def root_routes(metrics: list[Any], *, loopback: bool) -> list[Router]:
+    """The cell's own routes at the root, `metrics` (the scrape, where served: on a
+    loopback cell alone), and the refusals of what it passes to no system."""
+    routes = [
+        Router("/", route_handlers=[healthz, cell_readyz, describe_problem, docs_assets()]),
         Router(SYSTEMS_PATH, route_handlers=[refuse_system, refuse_path]),
     ]
+    if metrics:
+        guards = [] if loopback else [_refuse_metrics]
+        routes.append(Router("/", route_handlers=metrics, guards=guards))
+    return routes

@@ -591,6 +591,7 @@ async function health() {
       const ready = await fetch(`${ROOT}/readyz`);
       $("#ready").textContent = ready.ok ? "ready" : `not ready (${ready.status}): ${(await ready.json()).detail || ""}`;
       const answer = await fetch(`${ROOT}/metrics`);
+      if (answer.status === 401 || answer.status === 403) { status(`/metrics refused (${answer.status}): beyond loopback the service's figures are an operator's.`); return; }
       if (!answer.ok) { status("No /metrics beside this console (OTEL_METRICS_EXPORTER is not prometheus, or a cell serves it at its root): nothing to chart."); return; }
       const found = samples(await answer.text());
       const now = Date.now() / 1000;
