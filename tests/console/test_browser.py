@@ -415,3 +415,24 @@ def test_a_rejection_fixed_in_the_browser_is_checked_replayed_and_recorded(
         (True, [["bad-3", "stored"]], "the producer left out its key"),
         (False, [["bad-3", "stored"]], "the producer left out its key"),
     ]
+
+
+def test_a_payload_nested_past_comparing_still_opens_to_be_fixed(service: str, page: Any) -> None:
+    """A publisher's payload nested deeper than the browser can walk: its editor still
+    opens and checks it, and says it cannot tell what changed rather than failing."""
+    nested = "[" * 20_000 + "]" * 20_000
+    with httpx.Client(base_url=service) as client:
+        deep = envelope("deep-1", None, {"colour": "teal"})
+        deep["message"]["data"] = base64.b64encode(nested.encode()).decode()
+        pushed = client.post("/pubsub/push", json=deep)
+        assert pushed.status_code == 204
+    page.goto(f"{service}/console/rejections?attribute=colour%3Ateal")
+    page.locator("#reasons tbody tr.row").first.click()
+    page.click("button[aria-label='fix deep-1']")
+    payload = page.locator("textarea[aria-label='payload of deep-1']")
+    expect(payload).to_be_visible()
+    assert payload.input_value() == nested, "the payload as it came"
+    payload.fill(nested[:-1] + "]")  # the same text, typed again
+    expect(page.locator("tr.editor .edit-changes")).to_contain_text("Changed:")
+    page.click("tr.editor .edit-check")
+    expect(page.locator("tr.editor .edit-verdict")).to_contain_text("would reject it")

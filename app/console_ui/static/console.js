@@ -449,10 +449,16 @@ function editor(rejection, reread) {
 
   function said() {
     const paths = [];
-    changed(parsed(text), parsed(data.value), "data", paths);
-    let edited = null;
-    try { edited = JSON.parse(attributes.value); } catch (_) { paths.push("attributes (not JSON)"); }
-    if (edited !== null) walk(rejection.attributes, edited, "attributes", paths);
+    try {
+      changed(parsed(text), parsed(data.value), "data", paths);
+      let edited = null;
+      try { edited = JSON.parse(attributes.value); } catch (_) { paths.push("attributes (not JSON)"); }
+      if (edited !== null) walk(rejection.attributes, edited, "attributes", paths);
+    } catch (_) {
+      // Nested past what the browser's stack can walk: said, and the edit goes on.
+      changes.textContent = "Changed: cannot tell (nested too deeply to compare).";
+      return;
+    }
     changes.textContent = paths.length ? `Changed: ${paths.slice(0, 20).join(", ")}${paths.length > 20 ? ", …" : ""}` : "Nothing changed yet.";
   }
 
