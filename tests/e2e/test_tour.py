@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -383,14 +384,19 @@ class Tour:
 
     def tail(self, command: str) -> None:
         """Each new record as a JSON line: pushed until one shows, then Ctrl-C."""
-        with subprocess.Popen(
-            ["bash", "-c", self.as_here(command)],
-            cwd=self.clone,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        ) as process:
+        # What it says goes to a file, not a pipe read only at the end: a full pipe would
+        # stop it mid-line, where Ctrl-C could not be seen to stop it.
+        with (
+            tempfile.TemporaryFile() as errors,
+            subprocess.Popen(
+                ["bash", "-c", self.as_here(command)],
+                cwd=self.clone,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                start_new_session=True,
+            ) as process,
+        ):
             assert process.stdout is not None
             os.set_blocking(process.stdout.fileno(), False)
             lines: list[bytes] = []
@@ -401,12 +407,24 @@ class Tour:
                 lines.extend(process.stdout.readlines() if process.stdout else [])
                 return any(b'"m-tail-' in line for line in lines)
 
+            def said_so_far() -> str:
+                errors.seek(0)
+                return errors.read().decode(errors="replace")
+
             try:
                 until_blocking(shown, timeout=60, interval=0.5, what="tail to print a record")
             finally:
                 os.killpg(process.pid, signal.SIGINT)
-                process.wait(timeout=STOP_SECONDS)
-            said = process.stderr.read().decode() if process.stderr else ""
+                try:
+                    process.wait(timeout=STOP_SECONDS)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    pytest.fail(
+                        f"{command} did not stop within {STOP_SECONDS} s of Ctrl-C; it "
+                        f"said: {said_so_far()[-3000:]!r}"
+                    )
+            said = said_so_far()
         record = json.loads(next(line for line in lines if b'"m-tail-' in line))
         assert record["message_id"].startswith("m-tail-")
         # Stopped, it says what it printed (it said nothing).
