@@ -64,7 +64,7 @@ def _ignore_nothing(signum: int, frame: object) -> None:
 
 
 @contextlib.contextmanager
-def _signals_as_a_shell_gives_them() -> Iterator[None]:
+def signals_as_a_shell_gives_them() -> Iterator[None]:
     """While a child starts, the stop signals this process ignores are handled
     instead, so the child gets them at their defaults, as a shell gives a command it
     runs in a terminal. The suite may run as a background job (`… &` in a script:
@@ -101,7 +101,7 @@ class Terminal:
         self.markers = tuple(markers)
         master, slave = os.openpty()
         self._master = master
-        with _signals_as_a_shell_gives_them():
+        with signals_as_a_shell_gives_them():
             self.process = subprocess.Popen(
                 list(argv),
                 stdin=slave,

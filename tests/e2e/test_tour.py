@@ -46,6 +46,7 @@ from tests.processes import (
     START_SECONDS,
     STOP_SECONDS,
     Terminal,
+    signals_as_a_shell_gives_them,
     wait_ready,
     wait_until_gone,
 )
@@ -385,9 +386,12 @@ class Tour:
     def tail(self, command: str) -> None:
         """Each new record as a JSON line: pushed until one shows, then Ctrl-C."""
         # What it says goes to a file, not a pipe read only at the end: a full pipe would
-        # stop it mid-line, where Ctrl-C could not be seen to stop it.
+        # stop it mid-line, where Ctrl-C could not be seen to stop it. It gets Ctrl-C as a
+        # shell gives a command it runs, whether or not the suite runs with it ignored
+        # (a background job: a child inherits what is ignored).
         with (
             tempfile.TemporaryFile() as errors,
+            signals_as_a_shell_gives_them(),
             subprocess.Popen(
                 ["bash", "-c", self.as_here(command)],
                 cwd=self.clone,
