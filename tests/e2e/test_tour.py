@@ -389,46 +389,46 @@ class Tour:
         # stop it mid-line, where Ctrl-C could not be seen to stop it. It gets Ctrl-C as a
         # shell gives a command it runs, whether or not the suite runs with it ignored
         # (a background job: a child inherits what is ignored).
-        with (
-            tempfile.TemporaryFile() as errors,
-            signals_as_a_shell_gives_them(),
-            subprocess.Popen(
-                ["bash", "-c", self.as_here(command)],
-                cwd=self.clone,
-                env=self.env,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                start_new_session=True,
-            ) as process,
-        ):
-            assert process.stdout is not None
-            os.set_blocking(process.stdout.fileno(), False)
-            lines: list[bytes] = []
+        with tempfile.TemporaryFile() as errors:
+            # Only while it starts: the suite's own Ctrl-C is its own again after.
+            with signals_as_a_shell_gives_them():
+                process = subprocess.Popen(
+                    ["bash", "-c", self.as_here(command)],
+                    cwd=self.clone,
+                    env=self.env,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                    start_new_session=True,
+                )
+            with process:
+                assert process.stdout is not None
+                os.set_blocking(process.stdout.fileno(), False)
+                lines: list[bytes] = []
 
-            def shown() -> bool:
-                # `tail` starts at its own now: push until a record lands after it.
-                self.push(f"m-tail-{self.pushed}")
-                lines.extend(process.stdout.readlines() if process.stdout else [])
-                return any(b'"m-tail-' in line for line in lines)
+                def shown() -> bool:
+                    # `tail` starts at its own now: push until a record lands after it.
+                    self.push(f"m-tail-{self.pushed}")
+                    lines.extend(process.stdout.readlines() if process.stdout else [])
+                    return any(b'"m-tail-' in line for line in lines)
 
-            def said_so_far() -> str:
-                errors.seek(0)
-                return errors.read().decode(errors="replace")
+                def said_so_far() -> str:
+                    errors.seek(0)
+                    return errors.read().decode(errors="replace")
 
-            try:
-                until_blocking(shown, timeout=60, interval=0.5, what="tail to print a record")
-            finally:
-                os.killpg(process.pid, signal.SIGINT)
                 try:
-                    process.wait(timeout=STOP_SECONDS)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
-                    pytest.fail(
-                        f"{command} did not stop within {STOP_SECONDS} s of Ctrl-C; it "
-                        f"said: {said_so_far()[-3000:]!r}"
-                    )
-            said = said_so_far()
+                    until_blocking(shown, timeout=60, interval=0.5, what="tail to print a record")
+                finally:
+                    os.killpg(process.pid, signal.SIGINT)
+                    try:
+                        process.wait(timeout=STOP_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        os.killpg(process.pid, signal.SIGKILL)
+                        process.wait()
+                        pytest.fail(
+                            f"{command} did not stop within {STOP_SECONDS} s of Ctrl-C; it "
+                            f"said: {said_so_far()[-3000:]!r}"
+                        )
+                said = said_so_far()
         record = json.loads(next(line for line in lines if b'"m-tail-' in line))
         assert record["message_id"].startswith("m-tail-")
         # Stopped, it says what it printed (it said nothing).

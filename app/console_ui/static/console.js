@@ -379,18 +379,9 @@ function rejections() {
   }
 
   if (replay) replay.addEventListener("click", async () => {
-    const messages = [...selected].map((r) => ({
-      message_id: r.message_id, publish_time: r.publish_time, data: r.data,
-      attributes: r.attributes, ...(r.subscription ? { subscription: r.subscription } : {}),
-    }));
     try {
-      const answer = await (await api(`${ROOT}/v1/replay`, {
-        method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ messages }),
-      })).json();
-      const body = $("#outcomes tbody");
-      body.replaceChildren();
-      for (const result of answer.results) body.append(row([result.message_id, result.outcome, result.reason || ""]));
-      $("#outcomes").hidden = false;
+      const answer = await replayed({ messages: [...selected].map((r) => delivered(r)) });
+      showOutcomes(answer.results);
       await read();  // each row's state as it is now: stored since, or rejected still
     } catch (error) { status(error.message); }
   });
@@ -441,10 +432,7 @@ function editor(rejection, reread) {
     }
     let binary = "";
     for (const byte of new TextEncoder().encode(data.value)) binary += String.fromCharCode(byte);
-    return {
-      message_id: id, publish_time: rejection.publish_time, data: btoa(binary), attributes: edited,
-      ...(rejection.subscription ? { subscription: rejection.subscription } : {}),
-    };
+    return delivered(rejection, { data: btoa(binary), attributes: edited });
   }
 
   function said() {
@@ -467,11 +455,8 @@ function editor(rejection, reread) {
   note.addEventListener("input", () => { send.disabled = send.dataset.checked !== "stored" || !note.value.trim(); });
   said();
 
-  async function replayed(dryRun) {
-    const body = { messages: [message()], dry_run: dryRun, note: note.value.trim() || null };
-    const answer = await (await api(`${ROOT}/v1/replay`, {
-      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-    })).json();
+  async function asked(dryRun) {
+    const answer = await replayed({ messages: [message()], dry_run: dryRun, note: note.value.trim() || null });
     return answer.results[0];
   }
 
@@ -479,7 +464,7 @@ function editor(rejection, reread) {
     send.disabled = true;
     send.dataset.checked = "";
     try {
-      const result = await replayed(true);
+      const result = await asked(true);
       send.dataset.checked = result.outcome;
       verdict.textContent = {
         stored: "Today's validation would store it." + (note.value.trim() ? "" : " Say why, then replay it."),
@@ -492,14 +477,34 @@ function editor(rejection, reread) {
   send.addEventListener("click", async () => {
     send.disabled = true;
     try {
-      const result = await replayed(false);
-      const outcomes = $("#outcomes tbody");
-      outcomes.replaceChildren(row([result.message_id, result.outcome, result.reason || ""]));
-      $("#outcomes").hidden = false;
+      showOutcomes([await asked(false)]);
       await reread();  // its row as it is now: stored since, or rejected still
     } catch (error) { verdict.textContent = error.message; }
   });
   return tr;
+}
+
+// A rejection as Pub/Sub delivered it, for `POST /v1/replay` (with `edits` made to it):
+// its original message id, publish time and subscription.
+function delivered(rejection, edits) {
+  return {
+    message_id: rejection.message_id, publish_time: rejection.publish_time,
+    data: rejection.data, attributes: rejection.attributes,
+    ...(rejection.subscription ? { subscription: rejection.subscription } : {}),
+    ...edits,
+  };
+}
+
+// `POST /v1/replay` with `body` (its messages, `dry_run`, `note`): the service's answer.
+async function replayed(body) {
+  return await (await api(`${ROOT}/v1/replay`, {
+    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+  })).json();
+}
+
+function showOutcomes(results) {
+  $("#outcomes tbody").replaceChildren(...results.map((r) => row([r.message_id, r.outcome, r.reason || ""])));
+  $("#outcomes").hidden = false;
 }
 
 function parsed(text) {
