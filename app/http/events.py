@@ -2,10 +2,10 @@
 
 A follower ends as soon as its client leaves: under `recordline serve` the connection
 says so (`Connection.gone`), with no task of its own; under another server, one task
-reads `receive`. Events are sent from the request's own task by a plain ASGI response
-of ours (`FollowerEvents`): the next event is made once the client took the last, so
-a slow reader holds one event at most, and one that takes none in time is cut off.
-(Litestar's streaming response holds a task group and two tasks a follower.)
+reads `receive`. Events are sent from the request's own task by Litestar's streaming response with a
+body of ours (`FollowerEvents`): the next event is made once the client took the last,
+so a slow reader holds one event at most, and one that takes none in time is cut off.
+(Litestar's own body holds a task group and two tasks a follower.)
 docs/reading.md#following-the-tail
 """
 
@@ -18,7 +18,8 @@ from typing import Any, Final, cast
 
 from litestar import Request, Response
 from litestar.response.base import ASGIResponse
-from litestar.types import Receive, Scope, Send
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from app.http.limits import CONNECTION, Connection
 from app.query.events import Event
@@ -63,36 +64,43 @@ def watcher(
     return None if watched else asyncio.ensure_future(until_disconnected(receive, stop))
 
 
-class FollowerEvents:
-    """A follower's events as an ASGI response, sent from its request's own task;
-    `stop` is done once the client leaves, by the server (`watched`, `stop_of`) or
-    else by one task that waits for it."""
+class FollowerEvents(ASGIStreamingResponse):
+    """A follower's events as Litestar's streaming response, its body sent from its
+    request's own task (not the task group Litestar's own `send_body` holds); `stop` is
+    done once the client leaves, by the server (`watched`, `stop_of`) or else by one
+    task that waits for it."""
 
-    __slots__ = ("events", "headers", "slow_seconds", "status", "stop", "watched")
+    __slots__ = ("connection", "events", "slow_seconds", "stop", "watched")
 
     def __init__(
         self,
         events: AsyncIterator[Event],
         *,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[str, str]],
         stop: asyncio.Future[None],
         watched: bool,
         slow_seconds: float,
+        connection: Connection | None,
     ) -> None:
+        # Its content type from EVENT_STREAM, with the `charset=utf-8` a text type
+        # needs; every other header as the route's answer has it, repeated ones too.
+        super().__init__(
+            iterator=cast("AsyncIterator[bytes]", events),
+            status_code=status,
+            media_type=EVENT_STREAM,
+        )
+        for name, value in headers:
+            self.headers.add(name, value)
         self.events = events
-        self.status = status
-        self.headers = headers
         self.stop = stop
         self.watched = watched
         self.slow_seconds = slow_seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
-        await send(start)  # type: ignore[arg-type]
         # Under `recordline serve`, the connection, to drop at once what a follower cut
         # off still holds (`Connection.cut`).
-        connection = cast("Connection | None", scope.get(CONNECTION))
+        self.connection = connection
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
         watching = watcher(receive, self.stop, self.watched)
         try:
             async for event in self.events:
@@ -118,10 +126,10 @@ class FollowerEvents:
                     )
                     if isinstance(self.events, AsyncGenerator):
                         await self.events.aclose()  # it counts as a follower no more
-                    if connection is not None:
+                    if self.connection is not None:
                         # Closed now, what it holds dropped: a close would keep the
                         # event until the client reads it, which it may never do.
-                        connection.cut()
+                        self.connection.cut()
                     return  # the server closes the connection: the response is unfinished
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
@@ -159,15 +167,16 @@ class EventStream(Response[bytes]):
         # route's and this response's, merged as for any other); it has no body.
         head = super().to_asgi_response(app, request, **merged)
         headers = [
-            (name, value) for name, value in head.encode_headers() if name != b"content-length"
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in head.encode_headers()
+            if name not in (b"content-length", b"content-type")
         ]
-        events = FollowerEvents(
+        return FollowerEvents(
             self.events,
             status=head.status_code,
             headers=headers,
             stop=self.stop,
             watched=self.watched,
             slow_seconds=self.slow_seconds,
+            connection=cast("Connection | None", request.scope.get(CONNECTION)),
         )
-        # Litestar awaits what it is given here as an ASGI app, and nothing more.
-        return cast("ASGIResponse", events)
