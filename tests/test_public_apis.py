@@ -3,7 +3,9 @@
 A private name (`_x`) of OpenTelemetry, Litestar or any other library may
 change in any release; code built on one breaks on an upgrade nobody
 suspected. Our own private names are fine: they are found by what app/
-itself defines.
+itself defines. Nor is a dependency's class subclassed unless it is made for it
+(EXTENSION_POINTS), nor its methods called on an object of ours (`Base.f(self)`), but
+where that is known and said (KNOWN_INSIDE), a list that only shrinks.
 """
 
 from __future__ import annotations
@@ -130,3 +132,129 @@ def test_the_project_cites_only_its_own_files() -> None:
         if name not in present
     }
     assert missing == set()
+
+
+# The classes of a dependency that are made to be subclassed, as their documentation
+# says: a subclass of any other class depends on how that class works inside, which
+# any release may change.
+EXTENSION_POINTS = frozenset(
+    {
+        "argparse.ArgumentParser",
+        "argparse.ArgumentTypeError",
+        "concurrent.futures.Executor",
+        "enum.Enum",
+        "enum.StrEnum",
+        "litestar.Response",
+        "litestar.middleware.compression.CompressionMiddleware",
+        "litestar.openapi.spec.Operation",
+        "litestar.response.streaming.ASGIStreamingResponse",
+        "logging.Filter",
+        "logging.Formatter",
+        "msgspec.Struct",
+        "opentelemetry.sdk.metrics.export.MetricExporter",
+        "typing.Generic",
+        "typing.NamedTuple",
+        "typing.Protocol",
+    }
+)
+# Where the service is built on a dependency's inside today, each said in its module's
+# docstring: the connection bounds, on uvicorn's httptools protocol (docs/security.md,
+# "Request bounds"). A use that goes fails this test too, so that the list shrinks.
+KNOWN_INSIDE = [
+    "app/http/limits.py: BoundedHttpTools(uvicorn.protocols.http.httptools_impl.HttpToolsProtocol)",
+    "app/http/limits.py: calls uvicorn.protocols.http.httptools_impl.HttpToolsProtocol's methods",
+]
+
+
+def _imported(tree: ast.Module) -> dict[str, str]:
+    """Each name a module binds to another package's object, by its full name: imported,
+    or assigned one (`_base = Imported`)."""
+    names: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.split(".")[0] not in {"app", "recordline_dev", "__future__"}:
+                for alias in node.names:
+                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                # `import a.b` binds `a`; `import a.b as c` binds `c` to `a.b`.
+                top = alias.name.split(".")[0]
+                names[alias.asname or top] = alias.name if alias.asname else top
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in names
+        ):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    names[target.id] = names[node.value.id]
+    return names
+
+
+def _full_name(node: ast.expr, imported: dict[str, str]) -> str | None:
+    """`node` (a name, or attributes of one) by its full name, if another package's."""
+    if isinstance(node, ast.Subscript):
+        return _full_name(node.value, imported)
+    if isinstance(node, ast.Attribute):
+        base = _full_name(node.value, imported)
+        return None if base is None else f"{base}.{node.attr}"
+    if isinstance(node, ast.Name):
+        return imported.get(node.id)
+    return None
+
+
+def built_inside(root: Path) -> list[str]:
+    """Where the code under `root` subclasses a dependency's class that is no extension
+    point, or calls a dependency's class's method on an object of its own (`Base.f(self)`,
+    a class told by its capital), one line a module and kind."""
+    found: set[str] = set()
+    for path, tree in _modules(root):
+        where = path.relative_to(root.parent)
+        imported = _imported(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                for base in node.bases:
+                    name = _full_name(base, imported)
+                    if name is not None and name not in EXTENSION_POINTS:
+                        found.add(f"{where}: {node.name}({name})")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id == "self"
+            ):
+                owner = _full_name(node.func.value, imported)
+                # A class's, by its name (`copy.copy(self)` is a function's).
+                if owner is not None and owner.rsplit(".", 1)[-1][:1].isupper():
+                    found.add(f"{where}: calls {owner}'s methods")
+    return sorted(found)
+
+
+@pytest.mark.slow
+def test_no_dependency_is_built_on_from_inside_but_where_known() -> None:
+    assert built_inside(ROOT / "app") == KNOWN_INSIDE
+
+
+def test_the_check_finds_subclasses_and_calls_into_a_dependency(tmp_path: Path) -> None:
+    code = tmp_path / "app"
+    code.mkdir()
+    (code / "inside.py").write_text(
+        "import uvicorn.protocols.http.h11_impl as h11_impl\n"
+        "from litestar import Response\n"
+        "from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol\n"
+        "_base = HttpToolsProtocol\n"
+        "class Fine(Response[bytes]):\n"
+        "    def f(self) -> None:\n"
+        "        Response.to_asgi_response(self, None, None)\n"
+        "class Mine(h11_impl.H11Protocol):\n"
+        "    def data_received(self, data: bytes) -> None:\n"
+        "        _base.data_received(self, data)\n"
+        "        print(self, data)\n"
+    )
+    assert built_inside(code) == [
+        "app/inside.py: Mine(uvicorn.protocols.http.h11_impl.H11Protocol)",
+        "app/inside.py: calls litestar.Response's methods",
+        "app/inside.py: calls uvicorn.protocols.http.httptools_impl.HttpToolsProtocol's methods",
+    ]
