@@ -281,6 +281,7 @@ def create_app(
         after_exception=[push_refusals(pushes.outcomes, problems)],
         problems=problems,
         max_body_bytes=settings.server.max_body_bytes,
+        mounted_at=settings.mounted_at,
     )
     app.connections = telemetry.connection_observer()
     app.stopping = lifespan.stopping
@@ -351,11 +352,12 @@ def http_app(
     problems: Problems,
     max_body_bytes: int,
     signature_types: Sequence[type] = (Reader, Readiness, Replay, Paging, Producers),
+    mounted_at: str = "",
 ) -> Recordline:
     """The app serving `routes` (Litestar, behind `Recordline`'s HEAD): every error
     answered through `problems`, a body over `max_body_bytes` refused, its OpenAPI
-    document compressed; the types its handlers' dependencies are declared with,
-    `signature_types`."""
+    document compressed and its server the path it is `mounted_at` (a cell's system's);
+    the types its handlers' dependencies are declared with, `signature_types`."""
     litestar = Litestar(
         route_handlers=routes,
         dependencies=dependencies,
@@ -368,7 +370,7 @@ def http_app(
             ),
         ],
         request_max_body_size=max_body_bytes,
-        openapi_config=openapi_config(middleware=[compression()]),
+        openapi_config=openapi_config(middleware=[compression()], mounted_at=mounted_at),
         template_config=template_config(),
         signature_types=list(signature_types),
         # Logging is configured by the process (app.telemetry), not per app.

@@ -28,6 +28,7 @@ from litestar.openapi.spec import (
     Operation,
     RequestBody,
     Schema,
+    Server,
 )
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
@@ -48,8 +49,10 @@ ASSETS_PATH = f"{DOCS_PATH}/ui"
 ASSETS = Path(__file__).resolve().parent / "docs_ui"
 
 
-def openapi_config(middleware: Sequence[Middleware] = ()) -> OpenAPIConfig:
-    """The document and its page, served through `middleware`."""
+def openapi_config(middleware: Sequence[Middleware] = (), mounted_at: str = "") -> OpenAPIConfig:
+    """The document and its page, served through `middleware`; its server the path the
+    app is `mounted_at` (a cell's system's), so that a client made from it, or the
+    page's "Try it out", calls this app's routes there."""
     ui = SwaggerRenderPlugin(
         js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js",
         css_url=f"{ASSETS_PATH}/swagger-ui.css",
@@ -66,6 +69,7 @@ def openapi_config(middleware: Sequence[Middleware] = ()) -> OpenAPIConfig:
             "at `/problems/<name>`."
         ),
         render_plugins=[ui],
+        servers=[Server(url=mounted_at or "/")],
         # As Litestar makes it when given none, with `middleware`.
         openapi_router=Router(
             DOCS_PATH,

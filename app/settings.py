@@ -1398,6 +1398,16 @@ class CommandSettings(Section, frozen=True):
     ] = ""
 
 
+# Where a cell serves each of its systems, as if it were served alone: `/systems/{name}`
+# (docs/cells.md#paths). The one place the prefix is spelt.
+SYSTEMS_PREFIX: Final = "/systems/"
+
+
+def system_path(system: str) -> str:
+    """The path a cell serves system `system` under (no `/` at its end)."""
+    return SYSTEMS_PREFIX + system
+
+
 class Settings(msgspec.Struct, kw_only=True, frozen=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
@@ -1413,6 +1423,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     def systems(self) -> dict[str, SystemEntry]:
         """The cell's systems (RECORDLINE_SYSTEMS); none for a deployment of one."""
         return self.cell.entries()
+
+    @property
+    def mounted_at(self) -> str:
+        """The path this app's own paths are under: none for a deployment of one, the
+        system's in a cell (`system_path`, which the cell gives as the ASGI root_path)."""
+        return system_path(self.telemetry.system) if self.cell.name else ""
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -141,9 +141,7 @@ class ReadPasses:
     def path_prefix(settings: Settings) -> str:
         """The path a pass of this app opens: `/v1/`, or in a cell (where each system's
         app is given its path without the prefix) `/systems/{system}/v1/`."""
-        if settings.cell.name:
-            return f"/systems/{settings.telemetry.system}/v1/"
-        return "/v1/"
+        return f"{settings.mounted_at}/v1/"
 
     def url_prefix(self, path_prefix: str) -> str:
         """The URL prefix a pass for `path_prefix` (`/v1/`, `/systems/s/v1/`) opens."""

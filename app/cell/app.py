@@ -39,10 +39,12 @@ from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_termi
 from app.routes.console import cell_console_router
 from app.routes.reads import export_places
 from app.settings import (
+    SYSTEMS_PREFIX,
     ServerSettings,
     Settings,
     SettingsError,
     is_loopback,
+    system_path,
     system_settings,
     system_shares,
 )
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recordline")
 
-PREFIX: Final = "/systems/"
+PREFIX: Final = SYSTEMS_PREFIX
 _RAW_PREFIX: Final = PREFIX.encode()
 # How long the cell's start waits for each system's first start (a store that hangs
 # on its start keeps the cell from serving the others no longer than this).
@@ -100,9 +102,11 @@ class Cell:
         self, app: Recordline, name: str, rest: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """`scope` to system `name`'s app, as if it were served alone: its path without
-        the prefix (its raw path too, where it starts with it as sent)."""
+        the prefix (its raw path too, where it starts with it as sent), which is its
+        root_path (where links and its OpenAPI document's server start)."""
         own = dict(scope)
         own["path"] = "/" + rest
+        own["root_path"] = scope.get("root_path", "") + system_path(name)
         raw: bytes | None = scope.get("raw_path")
         if raw is not None:
             prefix = _RAW_PREFIX + name.encode()

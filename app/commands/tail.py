@@ -30,7 +30,7 @@ from app.commands.target import (
     transport_reason,
 )
 from app.records import TIME_FORMS, rfc3339
-from app.settings import Settings
+from app.settings import SYSTEMS_PREFIX, Settings
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for it
     import httpx
@@ -182,9 +182,11 @@ def _refusal(http: httpx.AsyncClient, response: httpx.Response) -> str:
             "name the service's own URL (--url), https:// where it serves that alone"
         )
     said = f"GET /v1/records answered {response.status_code}: {problem_detail(response)}"
-    if response.status_code == 404 and "/systems/" not in str(http.base_url):
+    if response.status_code == 404 and SYSTEMS_PREFIX not in str(http.base_url):
         # A cell serves no records at its root, only each system's under /systems/NAME.
-        said += "; a cell serves each system's records under /systems/SYSTEM: --system SYSTEM"
+        said += (
+            f"; a cell serves each system's records under {SYSTEMS_PREFIX}SYSTEM: --system SYSTEM"
+        )
     return said
 
 

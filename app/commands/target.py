@@ -16,7 +16,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from app.commands.credentials import IdTokens
-from app.settings import SYSTEM_ACCEPTED, Settings, is_system_name, system_settings
+from app.settings import (
+    SYSTEM_ACCEPTED,
+    Settings,
+    is_system_name,
+    system_path,
+    system_settings,
+)
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for it
     import httpx
@@ -96,7 +102,7 @@ def service_target(
         # service says whether it serves the system.
         if systems:
             one_system(settings, system)
-        base = f"{base.rstrip('/')}/systems/{system}"
+        base = base.rstrip("/") + system_path(system)
     if token:
         return Target(base, lambda: token)
     audience = next((a.strip() for a in settings.auth.read_audience.split(",") if a.strip()), "")

@@ -156,7 +156,9 @@ def console_router(
         raise refusal
 
     def console_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-        if isinstance(exc, ValueError) and request.url.path.startswith(f"{CONSOLE_PATH}/static/"):
+        if isinstance(exc, ValueError) and request.scope["path"].startswith(
+            f"{CONSOLE_PATH}/static/"
+        ):
             # A path the file system refuses to look up (a NUL in it): no asset there.
             exc = NotFound("no console asset at this path")
         return protect(problems.exception(exc).to_response(request))

@@ -456,6 +456,26 @@ def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) 
 
 
 @pytest.mark.slow
+def test_each_systems_api_document_names_its_prefix_as_its_server(
+    memory_cell: TestClient[Any],
+) -> None:
+    """A client made from a system's OpenAPI document (or its page's "Try it out") calls
+    that system's routes under its prefix, not the cell's root, which serves none; the
+    cell's own document names the root."""
+    for system in SYSTEMS:
+        document = memory_cell.get(f"/systems/{system}/docs/openapi.json").json()
+        assert document["servers"] == [{"url": f"/systems/{system}"}]
+        called = memory_cell.get(document["servers"][0]["url"] + "/v1/records")
+        assert called.status_code == 200, called.text
+        # The page shows the same document.
+        assert f'"servers":[{{"url":"/systems/{system}"}}]' in memory_cell.get(
+            f"/systems/{system}/docs"
+        ).text
+    assert memory_cell.get("/docs/openapi.json").json()["servers"] == [{"url": "/"}]
+    assert memory_cell.get("/v1/records").status_code == 404
+
+
+@pytest.mark.slow
 def test_the_cell_s_console_lists_its_systems(memory_cell: TestClient[Any]) -> None:
     """The cell's root /console links each system's console (relative, with a trailing
     slash too); an unknown system's stays a 404."""
