@@ -29,6 +29,7 @@ from litestar.types import Guard, Middleware
 from app.auth.guards import Auth
 from app.errors import MethodNotAllowed, NotFound
 from app.problems import Problems
+from app.settings import system_path
 
 CONSOLE_PATH: Final = "/console"
 UI: Final = Path(__file__).resolve().parent.parent / "console_ui"
@@ -86,7 +87,11 @@ def cell_console_router(systems: Sequence[str], problems: Problems) -> Router:
         return Template(
             template_name="systems.html",
             context={
-                "systems": [(name, quote(name, safe="")) for name in sorted(systems)],
+                # Each system's path, relative to the root (`systems/NAME`).
+                "systems": [
+                    (name, system_path(quote(name, safe="")).lstrip("/"))
+                    for name in sorted(systems)
+                ],
                 "up": "../" if slash else "",
                 "assets": "static" if slash else "console/static",
             },
