@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from litestar import Litestar, Request, Router
 from litestar.di import NamedDependency, Provide
@@ -26,7 +26,14 @@ from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
 from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
-from app.errors import RecordlineError, SchemaUnavailable, StoreUnavailable
+from app.errors import (
+    CertsUnavailable,
+    Forbidden,
+    RecordlineError,
+    SchemaUnavailable,
+    StoreUnavailable,
+    Unauthorized,
+)
 from app.health import Readiness, healthz, readyz
 from app.http.access import AccessRecord
 from app.http.codings import compression
@@ -41,7 +48,7 @@ from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
 from app.ingest.signing import ProducerKeys
 from app.lifespan import AppLoops, Lifespan, Loop
-from app.problems import Problems, describe_problem
+from app.problems import Problems, describe_problem, problem_responses
 from app.process import StopBudget
 from app.query.canary import PROBE_SECONDS, CanaryProbe
 from app.query.follow import Followers
@@ -343,6 +350,11 @@ def in_flight(server: ServerSettings) -> Budget:
     return Budget(most, read_room=room)
 
 
+# What `/metrics` answers beyond loopback, documented: its guards' refusals
+# (`Auth.metrics_guards`: an operator's ID token, or the push secret).
+METRICS_ERRORS: Final = problem_responses(Unauthorized, Forbidden, CertsUnavailable)
+
+
 def http_app(
     routes: list[Router],
     dependencies: dict[str, Provide],
@@ -641,7 +653,7 @@ def routers(
     traced = telemetry.middleware()
     compressed = [compression()]
 
-    if telemetry.route_handlers and auth.metrics_refused:
+    if telemetry.serves_metrics and auth.metrics_refused:
         log.warning("GET /metrics will answer 403: %s", auth.metrics_refused)
 
     def recorded(action: str) -> list[DefineMiddleware]:
@@ -706,7 +718,9 @@ def routers(
         # no one can be admitted, rather than at the first scrape).
         Router(
             "/",
-            route_handlers=telemetry.route_handlers,
+            route_handlers=telemetry.metrics_routes(
+                METRICS_ERRORS if auth.metrics_guards else None
+            ),
             guards=auth.metrics_guards,
             middleware=compressed,
         ),

@@ -29,7 +29,13 @@ from litestar.types import Receive, Scope, Send
 from app.asgi import Shared, constants, create_app, http_app, in_flight
 from app.auth.oidc import GoogleCerts
 from app.budget import Budget, Places, Share
-from app.cell.root import CELL_METRICS_REFUSAL, CellReadiness, Refusal, root_routes
+from app.cell.root import (
+    CELL_METRICS_ERRORS,
+    CELL_METRICS_REFUSAL,
+    CellReadiness,
+    Refusal,
+    root_routes,
+)
 from app.cell.systems import START_RETRY_MAX_SECONDS, START_RETRY_SECONDS, CellSystem
 from app.cell.throttles import STALE_SECONDS, Throttles
 from app.http.head import Recordline
@@ -277,11 +283,14 @@ def create_cell(
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     loopback = is_loopback(settings.server.host)
-    if telemetry.route_handlers and not loopback:
+    if telemetry.serves_metrics and not loopback:
         log.warning("GET /metrics will answer 403: %s", CELL_METRICS_REFUSAL)
     root = http_app(
         [
-            *root_routes(telemetry.route_handlers, loopback=loopback),
+            *root_routes(
+                telemetry.metrics_routes(None if loopback else CELL_METRICS_ERRORS),
+                loopback=loopback,
+            ),
             cell_console_router(list(systems), problems),
         ],
         constants(readiness=readiness, refusal=Refusal(systems)),

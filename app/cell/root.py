@@ -36,9 +36,10 @@ from app.errors import (
 )
 from app.health import healthz
 from app.problems import describe_problem, problem_responses
+from app.settings import SYSTEMS_PREFIX, system_path
 
-# Where each system is served.
-SYSTEMS_PATH: Final = "/systems"
+# Where each system is served (below it, `system_path`).
+SYSTEMS_PATH: Final = SYSTEMS_PREFIX.rstrip("/")
 # Systems' readiness asked at once, at most (each asks its store within 2 s).
 _CHECKS_AT_ONCE: Final = 16
 
@@ -133,7 +134,7 @@ class Refusal:
         system = self._systems.get(name)
         if system is None:
             return UnknownSystem(f"no system {name!r} is served here")
-        own = f"{SYSTEMS_PATH}/{name}"
+        own = system_path(name)
         if path != own and not path.startswith(own + "/"):
             # The router reads `/systems//alpha/…` as alpha's, which no system's path is.
             return UnknownSystem(f"{path!r} is no path of a system served here ({own}/…)")
@@ -180,6 +181,10 @@ CELL_METRICS_REFUSAL: Final = (
     "system's, and no one is told to operate them all. Send them to Cloud Monitoring "
     "(OTEL_METRICS_EXPORTER=gcp_monitoring), as Terraform does."
 )
+
+
+# What the cell's `/metrics` answers beyond loopback (`_refuse_metrics`), documented.
+CELL_METRICS_ERRORS: Final = problem_responses(Forbidden)
 
 
 async def _refuse_metrics(*_: Any) -> None:

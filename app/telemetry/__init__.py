@@ -21,6 +21,7 @@ import msgspec
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ASGIApp
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
@@ -317,7 +318,15 @@ class Telemetry:
         self.metrics.watch(queue_depth=queue_depth, horizon=horizon, followers=followers, held=held)
 
     @property
-    def route_handlers(self) -> list[HTTPRouteHandler]:
+    def serves_metrics(self) -> bool:
+        """Whether `/metrics` is served (`OTEL_METRICS_EXPORTER=prometheus`)."""
+        return self.prometheus is not None
+
+    def metrics_routes(
+        self, responses: dict[int, ResponseSpec] | None = None
+    ) -> list[HTTPRouteHandler]:
+        """`/metrics`, where served, its refusals documented as `responses` (those of
+        the guards the caller puts before it)."""
         if self.prometheus is None:
             return []
         registry = self.prometheus
@@ -328,6 +337,7 @@ class Telemetry:
             tags=["health"],
             media_type=PROMETHEUS_TEXT,
             sync_to_thread=False,
+            responses=responses,
         )
         def prometheus_metrics() -> Response[bytes]:
             return Response(generate_latest(registry), media_type=PROMETHEUS_TEXT)

@@ -125,6 +125,24 @@ def test_a_cell_s_scrape_beyond_loopback_answers_no_one(
         # Not even a system's operator: the cell's figures are every system's.
         status, said = scraped(client, **token(google, OPERATOR))
         ready = client.get("/readyz").json()
+        documented = documented_statuses(client)
     assert status == 403
     assert "every system's" in said
     assert ready == {"status": "ready", "not_ready": {}}
+    assert documented == {"200", "403"}
+
+
+def documented_statuses(client: TestClient[Any], path: str = "/docs/openapi.json") -> set[str]:
+    """The statuses the API document gives `/metrics`."""
+    return set(client.get(path).json()["paths"]["/metrics"]["get"]["responses"])
+
+
+def test_the_api_document_gives_the_scrape_s_refusals_where_it_has_any(
+    google: FakeGoogle,
+) -> None:
+    with TestClient(create_app(google_settings(google))) as client:
+        on_loopback = documented_statuses(client)
+    with TestClient(create_app(google_settings(google, **BEYOND))) as client:
+        beyond = documented_statuses(client)
+    assert on_loopback == {"200"}
+    assert beyond == {"200", "401", "403", "503"}
