@@ -468,11 +468,36 @@ def test_each_systems_api_document_names_its_prefix_as_its_server(
         called = memory_cell.get(document["servers"][0]["url"] + "/v1/records")
         assert called.status_code == 200, called.text
         # The page shows the same document.
-        assert f'"servers":[{{"url":"/systems/{system}"}}]' in memory_cell.get(
-            f"/systems/{system}/docs"
-        ).text
+        assert (
+            f'"servers":[{{"url":"/systems/{system}"}}]'
+            in memory_cell.get(f"/systems/{system}/docs").text
+        )
     assert memory_cell.get("/docs/openapi.json").json()["servers"] == [{"url": "/"}]
     assert memory_cell.get("/v1/records").status_code == 404
+
+
+async def test_a_system_s_app_is_given_its_path_without_the_prefix_and_the_prefix_as_root(
+    stores: Stores,
+) -> None:
+    """As ASGI mounts an app: the path (and raw path) below the prefix, the prefix as
+    `root_path` after any the server gave, so that what the app builds from them (a
+    link, a URL) is the one the client used."""
+    cell = cell_of(stores, {name: {"store": "memory:"} for name in SYSTEMS})
+    seen: list[dict[str, Any]] = []
+
+    async def system(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(dict(scope))
+
+    scope = {
+        "type": "http",
+        "path": "/systems/alpha/v1/records/a%2Fb",
+        "raw_path": b"/systems/alpha/v1/records/a%252Fb",
+        "root_path": "/behind",
+    }
+    await cell._system(system, "alpha", "v1/records/a%2Fb", scope, None, None)  # type: ignore[arg-type]
+    assert [(s["path"], s["raw_path"], s["root_path"]) for s in seen] == [
+        ("/v1/records/a%2Fb", b"/v1/records/a%252Fb", "/behind/systems/alpha")
+    ]
 
 
 @pytest.mark.slow
