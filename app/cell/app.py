@@ -50,7 +50,6 @@ from app.settings import (
     Settings,
     SettingsError,
     is_loopback,
-    system_path,
     system_settings,
     system_shares,
 )
@@ -108,11 +107,12 @@ class Cell:
         self, app: Recordline, name: str, rest: str, scope: Scope, receive: Receive, send: Send
     ) -> None:
         """`scope` to system `name`'s app, as if it were served alone: its path without
-        the prefix (its raw path too, where it starts with it as sent), which is its
-        root_path (where links and its OpenAPI document's server start)."""
+        the prefix (its raw path too, where it starts with it as sent). The prefix is not
+        given as `root_path`: Litestar takes a path apart at the root path's first
+        occurrence anywhere in it, so a record id holding `/systems/NAME` would be read
+        as another path (what the app must know of its prefix is `Settings.mounted_at`)."""
         own = dict(scope)
         own["path"] = "/" + rest
-        own["root_path"] = scope.get("root_path", "") + system_path(name)
         raw: bytes | None = scope.get("raw_path")
         if raw is not None:
             prefix = _RAW_PREFIX + name.encode()

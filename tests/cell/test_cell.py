@@ -476,28 +476,26 @@ def test_each_systems_api_document_names_its_prefix_as_its_server(
     assert memory_cell.get("/v1/records").status_code == 404
 
 
-async def test_a_system_s_app_is_given_its_path_without_the_prefix_and_the_prefix_as_root(
-    stores: Stores,
+def test_an_id_that_holds_its_system_s_path_is_looked_up_as_any_other(
+    memory_cell: TestClient[Any],
 ) -> None:
-    """As ASGI mounts an app: the path (and raw path) below the prefix, the prefix as
-    `root_path` after any the server gave, so that what the app builds from them (a
-    link, a URL) is the one the client used."""
-    cell = cell_of(stores, {name: {"store": "memory:"} for name in SYSTEMS})
-    seen: list[dict[str, Any]] = []
-
-    async def system(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(dict(scope))
-
-    scope = {
-        "type": "http",
-        "path": "/systems/alpha/v1/records/a%2Fb",
-        "raw_path": b"/systems/alpha/v1/records/a%252Fb",
-        "root_path": "/behind",
-    }
-    await cell._system(system, "alpha", "v1/records/a%2Fb", scope, None, None)  # type: ignore[arg-type]
-    assert [(s["path"], s["raw_path"], s["root_path"]) for s in seen] == [
-        ("/v1/records/a%2Fb", b"/v1/records/a%252Fb", "/behind/systems/alpha")
-    ]
+    """A system's app is given its path below the prefix, and no root path: Litestar
+    takes a path apart at a root path's first occurrence anywhere in it, which read
+    `/v1/records//systems/alpha` (the id `/systems/alpha`) as no path at all."""
+    for record_id in ("/systems/alpha", "x/systems/alpha/y"):
+        message_id = f"/systems/alpha{record_id}"
+        answer = memory_cell.post(
+            "/systems/alpha/pubsub/push",
+            json=envelope({**RECORD, "id": record_id}, message_id=message_id),
+        )
+        assert answer.status_code == 204, answer.text
+        quoted = record_id.replace("/", "%2F")
+        found = memory_cell.get(f"/systems/alpha/v1/records/{quoted}")
+        assert found.status_code == 200, found.text
+        assert found.json()["id"] == record_id
+        message = memory_cell.get(f"/systems/alpha/v1/messages/{message_id.replace('/', '%2F')}")
+        assert message.status_code == 200, message.text
+        assert message.json()["status"] == "stored"
 
 
 @pytest.mark.slow
