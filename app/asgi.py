@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from litestar import Litestar, Request, Router
 from litestar.di import NamedDependency, Provide
@@ -27,12 +27,9 @@ from app.auth.oidc import GoogleCerts
 from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
 from app.errors import (
-    CertsUnavailable,
-    Forbidden,
     RecordlineError,
     SchemaUnavailable,
     StoreUnavailable,
-    Unauthorized,
 )
 from app.health import Readiness, healthz, readyz
 from app.http.access import AccessRecord
@@ -348,11 +345,6 @@ def in_flight(server: ServerSettings) -> Budget:
     largest_push = server.max_header_bytes + BODY_COPIES * server.max_body_bytes
     room = max(round(most * PUSH_RESERVE), largest_push + round(most * LARGE_ROOM))
     return Budget(most, read_room=room)
-
-
-# What `/metrics` answers beyond loopback, documented: its guards' refusals
-# (`Auth.metrics_guards`: an operator's ID token, or the push secret).
-METRICS_ERRORS: Final = problem_responses(Unauthorized, Forbidden, CertsUnavailable)
 
 
 def http_app(
@@ -719,7 +711,8 @@ def routers(
         Router(
             "/",
             route_handlers=telemetry.metrics_routes(
-                METRICS_ERRORS if auth.metrics_guards else None
+                # Documented, the refusals its guards can answer (none on loopback).
+                problem_responses(*auth.metrics_refusals) if auth.metrics_refusals else None
             ),
             guards=auth.metrics_guards,
             middleware=compressed,

@@ -33,7 +33,7 @@ from app.auth.access import (
 )
 from app.auth.oidc import GoogleCerts, Identity, IdTokenVerifier
 from app.auth.passes import ReadPasses
-from app.errors import AmbiguousRequest, Forbidden
+from app.errors import AmbiguousRequest, CertsUnavailable, Forbidden, RecordlineError, Unauthorized
 from app.settings import Settings, check_access, is_loopback
 
 log = logging.getLogger(__name__)
@@ -311,6 +311,20 @@ class Auth:
     def metrics_refused(self) -> str | None:
         """Why `/metrics` answers no one here (beyond loopback, with no operators), if so."""
         return self._metrics_refusal
+
+    @property
+    def metrics_refusals(self) -> tuple[type[RecordlineError], ...]:
+        """What `metrics_guards` can answer besides the scrape: an operator's ID token
+        missing, bad (401) or not an operator's (403), Google's keys unreachable (503);
+        the push secret missing or wrong (401); everyone refused (403); nothing on
+        loopback."""
+        if self._metrics_refusal is not None:
+            return (Forbidden,)
+        if isinstance(self._metrics, SecretAccess):
+            return (Unauthorized,)
+        if self._metrics is not None:
+            return (Unauthorized, Forbidden, CertsUnavailable)
+        return ()
 
     @property
     def metrics_guards(self) -> list[Guard]:

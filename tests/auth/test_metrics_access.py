@@ -146,3 +146,34 @@ def test_the_api_document_gives_the_scrape_s_refusals_where_it_has_any(
         beyond = documented_statuses(client)
     assert on_loopback == {"200"}
     assert beyond == {"200", "401", "403", "503"}
+
+
+def test_the_api_document_gives_the_scrape_only_the_refusals_its_setup_can_answer(
+    google: FakeGoogle,
+) -> None:
+    # The push secret as the operator's: a missing or wrong token is all it refuses.
+    secret = Settings.load(
+        {
+            "RECORDLINE_STORE": "memory:",
+            **BEYOND,
+            "RECORDLINE_PUSH_TOKEN": SECRET,
+            "RECORDLINE_PUBLIC_READS": "true",
+        }
+    )
+    # No operator to tell: everyone is refused, with a 403.
+    no_one = Settings.load(
+        {
+            "RECORDLINE_STORE": "memory:",
+            **BEYOND,
+            "RECORDLINE_PUSH_AUDIENCE": PUSH_AUDIENCE,
+            "RECORDLINE_PUSH_SERVICE_ACCOUNTS": PUSHER,
+            "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            "RECORDLINE_PUBLIC_READS": "true",
+        }
+    )
+    with TestClient(create_app(secret)) as client:
+        by_secret = documented_statuses(client)
+    with TestClient(create_app(no_one)) as client:
+        refused = documented_statuses(client)
+    assert by_secret == {"200", "401"}
+    assert refused == {"200", "403"}
