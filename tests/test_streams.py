@@ -658,3 +658,32 @@ async def test_a_follower_that_takes_nothing_is_cut_off_not_buffered(app: Record
                 break
         await until(lambda: paging.followers.open == 0, timeout=30, what="the cut-off")
         writer.close()
+
+
+async def test_a_head_of_an_event_stream_is_its_head_alone_and_follows_nothing(
+    app: Recordline,
+) -> None:
+    """HEAD with `Accept: text/event-stream` is answered the GET's head and ends there:
+    no follower made, no seat held, the connection free for its next request."""
+    paging = await app.litestar.dependencies["paging"]()
+    async with served(app, bounded=True) as client:
+        host = client.base_url.host
+        reader, writer = await asyncio.open_connection(host, client.base_url.port)
+        head = (
+            f"HEAD /v1/records?since=2024-04-27T00:00:00Z HTTP/1.1\r\nHost: {host}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        )
+        writer.write(head.encode())
+        said = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1.0)
+        # Well before the stream's own end (RECORDLINE_STREAM_SECONDS, 1.5 s here).
+        writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        then = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 1.0)
+        followers = paging.followers.open
+        writer.close()
+    lines = said.decode("latin-1").lower().split("\r\n")
+    assert lines[0] == "http/1.1 200 ok"
+    assert "content-type: text/event-stream; charset=utf-8" in lines
+    assert "vary: accept" in lines
+    assert not any(line.startswith("content-length") for line in lines)
+    assert then.startswith(b"HTTP/1.1 200")
+    assert followers == 0

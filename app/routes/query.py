@@ -31,7 +31,8 @@ from app.errors import (
     TooMuchInFlight,
     Unauthorized,
 )
-from app.http.head import charge_of
+from app.http.events import stream_head
+from app.http.head import HEAD_REQUEST, charge_of
 from app.problems import problem_responses
 from app.query.filters import (
     ATTRIBUTE_PATTERN,
@@ -65,7 +66,15 @@ from app.records import (
     micros,
     time_or_ago,
 )
-from app.routes.follow import COMPLETE_UNTIL, answer, stream, until_gone, wants_stream
+from app.routes.follow import (
+    COMPLETE_UNTIL,
+    NEGOTIATED,
+    STREAMING,
+    answer,
+    stream,
+    until_gone,
+    wants_stream,
+)
 from app.store.filters import MAX_CONDITIONS, RowFilter
 from app.store.producers import MAX_PRODUCER_LENGTH
 
@@ -376,6 +385,10 @@ async def _paged(
         except BaseException:
             seat.release()
             raise
+        if request.scope.get(HEAD_REQUEST):
+            # Its head alone: a HEAD follows nothing, and leaves its connection free.
+            seat.release()
+            return stream_head(STREAMING | NEGOTIATED)
         return stream(request, followers, listing, cursor, page_token=token, limit=limit, seat=seat)
     if wait:
         # The cursor first: its refusal takes no seat.
