@@ -1427,7 +1427,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     @property
     def mounted_at(self) -> str:
         """The path this app's own paths are under: none for a deployment of one, the
-        system's in a cell (`system_path`, which the cell gives as the ASGI root_path)."""
+        system's in a cell (`system_path`; the cell gives its app the path below it)."""
         return system_path(self.telemetry.system) if self.cell.name else ""
 
     @classmethod
