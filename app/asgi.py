@@ -26,11 +26,7 @@ from app.auth.guards import Auth
 from app.auth.oidc import GoogleCerts
 from app.budget import LARGE_ROOM, Budget, Places, Share
 from app.docs import docs_assets, openapi_config
-from app.errors import (
-    RecordlineError,
-    SchemaUnavailable,
-    StoreUnavailable,
-)
+from app.errors import RecordlineError, SchemaUnavailable, StoreUnavailable
 from app.health import Readiness, healthz, readyz
 from app.http.access import AccessRecord
 from app.http.codings import compression

@@ -65,8 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("recordline")
 
-PREFIX: Final = SYSTEMS_PREFIX
-_RAW_PREFIX: Final = PREFIX.encode()
+_RAW_PREFIX: Final = SYSTEMS_PREFIX.encode()
 # How long the cell's start waits for each system's first start (a store that hangs
 # on its start keeps the cell from serving the others no longer than this).
 START_SECONDS: Final = 30.0
@@ -94,8 +93,8 @@ class Cell:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == ScopeType.HTTP:
             path: str = scope["path"]
-            if path.startswith(PREFIX):
-                name, _, rest = path[len(PREFIX) :].partition("/")
+            if path.startswith(SYSTEMS_PREFIX):
+                name, _, rest = path[len(SYSTEMS_PREFIX) :].partition("/")
                 system = self.systems.get(name)
                 app = None if system is None else system.app
                 if app is not None:

@@ -2,10 +2,11 @@
 
 A follower ends as soon as its client leaves: under `recordline serve` the connection
 says so (`Connection.gone`), with no task of its own; under another server, one task
-reads `receive`. Events are sent from the request's own task by Litestar's streaming response with a
-body of ours (`FollowerEvents`): the next event is made once the client took the last,
-so a slow reader holds one event at most, and one that takes none in time is cut off.
-(Litestar's own body holds a task group and two tasks a follower.)
+reads `receive`. Events are sent from the request's own task by Litestar's streaming
+response with a body of ours (`FollowerEvents`): the next event is made once the client
+took the last, so a slow reader holds one event at most, and one that takes none in
+time is cut off. (Litestar's own body holds a task group and two tasks a follower.) A
+HEAD is answered the head alone (`stream_head`): it follows nothing.
 docs/reading.md#following-the-tail
 """
 
@@ -21,7 +22,6 @@ from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
-from app.http.head import HEAD_REQUEST
 from app.http.limits import CONNECTION, Connection
 from app.query.events import Event
 
@@ -83,7 +83,6 @@ class FollowerEvents(ASGIStreamingResponse):
         watched: bool,
         slow_seconds: float,
         connection: Connection | None,
-        is_head_response: bool = False,
     ) -> None:
         # Its content type from EVENT_STREAM, with the `charset=utf-8` a text type
         # needs; every other header as the route's answer has it, repeated ones too.
@@ -91,7 +90,6 @@ class FollowerEvents(ASGIStreamingResponse):
             iterator=cast("AsyncIterator[bytes]", events),
             status_code=status,
             media_type=EVENT_STREAM,
-            is_head_response=is_head_response,
         )
         for name, value in headers:
             self.headers.add(name, value)
@@ -169,14 +167,10 @@ class EventStream(Response[bytes]):
         # Litestar's own answer to the request gives the status and the headers (the
         # route's and this response's, merged as for any other); it has no body.
         head = super().to_asgi_response(app, request, **merged)
-        # A HEAD (answered as its GET, `app.http.head`) ends with the head, which
-        # Litestar's streaming response then gives no content type of its own.
-        is_head = HEAD_REQUEST in request.scope
-        left_out = (b"content-length",) if is_head else (b"content-length", b"content-type")
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
             for name, value in head.encode_headers()
-            if name not in left_out
+            if name not in (b"content-length", b"content-type")
         ]
         return FollowerEvents(
             self.events,
@@ -186,7 +180,6 @@ class EventStream(Response[bytes]):
             watched=self.watched,
             slow_seconds=self.slow_seconds,
             connection=cast("Connection | None", request.scope.get(CONNECTION)),
-            is_head_response=is_head,
         )
 
 
@@ -197,7 +190,7 @@ async def _no_events() -> AsyncIterator[Event]:
 
 def stream_head(headers: dict[str, str]) -> EventStream:
     """What a HEAD of an event stream is answered: the GET's status and headers, and
-    nothing after them (no follower made, no seat taken)."""
+    nothing after them (no follower made, no seat held)."""
     stop = asyncio.get_running_loop().create_future()
     stop.set_result(None)
     return EventStream(_no_events(), stop=stop, watched=True, slow_seconds=0.0, headers=headers)
