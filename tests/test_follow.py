@@ -308,7 +308,7 @@ async def test_a_server_that_never_says_the_client_left_does_not_make_a_wait_spi
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=1)  # wake-ups spread by the suite's other worker's load
+@pytest.mark.flaky(reruns=1)  # wake-ups spread by the suite's other workers' load
 async def test_followers_woken_by_one_push_share_their_reads(
     app: Recordline, client: httpx.AsyncClient, store: FaultyStore
 ) -> None:
