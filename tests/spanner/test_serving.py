@@ -374,7 +374,10 @@ async def test_spanner_unreachable_at_start_then_lost_and_back(
         async with served(create_app(settings)) as client:
             ready = await client.get("/readyz")
             assert ready.status_code == 503
-            assert "serving tier not ready" in ready.json()["detail"]
+            # Spanner's own reason, or, where the check itself outlasts readiness's
+            # deadline (a loaded machine), that deadline's.
+            detail = ready.json()["detail"]
+            assert "serving tier not ready" in detail or "store did not answer" in detail, detail
             pushed = await client.post("/pubsub/push", json=body)
             assert pushed.status_code == 503
             assert "Retry-After" in pushed.headers
