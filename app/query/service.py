@@ -14,7 +14,7 @@ import functools
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 
@@ -34,7 +34,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Store, row_bytes, within
+from app.store import READ_ROUTE, PageQuery, Shown, Store, row_bytes, within
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
@@ -161,6 +161,9 @@ def record_views(rows: list[Record]) -> list[RecordView]:
         for r in rows
     ]
 
+
+# A record's view's fields, in order: what a store that makes the views is asked for.
+_RECORD_VIEW_FIELDS: Final = tuple(RecordView.__struct_fields__)
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
 
@@ -577,18 +580,29 @@ class Reader:
         return page
 
     async def excerpt(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
+        self,
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        limit: int,
+        max_bytes: int,
+        *,
+        encoded: bool = False,
     ) -> Excerpt[AnyPage]:
         """The read after `cursor` as the store has it now, of at most `limit` rows and
         `max_bytes` of them (the first row whatever its size; fewer bytes while the
         budget has less room): what both protocols page. Charged to the budget
-        (READ_COPIES) until nothing made of it is held any more."""
+        (READ_COPIES) until nothing made of it is held any more. For a reader that only
+        encodes the views (`encoded`), a record's view may be its JSON as the store made
+        it (`PageQuery.shown`), a `msgspec.Raw` encoded as the view would be."""
+        shown = _RECORD_VIEW_FIELDS if encoded and listing.view is RecordView else ()
+        if self.mask is not None:
+            shown = ()  # a masked view is made of the record's fields
         if self._budget is None:
-            excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None)
+            excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None, shown)
             return excerpt
         charge = Charge(self._budget, self._share)
         try:
-            excerpt, size = await self._excerpt(listing, cursor, limit, max_bytes, charge)
+            excerpt, size = await self._excerpt(listing, cursor, limit, max_bytes, charge, shown)
         except BaseException:
             charge.release()
             raise
@@ -604,6 +618,7 @@ class Reader:
         limit: int,
         max_bytes: int,
         charge: Charge | None,
+        shown: tuple[str, ...],
     ) -> tuple[Excerpt[AnyPage], int]:
         """`excerpt`'s read, and no less than what its rows hold (`row_bytes`)."""
         short = False
@@ -618,13 +633,13 @@ class Reader:
         if charge is not None and short:
             # Past its charge by one row at most, for a moment: a few such reads at once.
             async with charge.budget.short_reads:
-                rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+                rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes, shown)
                 kept, size = within(rows, max_bytes)
                 again = not charge.fits(READ_COPIES * size)
                 if again:
                     rows = []  # let go before another read may take the slot
         else:
-            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes, shown)
             kept, size = within(rows, max_bytes)
             again = False
         while charge is not None and (again or not charge.fits(READ_COPIES * size)):
@@ -633,7 +648,7 @@ class Reader:
             # there is room for it.
             rows = []
             await charge.read(READ_COPIES * size)
-            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes)
+            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes, shown)
             kept, size = within(rows, max_bytes)
         if kept < len(rows):
             # A store that read past the budget: the rest waits for the next page.
@@ -649,8 +664,10 @@ class Reader:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
-        if listing.view is RecordView:
-            views: list[Any] = record_views(rows)
+        if rows and type(rows[0]) is Shown:
+            views: list[Any] = [row.view for row in rows]
+        elif listing.view is RecordView:
+            views = record_views(rows)
         else:
             views = [view(listing.view, row) for row in rows]
         if listing.kind is Rejection and views:
@@ -677,11 +694,18 @@ class Reader:
         ]
 
     async def _read(
-        self, listing: Listing[AnyPage], cursor: PageToken, limit: int, max_bytes: int
+        self,
+        listing: Listing[AnyPage],
+        cursor: PageToken,
+        limit: int,
+        max_bytes: int,
+        shown: tuple[str, ...] = (),
     ) -> tuple[list[Any], tuple[int, str], int]:
         """One read: the rows after `cursor`, the key the next continues after, and
         up to when it is complete."""
         query, horizon = await self._range(cursor, limit, max_bytes)
+        if shown:
+            query = msgspec.structs.replace(query, shown=shown)
         page = await self._store.page(listing.kind, query)
         if page.complete_until is not None:
             horizon = min(horizon, page.complete_until)

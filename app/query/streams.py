@@ -212,7 +212,8 @@ class Streams:
             # Bounded: each store read under the store's own deadline, the wait by `wait`.
             first = await follow.read(listing, cursor, rows, budget, wait=wait)
         else:
-            first = await self.reader.excerpt(listing, cursor, rows, budget)
+            # Its views are only encoded: as the store makes them, where it can.
+            first = await self.reader.excerpt(listing, cursor, rows, budget, encoded=True)
         return await self.chunk_of(listing, cursor, first, budget)
 
     async def chunk_of(
@@ -235,7 +236,9 @@ class Streams:
         while reads[-1].full and not reads[-1].short and rows < self._chunk_rows and size < budget:
             last = reads[-1]
             after = PageToken(*last.resume, None, listing=listing.name, filter=cursor.filter)
-            more = await self.reader.excerpt(listing, after, self._chunk_rows - rows, budget - size)
+            more = await self.reader.excerpt(
+                listing, after, self._chunk_rows - rows, budget - size, encoded=True
+            )
             reads.append(more)
             rows += len(more.rows)
             size += more.size

@@ -6,8 +6,10 @@ the Store protocol, the tail in memory and following's side of a store, can use 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Sequence
-from typing import Final, Generic, TypeVar
+from typing import Final, Generic, TypeVar, cast, final
 
 import msgspec
 
@@ -27,10 +29,23 @@ def text_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def row_bytes(row: Record | Rejection) -> int:
+@final
+class Shown(msgspec.Struct, frozen=True, gc=False):
+    """A record as a store made what a reader is shown of it (`PageQuery.shown`): its key,
+    what it counts as (`row_bytes`), and the JSON object itself."""
+
+    message_id: str
+    ingest_time: int
+    size: int
+    view: msgspec.Raw
+
+
+def row_bytes(row: Record | Rejection | Shown) -> int:
     """About what `row` takes once a reader is shown it in JSON: its payload (a rejection's
     raw bytes as base 64), its attributes, and ROW_BYTES for the rest. The unit of every
     byte budget of a read (a page, a stream's chunk or event, the tail in memory)."""
+    if type(row) is Shown:
+        return row.size
     data, attributes = row.data, row.attributes
     if type(data) is str:
         payload = len(data) if data.isascii() else len(data.encode())
@@ -43,19 +58,32 @@ def row_bytes(row: Record | Rejection) -> int:
     )
 
 
-def most_bytes(rows: Sequence[Record | Rejection]) -> int:
+def _sizes(rows: Sequence[Record | Rejection | Shown]) -> list[int]:
+    """The sizes of `rows`, a read's `Shown` records (a read's rows are of one kind)."""
+    return [row.size for row in cast("Sequence[Shown]", rows)]
+
+
+def most_bytes(rows: Sequence[Record | Rejection | Shown]) -> int:
     """No less than what `rows` take together (`row_bytes`), from their lengths alone: a
     character is 4 bytes at most in UTF-8, and base 64 4/3 of a byte. A page far below its
     budget, the usual one, is known to be so in a few calls, whatever its rows."""
-    payloads = sum(map(len, [row.data for row in rows]))
-    attributes = sum(map(len, [row.attributes for row in rows]))
+    if rows and type(rows[0]) is Shown:
+        return sum(_sizes(rows))
+    # A read's rows are of one kind: these are records or rejections.
+    payloads = sum(map(len, [row.data for row in rows]))  # type: ignore[union-attr, arg-type]
+    attributes = sum(map(len, [row.attributes for row in rows]))  # type: ignore[union-attr, arg-type]
     return 4 * (payloads + attributes) + ROW_BYTES * len(rows)
 
 
-def within(rows: Sequence[Record | Rejection], max_bytes: int) -> tuple[int, int]:
+def within(rows: Sequence[Record | Rejection | Shown], max_bytes: int) -> tuple[int, int]:
     """How many of `rows`, from the first, hold at most `max_bytes` together (`row_bytes`),
     and at least one: a row larger than the budget is read alone; and no less than what
     they hold (`most_bytes` of them when that is within the budget, else `row_bytes`)."""
+    if rows and type(rows[0]) is Shown:
+        # Their sizes are known: the running totals, and where they pass the budget.
+        totals = list(itertools.accumulate(_sizes(rows)))
+        count = max(1, bisect.bisect_right(totals, max_bytes))
+        return count, totals[count - 1]
     most = most_bytes(rows)
     if most <= max_bytes:
         return len(rows), most
@@ -92,6 +120,11 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     # then full: it resumes after its last row. The reader cuts the page to its budget
     # whatever the store returns (`within`); a store that cannot stop early ignores it.
     max_bytes: int | None = None
+    # With names (of a record's columns), a store may return each record as a `Shown`: a
+    # JSON object of those columns in that order, as msgspec encodes a struct of them (a
+    # time in RFC 3339 in UTC, a JSON column as it is kept), so that a reader far behind
+    # is not made a Python object a row. A store that cannot ignores it.
+    shown: tuple[str, ...] = ()
 
     def answer(self, rows: list[R], end: int | None = None, *, full: bool | None = None) -> Page[R]:
         """The page of `rows`, the rows the store examined (see `resume`)."""

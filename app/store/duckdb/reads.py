@@ -27,6 +27,7 @@ from app.store.duckdb.sql import (
     SEEN_SQL,
     filtered,
     payload_size,
+    read_shown,
     read_within,
 )
 from app.store.duckdb.typed import TypedColumns
@@ -92,6 +93,16 @@ class DuckDBReads:
             found = await self.database.read(lambda cur: cur.execute(sql, params).fetchall())
             return query.answer([row_of(kind, r) for r in found])
         max_bytes, size = query.max_bytes, payload_size(kind)
+        if kind is Record and query.shown and not query.filter:
+            shown = await self.database.read(
+                lambda cur: read_shown(cur, query.shown, {**params, "max_bytes": max_bytes})
+            )
+            if shown is not None:
+                found_shown, reached = shown
+                answer: Page[Any] = query.answer(
+                    found_shown, full=reached or len(found_shown) >= query.limit
+                )
+                return answer
         rows, reached = await self.database.read(
             lambda cur: read_within(cur, bounded, params, kind, max_bytes, size)
         )

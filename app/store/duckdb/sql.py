@@ -6,10 +6,12 @@ Design: docs/stores.md#duckdb-the-default-duckdbfile-or-memory
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import duckdb
+import msgspec
 
 from app.errors import BadParameter, StoreUnavailable
 from app.records import (
@@ -22,7 +24,7 @@ from app.records import (
     columns,
     row_of,
 )
-from app.store import ROW_BYTES, R
+from app.store import ROW_BYTES, R, Shown
 from app.store.filters import RowFilter, typed_field, typed_value
 from app.typed.mapping import Field
 
@@ -279,6 +281,101 @@ BOUNDED_PAGE_SQL: dict[type[Row], str] = {
     Record: _bounded_page_sql("records", Record),
     Rejection: _bounded_page_sql("rejected", Rejection),
 }
+
+
+def _shown_value(c: Column) -> str:
+    """`c`'s value in JSON as msgspec encodes it: a time in RFC 3339 in UTC (its
+    microseconds only when there are any), a JSON column's text as it is kept."""
+    match c.kind:
+        case Kind.TIMESTAMP:
+            us = f"epoch_us(r.{c.name})"
+            at = f"make_timestamp({us})"
+            value = (
+                f"CASE WHEN {us} % 1000000 = 0 THEN strftime({at}, '\"%Y-%m-%dT%H:%M:%SZ\"') "
+                f"ELSE strftime({at}, '\"%Y-%m-%dT%H:%M:%S.%fZ\"') END"
+            )
+        case Kind.JSON:
+            value = f"r.{c.name}::VARCHAR"
+        case Kind.STRING:
+            value = f"to_json(r.{c.name})::VARCHAR"
+        case Kind.INT64:
+            value = f"r.{c.name}::VARCHAR"
+        case _:
+            raise ValueError(f"no JSON of a {c.kind} column made in DuckDB")
+    return f"coalesce({value}, 'null')" if c.nullable else value
+
+
+# The control characters DuckDB's JSON escapes in capitals (`\\u001F`), where msgspec
+# writes `\\u001f`: a row with one in a text column is read the usual way.
+_UPPER_ESCAPED: Final = r"[\x0b\x0e\x0f\x1a-\x1f]"
+
+
+@functools.cache
+def shown_sql(names: tuple[str, ...]) -> str:
+    """The records of `$ids` (from `$first` to `$last`) in key order: each message id, and
+    the JSON object of the
+    columns `names` (NULL for a row of more than INLINE_BYTES, or with a character of
+    _UPPER_ESCAPED, which the reader reads the usual way)."""
+    by_name = {c.name: c for c in columns(Record)}
+    parts: list[str] = []
+    for n, name in enumerate(names):
+        opening = "{" if n == 0 else ","
+        parts += [f"'{opening}\"{by_name[name].name}\":'", _shown_value(by_name[name])]
+    view = f"concat({', '.join(parts)}, '}}')"
+    strings = ", ".join(f"r.{n}" for n in names if by_name[n].kind is Kind.STRING)
+    return f"""
+SELECT message_id, CASE WHEN {_PAYLOAD[Record]} + {_ATTRIBUTES_BYTES} <= {INLINE_BYTES}
+  AND NOT regexp_matches(concat_ws('', {strings}), '{_UPPER_ESCAPED}') THEN {view} END
+FROM records r
+WHERE ingest_time BETWEEN make_timestamptz($first) AND make_timestamptz($last)
+  AND message_id IN (SELECT unnest($ids))
+ORDER BY ingest_time, message_id
+"""
+
+
+# A page's keys and what each row counts as (`payload_size`), as `read_within` reads them.
+_SIZED_PAGE_SQL: Final = f"""
+SELECT epoch_us(ingest_time), message_id,
+  {_PAYLOAD[Record]} + {_ATTRIBUTES_BYTES} + {ROW_BYTES}
+FROM records WHERE {_PAGE_RANGE} AND rowid IN (
+  SELECT rowid FROM records WHERE {_PAGE_RANGE} ORDER BY ingest_time, message_id LIMIT $limit
+)
+ORDER BY ingest_time, message_id
+"""
+
+
+def read_shown(
+    cursor: duckdb.DuckDBPyConnection, names: tuple[str, ...], params: dict[str, Any]
+) -> tuple[list[Shown], bool] | None:
+    """The page `read_within` reads (the rows while those before each hold less than
+    `$max_bytes`, and whether they hold it), each record as a `Shown` of the columns
+    `names`; or None where a row of it is not made into text in DuckDB (too large, or a
+    character DuckDB escapes otherwise): read that page the usual way. Its keys and sizes
+    first, then the text of those it keeps: none past the bytes is made into text."""
+    sized = cursor.execute(_SIZED_PAGE_SQL, {k: v for k, v in params.items() if k != "max_bytes"})
+    keys = sized.fetchall()
+    kept, total, max_bytes = 0, 0, params["max_bytes"]
+    for _, _, size in keys:
+        if total >= max_bytes:
+            break
+        total += size
+        kept += 1
+    keys = keys[:kept]
+    if not keys:
+        return [], False
+    ids = {"ids": [k[1] for k in keys], "first": keys[0][0], "last": keys[-1][0]}
+    views = cursor.execute(shown_sql(names), ids).fetchall()
+    if len(views) != len(keys) or any(view is None for _, view in views):
+        return None  # expired in between, or not made in DuckDB: the usual way
+    rows = [
+        Shown(message_id, ingest_time, size, msgspec.Raw(view))
+        for (ingest_time, message_id, size), (_, view) in zip(keys, views, strict=True)
+    ]
+    if any(row.message_id != shown_id for row, (shown_id, _) in zip(rows, views, strict=True)):
+        raise StoreUnavailable("a page's rows were not read in the order of its keys")
+    return rows, total >= max_bytes
+
+
 # The payloads and attributes of a page's rows by key, those it selected as NULL.
 _PAYLOADS_SQL: dict[type[Row], str] = {
     row_type: f"SELECT message_id, {_selected(by_name['data'])}, "
