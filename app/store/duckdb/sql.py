@@ -312,8 +312,8 @@ _UPPER_ESCAPED: Final = r"[\x0b\x0e\x0f\x1a-\x1f]"
 
 @functools.cache
 def shown_sql(names: tuple[str, ...]) -> str:
-    """The records of `$ids` (from `$first` to `$last`) in key order: each message id, and
-    the JSON object of the
+    """The records of a page (as `PAGE_SQL`, of `$limit` rows at most) in key order: each
+    message id, and the JSON object of the
     columns `names` (NULL for a row of more than INLINE_BYTES, or with a character of
     _UPPER_ESCAPED, which the reader reads the usual way)."""
     by_name = {c.name: c for c in columns(Record)}
@@ -326,9 +326,9 @@ def shown_sql(names: tuple[str, ...]) -> str:
     return f"""
 SELECT message_id, CASE WHEN {_PAYLOAD[Record]} + {_ATTRIBUTES_BYTES} <= {INLINE_BYTES}
   AND NOT regexp_matches(concat_ws('', {strings}), '{_UPPER_ESCAPED}') THEN {view} END
-FROM records r
-WHERE ingest_time BETWEEN make_timestamptz($first) AND make_timestamptz($last)
-  AND message_id IN (SELECT unnest($ids))
+FROM records r WHERE {_PAGE_RANGE} AND rowid IN (
+  SELECT rowid FROM records WHERE {_PAGE_RANGE} ORDER BY ingest_time, message_id LIMIT $limit
+)
 ORDER BY ingest_time, message_id
 """
 
@@ -352,8 +352,8 @@ def read_shown(
     `names`; or None where a row of it is not made into text in DuckDB (too large, or a
     character DuckDB escapes otherwise): read that page the usual way. Its keys and sizes
     first, then the text of those it keeps: none past the bytes is made into text."""
-    sized = cursor.execute(_SIZED_PAGE_SQL, {k: v for k, v in params.items() if k != "max_bytes"})
-    keys = sized.fetchall()
+    rest = {k: v for k, v in params.items() if k != "max_bytes"}
+    keys = cursor.execute(_SIZED_PAGE_SQL, rest).fetchall()
     kept, total, max_bytes = 0, 0, params["max_bytes"]
     for _, _, size in keys:
         if total >= max_bytes:
@@ -363,16 +363,15 @@ def read_shown(
     keys = keys[:kept]
     if not keys:
         return [], False
-    ids = {"ids": [k[1] for k in keys], "first": keys[0][0], "last": keys[-1][0]}
-    views = cursor.execute(shown_sql(names), ids).fetchall()
-    if len(views) != len(keys) or any(view is None for _, view in views):
-        return None  # expired in between, or not made in DuckDB: the usual way
+    views = cursor.execute(shown_sql(names), {**rest, "limit": kept}).fetchall()
+    if [key[1] for key in keys] != [message_id for message_id, _ in views] or any(
+        view is None for _, view in views
+    ):
+        return None  # rows expired in between, or not made in DuckDB: the usual way
     rows = [
         Shown(message_id, ingest_time, size, msgspec.Raw(view))
         for (ingest_time, message_id, size), (_, view) in zip(keys, views, strict=True)
     ]
-    if any(row.message_id != shown_id for row, (shown_id, _) in zip(rows, views, strict=True)):
-        raise StoreUnavailable("a page's rows were not read in the order of its keys")
     return rows, total >= max_bytes
 
 
