@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from app.query.service import _RECORD_VIEW_FIELDS, record_views
 from app.records import Record
-from app.store import row_bytes
+from app.store import most_bytes, row_bytes
 from app.store.duckdb.inserts import _arrow
 from app.store.duckdb.sql import (
     BOUNDED_PAGE_SQL,
@@ -128,8 +128,8 @@ def test_a_view_made_in_duckdb_is_the_api_s_view_byte_for_byte(
     read, _ = usual(con, everything())
     assert msgspec.json.encode([s.view for s in shown]) == msgspec.json.encode(record_views(read))
     # The key and the weight of each, as the usual read has them.
-    assert [(s.ingest_time, s.message_id, s.size) for s in shown] == [
-        (r.ingest_time, r.message_id, row_bytes(r)) for r in read
+    assert [(s.ingest_time, s.message_id, s.size, s.most) for s in shown] == [
+        (r.ingest_time, r.message_id, row_bytes(r), most_bytes([r])) for r in read
     ]
     assert not reached
 
@@ -232,5 +232,52 @@ async def test_a_stream_far_behind_reads_the_api_s_views_whatever_path_each_row_
         # Both ways were taken.
         assert True in taken
         assert False in taken
+    finally:
+        await store.close()
+
+
+async def test_a_stream_far_behind_is_cut_into_the_same_chunks_whichever_way_it_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk's rows and next offset are those of the same rows read the usual way (as
+    the tail in memory has them): a read's views made in DuckDB count what the read
+    holds as the usual way counts it, so a chunk takes no other reads. Here a first read
+    of one row that counts as exactly the chunk's bytes (`most_bytes`) ends the chunk
+    either way, its offset naming that row."""
+    from app.query.offsets import Offsets
+    from app.query.page_token import PageToken, PageTokens
+    from app.query.service import RECORDS, Reader
+    from app.query.streams import Streams
+    from app.store.duckdb import reads
+    from app.store.duckdb.store import DuckDBStore
+
+    small = '"' + "x" * 41 + '"'  # with "{}": 4 * 45 + ROW_BYTES = 500 at most
+    rows = [
+        Record(message_id="m-1", publish_time=1, ingest_time=10, id="r-1", data=small),
+        Record(
+            message_id="m-2", publish_time=2, ingest_time=20, id="r-2", data='"' + "y" * 400 + '"'
+        ),
+    ]
+    store = DuckDBStore(":memory:")
+    await store.start()
+    try:
+        await store.append(rows)
+
+        async def chunks() -> list[tuple[bytes, str]]:
+            reader = Reader(store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"))
+            streams = Streams(reader, Offsets("s"))
+            position: PageToken | None = streams.start(RECORDS, None)
+            assert position is not None
+            found = []
+            while True:
+                chunk = await streams.chunk(RECORDS, position, max_bytes=500)
+                found.append((chunk.body, chunk.next_offset))
+                position = chunk.after
+                if chunk.up_to_date:
+                    return found
+
+        made_in_duckdb = await chunks()
+        monkeypatch.setattr(reads, "read_shown", lambda *args: None)
+        assert made_in_duckdb == await chunks()
     finally:
         await store.close()

@@ -32,11 +32,13 @@ def text_bytes(text: str) -> int:
 @final
 class Shown(msgspec.Struct, frozen=True, gc=False):
     """A record as a store made what a reader is shown of it (`PageQuery.shown`): its key,
-    what it counts as (`row_bytes`), and the JSON object itself."""
+    what it counts as (`row_bytes`), what `most_bytes` counts it as (4 bytes a character
+    of its payload and attributes, and ROW_BYTES), and the JSON object itself."""
 
     message_id: str
     ingest_time: int
     size: int
+    most: int
     view: msgspec.Raw
 
 
@@ -68,7 +70,7 @@ def most_bytes(rows: Sequence[Record | Rejection | Shown]) -> int:
     character is 4 bytes at most in UTF-8, and base 64 4/3 of a byte. A page far below its
     budget, the usual one, is known to be so in a few calls, whatever its rows."""
     if rows and type(rows[0]) is Shown:
-        return sum(_sizes(rows))
+        return sum(row.most for row in cast("Sequence[Shown]", rows))
     # A read's rows are of one kind: these are records or rejections.
     payloads = sum(map(len, [row.data for row in rows]))  # type: ignore[union-attr, arg-type]
     attributes = sum(map(len, [row.attributes for row in rows]))  # type: ignore[union-attr, arg-type]
@@ -79,14 +81,16 @@ def within(rows: Sequence[Record | Rejection | Shown], max_bytes: int) -> tuple[
     """How many of `rows`, from the first, hold at most `max_bytes` together (`row_bytes`),
     and at least one: a row larger than the budget is read alone; and no less than what
     they hold (`most_bytes` of them when that is within the budget, else `row_bytes`)."""
+    most = most_bytes(rows)
+    if most <= max_bytes:
+        # What records read the usual way count as too (so a stream's chunk takes the
+        # same reads whichever way its rows were read).
+        return len(rows), most
     if rows and type(rows[0]) is Shown:
         # Their sizes are known: the running totals, and where they pass the budget.
         totals = list(itertools.accumulate(_sizes(rows)))
         count = max(1, bisect.bisect_right(totals, max_bytes))
         return count, totals[count - 1]
-    most = most_bytes(rows)
-    if most <= max_bytes:
-        return len(rows), most
     total = 0
     for count, row in enumerate(rows):
         size = row_bytes(row)

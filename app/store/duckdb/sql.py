@@ -333,10 +333,12 @@ ORDER BY ingest_time, message_id
 """
 
 
-# A page's keys and what each row counts as (`payload_size`), as `read_within` reads them.
+# A page's keys, what each row counts as (`payload_size`), as `read_within` reads them,
+# and what `most_bytes` counts it as (4 bytes a character: `length` counts characters).
 _SIZED_PAGE_SQL: Final = f"""
 SELECT epoch_us(ingest_time), message_id,
-  {_PAYLOAD[Record]} + {_ATTRIBUTES_BYTES} + {ROW_BYTES}
+  {_PAYLOAD[Record]} + {_ATTRIBUTES_BYTES} + {ROW_BYTES},
+  4 * (length(data::VARCHAR) + length(attributes::VARCHAR)) + {ROW_BYTES}
 FROM records WHERE {_PAGE_RANGE} AND rowid IN (
   SELECT rowid FROM records WHERE {_PAGE_RANGE} ORDER BY ingest_time, message_id LIMIT $limit
 )
@@ -355,7 +357,7 @@ def read_shown(
     rest = {k: v for k, v in params.items() if k != "max_bytes"}
     keys = cursor.execute(_SIZED_PAGE_SQL, rest).fetchall()
     kept, total, max_bytes = 0, 0, params["max_bytes"]
-    for _, _, size in keys:
+    for _, _, size, _ in keys:
         if total >= max_bytes:
             break
         total += size
@@ -369,8 +371,8 @@ def read_shown(
     ):
         return None  # rows expired in between, or not made in DuckDB: the usual way
     rows = [
-        Shown(message_id, ingest_time, size, msgspec.Raw(view))
-        for (ingest_time, message_id, size), (_, view) in zip(keys, views, strict=True)
+        Shown(message_id, ingest_time, size, most, msgspec.Raw(view))
+        for (ingest_time, message_id, size, most), (_, view) in zip(keys, views, strict=True)
     ]
     return rows, total >= max_bytes
 
