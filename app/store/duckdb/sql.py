@@ -365,6 +365,8 @@ def read_shown(
     keys = keys[:kept]
     if not keys:
         return [], False
+    if any(size - ROW_BYTES > INLINE_BYTES for _, _, size, _ in keys):
+        return None  # a row too large to be made into text in DuckDB: the usual way
     views = cursor.execute(shown_sql(names), {**rest, "limit": kept}).fetchall()
     if [key[1] for key in keys] != [message_id for message_id, _ in views] or any(
         view is None for _, view in views
