@@ -313,9 +313,9 @@ _UPPER_ESCAPED: Final = r"[\x0b\x0e\x0f\x1a-\x1f]"
 @functools.cache
 def shown_sql(names: tuple[str, ...]) -> str:
     """The records of a page (as `PAGE_SQL`, of `$limit` rows at most) in key order: each
-    message id, and the JSON object of the
-    columns `names` (NULL for a row of more than INLINE_BYTES, or with a character of
-    _UPPER_ESCAPED, which the reader reads the usual way)."""
+    message id, and the JSON object of the columns `names` (NULL for a row of more than
+    INLINE_BYTES, or with a character of _UPPER_ESCAPED, which the reader reads the usual
+    way)."""
     by_name = {c.name: c for c in columns(Record)}
     parts: list[str] = []
     for n, name in enumerate(names):
