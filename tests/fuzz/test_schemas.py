@@ -106,8 +106,17 @@ class Service:
 
     def typed(self, message_id: str) -> tuple[Any, Any, list[dict[str, Any]]]:
         """The record's payload, typed fields and projection errors, as stored."""
-        # A point read waits until every earlier append is applied.
-        assert self.client.get(f"/v1/messages/{message_id}").json()["status"] == "stored"
+        # A point read waits until every earlier append is applied; under load it
+        # may be answered 503 with Retry-After (its read deadline), as any client
+        # is told to come back.
+        deadline = time.monotonic() + PUSH_SECONDS
+        while True:
+            response = self.client.get(f"/v1/messages/{message_id}")
+            if response.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(float(response.headers.get("Retry-After", "1")))
+        assert response.status_code == 200, (message_id, response.status_code, response.text)
+        assert response.json()["status"] == "stored"
         with duckdb.connect(str(self.path)) as con:
             ((data, fields, errors),) = con.execute(
                 "SELECT data, fields, projection_errors FROM records_typed WHERE message_id = $m",
