@@ -245,13 +245,14 @@ def main(argv: list[str]) -> int:
             # beside the sources.
             os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
             os.environ.setdefault("PYTHONPYCACHEPREFIX", str(ROOT / ".tools" / "pycache"))
-            # On the machine's cores, up to four (pytest-xdist; each worker starts the
-            # emulators it needs): much of the suite waits on servers and subprocesses.
-            # (On two cores, two workers kept them 72% busy over 25 min; four took 19 min
-            # for the same CPU time, but tests that time faults failed under that load.)
-            # `-n 0` runs it in one process.
+            # A worker more than the machine's cores, up to four (pytest-xdist; each
+            # worker starts the emulators it needs): much of the suite waits on servers
+            # and subprocesses. (On two cores, two workers kept them 72% busy and took
+            # 26 min; three took 22.5 min in the same hour, every test passing the first
+            # time; four took 19 min once, but tests that time faults failed under that
+            # load.) `-n 0` runs it in one process.
             if not any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in rest):
-                rest = ["-n", str(min(os.cpu_count() or 1, 4)), *rest]
+                rest = ["-n", str(min((os.cpu_count() or 1) + 1, 4)), *rest]
             replace_with("pytest", *rest, cwd=ROOT)
         case "bench":
             replace_with("python", "-m", "bench", *rest, cwd=ROOT)
