@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from app.records import Record
 from app.store import PageQuery, row_bytes
-from app.store.tail import Tail, held
+from app.store.tail import Key, Tail, held
 
 MIB = 1024 * 1024
 
@@ -70,3 +73,68 @@ def test_a_page_of_the_tail_ends_once_its_rows_hold_the_budget() -> None:
         99,
     )
     assert (last.rows, last.after_time, last.after_message_id) == ([], 99, "")
+
+
+def reference_page(rows: list[Record], query: PageQuery, until: int) -> tuple[list[str], Key]:
+    """What a page of `rows` (every row held, in key order) is, written out plainly: the
+    rows after the cursor before min(before_time, until), `limit` at most, ending at the
+    first whose bytes with those before it reach `max_bytes`."""
+    before = min(query.before_time, until)
+    cursor = (query.after_time, query.after_message_id)
+    after = [r for r in rows if cursor < (r.ingest_time, r.message_id) < (before, "")]
+    page = after[: query.limit]
+    full = len(page) == query.limit
+    if query.max_bytes is not None:
+        total = 0
+        for at, row in enumerate(page):
+            total += row_bytes(row)
+            if total >= query.max_bytes:
+                full, page = True, page[: at + 1]
+                break
+    end = (page[-1].ingest_time, page[-1].message_id) if full else (before, "")
+    return [r.message_id for r in page], end
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 60), st.integers(0, 400), st.booleans()), max_size=40),
+    st.data(),
+)
+def test_a_page_of_the_tail_is_the_plain_page_of_what_it_holds(
+    batches: list[tuple[int, int, bool]], data: st.DataObject
+) -> None:
+    """Whatever order rows arrive in (late ones among them) and whatever was let go of,
+    a page to a budget is the one the plain reading of the held rows gives."""
+    tail = Tail(window_seconds=0.00003, max_bytes=6_000)
+    tail.reset(0)
+    now = 0
+    for n, (time, size, nonascii) in enumerate(batches):
+        now = max(now, time)
+        row = Record(
+            message_id=f"m-{n:02}",
+            publish_time=0,
+            ingest_time=time,
+            id="r",
+            data=("é" if nonascii else "x") * size,
+        )
+        tail.add([row], now=now)
+    held_rows = tail._rows
+    assert [(r.ingest_time, r.message_id) for r in held_rows] == sorted(tail._keys)
+    # Its running totals of what each row counts as, from the first it let go of.
+    totals = [tail._before, *tail._ends]
+    assert [b - a for a, b in zip(totals, totals[1:])] == [row_bytes(r) for r in held_rows]
+    times = st.integers(0, 70)
+    query = PageQuery(
+        after_time=data.draw(times),
+        after_message_id=data.draw(st.sampled_from(["", "m-05", "m-99"])),
+        before_time=data.draw(times),
+        limit=data.draw(st.integers(1, 50)),
+        max_bytes=data.draw(st.none() | st.integers(1, 5_000)),
+    )
+    if not tail.covers(query):
+        return
+    until = data.draw(times)
+    page = tail.page(query, until)
+    assert ([r.message_id for r in page.rows], (page.after_time, page.after_message_id)) == (
+        reference_page(held_rows, query, until)
+    )

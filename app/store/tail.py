@@ -52,6 +52,11 @@ class Tail:
         self.max_bytes = max_bytes
         self._rows: list[Record] = []
         self._keys: list[Key] = []
+        # What the rows count as (`row_bytes`) up to each, from the first ever held
+        # (`_before`: the rows let go of): a page's bytes are two look-ups, its cut at
+        # its byte budget one bisection.
+        self._ends: list[int] = []
+        self._before = 0
         # What the rows held hold together (`held`).
         self.bytes = 0
         # Nothing lies after (start, "") until the first rows: a tail starts
@@ -76,7 +81,8 @@ class Tail:
 
     def reset(self, at: int) -> None:
         """Hold nothing, from `at` on: records after it are added as they come."""
-        self._rows, self._keys = [], []
+        self._rows, self._keys, self._ends = [], [], []
+        self._before = 0
         self.bytes = 0
         self.start = (at, "")
 
@@ -85,24 +91,33 @@ class Tail:
         its tail from storage as it starts)."""
         self._rows = list(records)
         self._keys = [(r.ingest_time, r.message_id) for r in records]
+        self._ends = list(itertools.accumulate(map(row_bytes, records)))
+        self._before = 0
         self.bytes = sum(map(held, records))
         self.start = start
         self._evict(0)
 
     def add(self, records: Iterable[Record], *, now: int) -> None:
         """Records stored since: after `start`, in any order (each lands in key order)."""
+        ends = self._ends
         for record in records:
             key = (record.ingest_time, record.message_id)
             if key <= self.start:
                 continue
+            size = row_bytes(record)
             if not self._keys or key > self._keys[-1]:
                 self._keys.append(key)
                 self._rows.append(record)
+                ends.append((ends[-1] if ends else self._before) + size)
             else:  # stored late, behind rows already here: rare, in order all the same
                 at = bisect.bisect_left(self._keys, key)
                 self._keys.insert(at, key)
                 self._rows.insert(at, record)
-            self.bytes += held(record)
+                ends.insert(at, (ends[at - 1] if at else self._before) + size)
+                for later in range(at + 1, len(ends)):
+                    ends[later] += size
+            received = record.received
+            self.bytes += size + (0 if received is None else len(received))
         self._evict(now - self._window)
 
     def page(self, query: PageQuery, until: int) -> Page[Record]:
@@ -122,13 +137,22 @@ class Tail:
         else:
             records = self._rows[first : min(last, first + query.limit)]
         full = len(records) == query.limit
-        if query.max_bytes is not None and most_bytes(records) >= query.max_bytes:
-            total = 0
-            for at, record in enumerate(records):
-                total += row_bytes(record)
-                if total >= query.max_bytes:
-                    full, records = True, records[: at + 1]
-                    break
+        if query.max_bytes is not None and records:
+            if keep:
+                if most_bytes(records) >= query.max_bytes:
+                    total = 0
+                    for at, record in enumerate(records):
+                        total += row_bytes(record)
+                        if total >= query.max_bytes:
+                            full, records = True, records[: at + 1]
+                            break
+            else:
+                # The first row whose bytes, with those before it, reach the budget.
+                ends, base = self._ends, self._ends[first - 1] if first else self._before
+                end = first + len(records)
+                if ends[end - 1] - base >= query.max_bytes:
+                    at = bisect.bisect_left(ends, base + query.max_bytes, first, end)
+                    full, records = True, records[: at - first + 1]
         after = (records[-1].ingest_time, records[-1].message_id) if full else (before, "")
         return Page(records, *after, complete_until=before)
 
@@ -142,5 +166,6 @@ class Tail:
             cut += 1
         if cut > 0:
             self.start = self._keys[cut - 1]
-            del self._rows[:cut], self._keys[:cut]
+            self._before = self._ends[cut - 1]
+            del self._rows[:cut], self._keys[:cut], self._ends[:cut]
             self.bytes = left
