@@ -49,7 +49,7 @@ from app.query.mask import Mask, MaskError, Pseudonyms
 from app.query.offsets import Offsets
 from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
-from app.query.service import Reader
+from app.query.service import EncodedViews, Reader
 from app.query.streams import Streams
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
@@ -156,6 +156,8 @@ class Shared:
     # Why a push of the system is refused before anything else is asked, if it is: the
     # throttle on-call set on it (`app.cell.throttles`).
     throttled: PushPace | None = None
+    # Records' encoded views, made once for every system's stream reads (the process's).
+    encoded: EncodedViews | None = None
 
 
 def create_app(
@@ -215,6 +217,7 @@ def create_app(
         share=None if shared is None else shared.share,
         followed=None if shared is None else shared.followers,
         page_token_secret=None if shared is None else shared.page_token_secret,
+        encoded=EncodedViews() if shared is None or shared.encoded is None else shared.encoded,
     )
     if reads.masked is not None and auth.everyone_operates:
         log.warning(
@@ -495,6 +498,7 @@ class ReadSide:
         share: Share | None = None,
         followed: Places | None = None,
         page_token_secret: str | None = None,
+        encoded: EncodedViews | None = None,
     ) -> ReadSide:
         query = settings.query
         secret = page_token_secret or query.page_token_secret
@@ -510,6 +514,8 @@ class ReadSide:
                 mask=mask,
                 budget=budget,
                 share=share,
+                # A masked reader's views are made of the record's fields each time.
+                encoded=encoded if mask is None else None,
             )
 
         reader = made()

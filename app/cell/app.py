@@ -42,6 +42,7 @@ from app.http.head import Recordline
 from app.http.limits import BODY_COPIES
 from app.problems import Problems
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
+from app.query.service import EncodedViews
 from app.routes.console import cell_console_router
 from app.routes.reads import export_places
 from app.settings import (
@@ -240,7 +241,10 @@ def create_cell(
     spanner = _spanner_clients(settings) if any(e.serving for e in entries.values()) else None
     budget = StopBudget(settings.server.shutdown_grace_seconds)
     held = in_flight(settings.server)
-    shared = Shared(certs=certs, spanner=spanner, budget=budget, in_flight=held)
+    # Records' encoded views made once, one bound for the process: every system's.
+    shared = Shared(
+        certs=certs, spanner=spanner, budget=budget, in_flight=held, encoded=EncodedViews()
+    )
     shares = system_shares(settings, entries)
     # Each system's share of the process's bytes (`app.budget.Share`), and of its reads,
     # followers and exports in flight (`app.budget.Places`): its own, and what quiet

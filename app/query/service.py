@@ -14,7 +14,7 @@ import functools
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar, cast
 
 import msgspec
 
@@ -34,7 +34,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Shown, Store, row_bytes, within
+from app.store import READ_ROUTE, ROW_BYTES, PageQuery, Shown, Store, row_bytes, within
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
@@ -164,6 +164,64 @@ def record_views(rows: list[Record]) -> list[RecordView]:
 
 # A record's view's fields, in order: what a store that makes the views is asked for.
 _RECORD_VIEW_FIELDS: Final = tuple(RecordView.__struct_fields__)
+
+# What the process keeps of records' encoded views at most (`EncodedViews`), counted as
+# their JSON and ENCODED_ENTRY_BYTES each: 20,000 records of 333 bytes are 10.4 MiB.
+ENCODED_BYTES: Final = 16 * 1024 * 1024
+ENCODED_ENTRY_BYTES: Final = 200
+_encode_view = msgspec.json.Encoder().encode
+
+
+class EncodedViews:
+    """Records' views as JSON, made once and shared by every read that only encodes
+    them (a stream's chunks, for readers nothing is masked from), whichever system's:
+    a record never changes, so neither does its view, nor what it counts as. Readers
+    catching up from the same place read the same records, and their chunks are
+    records' bytes joined and their sizes summed, not a view and a size made of each
+    row again. Past `max_bytes`, the longest held go first; a record no longer held is
+    made again when read."""
+
+    def __init__(self, max_bytes: int = ENCODED_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._held: dict[tuple[object, int, str], Shown] = {}
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def of(self, owner: object, rows: list[Record]) -> list[Shown]:
+        """`rows` of `owner`'s store as a store that makes their JSON gives them
+        (`PageQuery.shown`): each view encoded as `record_views` makes it, with what it
+        counts as (`row_bytes`, and `most_bytes`)."""
+        held = self._held
+        keys = [(owner, r.ingest_time, r.message_id) for r in rows]
+        shown = [held.get(key) for key in keys]
+        missing = [at for at, found in enumerate(shown) if found is None]
+        if missing:
+            made = record_views([rows[at] for at in missing])
+            for at, view in zip(missing, made, strict=True):
+                record = rows[at]
+                encoded = _encode_view(view)
+                most = 4 * (len(record.data) + len(record.attributes)) + ROW_BYTES
+                one = Shown(
+                    record.message_id,
+                    record.ingest_time,
+                    row_bytes(record),
+                    most,
+                    msgspec.Raw(encoded),
+                )
+                shown[at] = one
+                if held.setdefault(keys[at], one) is one:  # a row read twice is held once
+                    self.bytes += len(encoded) + ENCODED_ENTRY_BYTES
+            self._evict()
+        return cast("list[Shown]", shown)
+
+    def _evict(self) -> None:
+        held = self._held
+        while self.bytes > self.max_bytes and held:
+            oldest = next(iter(held))
+            self.bytes -= len(held.pop(oldest).view) + ENCODED_ENTRY_BYTES
+
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
 
@@ -318,8 +376,11 @@ class Reader:
         budget: Budget | None = None,
         share: Share | None = None,
         mask: Mask | None = None,
+        encoded: EncodedViews | None = None,
     ) -> None:
         self._store = store
+        # Records' views made once for the reads that only encode them (the process's).
+        self._encoded = encoded
         # What each read is charged to before it holds rows (none: nothing is counted),
         # and the system's share of it in a cell.
         self._budget = budget
@@ -707,6 +768,10 @@ class Reader:
         if shown:
             query = msgspec.structs.replace(query, shown=shown)
         page = await self._store.page(listing.kind, query)
+        rows = page.rows
+        if shown and self._encoded is not None and rows and type(rows[0]) is not Shown:
+            # Records nothing is masked from, only encoded: as their JSON, made once.
+            rows = self._encoded.of(self._store, rows)
         if page.complete_until is not None:
             horizon = min(horizon, page.complete_until)
         # A page never says less than the one before it did: its cursor was
@@ -714,7 +779,7 @@ class Reader:
         resume = max(
             (page.after_time, page.after_message_id), (cursor.after_time, cursor.after_message_id)
         )
-        return page.rows, resume, max(horizon, cursor.after_time)
+        return rows, resume, max(horizon, cursor.after_time)
 
     def token(
         self,

@@ -1,0 +1,147 @@
+"""Records' views encoded once and shared (`app.query.service.EncodedViews`): the same
+bytes as the API's views whether made now or before, each system's its own, within the
+process's bound, and a stream's chunks the same with them or without."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.query.offsets import Offsets
+from app.query.page_token import PageToken, PageTokens
+from app.query.service import (
+    ENCODED_ENTRY_BYTES,
+    RECORDS,
+    EncodedViews,
+    Reader,
+    RecordView,
+    record_views,
+    view,
+)
+from app.query.streams import Streams
+from app.records import Record
+from app.store import most_bytes, row_bytes
+from app.store.duckdb.store import DuckDBStore
+from tests.test_shown_rows import records
+
+
+def encoded(rows: list[Record]) -> list[bytes]:
+    return [msgspec.json.encode(v) for v in record_views(rows)]
+
+
+def shown(views: EncodedViews, owner: str, rows: list[Record]) -> list[bytes]:
+    """The views of `rows` as `views` gives them, checked to count as the records do."""
+    got = views.of(owner, rows)
+    assert [(s.ingest_time, s.message_id) for s in got] == [
+        (r.ingest_time, r.message_id) for r in rows
+    ]
+    assert [s.size for s in got] == [row_bytes(r) for r in rows]
+    assert [s.most for s in got] == [most_bytes([r]) for r in rows]
+    assert most_bytes(got) == most_bytes(rows)
+    return [bytes(s.view) for s in got]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(records(), st.data())
+def test_a_view_encoded_before_is_the_api_s_view_byte_for_byte(
+    rows: list[Record], data: st.DataObject
+) -> None:
+    views = EncodedViews()
+    # Some rows read first, then all of them: made now and made before alike.
+    first = data.draw(st.lists(st.sampled_from(rows), unique_by=id)) if rows else []
+    assert shown(views, "a", first) == encoded(first)
+    assert shown(views, "a", rows) == encoded(rows)
+    assert shown(views, "a", rows) == encoded(rows)
+    # Another store's records with the same keys are its own.
+    other = [msgspec.structs.replace(r, id=r.id + "!", data='{"other":1}') for r in rows]
+    assert shown(views, "b", other) == encoded(other)
+    assert shown(views, "a", rows) == encoded(rows)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records(), min_size=1, max_size=8), st.integers(0, 4000))
+def test_what_is_held_stays_within_the_bound_and_is_counted_exactly(
+    pages: list[list[Record]], max_bytes: int
+) -> None:
+    views = EncodedViews(max_bytes)
+    for page in pages:
+        # The page read twice over (a row twice in one read is held once).
+        assert shown(views, "s", page + page) == encoded(page + page)
+        assert views.bytes <= max_bytes
+        held = views._held
+        assert views.bytes == sum(len(v.view) + ENCODED_ENTRY_BYTES for v in held.values())
+
+
+def test_the_longest_held_go_first() -> None:
+    rows = [
+        Record(message_id=f"m-{i:02}", publish_time=i, ingest_time=i, id="r", data="{}")
+        for i in range(1, 11)  # each view of the same length
+    ]
+    one = len(encoded(rows[:1])[0]) + ENCODED_ENTRY_BYTES
+    views = EncodedViews(max_bytes=3 * one)
+    views.of("s", rows)
+    assert len(views) == 3
+    assert [key[1] for key in views._held] == [8, 9, 10]
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared views", "made each read"])
+async def test_a_stream_s_chunks_are_the_same_with_views_made_before(shared: bool) -> None:
+    """From the tail in memory, read twice over by two readers: every chunk the API's
+    views of its rows, byte for byte, whether the views were made for it or before."""
+    rows = [
+        Record(
+            message_id=f"m-{i:03}",
+            publish_time=1_000_000 * i,
+            ingest_time=i // 3,
+            id=f"r-{i}",
+            timestamp=None if i % 2 else -123_456_789 * i,
+            data=json.dumps({"n": i, "text": "é\x1f" * (i % 4)}),
+            attributes=json.dumps({"k": str(i)}),
+        )
+        for i in range(60)
+    ]
+    store = DuckDBStore(":memory:")
+    await store.start()
+    views = EncodedViews() if shared else None
+    try:
+        now = time.time_ns() // 1000 + 1_000  # after the tail's start: within it
+        rows = [msgspec.structs.replace(r, ingest_time=now + r.ingest_time) for r in rows]
+        await store.append(rows)
+        made: list[list[str]] = []
+        for _ in range(2):
+            reader = Reader(
+                store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), encoded=views
+            )
+            streams = Streams(reader, Offsets("s"), page_rows=7, chunk_rows=9, chunk_bytes=4096)
+            position: PageToken | None = streams.start(RECORDS, None)
+            assert position is not None
+            bodies: list[bytes] = []
+            while True:
+                chunk = await streams.chunk(RECORDS, position)
+                bodies.append(chunk.body)
+                position = chunk.after
+                if chunk.up_to_date:
+                    break
+            at = 0
+            for body in bodies:
+                count = len(msgspec.json.decode(body))
+                assert count
+                assert body == msgspec.json.encode(
+                    [view(RecordView, r) for r in rows[at : at + count]]
+                )
+                at += count
+            assert at == len(rows)
+            if views is not None:
+                # The rows read from the tail (the first, older than it, from DuckDB,
+                # which makes their JSON itself), made by the first reader alone.
+                made.append(sorted(key[2] for key in views._held))
+        if views is not None:
+            assert made[0] == made[1] == [r.message_id for r in rows][-len(made[0]) :]
+            assert len(made[0]) > len(rows) // 2
+    finally:
+        await store.close()
