@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,7 +124,7 @@ def test_a_page_of_the_tail_is_the_plain_page_of_what_it_holds(
     assert [(r.ingest_time, r.message_id) for r in held_rows] == sorted(tail._keys)
     # Its running totals of what each row counts as, from the first it let go of.
     totals = [tail._before, *tail._ends]
-    assert [b - a for a, b in zip(totals, totals[1:])] == [row_bytes(r) for r in held_rows]
+    assert [b - a for a, b in itertools.pairwise(totals)] == [row_bytes(r) for r in held_rows]
     times = st.integers(0, 70)
     query = PageQuery(
         after_time=data.draw(times),
