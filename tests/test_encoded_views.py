@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import tracemalloc
 
 import msgspec
 import pytest
@@ -145,3 +146,32 @@ async def test_a_stream_s_chunks_are_the_same_with_views_made_before(shared: boo
             assert len(made[0]) > len(rows) // 2
     finally:
         await store.close()
+
+
+def test_what_an_entry_is_counted_as_is_no_less_than_it_takes() -> None:
+    """The bound is of memory: each view is counted as its JSON and ENCODED_ENTRY_BYTES,
+    no less than tracemalloc sees an entry take beside its JSON."""
+    rows = [
+        Record(
+            message_id=f"projects/p/messages/{i:012}",
+            publish_time=i,
+            ingest_time=1_700_000_000_000_000 + i,
+            id=f"id-{i}",
+            data=json.dumps({"n": i, "text": "x" * 200}),
+            attributes='{"k":"v"}',
+        )
+        for i in range(5_000)
+    ]
+    views = EncodedViews(max_bytes=2**40)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        views.of(object(), rows)
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert taken <= views.bytes
+    assert (
+        views.bytes
+        == sum(len(s.view) for s in views._held.values()) + len(rows) * ENCODED_ENTRY_BYTES
+    )

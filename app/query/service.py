@@ -166,9 +166,11 @@ def record_views(rows: list[Record]) -> list[RecordView]:
 _RECORD_VIEW_FIELDS: Final = tuple(RecordView.__struct_fields__)
 
 # What the process keeps of records' encoded views at most (`EncodedViews`), counted as
-# their JSON and ENCODED_ENTRY_BYTES each: 20,000 records of 333 bytes are 10.4 MiB.
-ENCODED_BYTES: Final = 16 * 1024 * 1024
-ENCODED_ENTRY_BYTES: Final = 200
+# their JSON and ENCODED_ENTRY_BYTES each (what tracemalloc saw an entry take beside its
+# JSON: its key, its Shown and Raw, its place in the dict): 20,000 records of 333 bytes
+# are 17 MiB.
+ENCODED_BYTES: Final = 32 * 1024 * 1024
+ENCODED_ENTRY_BYTES: Final = 512
 _encode_view = msgspec.json.Encoder().encode
 
 
