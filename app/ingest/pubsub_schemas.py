@@ -5,25 +5,48 @@ fake) with no credentials, as Google's own clients do; otherwise it uses
 Application Default Credentials, which need `pubsub.schemas.get` on the topic's
 schemas (e.g. `roles/pubsub.viewer`). The client is made on the first fetch: a
 service whose topic has no schema never looks for credentials (off Google Cloud,
-a metadata-server probe of several seconds).
+a metadata-server probe of several seconds), nor imports the client library (a
+tenth of the service's start-up), which the first fetch imports off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING, Any
 
 import google.auth
 import grpc
 from google.api_core.exceptions import GoogleAPICallError, InvalidArgument, NotFound
 from google.auth.exceptions import GoogleAuthError
-from google.pubsub_v1.services.schema_service import SchemaServiceAsyncClient
-from google.pubsub_v1.services.schema_service.transports import SchemaServiceGrpcAsyncIOTransport
-from google.pubsub_v1.types import GetSchemaRequest, SchemaView
 
 from app.errors import SchemaUnavailable
 from app.ingest.schemas import SchemaNotFound, SchemaRevision
 
+if TYPE_CHECKING:
+    from google.pubsub_v1.services.schema_service import SchemaServiceAsyncClient
+
 _SCOPES = ("https://www.googleapis.com/auth/pubsub",)
+
+
+def _imported() -> None:
+    """The client library imported (in a thread, by the first fetch)."""
+    import google.pubsub_v1  # noqa: F401
+
+
+def _made(emulator_host: str, credentials: Any) -> SchemaServiceAsyncClient:
+    """The Schema API's client: plaintext to `emulator_host` if set, else with
+    `credentials`. Made on the event loop its calls run on (grpc.aio's channel is
+    bound to it)."""
+    from google.pubsub_v1.services.schema_service import SchemaServiceAsyncClient
+    from google.pubsub_v1.services.schema_service.transports import (
+        SchemaServiceGrpcAsyncIOTransport,
+    )
+
+    if emulator_host:
+        channel = grpc.aio.insecure_channel(emulator_host)
+        transport = SchemaServiceGrpcAsyncIOTransport(channel=channel)
+        return SchemaServiceAsyncClient(transport=transport)
+    return SchemaServiceAsyncClient(credentials=credentials)
 
 
 class PubSubSchemas:
@@ -37,6 +60,8 @@ class PubSubSchemas:
 
     async def revision(self, name: str, revision_id: str) -> SchemaRevision:
         client = await self._open()
+        from google.pubsub_v1.types import GetSchemaRequest, SchemaView  # imported by _open
+
         request = GetSchemaRequest(
             name=f"{name}@{revision_id}" if revision_id else name, view=SchemaView.FULL
         )
@@ -60,17 +85,17 @@ class PubSubSchemas:
         async with self._opening:
             if self._client is not None:
                 return self._client
-            if self._emulator_host:
-                channel = grpc.aio.insecure_channel(self._emulator_host)
-                transport = SchemaServiceGrpcAsyncIOTransport(channel=channel)
-                self._client = SchemaServiceAsyncClient(transport=transport)
-                return self._client
-            try:
-                # Blocking: it reads files and may ask the metadata server.
-                credentials, _ = await asyncio.to_thread(google.auth.default, scopes=_SCOPES)
-            except GoogleAuthError as exc:
-                raise SchemaUnavailable(f"no credentials for the Schema API: {exc}") from None
-            self._client = SchemaServiceAsyncClient(credentials=credentials)
+            credentials = None
+            if not self._emulator_host:
+                try:
+                    # Blocking: it reads files and may ask the metadata server.
+                    credentials, _ = await asyncio.to_thread(google.auth.default, scopes=_SCOPES)
+                except GoogleAuthError as exc:
+                    raise SchemaUnavailable(f"no credentials for the Schema API: {exc}") from None
+            # The library's first import, some hundred milliseconds, in a thread: the
+            # pushes and reads in flight need not wait for it.
+            await asyncio.to_thread(_imported)
+            self._client = _made(self._emulator_host, credentials)
             return self._client
 
     async def close(self) -> None:
