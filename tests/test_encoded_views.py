@@ -4,6 +4,7 @@ process's bound, and a stream's chunks the same with them or without."""
 
 from __future__ import annotations
 
+import gc
 import json
 import time
 import tracemalloc
@@ -175,3 +176,43 @@ def test_what_an_entry_is_counted_as_is_no_less_than_it_takes() -> None:
         views.bytes
         == sum(len(s.view) for s in views._held.values()) + len(rows) * ENCODED_ENTRY_BYTES
     )
+
+
+@pytest.mark.parametrize(
+    ("message_id", "data"),
+    [
+        ("é" * 1024, "{}"),  # the longest message id a push may send, not ASCII
+        ("m" * 1024, "{}"),
+        ("m-1", json.dumps({"text": "x" * 5_000})),  # msgspec's output grown, not cut
+    ],
+    ids=["long non-ASCII ids", "long ids", "5 KB payloads"],
+)
+def test_what_is_held_once_the_records_are_gone_is_within_what_is_counted(
+    message_id: str, data: str
+) -> None:
+    """The records read are let go of (the tail moved on): what the views alone hold,
+    their keys' message ids and their JSON's bytes as allocated, is within the count."""
+    views = EncodedViews(max_bytes=2**40)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        rows = [
+            Record(
+                message_id=f"{message_id}{i:06}"[-len(message_id) :],
+                publish_time=i,
+                ingest_time=1_700_000_000_000_000 + i,
+                id=f"id-{i}",
+                data=data,
+                attributes='{"k":"v"}',
+            )
+            for i in range(2_000)
+        ]
+        views.of(object(), rows)
+        del rows
+        gc.collect()
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(views) == 2_000
+    assert taken <= views.bytes
