@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import time
 import tracemalloc
 
@@ -22,6 +23,7 @@ from app.query.service import (
     EncodedViews,
     Reader,
     RecordView,
+    counted,
     record_views,
     view,
 )
@@ -76,7 +78,7 @@ def test_what_is_held_stays_within_the_bound_and_is_counted_exactly(
         assert shown(views, "s", page + page) == encoded(page + page)
         assert views.bytes <= max_bytes
         held = views._held
-        assert views.bytes == sum(len(v.view) + ENCODED_ENTRY_BYTES for v in held.values())
+        assert views.bytes == sum(map(counted, held.values()))
 
 
 def test_the_longest_held_go_first() -> None:
@@ -84,7 +86,7 @@ def test_the_longest_held_go_first() -> None:
         Record(message_id=f"m-{i:02}", publish_time=i, ingest_time=i, id="r", data="{}")
         for i in range(1, 11)  # each view of the same length
     ]
-    one = len(encoded(rows[:1])[0]) + ENCODED_ENTRY_BYTES
+    one = counted(EncodedViews().of("s", rows[:1])[0])  # each counted the same
     views = EncodedViews(max_bytes=3 * one)
     views.of("s", rows)
     assert len(views) == 3
@@ -150,8 +152,8 @@ async def test_a_stream_s_chunks_are_the_same_with_views_made_before(shared: boo
 
 
 def test_what_an_entry_is_counted_as_is_no_less_than_it_takes() -> None:
-    """The bound is of memory: each view is counted as its JSON and ENCODED_ENTRY_BYTES,
-    no less than tracemalloc sees an entry take beside its JSON."""
+    """The bound is of memory: each view is counted as its JSON, its message id and
+    ENCODED_ENTRY_BYTES, no less than tracemalloc sees an entry take."""
     rows = [
         Record(
             message_id=f"projects/p/messages/{i:012}",
@@ -174,7 +176,8 @@ def test_what_an_entry_is_counted_as_is_no_less_than_it_takes() -> None:
     assert taken <= views.bytes
     assert (
         views.bytes
-        == sum(len(s.view) for s in views._held.values()) + len(rows) * ENCODED_ENTRY_BYTES
+        == sum(len(s.view) + sys.getsizeof(s.message_id) for s in views._held.values())
+        + len(rows) * ENCODED_ENTRY_BYTES
     )
 
 

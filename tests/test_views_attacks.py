@@ -22,6 +22,7 @@ from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
 from app.store.pages import row_bytes
 from app.store.tail import Tail
+from tests.test_tail import reference_page
 
 
 def _rows(now: int) -> list[Record]:
@@ -82,8 +83,6 @@ async def test_views_made_from_the_tail_read_again_from_duckdb(behind: bool) -> 
     finally:
         await store.close()
 
-
-from tests.test_tail import reference_page  # noqa: E402
 
 _row = st.tuples(st.integers(1, 60), st.integers(0, 300), st.booleans(), st.booleans())
 

@@ -11,6 +11,7 @@ continue sees every record exactly once.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -166,12 +167,13 @@ def record_views(rows: list[Record]) -> list[RecordView]:
 _RECORD_VIEW_FIELDS: Final = tuple(RecordView.__struct_fields__)
 
 # What the process keeps of records' encoded views at most (`EncodedViews`), counted as
-# their JSON and ENCODED_ENTRY_BYTES each (what tracemalloc saw an entry take beside its
-# JSON: its key, its Shown and Raw, its place in the dict): 20,000 records of 333 bytes
-# are 17 MiB.
+# their JSON, their message id (`sys.getsizeof`: a push may send 1 KiB of it, held by
+# the key once the record is let go of) and ENCODED_ENTRY_BYTES each (what tracemalloc
+# saw an entry take beside those: its key, its Shown and Raw, its place in the dict):
+# 20,000 records of 333 bytes are 18 MiB.
 ENCODED_BYTES: Final = 32 * 1024 * 1024
 ENCODED_ENTRY_BYTES: Final = 512
-_encode_view = msgspec.json.Encoder().encode
+_encode_view_into = msgspec.json.Encoder().encode_into
 
 
 class EncodedViews:
@@ -197,13 +199,17 @@ class EncodedViews:
         counts as (`row_bytes`, and `most_bytes`)."""
         held = self._held
         keys = [(owner, r.ingest_time, r.message_id) for r in rows]
+        buffer = bytearray()
         shown = [held.get(key) for key in keys]
         missing = [at for at, found in enumerate(shown) if found is None]
         if missing:
             made = record_views([rows[at] for at in missing])
             for at, view in zip(missing, made, strict=True):
                 record = rows[at]
-                encoded = _encode_view(view)
+                # Copied out of the buffer at its length: msgspec's own output keeps the
+                # room it grew into (a third more of a large view), held with it.
+                _encode_view_into(view, buffer)
+                encoded = bytes(buffer)
                 most = 4 * (len(record.data) + len(record.attributes)) + ROW_BYTES
                 one = Shown(
                     record.message_id,
@@ -214,7 +220,7 @@ class EncodedViews:
                 )
                 shown[at] = one
                 if held.setdefault(keys[at], one) is one:  # a row read twice is held once
-                    self.bytes += len(encoded) + ENCODED_ENTRY_BYTES
+                    self.bytes += counted(one)
             self._evict()
         return cast("list[Shown]", shown)
 
@@ -222,7 +228,13 @@ class EncodedViews:
         held = self._held
         while self.bytes > self.max_bytes and held:
             oldest = next(iter(held))
-            self.bytes -= len(held.pop(oldest).view) + ENCODED_ENTRY_BYTES
+            self.bytes -= counted(held.pop(oldest))
+
+
+def counted(shown: Shown) -> int:
+    """What `EncodedViews` counts a view it holds as: its JSON, its message id (its
+    key's, once the record is let go of) and ENCODED_ENTRY_BYTES."""
+    return len(shown.view) + sys.getsizeof(shown.message_id) + ENCODED_ENTRY_BYTES
 
 
 _KINDS = {row_type: {c.name: c.kind for c in columns(row_type)} for row_type in TABLES.values()}
