@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from time import perf_counter
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -140,3 +142,31 @@ def test_a_page_of_the_tail_is_the_plain_page_of_what_it_holds(
     assert ([r.message_id for r in page.rows], (page.after_time, page.after_message_id)) == (
         reference_page(held_rows, query, until)
     )
+
+
+def test_late_rows_behind_a_full_tail_are_added_in_one_pass() -> None:
+    """A batch of records stored late (a frame applied after later ones were shown)
+    behind a tail of 49,000: each late row's running total is not made by a pass over
+    every row after it (1,000 passes of 49,000 took 3.8 s of the event loop), and the
+    totals and pages are those of the rows held."""
+    tail = Tail(window_seconds=3600)
+    tail.reset(0)
+
+    def record(at: int, n: int) -> Record:
+        return Record(message_id=f"m-{n:07}", publish_time=0, ingest_time=at, id="r", data="{}")
+
+    tail.add([record(1_000 + n, n) for n in range(49_000)], now=100_000)
+    late = [record(500 + n, 100_000 + n) for n in range(1_000)]
+    started = perf_counter()
+    tail.add(late, now=100_000)
+    took = perf_counter() - started
+    assert took < 1.0, f"{took:.2f} s"
+    totals = [tail._before, *tail._ends]
+    assert [b - a for a, b in itertools.pairwise(totals)] == [row_bytes(r) for r in tail._rows]
+    query = PageQuery(after_time=0, after_message_id="", before_time=2**40, limit=50_000)
+    budget = msgspec.structs.replace(query, max_bytes=10_000_000)
+    page = tail.page(budget, 2**40)
+    assert ([r.message_id for r in page.rows], (page.after_time, page.after_message_id)) == (
+        reference_page(tail._rows, budget, 2**40)
+    )
+    assert [r.ingest_time for r in tail.page(query, 2**40).rows][:2] == [500, 501]
