@@ -100,6 +100,9 @@ class Tail:
     def add(self, records: Iterable[Record], *, now: int) -> None:
         """Records stored since: after `start`, in any order (each lands in key order)."""
         ends = self._ends
+        # The first place a row stored late landed: the totals from there on are made
+        # once the batch is in, in one pass (not one pass a late row over those after it).
+        late: int | None = None
         for record in records:
             key = (record.ingest_time, record.message_id)
             if key <= self.start:
@@ -108,16 +111,21 @@ class Tail:
             if not self._keys or key > self._keys[-1]:
                 self._keys.append(key)
                 self._rows.append(record)
-                ends.append((ends[-1] if ends else self._before) + size)
+                if late is None:
+                    ends.append((ends[-1] if ends else self._before) + size)
             else:  # stored late, behind rows already here: rare, in order all the same
                 at = bisect.bisect_left(self._keys, key)
                 self._keys.insert(at, key)
                 self._rows.insert(at, record)
-                ends.insert(at, (ends[at - 1] if at else self._before) + size)
-                for later in range(at + 1, len(ends)):
-                    ends[later] += size
+                late = at if late is None else min(late, at)
             received = record.received
             self.bytes += size + (0 if received is None else len(received))
+        if late is not None:
+            base = ends[late - 1] if late else self._before
+            del ends[late:]
+            sizes = map(row_bytes, itertools.islice(self._rows, late, None))
+            ends.extend(itertools.accumulate(sizes, initial=base))
+            del ends[late]  # the base itself
         self._evict(now - self._window)
 
     def page(self, query: PageQuery, until: int) -> Page[Record]:
