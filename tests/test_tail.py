@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from time import perf_counter
+from pathlib import Path
+from time import perf_counter, time_ns
 
 import msgspec
 from hypothesis import given, settings
@@ -11,9 +12,11 @@ from hypothesis import strategies as st
 
 from app.records import Record
 from app.store import PageQuery, row_bytes
+from app.store.duckdb.store import DuckDBStore
 from app.store.tail import Key, Tail, held
 
 MIB = 1024 * 1024
+HOUR = 3_600_000_000
 
 
 def record(n: int, size: int) -> Record:
@@ -170,3 +173,51 @@ def test_late_rows_behind_a_full_tail_are_added_in_one_pass() -> None:
         reference_page(tail._rows, budget, 2**40)
     )
     assert [r.ingest_time for r in tail.page(query, 2**40).rows][:2] == [500, 501]
+
+
+async def test_a_store_with_nothing_older_than_the_window_is_read_from_memory_from_its_first_record(
+    tmp_path: Path,
+) -> None:
+    """A DuckDB store whose records all lie within the tail's window (one just made, or
+    restarted before its records grew old) answers a reader from its first record from
+    memory; once it holds an older one, or starts holding one, that reader reads DuckDB.
+    Either way the reader gets every record."""
+    path = str(tmp_path / "records.duckdb")
+    now = time_ns() // 1000
+    everything = PageQuery(after_time=0, after_message_id="", before_time=now + HOUR, limit=100)
+
+    def at(name: str, ingest_time: int) -> Record:
+        return Record(message_id=name, publish_time=0, ingest_time=ingest_time, id=name)
+
+    async def read(store: DuckDBStore) -> list[str]:
+        return [r.message_id for r in (await store.page(Record, everything)).rows]
+
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        assert store.live.covers(everything)  # just made: it holds nothing older
+        await store.append([at("young", now)])
+        await store.barrier()
+        assert store.live.covers(everything)
+        assert await read(store) == ["young"]
+    finally:
+        await store.close()
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        assert store.live.covers(everything)  # restarted, its one record within the window
+        assert await read(store) == ["young"]
+        window = store.live.tail.window
+        await store.append([at("old", now - 2 * window)])
+        await store.barrier()
+        assert not store.live.covers(everything)  # let go of at once: DuckDB has it
+        assert await read(store) == ["old", "young"]
+    finally:
+        await store.close()
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        assert not store.live.covers(everything)  # restarted holding an older record
+        assert await read(store) == ["old", "young"]
+    finally:
+        await store.close()
