@@ -28,6 +28,8 @@ MAX_ROWS: Final = 50_000
 MAX_BYTES: Final = 64 * 1024 * 1024
 
 Key = tuple[int, str]
+# Before every key: where a tail starts that holds every record of its store.
+BEGINNING: Final[Key] = (-(2**62), "")
 
 
 def held(record: Record) -> int:

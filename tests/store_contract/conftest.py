@@ -92,7 +92,12 @@ async def make(
     def build(retention_days: int = 0) -> Store:
         match kind:
             case "duckdb":
-                return DuckDBStore(str(tmp_path / "contract.duckdb"), retention_days=retention_days)
+                # With a tail that holds no record, every page is read by DuckDB's SQL
+                # (a fresh store's tail holds every record it has: `memory` reads it).
+                path = str(tmp_path / "contract.duckdb")
+                store = DuckDBStore(path, retention_days=retention_days)
+                store.live.tail.max_rows = 0
+                return store
             case "memory":
                 return DuckDBStore(":memory:", retention_days=retention_days)
             case "serving":

@@ -21,6 +21,7 @@ from app.store.duckdb.sql import (
     BOUNDED_PAGE_SQL,
     LATEST_SQL,
     NEWEST_RECORDS_SQL,
+    OLDER_RECORD_SQL,
     PAGE_SQL,
     RECORD_BY_MESSAGE_SQL,
     REJECTION_BY_MESSAGE_SQL,
@@ -32,6 +33,7 @@ from app.store.duckdb.sql import (
 )
 from app.store.duckdb.typed import TypedColumns
 from app.store.live import Live
+from app.store.tail import BEGINNING
 
 
 @dataclass(slots=True)
@@ -48,34 +50,43 @@ class DuckDBReads:
     async def warm_tail(self, now: int) -> None:
         """Start the tail with the records of its window, as DuckDB holds them: a
         follower near the tail reads memory after a restart as before it, rather than
-        a query a page until the tail has filled again."""
+        a query a page until the tail has filled again. Where DuckDB holds nothing older
+        than the window (a store just made), the tail holds every record it holds, and
+        a reader from the first record reads memory too."""
         tail = self.live.tail
         since = now - tail.window
         limit = tail.max_rows + 1
         params = {"since": since, "limit": limit}
-        # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
-        found, more = await self.database.write(
-            lambda: read_within(
-                self.database.connection(),
+
+        def newest() -> tuple[list[Record], bool, bool]:
+            connection = self.database.connection()
+            # Newest first, until they hold more than the tail keeps (`Tail.max_bytes`).
+            found, more = read_within(
+                connection,
                 NEWEST_RECORDS_SQL,
                 params,
                 Record,
                 tail.max_bytes,
                 payload_size(Record),
             )
-        )
+            older = connection.execute(OLDER_RECORD_SQL, {"since": since}).fetchone()
+            return found, more, older is not None
+
+        found, more, older = await self.database.write(newest)
         records = found[::-1]
         if more or len(records) == limit:
             # More than the tail holds: it starts after the oldest of those read.
             oldest = records.pop(0)
             self.live.readable(records, now=now, since=(oldest.ingest_time, oldest.message_id))
         else:
-            self.live.readable(records, now=now, since=(since, ""))
+            self.live.readable(records, now=now, since=(since, "") if older else BEGINNING)
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         if kind is Record and self.live.covers(query):
             # Every record before `before_time` is applied or shown (the read
-            # horizon), so the tail holds every one after the cursor: no query.
+            # horizon), so the tail holds every one after the cursor: no query. A
+            # closed store answers no page, from memory neither.
+            self.database.connection()
             page: Page[Any] = self.live.page(query, query.before_time)
             return page
         sql, bounded, conditions = PAGE_SQL[kind], BOUNDED_PAGE_SQL[kind], dict[str, Any]()

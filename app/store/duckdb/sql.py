@@ -393,6 +393,8 @@ WHERE ingest_time >= make_timestamptz($since)
 ORDER BY ingest_time DESC, message_id DESC
 LIMIT $limit
 """
+# Whether the store holds a record older than the tail's window (`$since`).
+OLDER_RECORD_SQL = "SELECT 1 FROM records WHERE ingest_time < make_timestamptz($since) LIMIT 1"
 STORED_RECORD_IDS_SQL = "SELECT message_id FROM records WHERE message_id IN (SELECT unnest($ids))"
 SEEN_SQL = """
 SELECT DISTINCT message_id, 'stored' FROM records WHERE message_id IN (SELECT unnest($ids))
