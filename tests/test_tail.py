@@ -221,3 +221,35 @@ async def test_a_store_with_nothing_older_than_the_window_is_read_from_memory_fr
         assert await read(store) == ["old", "young"]
     finally:
         await store.close()
+
+
+async def test_a_store_restarted_holding_a_record_older_than_the_window_applies_its_appends(
+    tmp_path: Path,
+) -> None:
+    """Restarted holding a record older than the tail's window (as almost every store is),
+    a DuckDB store applies what it is sent next, and its readers read it."""
+    path = str(tmp_path / "records.duckdb")
+    now = time_ns() // 1000
+    everything = PageQuery(after_time=0, after_message_id="", before_time=now + HOUR, limit=100)
+
+    def at(name: str, ingest_time: int) -> Record:
+        return Record(message_id=name, publish_time=0, ingest_time=ingest_time, id=name)
+
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        await store.append([at("old", now - HOUR)])
+        await store.barrier()
+    finally:
+        await store.close()
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        await store.append([at("young", now)])
+        await store.barrier()  # StoreUnavailable if it is never applied
+        assert [r.message_id for r in (await store.page(Record, everything)).rows] == [
+            "old",
+            "young",
+        ]
+    finally:
+        await store.close()
