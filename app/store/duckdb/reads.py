@@ -69,8 +69,10 @@ class DuckDBReads:
                 tail.max_bytes,
                 payload_size(Record),
             )
-            older = connection.execute(OLDER_RECORD_SQL, {"since": since}).fetchone()
-            return found, more, older is not None
+            # Fetched to its end (`fetchall`): a result left unfinished on the writer's
+            # connection refuses every apply after it (see `read_within`).
+            older = connection.execute(OLDER_RECORD_SQL, {"since": since}).fetchall()
+            return found, more, bool(older)
 
         found, more, older = await self.database.write(newest)
         records = found[::-1]
