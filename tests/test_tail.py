@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import random
 from pathlib import Path
 from time import perf_counter, time_ns
 
+import duckdb
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +16,8 @@ from hypothesis import strategies as st
 from app.records import Record
 from app.store import PageQuery, row_bytes
 from app.store.duckdb.store import DuckDBStore
-from app.store.tail import Key, Tail, held
+from app.store.tail import BEGINNING, Key, Tail, held
+from tests.waiting import until
 
 MIB = 1024 * 1024
 HOUR = 3_600_000_000
@@ -253,3 +257,89 @@ async def test_a_store_restarted_holding_a_record_older_than_the_window_applies_
         ]
     finally:
         await store.close()
+
+
+async def test_a_duckdb_store_s_pages_are_what_it_was_sent_whichever_of_the_tail_or_duckdb_answers(
+    tmp_path: Path,
+) -> None:
+    """A DuckDB file across restarts, sent records young, older than the tail's window
+    and later than now, redeliveries among them (the first copy kept), some appends while
+    a follower waits (shown once journaled), its tail holding all of them or fewer: from
+    any cursor, before every key included, as it starts and after each append, a walk
+    of its pages reads each record it was sent once, in key order, up to the read
+    horizon, and DuckDB holds exactly those."""
+    path = str(tmp_path / "records.duckdb")
+    rng = random.Random(7)
+    sent: dict[str, Record] = {}  # the first copy of each message
+    names = itertools.count()
+
+    async def walk(store: DuckDBStore, after: Key, before: int) -> list[str]:
+        seen: list[str] = []
+        while True:
+            query = PageQuery(
+                after_time=after[0], after_message_id=after[1], before_time=before, limit=3
+            )
+            page = await store.page(Record, query)
+            seen += [r.message_id for r in page.rows]
+            if (page.after_time, page.after_message_id) == after or page.after_time >= before:
+                return seen
+            after = (page.after_time, page.after_message_id)
+
+    async def check(store: DuckDBStore, where: str) -> None:
+        now = time_ns() // 1000
+        horizon = store.read_horizon(now)
+        ordered = sorted(sent.values(), key=lambda r: (r.ingest_time, r.message_id))
+        keys: list[Key] = [BEGINNING, (0, ""), (now - store.live.tail.window, "")]
+        keys += [(r.ingest_time, r.message_id) for r in rng.sample(ordered, min(3, len(ordered)))]
+        keys.append(store.live.tail.start)
+        for after in keys:
+            expected = [
+                r.message_id
+                for r in ordered
+                if (r.ingest_time, r.message_id) > after and r.ingest_time < horizon
+            ]
+            assert await walk(store, after, horizon) == expected, (where, after)
+
+    for life in range(4):
+        store = DuckDBStore(path)
+        store.live.tail.max_rows = (1000, 6)[life % 2]
+        window = store.live.tail.window
+        await store.start()
+        try:
+            await check(store, f"started, life {life}")
+            for step in range(6):
+                now = time_ns() // 1000
+                batch = []
+                for _ in range(rng.randint(1, 4)):
+                    when = rng.choice(
+                        [
+                            now - rng.randrange(window // 2),  # young
+                            now - rng.randint(2, 50) * window,  # older than the window
+                            now + rng.randrange(window // 2),  # later than now
+                        ]
+                    )
+                    if sent and rng.random() < 0.25:  # a redelivery, stamped anew
+                        name = rng.choice(sorted(sent))
+                    else:
+                        name = f"m-{next(names):03}"
+                    batch.append(Record(message_id=name, publish_time=0, ingest_time=when, id=name))
+                follower = None
+                if step % 2:
+                    live = store.live
+                    follower = asyncio.create_task(live.wait(live.version, 30))
+                    await until(lambda live=live: live.waiting, what="a follower to wait")
+                await store.append(batch)
+                for row in batch:
+                    sent.setdefault(row.message_id, row)
+                await store.barrier()
+                if follower is not None:
+                    await follower
+                await check(store, f"life {life}, step {step}")
+        finally:
+            await store.close()
+    with duckdb.connect(path, read_only=True) as con:
+        stored = con.execute(
+            "SELECT message_id FROM records ORDER BY ingest_time, message_id"
+        ).fetchall()
+    ordered = sorted(sent.values(), key=lambda r: (r.ingest_time, r.message_id))
+    assert [m for (m,) in stored] == [r.message_id for r in ordered]
