@@ -10,9 +10,11 @@ from time import perf_counter, time_ns
 
 import duckdb
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.errors import StoreUnavailable
 from app.records import Record
 from app.store import PageQuery, row_bytes
 from app.store.duckdb.store import DuckDBStore
@@ -343,3 +345,19 @@ async def test_a_duckdb_store_s_pages_are_what_it_was_sent_whichever_of_the_tail
         ).fetchall()
     ordered = sorted(sent.values(), key=lambda r: (r.ingest_time, r.message_id))
     assert [m for (m,) in stored] == [r.message_id for r in ordered]
+
+
+async def test_a_closed_duckdb_store_answers_no_page_from_its_tail(tmp_path: Path) -> None:
+    """Closed, a DuckDB store whose tail holds every record it has answers a page of them
+    as it answers one of DuckDB: StoreUnavailable, not the records memory still holds."""
+    now = time_ns() // 1000
+    store = DuckDBStore(str(tmp_path / "records.duckdb"))
+    await store.start()
+    await store.append([Record(message_id="m", publish_time=0, ingest_time=now, id="r")])
+    await store.barrier()
+    everything = PageQuery(after_time=0, after_message_id="", before_time=now + 1, limit=10)
+    assert [r.message_id for r in (await store.page(Record, everything)).rows] == ["m"]
+    await store.close()
+    assert store.live.covers(everything)  # memory holds it still
+    with pytest.raises(StoreUnavailable):
+        await store.page(Record, everything)
