@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import random
 from pathlib import Path
 from time import perf_counter, time_ns
@@ -266,10 +267,11 @@ async def test_a_duckdb_store_s_pages_are_what_it_was_sent_whichever_of_the_tail
 ) -> None:
     """A DuckDB file across restarts, sent records young, older than the tail's window
     and later than now, redeliveries among them (the first copy kept), some appends while
-    a follower waits (shown once journaled), its tail holding all of them or fewer: from
-    any cursor, before every key included, as it starts and after each append, a walk
-    of its pages reads each record it was sent once, in key order, up to the read
-    horizon, and DuckDB holds exactly those."""
+    a follower waits (shown once journaled), its tail holding all of them or fewer (by
+    rows or bytes), its clock stepped back a day, forward an hour or back five minutes
+    in some runs: from any cursor, before every key included, as it starts and after
+    each append, a walk of its pages reads each record it was sent once, in key order,
+    up to the read horizon, and DuckDB holds exactly those."""
     path = str(tmp_path / "records.duckdb")
     rng = random.Random(7)
     sent: dict[str, Record] = {}  # the first copy of each message
@@ -302,9 +304,18 @@ async def test_a_duckdb_store_s_pages_are_what_it_was_sent_whichever_of_the_tail
             ]
             assert await walk(store, after, horizon) == expected, (where, after)
 
-    for life in range(4):
-        store = DuckDBStore(path)
-        store.live.tail.max_rows = (1000, 6)[life % 2]
+    for life, (step, max_rows, max_bytes) in enumerate(
+        [
+            (0, 1000, MIB),
+            (-24 * HOUR, 6, MIB),
+            (0, 1000, 3000),
+            (HOUR, 6, MIB),
+            (-HOUR // 12, 1000, 3000),
+            (0, 1000, MIB),
+        ]
+    ):
+        store = DuckDBStore(path, clock=lambda step=step: time_ns() + step * 1000)
+        store.live.tail.max_rows, store.live.tail.max_bytes = max_rows, max_bytes
         window = store.live.tail.window
         await store.start()
         try:
@@ -324,7 +335,17 @@ async def test_a_duckdb_store_s_pages_are_what_it_was_sent_whichever_of_the_tail
                         name = rng.choice(sorted(sent))
                     else:
                         name = f"m-{next(names):03}"
-                    batch.append(Record(message_id=name, publish_time=0, ingest_time=when, id=name))
+                    data = json.dumps("x" * rng.randrange(1000))
+                    batch.append(
+                        Record(
+                            message_id=name,
+                            publish_time=0,
+                            ingest_time=when,
+                            id=name,
+                            data=data,
+                            received=data.encode(),
+                        )
+                    )
                 follower = None
                 if step % 2:
                     live = store.live
