@@ -18,7 +18,8 @@ Paths:
   time, so each is its own batch; before each, a look-up of the message before
   waits until the store has applied it, so no push meets an earlier one's work;
 - page: `GET /v1/records?limit=100`, a full page read from the DuckDB file
-  (not from the tail in memory), with 150 records stored.
+  (not from the tail in memory: the file holds a record from 1970 besides the
+  150 pushed, older than the tail's window), with 151 records stored.
 
 Each path is counted REPEATS times after WARM_UP requests (caches filled,
 every module imported), and the least count is its cost: a timer of the
@@ -187,6 +188,7 @@ async def measure(profile: str | None = None) -> Costs:
     counts: dict[str, list[int]] = {path: [] for path in PATHS}
     profiles: dict[str, cProfile.Profile] = {}
     with tempfile.TemporaryDirectory() as folder:
+        await _stored_long_ago(f"{folder}/calls.duckdb")
         # These settings alone: nothing in the caller's environment changes the count.
         app = create_app(Settings.load({"RECORDLINE_STORE": f"duckdb://{folder}/calls.duckdb"}))
         stop = await lifespan(app)
@@ -220,6 +222,23 @@ async def measure(profile: str | None = None) -> Costs:
     if profile is not None:
         pstats.Stats(profiles[profile], stream=sys.stderr).sort_stats("ncalls").print_stats(400)
     return {path: {"calls": min(each), "each": each} for path, each in counts.items()}
+
+
+async def _stored_long_ago(path: str) -> None:
+    """A record stored in 1970 in the DuckDB file at `path`: a store holding a record
+    older than its tail's window starts the tail at the window, so a page from the first
+    record is read from the file (a store holding only younger ones reads it from memory)."""
+    from app.records import Record
+    from app.store.duckdb.store import DuckDBStore
+
+    store = DuckDBStore(path)
+    await store.start()
+    try:
+        old = Record(message_id="m-old", publish_time=0, ingest_time=1_000_000, id="old", data="{}")
+        await store.append([old])
+        await store.barrier()
+    finally:
+        await store.close()
 
 
 def interpreter() -> str:
