@@ -51,8 +51,8 @@ class DuckDBReads:
         """Start the tail with the records of its window, as DuckDB holds them: a
         follower near the tail reads memory after a restart as before it, rather than
         a query a page until the tail has filled again. Where DuckDB holds nothing older
-        than the window (a store just made), the tail holds every record it holds, and
-        a reader from the first record reads memory too."""
+        than the window (a store just made) and the tail has room for all it holds, the
+        tail starts before every key, and a reader from the first record reads memory."""
         tail = self.live.tail
         since = now - tail.window
         limit = tail.max_rows + 1
