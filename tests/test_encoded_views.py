@@ -16,22 +16,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.query.offsets import Offsets
-from app.query.page_token import PageToken, PageTokens
+from app.query.page_token import PageTokens
 from app.query.service import (
     ENCODED_ENTRY_BYTES,
-    RECORDS,
     EncodedViews,
     Reader,
-    RecordView,
     counted,
     record_views,
-    view,
 )
 from app.query.streams import Streams
 from app.records import Record
 from app.store import most_bytes, row_bytes
 from app.store.duckdb.store import DuckDBStore
-from tests.test_shown_rows import records
+from tests.test_shown_rows import assert_views_of, chunks_to_the_tail, records
 
 
 def encoded(rows: list[Record]) -> list[bytes]:
@@ -122,24 +119,7 @@ async def test_a_stream_s_chunks_are_the_same_with_views_made_before(shared: boo
                 store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), encoded=views
             )
             streams = Streams(reader, Offsets("s"), page_rows=7, chunk_rows=9, chunk_bytes=4096)
-            position: PageToken | None = streams.start(RECORDS, None)
-            assert position is not None
-            bodies: list[bytes] = []
-            while True:
-                chunk = await streams.chunk(RECORDS, position)
-                bodies.append(chunk.body)
-                position = chunk.after
-                if chunk.up_to_date:
-                    break
-            at = 0
-            for body in bodies:
-                count = len(msgspec.json.decode(body))
-                assert count
-                assert body == msgspec.json.encode(
-                    [view(RecordView, r) for r in rows[at : at + count]]
-                )
-                at += count
-            assert at == len(rows)
+            assert_views_of(rows, [chunk.body for chunk in await chunks_to_the_tail(streams)])
             if views is not None:
                 # The rows read from the tail (the first, older than it, from DuckDB,
                 # which makes their JSON itself), made by the first reader alone.

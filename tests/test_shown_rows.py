@@ -15,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.query.service import _RECORD_VIEW_FIELDS, record_views
+from app.query.page_token import PageToken
+from app.query.service import _RECORD_VIEW_FIELDS, RECORDS, RecordView, record_views, view
+from app.query.streams import Chunk, Streams
 from app.records import Record
 from app.store import most_bytes, row_bytes
 from app.store.duckdb.inserts import _arrow
@@ -176,8 +178,8 @@ async def test_a_stream_far_behind_reads_the_api_s_views_whatever_path_each_row_
     views were made in DuckDB or, for a page with a row too large or a control
     character, the usual way."""
     from app.query.offsets import Offsets
-    from app.query.page_token import PageToken, PageTokens
-    from app.query.service import RECORDS, Reader, RecordView, view
+    from app.query.page_token import PageTokens
+    from app.query.service import Reader, RecordView, view
     from app.query.streams import Streams
     from app.store.duckdb.store import DuckDBStore
 
@@ -211,24 +213,12 @@ async def test_a_stream_far_behind_reads_the_api_s_views_whatever_path_each_row_
         await store.append(rows)
         reader = Reader(store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"))
         streams = Streams(reader, Offsets("s"), page_rows=7, chunk_rows=9, chunk_bytes=4096)
-        position: PageToken | None = streams.start(RECORDS, None)
-        assert position is not None
-        bodies: list[bytes] = []
-        while True:
-            chunk = await streams.chunk(RECORDS, position)
-            bodies.append(chunk.body)
-            position = chunk.after
-            if chunk.up_to_date:
-                break
+        bodies = [chunk.body for chunk in await chunks_to_the_tail(streams)]
         shown = [element for body in bodies for element in msgspec.json.decode(body)]
         expected = [msgspec.json.decode(msgspec.json.encode(view(RecordView, r))) for r in rows]
         assert shown == expected
         # And byte for byte, each chunk as the API's views of its rows encode.
-        at = 0
-        for body in bodies:
-            count = len(msgspec.json.decode(body))
-            assert body == msgspec.json.encode([view(RecordView, r) for r in rows[at : at + count]])
-            at += count
+        assert_views_of(rows, bodies)
         # Both ways were taken.
         assert True in taken
         assert False in taken
@@ -245,7 +235,7 @@ async def test_a_stream_far_behind_is_cut_into_the_same_chunks_whichever_way_it_
     of one row that counts as exactly the chunk's bytes (`most_bytes`) ends the chunk
     either way, its offset naming that row."""
     from app.query.offsets import Offsets
-    from app.query.page_token import PageToken, PageTokens
+    from app.query.page_token import PageTokens
     from app.query.service import RECORDS, Reader
     from app.query.streams import Streams
     from app.store.duckdb import reads
@@ -281,3 +271,28 @@ async def test_a_stream_far_behind_is_cut_into_the_same_chunks_whichever_way_it_
         assert made_in_duckdb == await chunks()
     finally:
         await store.close()
+
+
+async def chunks_to_the_tail(streams: Streams) -> list[Chunk]:
+    """The records stream's chunks, read from its first record until one is up to date."""
+    position: PageToken | None = streams.start(RECORDS, None)
+    assert position is not None
+    chunks: list[Chunk] = []
+    while True:
+        chunk = await streams.chunk(RECORDS, position)
+        chunks.append(chunk)
+        position = chunk.after
+        if chunk.up_to_date:
+            return chunks
+
+
+def assert_views_of(rows: list[Record], bodies: list[bytes]) -> None:
+    """Each of `bodies`, in turn, is the API's views of the next of `rows` (at least one)
+    encoded byte for byte, and together they hold every row."""
+    at = 0
+    for body in bodies:
+        count = len(msgspec.json.decode(body))
+        assert count
+        assert body == msgspec.json.encode([view(RecordView, r) for r in rows[at : at + count]])
+        at += count
+    assert at == len(rows)

@@ -89,6 +89,13 @@ def test_a_page_of_the_tail_ends_once_its_rows_hold_the_budget() -> None:
     assert (last.rows, last.after_time, last.after_message_id) == ([], 99, "")
 
 
+def totals_hold(tail: Tail) -> None:
+    """The tail's running totals are what each row it holds counts as (`row_bytes`),
+    from the first it let go of."""
+    totals = [tail._before, *tail._ends]
+    assert [b - a for a, b in itertools.pairwise(totals)] == [row_bytes(r) for r in tail._rows]
+
+
 def reference_page(rows: list[Record], query: PageQuery, until: int) -> tuple[list[str], Key]:
     """What a page of `rows` (every row held, in key order) is, written out plainly: the
     rows after the cursor before min(before_time, until), `limit` at most, ending at the
@@ -132,11 +139,8 @@ def test_a_page_of_the_tail_is_the_plain_page_of_what_it_holds(
             data=("é" if nonascii else "x") * size,
         )
         tail.add([row], now=now)
-    held_rows = tail._rows
-    assert [(r.ingest_time, r.message_id) for r in held_rows] == sorted(tail._keys)
-    # Its running totals of what each row counts as, from the first it let go of.
-    totals = [tail._before, *tail._ends]
-    assert [b - a for a, b in itertools.pairwise(totals)] == [row_bytes(r) for r in held_rows]
+    assert [(r.ingest_time, r.message_id) for r in tail._rows] == sorted(tail._keys)
+    totals_hold(tail)
     times = st.integers(0, 70)
     query = PageQuery(
         after_time=data.draw(times),
@@ -150,7 +154,7 @@ def test_a_page_of_the_tail_is_the_plain_page_of_what_it_holds(
     until = data.draw(times)
     page = tail.page(query, until)
     assert ([r.message_id for r in page.rows], (page.after_time, page.after_message_id)) == (
-        reference_page(held_rows, query, until)
+        reference_page(tail._rows, query, until)
     )
 
 

@@ -5,7 +5,6 @@ the tail filled, reset and cut by its row bound pages as the plain reading of it
 
 from __future__ import annotations
 
-import itertools
 import json
 import time
 
@@ -14,15 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.query.offsets import Offsets
-from app.query.page_token import PageToken, PageTokens
-from app.query.service import RECORDS, EncodedViews, Reader
+from app.query.page_token import PageTokens
+from app.query.service import EncodedViews, Reader
 from app.query.streams import Streams
 from app.records import Record
 from app.store import PageQuery
 from app.store.duckdb.store import DuckDBStore
-from app.store.pages import row_bytes
 from app.store.tail import Tail
-from tests.test_tail import reference_page
+from tests.test_shown_rows import chunks_to_the_tail
+from tests.test_tail import reference_page, totals_hold
 
 
 def _rows(now: int) -> list[Record]:
@@ -53,15 +52,7 @@ def _rows(now: int) -> list[Record]:
 async def _stream(store: DuckDBStore, views: EncodedViews | None) -> list[bytes]:
     reader = Reader(store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), encoded=views)
     streams = Streams(reader, Offsets("s"), page_rows=5, chunk_rows=7, chunk_bytes=90_000)
-    position: PageToken | None = streams.start(RECORDS, None)
-    assert position is not None
-    bodies: list[bytes] = []
-    while True:
-        chunk = await streams.chunk(RECORDS, position)
-        bodies.append(chunk.body + b"|" + chunk.next_offset.encode())
-        position = chunk.after
-        if chunk.up_to_date:
-            return bodies
+    return [c.body + b"|" + c.next_offset.encode() for c in await chunks_to_the_tail(streams)]
 
 
 @pytest.mark.parametrize("behind", [False, True], ids=["tail", "duckdb"])
@@ -130,10 +121,8 @@ def test_a_tail_filled_reset_and_cut_by_rows_pages_plainly(
             tail.fill((0, ""), batch)
         else:
             tail.reset(arg)  # type: ignore[arg-type]
-        held_rows = tail._rows
-        totals = [tail._before, *tail._ends]
-        assert [b - a for a, b in itertools.pairwise(totals)] == [row_bytes(r) for r in held_rows]
-        assert len(held_rows) <= max_rows
+        totals_hold(tail)
+        assert len(tail) <= max_rows
     times = st.integers(0, 70)
     query = PageQuery(
         after_time=data.draw(times),

@@ -35,7 +35,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, ROW_BYTES, PageQuery, Shown, Store, row_bytes, within
+from app.store import READ_ROUTE, PageQuery, Shown, Store, most_row_bytes, row_bytes, within
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
@@ -210,12 +210,11 @@ class EncodedViews:
                 # room it grew into (a third more of a large view), held with it.
                 _encode_view_into(view, buffer)
                 encoded = bytes(buffer)
-                most = 4 * (len(record.data) + len(record.attributes)) + ROW_BYTES
                 one = Shown(
                     record.message_id,
                     record.ingest_time,
                     row_bytes(record),
-                    most,
+                    most_row_bytes(record),
                     msgspec.Raw(encoded),
                 )
                 shown[at] = one

@@ -20,6 +20,7 @@ from app.store.pages import PageQuery as PageQuery
 from app.store.pages import R as R
 from app.store.pages import Shown as Shown
 from app.store.pages import most_bytes as most_bytes
+from app.store.pages import most_row_bytes as most_row_bytes
 from app.store.pages import row_bytes as row_bytes
 from app.store.pages import text_bytes as text_bytes
 from app.store.pages import within as within

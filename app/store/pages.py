@@ -65,6 +65,11 @@ def _sizes(rows: Sequence[Record | Rejection | Shown]) -> list[int]:
     return [row.size for row in cast("Sequence[Shown]", rows)]
 
 
+def most_row_bytes(record: Record) -> int:
+    """What `most_bytes` counts one record as (a `Shown`'s `most`)."""
+    return 4 * (len(record.data) + len(record.attributes)) + ROW_BYTES
+
+
 def most_bytes(rows: Sequence[Record | Rejection | Shown]) -> int:
     """No less than what `rows` take together (`row_bytes`), from their lengths alone: a
     character is 4 bytes at most in UTF-8, and base 64 4/3 of a byte. A page far below its
