@@ -443,14 +443,15 @@ async def catch_up(target: Target) -> float:
 
 
 async def seed(target: Target, records: int, *, batch: int = 1) -> None:
-    """`records` more records, 32 writers at a time, `batch` to a write."""
+    """Exactly `records` more records, 32 writers at a time, up to `batch` to a write."""
+    sizes = [min(batch, records - start) for start in range(0, records, batch)]
 
-    async def writer(count: int) -> None:
+    async def writer(writes: list[int]) -> None:
         connection = await Connection.open(target.port)
         try:
-            for _ in range(count // batch):
+            for size in writes:
                 bodies = []
-                for _ in range(batch):
+                for _ in range(size):
                     target.written += 1
                     bodies.append(target.write_body(target.written))
                 body = bodies[0] if batch == 1 else b"[" + b",".join(b[1:-1] for b in bodies) + b"]"
@@ -461,7 +462,7 @@ async def seed(target: Target, records: int, *, batch: int = 1) -> None:
         finally:
             connection.close()
 
-    await asyncio.gather(*(writer(records // 32) for _ in range(32)))
+    await asyncio.gather(*(writer(sizes[n::32]) for n in range(min(32, len(sizes)))))
 
 
 async def round_on(target: Target, args: argparse.Namespace) -> None:
@@ -489,6 +490,12 @@ async def round_on(target: Target, args: argparse.Namespace) -> None:
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def quotient(above: float, below: float) -> str:
+    """`above / below` as the table shows it; none where `below` measured nothing (a
+    small run's memory, under a page of it)."""
+    return f"{above / below:.2f}" if below else "none"
 
 
 def main(argv: list[str]) -> int:
@@ -574,10 +581,12 @@ def main(argv: list[str]) -> int:
         for other in others:
             theirs = statistics.median(results[other][key])
             # Above 1: Recordline ahead (less time or memory, more records a second).
-            ratio = (theirs / ours if ours else float("inf")) if lower_is_better else ours / theirs
             cells.append(shown(theirs, unit))
-            # 0 ms from the acknowledgement: the event came first every time.
-            ratios.append("∞" if ratio == float("inf") else f"{ratio:.2f}")
+            if lower_is_better and not ours:
+                # 0 ms from the acknowledgement: the event came first every time.
+                ratios.append("∞")
+            else:
+                ratios.append(quotient(theirs, ours) if lower_is_better else quotient(ours, theirs))
         rows.append([label, *cells, *ratios])
     floor_kib = statistics.median(floors)
     theirs = statistics.median(results["reference"]["memory"])
@@ -589,7 +598,7 @@ def main(argv: list[str]) -> int:
             f"{floor_kib:,.1f} KiB",
             f"{theirs:,.1f} KiB",
             *[""] * (len(others) - 1),
-            f"{theirs / floor_kib:.2f}",
+            quotient(theirs, floor_kib),
             *[""] * (len(others) - 1),
         ],
     )
