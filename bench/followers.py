@@ -216,17 +216,19 @@ def http_part(args: argparse.Namespace) -> None:
 
 
 async def reads_while_waiting(args: argparse.Namespace) -> list[list[str]]:
+    from app.query.follow import Followers
     from app.query.page_token import PageTokens
     from app.query.service import RECORDS, Reader
     from app.records import Record
     from tests.bigquery.threaded import ThreadedBigQuery, serving_store
     from tests.spanner.emulator import SpannerEmulator, find_emulator
 
-    async def follow(reader: Reader, cursor: str | None) -> None:
+    async def follow(followers: Followers, cursor: str | None) -> None:
+        # A long-poll's follower, as the route makes one: it waits up to 20 s for rows.
+        reader = followers.reader
         while True:
-            page = await reader.page(
-                RECORDS, since=None, until=None, limit=1000, page_token=cursor, wait=20
-            )
+            after = reader.cursor(RECORDS, None, None, 1000, cursor)
+            page = await followers.follow(None).page(RECORDS, after, 1000, wait=20, first=False)
             cursor = page.next_page_token
             if page.records:
                 return
@@ -241,6 +243,8 @@ async def reads_while_waiting(args: argparse.Namespace) -> list[list[str]]:
             await followed.start()
             await writer.start()
             reader = Reader(followed, pending_horizon=lambda: 2**62, tokens=PageTokens("bench"))
+            # The app's followers: their reads shared, as the routes share them.
+            followers = Followers(reader, stream_seconds=60, shared_cache=False)
             rows: list[list[str]] = []
             commits = 0
             alone = 0.0
@@ -250,7 +254,7 @@ async def reads_while_waiting(args: argparse.Namespace) -> list[list[str]]:
                 ).next_page_token
                 reads, started = followed.serving.reads, time.monotonic()
                 for _ in range(5):  # a commit a second on the other instance
-                    waiting = [asyncio.create_task(follow(reader, token)) for _ in range(count)]
+                    waiting = [asyncio.create_task(follow(followers, token)) for _ in range(count)]
                     await asyncio.sleep(1.0)
                     commits += 1
                     now = time.time_ns() // 1000
