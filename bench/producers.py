@@ -865,8 +865,12 @@ def main(argv: list[str]) -> int:
         "--serving", action="store_true", help="the serving tier's audit with many producers"
     )
     parser.add_argument("--producers", default="1000,100000,1000000")
-    parser.add_argument("--gapped", type=float, default=0.01)
+    parser.add_argument(
+        "--gapped", type=float, default=0.01, help="the share of producers with a gap (0.01)"
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.gapped <= 1:
+        parser.error("--gapped is a share of the producers, from 0 to 1")
     if args.storage:
         return storage(args)
     if args.scale:
