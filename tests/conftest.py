@@ -54,7 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # test --write-durations`; a module it does not name is weighed by its
 # tests' marks (`guessed`). Only the order of the run depends on it.
 DURATIONS = Path(__file__).with_name("durations.json")
-SERVERS = ("emulator", "browser", "nginx", "varnish", "wrk")
+SERVERS = ("emulator", "browser", "nginx", "varnish", "wrk", "node")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -335,12 +335,13 @@ def served_in_thread(app: Recordline) -> Iterator[httpx.Client]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx, Varnish or wrk
-    may not skip: it fails."""
+    """In CI, a test that needs the Pub/Sub emulator, the browser, nginx, Varnish, wrk or
+    node may not skip: it fails."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     needs = any(
-        item.get_closest_marker(name) for name in ("emulator", "browser", "nginx", "varnish", "wrk")
+        item.get_closest_marker(name)
+        for name in ("emulator", "browser", "nginx", "varnish", "wrk", "node")
     )
     if report.skipped and os.environ.get("CI") and needs:
         report.outcome = "failed"

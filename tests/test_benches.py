@@ -1,4 +1,5 @@
-"""Every benchmark docs/benchmarks.md quotes runs, at a small size, and prints its table.
+"""Every benchmark the docs quote runs, at a small size, and prints its table (each of
+its modes too: `followers --peer` is not `followers`; a test finds any cited and not run).
 
 No figure is judged here (a small run on a shared machine says nothing about one):
 what fails is a benchmark that no longer runs, such as one sending a request the
@@ -13,6 +14,7 @@ server some fifty times slower, minutes rather than seconds, and are not run her
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import pytest
 from recordline_dev.cache import NginxMissing, find_nginx
 from recordline_dev.devstack import find_emulator
 from recordline_dev.processes import EmulatorNotFound
+from tests.node import NodeMissing, installed
 from tests.processes import ROOT
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 
@@ -30,6 +33,9 @@ BENCHES = [
     ("ingest --rounds 1 --seconds 1 --connections 4 --designs b", "b floor (decode, 204)", "wrk"),
     ("query --rows 70000 --seconds 1 --ingest 50", "pages/s / 1 client", "wrk"),
     ("bqcost --rates 100 --days 1 --repeat 1", "follower-day at 100 msg/s", None),
+    ("bqcost --layouts --rate 1", "read API on event time", None),
+    ("storage --rows 2000", "logical / compressed", None),
+    ("latest --ids 20", "answers that differ: 0", "emulator"),
     ("cost --rates 100 --followers 1 --seconds 0.5", "A month, at list prices", "emulator"),
     ("writer --producers 10 --seconds 0.5", "added latency", None),
     ("auth --seconds 1 --connections 4 --rounds 1", "push check, token cached", "wrk"),
@@ -47,6 +53,12 @@ BENCHES = [
         "nginx",
     ),
     ("followers --heap --followers 5", "Python heap (tracemalloc)", None),
+    ("followers --serving --followers 5 --rounds 1", "vs one follower", "emulator"),
+    (
+        "followers --peer --rounds 1 --trials 5 --followers 5 --records 500",
+        "the first read after a restart",
+        "node",
+    ),
     ("outage --seconds 1 --fault refuses", "Spanner refuses", "emulator"),
     ("server --rounds 1 --seconds 1 --only httptools,bounded --measure load", "bounded", "wrk"),
     ("typedcost --rate 1 --days 1 --stored-per-day 10", "typed / JSON billed", None),
@@ -63,11 +75,15 @@ BENCHES = [
         "emulator",
     ),
     ("producers --rounds 1 --seconds 1 --connections 4", "on / off", "wrk"),
+    ("producers --storage", "one epoch's entry", None),
+    ("producers --scale --producers 100 --gapped 0.1", "longest step ms", None),
+    ("producers --serving --producers 50 --gapped 0.1", "with a gap", "emulator"),
     (
         "cell --systems 2 --pushes 20 --concurrency 2 --idle 0.5 --settle 0",
         "a cell of 2",
         "emulator",
     ),
+    ("cell --flood --slices 2 --slice-seconds 1", "worst flooded/unflooded p99", None),
 ]
 
 
@@ -80,7 +96,9 @@ def needs(test: pytest.Item) -> None:
             find_spanner_emulator()
         if test.get_closest_marker("nginx"):
             find_nginx()
-    except (EmulatorNotFound, FileNotFoundError, NginxMissing) as exc:
+        if test.get_closest_marker("node"):
+            installed("@durable-streams/server")
+    except (EmulatorNotFound, FileNotFoundError, NginxMissing, NodeMissing) as exc:
         pytest.skip(str(exc))
     if test.get_closest_marker("wrk") and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed: run scripts/install-wrk.sh")
@@ -112,3 +130,40 @@ def test_a_benchmark_the_docs_quote_runs_at_a_small_size(
     assert done.returncode in (0, 1), said
     assert "Traceback" not in done.stderr, said
     assert says in done.stdout, said
+
+
+# The flags that make a benchmark measure something else, each cited on its own.
+MODES = frozenset(
+    {"--peer", "--cache", "--heap", "--serving", "--layouts", "--flood", "--storage", "--scale"}
+)
+# Cited, and run elsewhere (calls) or not at all (instructions: the docstring says why).
+NOT_HERE = frozenset({("calls", None), ("instructions", None)})
+
+
+def cited() -> set[tuple[str, str | None]]:
+    """Each benchmark the docs cite (`bench NAME`), with its mode flag if it has one."""
+    from bench.__main__ import NAMES
+
+    found: set[tuple[str, str | None]] = set()
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for name, flag in re.findall(r"bench ([a-z]+)(?: (--[a-z-]+))?", page.read_text()):
+            if name in NAMES:
+                found.add((name, flag if flag in MODES else None))
+    return found
+
+
+def run_here(name: str, mode: str | None) -> bool:
+    for command, _, _ in BENCHES:
+        words = command.split()
+        if words[0] == name and (mode in words if mode else not MODES & set(words)):
+            return True
+    return False
+
+
+def test_every_benchmark_the_docs_cite_runs_here() -> None:
+    found = cited()
+    # The search finds what it looks for: a mode, and a benchmark without one.
+    assert ("followers", "--peer") in found
+    assert ("bqcost", None) in found
+    missing = sorted((n, m or "") for n, m in found - NOT_HERE if not run_here(n, m))
+    assert not missing, f"cited in the docs, never run at a small size: {missing}"

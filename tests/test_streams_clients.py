@@ -167,6 +167,7 @@ async def run_node(script: Path, *args: str, package_dir: Path) -> dict[str, Any
     return found
 
 
+@pytest.mark.node
 @pytest.mark.slow
 @pytest.mark.parametrize("live", ["long-poll", "sse"])
 async def test_the_typescript_client_follows_kill_and_resume(
@@ -224,6 +225,7 @@ async def test_the_docs_python_catch_up_runs_as_written(
     assert namespace["offset"] == tail
 
 
+@pytest.mark.node
 @pytest.mark.slow
 async def test_the_docs_typescript_follower_runs_as_written(
     duckdb_client: httpx.AsyncClient,
@@ -269,6 +271,7 @@ CONFORMANCE_RUNNER = (
 )
 
 
+@pytest.mark.node
 @pytest.mark.slow
 async def test_the_read_only_part_of_the_conformance_suite_passes(
     duckdb_client: httpx.AsyncClient, tmp_path: Path
