@@ -21,10 +21,11 @@ from litestar.testing import AsyncTestClient
 from app.asgi import create_app
 from app.http.head import Recordline
 from app.query import follow
+from app.query.charged import READ_COPIES
 from app.query.events import ENCODED_BYTES, Encodings, Event
 from app.query.follow import HEARTBEAT_SECONDS, SHARED_READ_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
-from app.query.service import PAGE_BYTES, READ_COPIES, RecordsPage
+from app.query.service import PAGE_BYTES, RecordsPage
 from app.records import moment
 from app.routes.follow import page_body, page_event
 from app.routes.query import Paging

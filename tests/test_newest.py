@@ -16,8 +16,9 @@ from litestar.testing import AsyncTestClient, TestClient
 from app.asgi import create_app
 from app.budget import Budget
 from app.http.head import Recordline
+from app.query.charged import READ_COPIES
 from app.query.page_token import PageTokens
-from app.query.service import READ_COPIES, RECORDS, Reader
+from app.query.service import RECORDS, Reader
 from app.records import Record, Rejection
 from app.store.duckdb.store import DuckDBStore
 from app.store.pages import row_bytes

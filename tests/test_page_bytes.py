@@ -21,7 +21,8 @@ import pytest
 from app.asgi import create_app
 from app.budget import Charge
 from app.http.head import Recordline
-from app.query.service import PAGE_BYTES, READ_COPIES
+from app.query.charged import READ_COPIES
+from app.query.service import PAGE_BYTES
 from app.query.streams import CHUNK_BYTES
 from app.records import Record
 from app.routes.follow import SSE_EVENT_BYTES

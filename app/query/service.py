@@ -21,6 +21,7 @@ import msgspec
 
 from app.budget import Budget, Charge, Share
 from app.errors import BadParameter, Gone, MaskedFilter, NotFound
+from app.query.charged import Charged, look_up, read_charged
 from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
 from app.query.served import served
@@ -35,7 +36,7 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Shown, Store, most_row_bytes, row_bytes, within
+from app.store import READ_ROUTE, PageQuery, Shown, Store, most_row_bytes, row_bytes
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
@@ -47,17 +48,6 @@ MAX_LIMIT = 1000
 # records of 4 MB was once 4 GB, built three times over (rows, views, body). It may
 # then hold fewer than `limit` rows, and its token resumes after the last.
 PAGE_BYTES = 4 * 1024 * 1024
-# What a read is charged to the process's budget, in copies of its rows' bytes
-# (`row_bytes`): the rows, and the answer made of them (a page's views share their
-# rows' text; its JSON, or a stream's chunk, is the second copy, and an event frames it
-# without copying once it is larger than a slice). Charged before the store is read,
-# for as much of the most it may return as the budget has room for, and given back
-# once nothing refers to them any more.
-READ_COPIES = 2
-# What a read is given room for at the least (times READ_COPIES): a usual row's worth.
-# A read given less room than its most reads fewer bytes, and the next goes on after
-# it: a thousand followers of small rows are not refused for the 8 MiB each might bring.
-READ_LEAST_BYTES = 64 * 1024
 _FOREVER = 2**62
 # How far back `Reader.newest` looks first (µs), and how much further each time.
 _NEWEST_FIRST_SPAN = 1_000_000
@@ -665,69 +655,30 @@ class Reader:
         """The read after `cursor` as the store has it now, of at most `limit` rows and
         `max_bytes` of them (the first row whatever its size; fewer bytes while the
         budget has less room): what both protocols page. Charged to the budget
-        (READ_COPIES) until nothing made of it is held any more. For a reader that only
+        (`app.query.charged`) until nothing made of it is held any more. For a reader that only
         encodes the views (`encoded`), a record's view may be its JSON as the store made
         it (`PageQuery.shown`), a `msgspec.Raw` encoded as the view would be."""
         shown = _RECORD_VIEW_FIELDS if encoded and listing.view is RecordView else ()
         if self.mask is not None:
             shown = ()  # a masked view is made of the record's fields
-        if self._budget is None:
-            excerpt, _ = await self._excerpt(listing, cursor, limit, max_bytes, None, shown)
-            return excerpt
-        charge = Charge(self._budget, self._share)
-        try:
-            excerpt, size = await self._excerpt(listing, cursor, limit, max_bytes, charge, shown)
-        except BaseException:
-            charge.release()
-            raise
-        charge.shrink(READ_COPIES * size)
-        excerpt.charge = charge
-        charge.until_gone(excerpt)
-        return excerpt
+        return await read_charged(
+            self._budget,
+            self._share,
+            max_bytes,
+            functools.partial(self._read, listing, cursor, limit, shown=shown),
+            functools.partial(self._excerpt_of, listing, cursor, limit),
+        )
 
-    async def _excerpt(
+    async def _excerpt_of(
         self,
         listing: Listing[AnyPage],
         cursor: PageToken,
         limit: int,
-        max_bytes: int,
+        charged: Charged,
         charge: Charge | None,
-        shown: tuple[str, ...],
-    ) -> tuple[Excerpt[AnyPage], int]:
-        """`excerpt`'s read, and no less than what its rows hold (`row_bytes`)."""
-        short = False
-        if charge is not None:
-            # Room for the most the read may bring before it holds a row, or for what the
-            # budget has room for now (READ_LEAST_BYTES at least): it reads no more bytes
-            # than that, a page cut short as by its own budget, and as final.
-            most = READ_COPIES * max_bytes
-            given = await charge.read_up_to(READ_COPIES * READ_LEAST_BYTES, most)
-            short = given < most
-            max_bytes = given // READ_COPIES
-        if charge is not None and short:
-            # Past its charge by one row at most, for a moment: a few such reads at once.
-            async with charge.budget.short_reads:
-                rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes, shown)
-                kept, size = within(rows, max_bytes)
-                again = not charge.fits(READ_COPIES * size)
-                if again:
-                    rows = []  # let go before another read may take the slot
-        else:
-            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes, shown)
-            kept, size = within(rows, max_bytes)
-            again = False
-        while charge is not None and (again or not charge.fits(READ_COPIES * size)):
-            again = False
-            # A first row larger than there was room for: let go, and read again once
-            # there is room for it.
-            rows = []
-            await charge.read(READ_COPIES * size)
-            rows, resume, horizon = await self._read(listing, cursor, limit, max_bytes, shown)
-            kept, size = within(rows, max_bytes)
-        if kept < len(rows):
-            # A store that read past the budget: the rest waits for the next page.
-            rows = rows[:kept]
-            resume = (rows[-1].ingest_time, rows[-1].message_id)
+    ) -> Excerpt[AnyPage]:
+        """The read `charged` as the API shows it."""
+        rows, resume, horizon = charged.rows, charged.resume, charged.horizon
         # As many rows as asked for, or as many bytes: the next read goes on at once
         # from the last (a store that skipped later copies may resume past it instead,
         # having examined all it could: that page is not full).
@@ -749,9 +700,9 @@ class Reader:
         if self.mask is not None:
             views = [self.mask.view(v) for v in views]
         excerpt = Excerpt(listing, cursor, rows, views, resume, horizon, full)
-        excerpt.short, excerpt.size = short, size
+        excerpt.short, excerpt.size, excerpt.charge = charged.short, charged.size, charge
         served(len(rows), masked=self.mask is not None)
-        return excerpt, size
+        return excerpt
 
     async def _mark_stored(self, views: list[RejectionView]) -> list[RejectionView]:
         """Say of each rejection whether its message was stored since, as
@@ -1013,35 +964,21 @@ class Reader:
     async def record(self, record_id: str, *, charge: Charge | None = None) -> RecordView:
         """The latest version of the record; with `charge`, charged there with its answer."""
         await self._store.barrier()
-        base = 0 if charge is None else charge.size
-        while True:
-            record = await self._store.latest(record_id)
-            if record is None:
-                raise NotFound(f"no record with id {record_id!r}")
-            need = base + READ_COPIES * row_bytes(record)
-            if charge is None or charge.fits(need):
-                found = record_view(record)
-                served(1, masked=self.mask is not None)
-                return found if self.mask is None else self.mask.view(found)
-            # Larger than there is room for now: let go, and read again once there is.
-            del record
-            await charge.read(need)
+        record = await look_up(charge, lambda: self._store.latest(record_id), lambda r: r)
+        if record is None:
+            raise NotFound(f"no record with id {record_id!r}")
+        found = record_view(record)
+        served(1, masked=self.mask is not None)
+        return found if self.mask is None else self.mask.view(found)
 
     async def message(self, message_id: str, *, charge: Charge | None = None) -> MessageView:
         """What became of the message; with `charge`, charged there with its answer."""
         await self._store.barrier()
-        base = 0 if charge is None else charge.size
-        while True:
-            status = await self._store.message(message_id)
-            if status is None:
-                raise NotFound(f"message {message_id!r} was never stored or rejected")
-            if status.record is None or charge is None:
-                break
-            need = base + READ_COPIES * row_bytes(status.record)
-            if charge.fits(need):
-                break
-            del status
-            await charge.read(need)
+        status = await look_up(
+            charge, lambda: self._store.message(message_id), lambda s: s and s.record
+        )
+        if status is None:
+            raise NotFound(f"message {message_id!r} was never stored or rejected")
         later = None if self._later_copies is None else self._later_copies.of(message_id)
         found = MessageView(
             message_id=message_id,
