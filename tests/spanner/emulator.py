@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,15 @@ class SpannerEmulator:
             client.close()
 
     def pause(self) -> None:
-        """Stop answering (as an unreachable Spanner), keeping every row."""
+        """Stop answering (as an unreachable Spanner), keeping every row: returns once
+        every thread of the emulator's processes is stopped, not only signalled (a
+        thread busy on another core, or in a system call, stops a moment later)."""
         os.killpg(self.process.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not all_stopped(self.process.pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Spanner emulator did not stop within 5 s of SIGSTOP")
+            time.sleep(0.001)
 
     def resume(self) -> None:
         os.killpg(self.process.pid, signal.SIGCONT)
@@ -101,3 +109,19 @@ class SpannerEmulator:
             self.resume()  # a paused emulator cannot stop
         self._emulator.stop()
         self.client.close()
+
+
+def all_stopped(group: int) -> bool:
+    """Whether every thread of every live process in process group `group` is stopped
+    (state T in /proc), as SIGSTOP leaves it once it has taken hold."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # The command name, in parentheses, may hold spaces: fields follow the last ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) != group or fields[0] == "Z":
+                continue
+            for task in stat.parent.glob("task/*/stat"):
+                with contextlib.suppress(OSError):
+                    if task.read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+                        return False
+    return True
