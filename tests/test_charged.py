@@ -72,3 +72,45 @@ async def test_a_read_that_fails_gives_back_its_charge_at_once(fails: str) -> No
         await read_charged(budget, None, MIB, read, make)
     # Given back though what was made before the failure is still held here.
     assert budget.held == 0
+
+
+async def test_a_page_holds_what_its_rows_hold_while_what_is_made_of_them_is_made() -> None:
+    # The room given for the read is cut to what its rows hold before its answer is
+    # made: a rejections page asks the store what became of each message (on BigQuery a
+    # query, seconds at worst), and holds no more than it needs meanwhile.
+    from app.query.page_token import PageTokens
+    from app.query.service import PAGE_BYTES, REJECTIONS, Reader
+    from app.records import Rejection
+    from app.store.duckdb.store import DuckDBStore
+
+    store = DuckDBStore(":memory:")
+    await store.start()
+    budget = Budget(512 * MIB)
+    reader = Reader(
+        store,
+        pending_horizon=lambda: 2**62,
+        tokens=PageTokens("a-secret-long-enough-for-tokens"),
+        budget=budget,
+    )
+    held_while_made: list[int] = []
+    seen = store.seen
+
+    async def watched(message_ids: list[str]) -> dict[str, object]:
+        held_while_made.append(budget.held)
+        return await seen(message_ids)  # type: ignore[return-value]
+
+    store.seen = watched  # type: ignore[method-assign]
+    try:
+        await store.append(
+            [Rejection(message_id=f"m{n}", publish_time=n, ingest_time=n + 1) for n in range(3)]
+        )
+        cursor = reader.cursor(REJECTIONS, None, None, 10, None)
+        read = await reader.excerpt(REJECTIONS, cursor, 10, PAGE_BYTES)
+        assert [r.message_id for r in read.rows] == ["m0", "m1", "m2"]
+        assert held_while_made == [READ_COPIES * read.size]
+        assert budget.held == READ_COPIES * read.size < READ_COPIES * PAGE_BYTES
+        del read
+        gc.collect()
+        assert budget.held == 0
+    finally:
+        await store.close()

@@ -55,8 +55,9 @@ async def read_charged(
     """What `make` makes of `read` of at most `max_bytes` (the first row whatever its
     size), on a charge of its own in `share` of `budget` (None: not counted): for fewer
     bytes while the budget has less room, read again once there is room for a first row
-    larger than was given. Charged until what `make` made is gone; given back at once if
-    the read or `make` fails."""
+    larger than was given. Charged, from before `make` on, for what the rows hold (not
+    the room given: a rejections page's `make` asks the store), until what `make` made
+    is gone; given back at once if the read or `make` fails."""
     charge = None if budget is None else Charge(budget, share)
     try:
         short = again = False
