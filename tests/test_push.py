@@ -319,6 +319,46 @@ def test_undecodable_data_is_rejected_with_its_bytes(duckdb_path: Path) -> None:
     }
 
 
+@pytest.mark.parametrize("mapping", [False, True], ids=["contract", "mapping"])
+def test_half_a_character_is_named_where_the_decoder_says_truncated(mapping: bool) -> None:
+    # A lone high surrogate's escape is no character (JSON text is Unicode): the decoder
+    # refuses it as "Input data was truncated", which tells a publisher nothing. A
+    # payload truly cut short still says so; an escaped backslash before `ud800` is text.
+    config = settings(RECORDLINE_ID_FIELD="order_id") if mapping else settings()
+    key = "order_id" if mapping else "id"
+    half = f'{{"{key}":"h","data":{{"a":"\\ud800"}}}}'.encode()
+    cut = f'{{"{key}":"c","data":"ab'.encode()
+    text = f'{{"{key}":"t","data":"\\\\ud800"}}'.encode()
+    with TestClient(create_app(config)) as client:
+        for message_id, data in {"half": half, "cut": cut, "text": text}.items():
+            body = envelope(None, message_id=message_id, raw_data=data)
+            assert client.post("/pubsub/push", json=body).status_code == 204
+        reasons = {m: client.get(f"/v1/messages/{m}").json().get("reason") for m in ("half", "cut")}
+        assert client.get("/v1/messages/text").json()["status"] == "stored"
+    offset = half.index(b"\\ud800")
+    assert reasons["half"] == (
+        f"payload is not JSON: \\ud800 at byte {offset} is half of a character (a high "
+        "surrogate with no low one after it), which JSON text cannot hold"
+    )
+    assert reasons["cut"] == "payload is not JSON: Input data was truncated"
+
+
+def test_half_a_character_is_looked_for_in_a_payloads_first_64_kib_alone() -> None:
+    # Explaining a refusal costs a sender's payload ~2 ms at most: past the window the
+    # decoder's words stay, and a pair the window's end cuts is still a pair.
+    from app.ingest.payload import not_json
+
+    def reason(data: bytes) -> str:
+        with pytest.raises(msgspec.DecodeError) as refused:
+            msgspec.json.decode(data)
+        return str(not_json(data, refused.value))
+
+    before = b'"' + b"a" * (64 * 1024 - 7)  # an escape after it starts 6 bytes from the end
+    assert "half of a character" in reason(before + b"\\ud800x")
+    assert reason(before + b"\\ud800\\udc00x").endswith("Input data was truncated")
+    assert reason(before + b"a" * 7 + b"\\ud800x").endswith("Input data was truncated")
+
+
 def test_not_an_envelope_is_400_problem(client: TestClient[Recordline]) -> None:
     for body in (
         b"not json",

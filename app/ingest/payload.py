@@ -11,6 +11,7 @@ Design: docs/schemas.md
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, NamedTuple, Protocol
 
@@ -36,6 +37,33 @@ class Payload(msgspec.Struct, kw_only=True, frozen=True):
 _decode_payload = msgspec.json.Decoder(Payload).decode
 _decode_json = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
+# A `\uD800`-`\uDBFF` escape (an odd run of backslashes before its `u`) with no low
+# surrogate's escape after it: half of a character, which JSON text (Unicode) cannot
+# hold, and which the decoder reports as "Input data was truncated".
+_LONE_HIGH_SURROGATE = re.compile(
+    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+)
+# How much of a payload is searched for one: a sender's refused payload costs at most
+# this much more to explain (~2 ms), and past it the decoder's words are kept.
+_SEARCHED_BYTES = 64 * 1024
+
+
+def not_json(data: bytes, exc: Exception) -> Invalid:
+    """The rejection of `data`, which is not JSON: what the decoder said, or what it
+    meant where it said the input was truncated for a lone surrogate's escape."""
+    said = str(exc)
+    # The window holds, past the bytes searched, the escape after one that begins there.
+    if (
+        said == "Input data was truncated"
+        and (found := _LONE_HIGH_SURROGATE.search(data[: _SEARCHED_BYTES + 12]))
+        and found.end() <= _SEARCHED_BYTES + 6
+    ):
+        escape = found.group()[-6:].decode()
+        said = (
+            f"{escape} at byte {found.end() - 6} is half of a character (a high "
+            "surrogate with no low one after it), which JSON text cannot hold"
+        )
+    return Invalid(f"payload is not JSON: {said}")
 
 
 class PayloadValues(NamedTuple):
@@ -71,7 +99,7 @@ class ContractReader:
         except msgspec.ValidationError as exc:
             raise Invalid(f"payload: {exc}") from None
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise Invalid(f"payload is not JSON: {exc}") from None
+            raise not_json(data, exc) from None
         except RecursionError:
             raise Invalid(f"payload: {TOO_DEEP}") from None
         try:
@@ -103,7 +131,7 @@ class JsonReader:
             payload = _decode_json(data)
             text = data.decode()
         except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-            raise Invalid(f"payload is not JSON: {exc}") from None
+            raise not_json(data, exc) from None
         except RecursionError:
             raise Invalid(f"payload is {TOO_DEEP}") from None
         if too_deep(text):
