@@ -104,8 +104,10 @@ def test_a_payload_nested_however_deep_is_masked_or_withheld_never_an_error(
 # Paths over names that nest: `a.b` masks b under a at the root, `b` itself nowhere else.
 PATHS = ["a.b", "a.é.c", "x"]
 path_names = st.sampled_from(["a", "b", "c", "é", "e\u0301", "x", "a.b", "é.c", "y"])
-# Text that is no JSON and names nothing as a key: what is passed on unread.
-plain = st.text(st.characters(exclude_characters='{["\\:=<'), max_size=8)
+# Text that is no JSON and names nothing as a key: what is passed on unread. Never half
+# a character (a lone surrogate): no stored payload holds one, ingest refuses it
+# (tests/test_push.py), and it is no JSON text the mask could read.
+plain = st.text(st.characters(exclude_categories=["Cs"], exclude_characters='{["\\:=<'), max_size=8)
 path_values = st.recursive(
     st.none() | st.integers() | plain,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(path_names, inner, max_size=3),
