@@ -336,9 +336,10 @@ def test_half_a_character_is_named_where_the_decoder_says_truncated(mapping: boo
         reasons = {m: client.get(f"/v1/messages/{m}").json().get("reason") for m in ("half", "cut")}
         assert client.get("/v1/messages/text").json()["status"] == "stored"
     offset = half.index(b"\\ud800")
+    # Where, and what is wrong there, naming nothing the payload holds.
     assert reasons["half"] == (
-        f"payload is not JSON: \\ud800 at byte {offset} is half of a character (a high "
-        "surrogate with no low one after it), which JSON text cannot hold"
+        f"payload is not JSON: half of a character at byte {offset}: an escape of a high "
+        "surrogate (\\uD800 to \\uDBFF) with no low one after it, which JSON text cannot hold"
     )
     assert reasons["cut"] == "payload is not JSON: Input data was truncated"
 

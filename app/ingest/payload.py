@@ -58,10 +58,9 @@ def not_json(data: bytes, exc: Exception) -> Invalid:
         and (found := _LONE_HIGH_SURROGATE.search(data[: _SEARCHED_BYTES + 12]))
         and found.end() <= _SEARCHED_BYTES + 6
     ):
-        escape = found.group()[-6:].decode()
         said = (
-            f"{escape} at byte {found.end() - 6} is half of a character (a high "
-            "surrogate with no low one after it), which JSON text cannot hold"
+            f"half of a character at byte {found.end() - 6}: an escape of a high surrogate "
+            "(\\uD800 to \\uDBFF) with no low one after it, which JSON text cannot hold"
         )
     return Invalid(f"payload is not JSON: {said}")
 
