@@ -344,9 +344,12 @@ def test_half_a_character_is_named_where_the_decoder_says_truncated(mapping: boo
     assert reasons["cut"] == "payload is not JSON: Input data was truncated"
 
 
-def test_half_a_character_is_looked_for_in_a_payloads_first_64_kib_alone() -> None:
-    # Explaining a refusal costs a sender's payload ~2 ms at most: past the window the
-    # decoder's words stay, and a pair the window's end cuts is still a pair.
+def test_half_a_character_is_named_anywhere_and_a_payload_cut_short_is_truncated() -> None:
+    # The decoder names a lone high surrogate where six bytes or more follow its escape,
+    # and says "truncated" where fewer do: both are named alike, at the escape's byte,
+    # in any payload's size. A payload whose bytes end after the escape, or part way
+    # through a low one's after it, was cut short: the rest of its character may be
+    # what is missing.
     from app.ingest.payload import not_json
 
     def reason(data: bytes) -> str:
@@ -354,10 +357,19 @@ def test_half_a_character_is_looked_for_in_a_payloads_first_64_kib_alone() -> No
             msgspec.json.decode(data)
         return str(not_json(data, refused.value))
 
-    before = b'"' + b"a" * (64 * 1024 - 7)  # an escape after it starts 6 bytes from the end
-    assert "half of a character" in reason(before + b"\\ud800x")
-    assert reason(before + b"\\ud800\\udc00x").endswith("Input data was truncated")
-    assert reason(before + b"a" * 7 + b"\\ud800x").endswith("Input data was truncated")
+    head = b'{"id":"c","data":"'
+    for tail in (b"", b"\\", b"\\u", b"\\ud", b"\\uDC", b"\\udc0"):
+        assert reason(head + b"\\ud800" + tail).endswith("Input data was truncated"), tail
+    for tail in (b'"', b'"}', b"\\\\", b"\\u0", b"\\ud8", b"\\uda", b' and more text"}'):
+        assert f"half of a character at byte {len(head)}:" in reason(head + b"\\ud800" + tail)
+    # A megabyte before it, or after it.
+    big = b"a" * 1_000_000
+    assert f"at byte {len(head) + len(big)}:" in reason(head + big + b'\\uDBFF"}')
+    assert f"at byte {len(head)}:" in reason(head + b"\\uDBFF" + big + b'"}')
+    # An escaped backslash before `ud800` is text: a cut there is truncated.
+    assert reason(head + b"\\\\ud800").endswith("Input data was truncated")
+    # Past 64 backslashes before it, no publisher's text: the decoder's words, in µs.
+    assert reason(head + b"\\" * 10_000 + b'\\ud800"}').endswith("Input data was truncated")
 
 
 def test_not_an_envelope_is_400_problem(client: TestClient[Recordline]) -> None:

@@ -37,32 +37,53 @@ class Payload(msgspec.Struct, kw_only=True, frozen=True):
 _decode_payload = msgspec.json.Decoder(Payload).decode
 _decode_json = msgspec.json.Decoder().decode
 _encode = msgspec.json.encode
-# A `\uD800`-`\uDBFF` escape (an odd run of backslashes before its `u`) with no low
-# surrogate's escape after it: half of a character, which JSON text (Unicode) cannot
-# hold, and which the decoder reports as "Input data was truncated".
-_LONE_HIGH_SURROGATE = re.compile(
-    rb"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
-)
-# How much of a payload is searched for one: a sender's refused payload costs at most
-# this much more to explain (~2 ms), and past it the decoder's words are kept.
-_SEARCHED_BYTES = 64 * 1024
+# Half of a character: the escape of a high surrogate (`\uD800` to `\uDBFF`) with no low
+# one's after it, which JSON text (Unicode) cannot hold. The decoder says so, at the
+# byte after the escape, where six bytes or more follow it; where fewer do, it says the
+# input was truncated, which tells a publisher nothing.
+_PAIR_ENDED = re.compile(r"unexpected end of escaped utf-16 surrogate pair \(byte ([0-9]+)\)")
+_HIGH_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
+# The start of a low surrogate's escape, running to the end: a payload cut short there
+# may be missing the rest of its character, and is truncated indeed.
+_LOW_ESCAPE_BEGUN = re.compile(rb"\\(?:u(?:[dD](?:[c-fC-F][0-9a-fA-F]?)?)?)?\Z")
 
 
 def not_json(data: bytes, exc: Exception) -> Invalid:
-    """The rejection of `data`, which is not JSON: what the decoder said, or what it
-    meant where it said the input was truncated for a lone surrogate's escape."""
+    """The rejection of `data`, which is not JSON: what the decoder said, where a
+    payload holds half of a character in its words, which name no value."""
     said = str(exc)
-    # The window holds, past the bytes searched, the escape after one that begins there.
-    if (
-        said == "Input data was truncated"
-        and (found := _LONE_HIGH_SURROGATE.search(data[: _SEARCHED_BYTES + 12]))
-        and found.end() <= _SEARCHED_BYTES + 6
-    ):
+    at = _half_character(data, said)
+    if at is not None:
         said = (
-            f"half of a character at byte {found.end() - 6}: an escape of a high surrogate "
+            f"half of a character at byte {at}: an escape of a high surrogate "
             "(\\uD800 to \\uDBFF) with no low one after it, which JSON text cannot hold"
         )
     return Invalid(f"payload is not JSON: {said}")
+
+
+def _half_character(data: bytes, said: str) -> int | None:
+    """Where `data` holds half of a character, as the decoder's `said` shows it; None
+    where it shows none. Looks at the payload's last bytes alone: a few µs whatever its
+    size."""
+    ended = _PAIR_ENDED.search(said)
+    if ended is not None:
+        return int(ended.group(1)) - 6
+    if said != "Input data was truncated":
+        return None
+    # An escape within the last 11 bytes: fewer than six after it.
+    for found in _HIGH_ESCAPE.finditer(data, max(0, len(data) - 11)):
+        rest = data[found.end() :]
+        if not rest or _LOW_ESCAPE_BEGUN.match(rest):
+            continue  # cut short where the rest of its character may be
+        # An escape only where its backslash is not itself escaped: an odd run of them
+        # (counted in the 64 bytes before it: a longer run is no publisher's text, and
+        # keeps the decoder's words).
+        start = found.start()
+        before = data[max(0, start - 64) : start + 1]
+        run = len(before) - len(before.rstrip(b"\\"))
+        if run % 2 and (run < len(before) or start < 64):
+            return start
+    return None
 
 
 class PayloadValues(NamedTuple):
