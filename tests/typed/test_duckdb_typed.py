@@ -644,6 +644,9 @@ def test_a_revision_that_adds_no_array_widens_the_table_by_a_cast_keeping_every_
     )
     old, new = _fields_type(first), _fields_type(second)
     assert _widened("fields", new, old) == f"fields::{sql_type(new)}"
+    # What the cast rests on, whatever order a merge gives: by name, not by position.
+    by_name = "SELECT {'b': 1, 'c': 'x'}::STRUCT(a INT, c VARCHAR, b INT)"
+    assert duckdb.sql(by_name).fetchall() == [({"a": None, "c": "x", "b": 1},)]
     revisions = Revisions()
     revisions.learn("s@1", first)
     revisions.learn("s@2", second)
