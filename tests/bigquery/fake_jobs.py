@@ -45,6 +45,14 @@ from tests.bigquery.billing import (
 )
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite, SchemaRefused
 
+# sqlglot loads a dialect on its first use and registers its class before it has made
+# the class's tokenizer: two of the fake's request threads meeting BigQuery's SQL first
+# at once may tokenize it as the default dialect, which reads no backquoted name (a drift
+# test was refused "Unexpected token" at `fake-project`'s dash, once). Loaded here, as
+# the fake is imported, before any thread serves.
+for _dialect in ("bigquery", "duckdb"):
+    sqlglot.Dialect.get_or_raise(_dialect)
+
 BIGQUERY_TF = (
     Path(__file__).resolve().parents[2]
     / "infra"
