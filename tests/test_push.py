@@ -368,6 +368,19 @@ def test_half_a_character_is_named_anywhere_and_a_payload_cut_short_is_truncated
     assert f"at byte {len(head)}:" in reason(head + b"\\uDBFF" + big + b'"}')
     # An escaped backslash before `ud800` is text: a cut there is truncated.
     assert reason(head + b"\\\\ud800").endswith("Input data was truncated")
+    # As the contract reads it: `data` skipped unread (the decoder's words differ there)
+    # and an id, each with text after the escape.
+    from app.ingest.payload import CONTRACT
+    from app.ingest.shape import Invalid
+
+    for payload in (
+        b'{"id":"c","data":"\\ud800 then more text"}',
+        b'{"id":"\\ud800 then more text","data":1}',
+    ):
+        at = payload.index(b"\\u")
+        with pytest.raises(Invalid) as refused:
+            CONTRACT.read(payload)
+        assert f"half of a character at byte {at}:" in str(refused.value)
     # Past 64 backslashes before it, no publisher's text: the decoder's words, in µs.
     assert reason(head + b"\\" * 10_000 + b'\\ud800"}').endswith("Input data was truncated")
 

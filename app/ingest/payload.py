@@ -41,7 +41,9 @@ _encode = msgspec.json.encode
 # one's after it, which JSON text (Unicode) cannot hold. The decoder says so, at the
 # byte after the escape, where six bytes or more follow it; where fewer do, it says the
 # input was truncated, which tells a publisher nothing.
-_PAIR_ENDED = re.compile(r"unexpected end of escaped utf-16 surrogate pair \(byte ([0-9]+)\)")
+_PAIR_ENDED = re.compile(
+    r"unexpected end of (?:escaped utf-16 surrogate pair|hex escape) \(byte ([0-9]+)\)"
+)
 _HIGH_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 # The start of a low surrogate's escape, running to the end: a payload cut short there
 # may be missing the rest of its character, and is truncated indeed.
@@ -67,7 +69,10 @@ def _half_character(data: bytes, said: str) -> int | None:
     size."""
     ended = _PAIR_ENDED.search(said)
     if ended is not None:
-        return int(ended.group(1)) - 6
+        # The byte after the escape (a value's or, skipped unread, the contract's `data`):
+        # named only where a high surrogate's escape is there.
+        at = int(ended.group(1)) - 6
+        return at if at >= 0 and _HIGH_ESCAPE.fullmatch(data, at, at + 6) else None
     if said != "Input data was truncated":
         return None
     # An escape within the last 11 bytes: fewer than six after it.
