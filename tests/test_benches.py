@@ -24,7 +24,7 @@ import pytest
 from recordline_dev.cache import NginxMissing, find_nginx
 from recordline_dev.devstack import find_emulator
 from recordline_dev.processes import EmulatorNotFound
-from tests.node import NodeMissing, installed
+from tests.node import npm_package
 from tests.processes import ROOT
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
 
@@ -96,12 +96,12 @@ def needs(test: pytest.Item) -> None:
             find_spanner_emulator()
         if test.get_closest_marker("nginx"):
             find_nginx()
-        if test.get_closest_marker("node"):
-            installed("@durable-streams/server")
-    except (EmulatorNotFound, FileNotFoundError, NginxMissing, NodeMissing) as exc:
+    except (EmulatorNotFound, FileNotFoundError, NginxMissing) as exc:
         pytest.skip(str(exc))
     if test.get_closest_marker("wrk") and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed: run scripts/install-wrk.sh")
+    if test.get_closest_marker("node"):
+        npm_package("@durable-streams/server")
 
 
 @pytest.mark.slow

@@ -92,15 +92,15 @@ async def read_charged(
             # A store that read past the budget: the rest waits for the next read.
             rows = rows[:kept]
             resume = (rows[-1].ingest_time, rows[-1].message_id)
-        if charge is None:
-            return await make(Charged(rows, resume, horizon, size, short), None)
-        charge.shrink(READ_COPIES * size)
+        if charge is not None:
+            charge.shrink(READ_COPIES * size)
         made = await make(Charged(rows, resume, horizon, size, short), charge)
     except BaseException:
         if charge is not None:
             charge.release()
         raise
-    charge.until_gone(made)
+    if charge is not None:
+        charge.until_gone(made)
     return made
 
 

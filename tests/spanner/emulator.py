@@ -96,6 +96,8 @@ class SpannerEmulator:
         thread busy on another core, or in a system call, stops a moment later)."""
         os.killpg(self.process.pid, signal.SIGSTOP)
         deadline = time.monotonic() + 5
+        # Nothing tells this process when another's threads stop (waitid reports its own
+        # children, not the emulator's, nor threads): /proc is read again every ms.
         while not all_stopped(self.process.pid):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Spanner emulator did not stop within 5 s of SIGSTOP")
