@@ -10,7 +10,7 @@ import shlex
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import hcl2
 import pytest
@@ -106,9 +106,16 @@ def test_every_curl_in_the_docs_is_answered_as_the_docs_say(
     asked_cell = 0
     for source, words in found:
         method, body, headers, url = "GET", None, {}, ""
+        # `-G --data-urlencode name=value`: the value percent-encoded into the query.
+        encoded: list[str] = []
         options = iter(words[1:])
         for word in options:
-            if word == "-X":
+            if word == "-G":
+                continue
+            if word == "--data-urlencode":
+                name, _, value = next(options).partition("=")
+                encoded.append(f"{name}={quote(value, safe='')}")
+            elif word == "-X":
                 method = next(options)
             elif word == "-d":
                 body = next(options)
@@ -122,7 +129,8 @@ def test_every_curl_in_the_docs_is_answered_as_the_docs_say(
                 url = word
         # The service is wherever the docs say ($URL, localhost:8080); the path is ours.
         parts = urlsplit(url if "://" in url else f"http://{url}")
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        query = "&".join(filter(None, [parts.query, *encoded]))
+        target = parts.path + (f"?{query}" if query else "")
         # A system's path in a cell (the runbook's) is asked of a cell, for the system
         # the doc's `SYSTEM=` line names.
         service, prefix = client, ""

@@ -1,8 +1,9 @@
 """A list's filter as a client asks for it: query parameters, read into a `RowFilter`.
 
 `attribute=KEY:VALUE` (repeatable; the key ends at the first `:`), `producer=ID`
-(the `recordline-producer` attribute), `record_id=`, `message_id=` and, where the
-store has typed columns, `field=PATH:VALUE` (repeatable; `customer.email:a@b.c`).
+(the `recordline-producer` attribute), `record_id=`, `message_id=`, where the
+store has typed columns `field=PATH:VALUE` (repeatable; `customer.email:a@b.c`), and
+`where=` an expression of the filter language (app/store/where.py).
 Every condition must hold. A filter is input: each part is bounded and checked
 here, before any store is asked, and refused with a 400 naming the parameter.
 
@@ -31,9 +32,12 @@ from app.store.filters import (
     filter_bytes,
 )
 from app.store.producers import MAX_PRODUCER_LENGTH, PRODUCER_ATTRIBUTE
+from app.store.where import parse
 
 # The parameters that make a filter, besides a page's own.
-FILTER_PARAMETERS: Final = frozenset({"attribute", "producer", "record_id", "message_id", "field"})
+FILTER_PARAMETERS: Final = frozenset(
+    {"attribute", "producer", "record_id", "message_id", "field", "where"}
+)
 # Those that may be given more than once (each time one more condition).
 REPEATABLE: Final = frozenset({"attribute", "field"})
 _KEY = re.compile(KEY_PATTERN)
@@ -57,10 +61,11 @@ def row_filter(
     record_id: str | None = None,
     message_id: str | None = None,
     field: Sequence[str] = (),
+    where: str | None = None,
 ) -> RowFilter | None:
     """The filter these parameters ask of `listing` (`records`, `rejections`), None if
     they ask none; BadParameter naming the parameter at fault."""
-    singles = (producer, record_id, message_id)
+    singles = (producer, record_id, message_id, where)
     count = len(attribute) + len(field) + sum(value is not None for value in singles)
     if count > MAX_CONDITIONS:
         where = "attribute" if len(attribute) > len(field) else "field"
@@ -77,6 +82,8 @@ def row_filter(
         _id("record_id", record_id)
     if message_id is not None:
         _id("message_id", message_id)
+    if where is not None:
+        parse(where, listing)  # a 400 naming what is wrong, before any store is asked
     if field and listing != "records":
         raise BadParameter("field", f"/v1/{listing} has no typed fields")
     found = RowFilter(
@@ -84,12 +91,13 @@ def row_filter(
         record_id=record_id,
         message_id=message_id,
         fields=tuple(_field(text) for text in field),
+        where=where,
     )
     if not found:
         return None
     if filter_bytes(found) > MAX_FILTER_BYTES:
         raise BadParameter(
-            "attribute" if attribute else "field",
+            "where" if where is not None else "attribute" if attribute else "field",
             f"the filter's names and values take {filter_bytes(found):,} bytes; "
             f"{MAX_FILTER_BYTES:,} at most",
         )

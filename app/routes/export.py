@@ -45,6 +45,7 @@ from app.routes.query import (
     RecordIdFilter,
     Since,
     Until,
+    WhereFilter,
     time_of,
 )
 
@@ -132,6 +133,7 @@ async def export_rows(
     record_id: RecordIdFilter = None,
     message_id: MessageIdFilter = None,
     field: FieldFilter = None,
+    where: WhereFilter = None,
 ) -> Stream:
     given = request.query_params
     unknown = sorted(set(given) - _PARAMETERS)
@@ -142,7 +144,7 @@ async def export_rows(
             raise BadParameter(parameter, "given more than once; give it once")
     reader = paging.reader
     listing = paging.streams.named(name)
-    keep = Filter(attribute, producer, record_id, message_id, field).of(listing)
+    keep = Filter(attribute, producer, record_id, message_id, field, where).of(listing)
     chosen = columns_of(listing, columns)
     bounds = Bounds.of(max_rows, paging.export_max_bytes)
     export = Export(format, chosen, bounds, fields=fields_of(listing))

@@ -77,6 +77,7 @@ from app.routes.follow import (
 )
 from app.store.filters import MAX_CONDITIONS, RowFilter
 from app.store.producers import MAX_PRODUCER_LENGTH
+from app.store.where import MAX_WHERE_BYTES
 
 _AGO = re.compile(AGO_PATTERN)
 _PAGE_PARAMETERS = (
@@ -183,6 +184,20 @@ FieldFilter = Annotated[
         schema_extra={"items": {"type": "string", "pattern": FIELD_PATTERN}},
     ),
 ]
+WhereFilter = Annotated[
+    str | None,
+    Parameter(
+        description=(
+            "Rows an expression of the filter language keeps: comparisons (`=`, `!=`, `<`, "
+            "`<=`, `>`, `>=`), `IN (…)`, `STARTS WITH`, `CONTAINS` and `EXISTS` on `data.PATH`, "
+            "`attributes.KEY`, `id`, `message_id`, `producer`, `reason`, `publish_time`, "
+            "`ingest_time` and `timestamp`, joined by AND, OR, NOT and parentheses "
+            "(`data.amount > 100 AND attributes.region IN ('eu', 'uk')`)"
+        ),
+        min_length=1,
+        max_length=MAX_WHERE_BYTES,
+    ),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +209,7 @@ class Filter:
     record_id: str | None = None
     message_id: str | None = None
     field: list[str] | None = None
+    where: str | None = None
 
     def of(self, listing: Listing[Any]) -> RowFilter | None:
         """The filter they ask of `listing`; BadParameter naming what cannot be one."""
@@ -204,6 +220,7 @@ class Filter:
             record_id=self.record_id,
             message_id=self.message_id,
             field=self.field or (),
+            where=self.where,
         )
 
 
@@ -440,9 +457,10 @@ async def list_records(
     record_id: RecordIdFilter = None,
     message_id: MessageIdFilter = None,
     field: FieldFilter = None,
+    where: WhereFilter = None,
     order: Order = "oldest",
 ) -> Response[RecordsPage]:
-    asked = Filter(attribute, producer, record_id, message_id, field)
+    asked = Filter(attribute, producer, record_id, message_id, field, where)
     return await _paged(
         request, paging, RECORDS, since, until, limit, page_token, wait, asked, order
     )
@@ -471,12 +489,13 @@ async def list_rejections(
     attribute: AttributeFilter = None,
     producer: ProducerFilter = None,
     message_id: MessageIdFilter = None,
+    where: WhereFilter = None,
     order: Order = "oldest",
 ) -> Response[RejectionsPage]:
     # Rejections have no record id nor typed fields: asked for, the filter says so.
     given = request.query_params
     asked = Filter(
-        attribute, producer, given.get("record_id"), message_id, given.getall("field", [])
+        attribute, producer, given.get("record_id"), message_id, given.getall("field", []), where
     )
     return await _paged(
         request, paging, REJECTIONS, since, until, limit, page_token, wait, asked, order

@@ -52,6 +52,7 @@ from app.routes.query import (
     Paging,
     ProducerFilter,
     RecordIdFilter,
+    WhereFilter,
 )
 
 NEXT_OFFSET: Final = "Stream-Next-Offset"
@@ -222,11 +223,12 @@ async def read_stream(
     record_id: RecordIdFilter = None,
     message_id: MessageIdFilter = None,
     field: FieldFilter = None,
+    where: WhereFilter = None,
 ) -> Response[Any]:
     streams, followers = paging.streams, paging.followers
     listing = streams.named(name)
     # A filtered stream is a stream of its own: its offsets are signed for its filter.
-    keep = Filter(attribute, producer, record_id, message_id, field).of(listing)
+    keep = Filter(attribute, producer, record_id, message_id, field, where).of(listing)
     if request.scope.get(HEAD_REQUEST):
         tail = streams.position(listing, await streams.tail(listing, keep))
         return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | as_headers(NO_STORE))

@@ -3,9 +3,9 @@
 A `RowFilter` travels in the `PageQuery` a reader asks a store with, and in the
 page token of every page that follows. Each store applies it where it reads (its
 SQL, and its tail in memory through `matches`), so a page of `limit` rows is
-`limit` rows that match, and resumes after the last row the store examined, as
-any page does. Every condition must hold; attributes compare as exact strings, a
-typed field as its column's type (`typed_value`).
+`limit` rows that match, and resumes after the last row the store examined. Every
+condition must hold; attributes compare as exact strings, a typed field as its
+column's type (`typed_value`), `where` as the filter language says (`where.py`).
 
 Design: docs/reading.md#filters
 """
@@ -23,6 +23,7 @@ from msgspec import Meta
 
 from app.errors import BadParameter
 from app.records import MAX_ID_LENGTH, Record, Rejection
+from app.store.where import MAX_WHERE_BYTES, Expression, matches, parse
 from app.typed.mapping import Field, Mode, Type
 
 # Conditions one filter may hold: a console's or a script's few, never a query language.
@@ -84,9 +85,18 @@ class RowFilter(msgspec.Struct, array_like=True, frozen=True):
     record_id: Id | None = None
     message_id: Id | None = None
     fields: Annotated[tuple[FieldIs, ...], Meta(max_length=MAX_CONDITIONS)] = ()
+    # An expression of the filter language (app/store/where.py), as it was given: a
+    # token carries its text, and each reader parses it again (once, cached).
+    where: Annotated[str, Meta(max_length=MAX_WHERE_BYTES)] | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.attributes or self.record_id or self.message_id or self.fields)
+        return bool(
+            self.attributes or self.record_id or self.message_id or self.fields or self.where
+        )
+
+    def expression(self, listing: str) -> Expression | None:
+        """The `where` expression, parsed for `listing`; None without one."""
+        return None if self.where is None else parse(self.where, listing)
 
     def matches(self, row: Record | Rejection) -> bool:
         """Whether `row` holds to every condition but the typed fields' (which only a
@@ -105,6 +115,9 @@ class RowFilter(msgspec.Struct, array_like=True, frozen=True):
             for condition in self.attributes:
                 if attributes.get(condition.key) != condition.value:
                     return False
+        if self.where is not None:
+            listing = "records" if isinstance(row, Record) else "rejections"
+            return matches(parse(self.where, listing), row)
         return True
 
 
@@ -113,7 +126,7 @@ _decode_attributes = msgspec.json.Decoder().decode
 
 def filter_bytes(row_filter: RowFilter) -> int:
     """What a filter's names and values take (UTF-8), which MAX_FILTER_BYTES bounds."""
-    texts = [row_filter.record_id or "", row_filter.message_id or ""]
+    texts = [row_filter.record_id or "", row_filter.message_id or "", row_filter.where or ""]
     texts += [c.key + c.value for c in row_filter.attributes]
     texts += [c.name + c.value for c in row_filter.fields]
     return sum(len(t.encode()) for t in texts)

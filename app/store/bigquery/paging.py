@@ -24,6 +24,7 @@ from app.store import Page, PageQuery, R
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
 from app.store.bigquery.sql import Statements, page_sql, rejections_sql
 from app.store.filters import RowFilter, typed_field, typed_value
+from app.store.where import BIGQUERY, to_sql
 from app.typed.mapping import Field
 
 # Twice the 30 minutes rows stay in write-optimized storage, where partition
@@ -179,6 +180,12 @@ class Pager:
                 column = ".".join([alias, "`fields`", *(f"`{name}`" for name in condition.path)])
                 shown.append(f"{column} = @field{at}")
                 values[f"field{at}"] = typed_value(field, condition)
+
+        expression = keep.expression("records" if kind is Record else "rejections")
+        if expression is not None:
+            term, found = to_sql(expression, BIGQUERY, alias=alias)
+            shown.append(term)
+            values |= found
 
         def joined(conditions: list[str]) -> str:
             return "".join(f"\n  AND {c}" for c in conditions)

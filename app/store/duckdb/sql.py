@@ -26,6 +26,7 @@ from app.records import (
 )
 from app.store import ROW_BYTES, R, Shown
 from app.store.filters import RowFilter, typed_field, typed_value
+from app.store.where import DUCKDB, to_sql
 from app.typed.mapping import Field
 
 SQL_TYPES = {
@@ -250,6 +251,11 @@ def filtered(
             "EXISTS (SELECT 1 FROM record_fields f WHERE f.message_id = records.message_id "
             f"AND {' AND '.join(matches)})"
         )
+    expression = keep.expression("records" if kind is Record else "rejections")
+    if expression is not None:
+        term, values = to_sql(expression, DUCKDB)
+        conditions.append(term)
+        params |= values
     where = "".join(f"\n  AND {c}" for c in conditions)
     return (
         _page_sql(table, _select_list(kind), where),

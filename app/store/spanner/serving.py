@@ -75,6 +75,7 @@ from app.store.spanner.schema import (
 from app.store.tail import MAX_BYTES as TAIL_BYTES
 from app.store.tail import held
 from app.store.tally import Copy, Sequenced, SequenceKey, Tally
+from app.store.where import SPANNER, to_sql
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +207,23 @@ def _filtered(
         conditions.append("id = @record_id" if row_type is Record else "FALSE")
         if row_type is Record:
             values["record_id"] = keep.record_id
+    expression = keep.expression("records" if row_type is Record else "rejections")
+    if expression is not None:
+        term, found = to_sql(expression, SPANNER)
+        conditions.append(term)
+        values |= found
     sql = _page_sql(table, row_type, "".join(f"\n  AND {c}" for c in conditions))
-    return sql, values, dict.fromkeys(values, param_types.STRING)
+    return sql, values, {name: _PARAM_TYPES[type(value)] for name, value in values.items()}
+
+
+# A filter's values by their Python type: strings and paths, numbers (the filter
+# language's doubles), booleans and times (epoch microseconds).
+_PARAM_TYPES: Final = {
+    str: param_types.STRING,
+    float: param_types.FLOAT64,
+    bool: param_types.BOOL,
+    int: param_types.INT64,
+}
 
 
 _LATEST_SQL: Final = f"""

@@ -1,0 +1,550 @@
+"""The filter language (`where=` on every read): parsed once, matched in memory, and
+compiled to each store's SQL through one table of dialects.
+
+Every condition is true or false on every row, in memory and in SQL alike (a
+comparison holds only where the operand is there and of the literal's type; each SQL
+term is wrapped in COALESCE), so `matches` is the oracle each store is held to. An
+expression is input: bounded in text, depth and conditions; nothing it says reaches
+SQL but as a bound parameter or a column name from a fixed set.
+
+Design: docs/reading.md#the-filter-language
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, Final, TypeAlias
+
+import lark
+import msgspec
+
+from app.errors import BadParameter
+from app.records import Record, Rejection, micros
+from app.store.producers import PRODUCER_ATTRIBUTE
+
+# The text of an expression (UTF-8): a page token carries it, within the filter's
+# MAX_FILTER_BYTES (app/store/filters.py).
+MAX_WHERE_BYTES: Final = 1024
+# Conditions in one expression (each value of an IN counts), and how deep NOT, AND,
+# OR and parentheses nest: a console's or a script's question, read in one pass.
+MAX_WHERE_CONDITIONS: Final = 32
+MAX_WHERE_DEPTH: Final = 12
+# Members in a path into the payload (BigQuery's JSON nests deeper; a question rarely).
+MAX_WHERE_PATH: Final = 15
+
+PARAMETER: Final = "where"
+
+# The operands every row has, and which listing each is on.
+RECORD_COLUMNS: Final = frozenset({"id", "timestamp"})
+REJECTION_COLUMNS: Final = frozenset({"reason"})
+STRING_COLUMNS: Final = frozenset({"id", "message_id", "reason"})
+TIME_COLUMNS: Final = frozenset({"publish_time", "ingest_time", "timestamp"})
+ROOTS: Final = STRING_COLUMNS | TIME_COLUMNS | {"data", "attributes", "producer"}
+
+_GRAMMAR: Final = r"""
+?start: disjunction
+?disjunction: conjunction (_OR conjunction)*
+?conjunction: negation (_AND negation)*
+?negation: _NOT negation -> not_
+    | "(" disjunction ")"
+    | condition
+?condition: operand COMPARE literal -> compare
+    | operand _IN "(" literal ("," literal)* ")" -> in_
+    | operand _STARTS _WITH STRING -> prefix
+    | operand _CONTAINS STRING -> contains
+    | _EXISTS operand -> exists
+operand: NAME ("." NAME | "[" STRING "]")*
+?literal: STRING | NUMBER | TRUE | FALSE
+
+COMPARE: "=" | "!=" | "<=" | ">=" | "<" | ">"
+_OR.2: /or\b/i
+_AND.2: /and\b/i
+_NOT.2: /not\b/i
+_IN.2: /in\b/i
+_STARTS.2: /starts\b/i
+_WITH.2: /with\b/i
+_CONTAINS.2: /contains\b/i
+_EXISTS.2: /exists\b/i
+TRUE.2: /true\b/
+FALSE.2: /false\b/
+NAME: /[A-Za-z_][A-Za-z0-9_]*/
+STRING: /"(?:[^"\\\x00-\x1f]|\\.)*"/ | /'(?:[^'\x00-\x1f]|'')*'/
+NUMBER: /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/
+%ignore /[ \t\r\n]+/
+"""
+_PARSER: Final = lark.Lark(_GRAMMAR, parser="lalr", lexer="contextual", propagate_positions=False)
+
+Literal = str | float | bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Operand:
+    """What a condition reads: `root` (one of ROOTS) and, for `data` and
+    `attributes`, the members below it."""
+
+    root: str
+    path: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.root + "".join(f"[{msgspec.json.encode(m).decode()}]" for m in self.path)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Condition:
+    """`operand` `op` `values`: op is a COMPARE, `in`, `prefix`, `contains` (one value
+    or several) or `exists` (none)."""
+
+    operand: Operand
+    op: str
+    values: tuple[Literal, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Not:
+    term: Expression
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class All:
+    terms: tuple[Expression, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Any_:
+    terms: tuple[Expression, ...]
+
+
+Expression: TypeAlias = Condition | Not | All | Any_
+
+
+def parse(text: str, listing: str | None = None) -> Expression:
+    """The expression `text` says, checked for `listing` (`records`, `rejections`;
+    None: for either); BadParameter (`where`) naming the first thing wrong."""
+    return _parsed(text, listing)
+
+
+@functools.lru_cache(maxsize=512)
+def _parsed(text: str, listing: str | None) -> Expression:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_WHERE_BYTES:
+        raise BadParameter(PARAMETER, f"{size:,} bytes; {MAX_WHERE_BYTES:,} at most")
+    if not text.strip():
+        raise BadParameter(PARAMETER, "empty: give a condition, as `attributes.region = 'eu'`")
+    try:
+        tree = _PARSER.parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        raise BadParameter(PARAMETER, _syntax_error(text, exc)) from None
+    _bounded(tree)
+    expression = _built(tree)
+    conditions = list(_conditions(expression))
+    if sum(max(1, len(c.values)) for c in conditions) > MAX_WHERE_CONDITIONS:
+        raise BadParameter(
+            PARAMETER, f"more than {MAX_WHERE_CONDITIONS} conditions (each value of IN counts)"
+        )
+    for condition in conditions:
+        _check(condition, listing)
+    return expression
+
+
+def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> str:
+    at = getattr(exc, "pos_in_stream", None)
+    token = getattr(exc, "token", None)
+    if at is None or (token is not None and token.type == "$END"):
+        return "the expression ends early: a condition or `)` is missing"
+    shown = text[at : at + 20]
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+        return f"a syntax error at character {at + 1} ({shown!r}): no word, name or value starts so"
+    return f"a syntax error at character {at + 1} ({shown!r}): not expected there"
+
+
+def _bounded(tree: lark.Tree[Any]) -> None:
+    # Depth measured without recursion, before anything recursive reads the tree.
+    stack: list[tuple[lark.Tree[Any] | lark.Token, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, lark.Tree) and node.data != "operand":
+            if depth > MAX_WHERE_DEPTH:
+                raise BadParameter(
+                    PARAMETER, f"nests more than {MAX_WHERE_DEPTH} deep (NOT, AND, OR, parentheses)"
+                )
+            stack.extend((child, depth + 1) for child in node.children)
+
+
+def _built(tree: lark.Tree[Any]) -> Expression:
+    match tree.data:
+        case "disjunction":
+            return Any_(tuple(_built(child) for child in tree.children))
+        case "conjunction":
+            return All(tuple(_built(child) for child in tree.children))
+        case "not_":
+            return Not(_built(tree.children[0]))
+        case "compare":
+            operand, op, value = tree.children
+            return Condition(_operand(operand), str(op), (_literal(_token(value)),))
+        case "in_":
+            operand, *values = tree.children
+            read = _operand(operand)
+            literals = [_literal(_token(v)) for v in values]
+            # Values of several types: one IN for each type, any of which holds.
+            kinds = list(dict.fromkeys(type(v) for v in literals))
+            ins = [Condition(read, "in", tuple(v for v in literals if type(v) is k)) for k in kinds]
+            return ins[0] if len(ins) == 1 else Any_(tuple(ins))
+        case "prefix" | "contains":
+            operand, value = tree.children
+            return Condition(_operand(operand), tree.data, (_literal(_token(value)),))
+        case "exists":
+            return Condition(_operand(tree.children[0]), "exists")
+    raise AssertionError(tree.data)  # the grammar has no other rule
+
+
+def _operand(tree: lark.Tree[Any]) -> Operand:
+    root, *members = tree.children
+    if root not in ROOTS:
+        known = ", ".join(sorted(ROOTS))
+        raise BadParameter(PARAMETER, f"no operand {str(root)!r} (there are: {known})")
+    path = tuple(str(_literal(m)) if m.type == "STRING" else str(m) for m in map(_token, members))
+    if path and root not in ("data", "attributes"):
+        raise BadParameter(PARAMETER, f"{root} has no members: only data and attributes do")
+    if root == "attributes" and len(path) != 1:
+        raise BadParameter(PARAMETER, 'name one attribute: attributes.KEY or attributes["KEY"]')
+    if len(path) > MAX_WHERE_PATH:
+        raise BadParameter(PARAMETER, f"a path {len(path)} members deep; {MAX_WHERE_PATH} at most")
+    for member in path:
+        if not member or any(c in member for c in '"\\') or not member.isprintable():
+            # Every store's JSONPath quotes a member in `"` and escapes nothing inside.
+            raise BadParameter(
+                PARAMETER,
+                f'the member {member!r} is empty or holds `"`, `\\` or a control character',
+            )
+    return Operand(str(root), path)
+
+
+def _token(node: lark.Tree[Any] | lark.Token) -> lark.Token:
+    assert isinstance(node, lark.Token)  # a literal is a terminal in the grammar
+    return node
+
+
+def _literal(token: lark.Token) -> Literal:
+    text = str(token)
+    match token.type:
+        case "TRUE" | "FALSE":
+            return text == "true"
+        case "NUMBER":
+            number = float(text)
+            if not math.isfinite(number):
+                raise BadParameter(PARAMETER, f"{text[:40]} is beyond a double")
+            return number
+    if text.startswith("'"):
+        value = text[1:-1].replace("''", "'")
+    else:
+        try:
+            value = msgspec.json.decode(text, type=str)
+        except msgspec.DecodeError:
+            raise BadParameter(PARAMETER, f"{text[:40]} is no string: {_escape_help}") from None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadParameter(PARAMETER, f"{text[:40]} holds half a character") from None
+    return value
+
+
+_escape_help: Final = 'escape in "…" as JSON does (\\" \\\\ \\n \\u00e9), or use \'…\''
+
+
+def _conditions(expression: Expression) -> Iterator[Condition]:
+    stack = [expression]
+    while stack:
+        node = stack.pop()
+        match node:
+            case Condition():
+                yield node
+            case Not(term):
+                stack.append(term)
+            case All(terms) | Any_(terms):
+                stack.extend(terms)
+
+
+def conditions(expression: Expression) -> Iterator[Condition]:
+    """Every condition of `expression`."""
+    return _conditions(expression)
+
+
+def _check(condition: Condition, listing: str | None) -> None:
+    root, op, values = condition.operand.root, condition.op, condition.values
+    if listing is not None:
+        _check_listing(root, listing)
+    name = str(condition.operand)
+    if op == "exists":
+        return
+    kind = type(values[0])  # one type: an IN of several is one IN for each
+    if op in ("prefix", "contains") and (kind is not str or values[0] == ""):
+        raise BadParameter(PARAMETER, f"STARTS WITH and CONTAINS take a string, not empty ({name})")
+    if root in TIME_COLUMNS:
+        if kind is not str or op in ("prefix", "contains"):
+            raise BadParameter(PARAMETER, f"{name} compares with an RFC 3339 time in quotes")
+        for value in values:
+            assert isinstance(value, str)
+            time_value(value)
+    elif root != "data" and kind is not str:
+        raise BadParameter(PARAMETER, f"{name} is a string: quote the value")
+    if kind is bool and op in ("<", "<=", ">", ">="):
+        raise BadParameter(PARAMETER, f"{op} does not order true and false ({name})")
+
+
+def _check_listing(root: str, listing: str) -> None:
+    if root in RECORD_COLUMNS and listing != "records":
+        raise BadParameter(
+            PARAMETER, f"/v1/{listing} has no {root} (a rejection's payload was refused)"
+        )
+    if root in REJECTION_COLUMNS and listing != "rejections":
+        raise BadParameter(PARAMETER, f"/v1/{listing} has no {root}: rejections do")
+    if root == "data" and listing != "records":
+        raise BadParameter(
+            PARAMETER, "a rejection's data is the bytes received: paths read records' data"
+        )
+
+
+def time_value(text: str) -> int:
+    """An RFC 3339 time in a condition, in epoch microseconds."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None or "T" not in text.upper():
+        raise BadParameter(
+            PARAMETER, f"{text[:40]!r} is no RFC 3339 time (2026-05-01T12:00:00Z, with its zone)"
+        )
+    return micros(when.astimezone(UTC))
+
+
+# --- in memory ------------------------------------------------------------------------
+
+
+def matches(expression: Expression, row: Record | Rejection) -> bool:
+    """Whether `row` holds to `expression`: what every store's SQL keeps."""
+    memo: dict[str, Any] = {}
+    return _holds(expression, row, memo)
+
+
+def _holds(expression: Expression, row: Record | Rejection, memo: dict[str, Any]) -> bool:
+    match expression:
+        case Condition():
+            return _condition(expression, row, memo)
+        case Not(term):
+            return not _holds(term, row, memo)
+        case All(terms):
+            return all(_holds(t, row, memo) for t in terms)
+        case Any_(terms):
+            return any(_holds(t, row, memo) for t in terms)
+    raise AssertionError(expression)
+
+
+_MISSING: Final = object()
+
+
+def _value(operand: Operand, row: Record | Rejection, memo: dict[str, Any]) -> Any:
+    """The operand's value on `row`: a str, float, bool, None (JSON null), a dict or
+    list (an object or array), or _MISSING."""
+    root = operand.root
+    if root in ("attributes", "producer"):
+        if "attributes" not in memo:
+            try:
+                memo["attributes"] = msgspec.json.decode(row.attributes)
+            except msgspec.DecodeError:
+                memo["attributes"] = {}
+        attributes = memo["attributes"]
+        key = PRODUCER_ATTRIBUTE if root == "producer" else operand.path[0]
+        value = attributes.get(key, _MISSING) if isinstance(attributes, dict) else _MISSING
+        return value if isinstance(value, str) else _MISSING
+    if root == "data":
+        if "data" not in memo:
+            try:
+                memo["data"] = msgspec.json.decode(getattr(row, "data", "null"))
+            except msgspec.DecodeError:
+                memo["data"] = _MISSING
+        value = memo["data"]
+        for member in operand.path:
+            value = value.get(member, _MISSING) if isinstance(value, dict) else _MISSING
+        return value
+    value = getattr(row, root, None)
+    return _MISSING if value is None else value
+
+
+def _condition(condition: Condition, row: Record | Rejection, memo: dict[str, Any]) -> bool:
+    value = _value(condition.operand, row, memo)
+    op = condition.op
+    if op == "exists":
+        return value is not _MISSING
+    if condition.operand.root in TIME_COLUMNS:
+        wanted: tuple[Any, ...] = tuple(time_value(str(v)) for v in condition.values)
+        if not isinstance(value, int):
+            return False
+    else:
+        wanted = condition.values
+        kind = type(wanted[0])
+        if kind is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                return False
+            value = float(value)
+        elif type(value) is not kind:
+            return False
+    return _COMPARE[op](value, wanted)
+
+
+_COMPARE: Final[dict[str, Callable[[Any, tuple[Any, ...]], bool]]] = {
+    "=": lambda v, w: v == w[0],
+    "!=": lambda v, w: v != w[0],
+    "<": lambda v, w: v < w[0],
+    "<=": lambda v, w: v <= w[0],
+    ">": lambda v, w: v > w[0],
+    ">=": lambda v, w: v >= w[0],
+    "in": lambda v, w: v in w,
+    "prefix": lambda v, w: v.startswith(w[0]),
+    "contains": lambda v, w: w[0] in v,
+}
+
+
+# --- in SQL ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Dialect:
+    """How one store's SQL says what a condition reads. Templates take `{json}` (a
+    JSON column), `{path}` (a parameter holding the path, made by `path`), `{column}`
+    and `{text}`."""
+
+    # A parameter's name as the SQL refers to it.
+    parameter: Callable[[str], str]
+    # A member path as the store's JSON functions take it (a JSONPath, a pointer).
+    path: Callable[[tuple[str, ...]], str]
+    # The member's JSON text (a string's in quotes), NULL where there is none.
+    json_text: str
+    # A scalar member's value as a string (a JSON string unquoted), NULL otherwise.
+    json_scalar: str
+    # A timestamp column in epoch microseconds.
+    micros: str
+    # A number's text as a double.
+    double: str
+    # A column by name (`alias` given where the query has one).
+    column: Callable[[str, str], str]
+
+
+def json_path(members: tuple[str, ...]) -> str:
+    """Members as a JSONPath, each quoted (`$."a"."b"`): BigQuery's and Spanner's."""
+    return "$" + "".join(f'."{m}"' for m in members)
+
+
+def json_pointer(members: tuple[str, ...]) -> str:
+    """Members as a JSON pointer (RFC 6901): DuckDB's, which reads `$."*"` in a
+    JSONPath as every member, where a pointer has no wildcard."""
+    return "".join("/" + m.replace("~", "~0").replace("/", "~1") for m in members)
+
+
+DUCKDB: Final = Dialect(
+    parameter=lambda name: f"${name}",
+    path=json_pointer,
+    json_text="json_extract({json}, {path})::VARCHAR",
+    json_scalar="json_extract_string({json}, {path})",
+    micros="epoch_us({column})",
+    double="TRY_CAST({text} AS DOUBLE)",
+    column=lambda alias, name: f'{alias + "." if alias else ""}"{name}"',
+)
+BIGQUERY: Final = Dialect(
+    parameter=lambda name: f"@{name}",
+    path=json_path,
+    json_text="TO_JSON_STRING(JSON_QUERY({json}, {path}))",
+    json_scalar="JSON_VALUE({json}, {path})",
+    micros="UNIX_MICROS({column})",
+    double="SAFE_CAST({text} AS FLOAT64)",
+    column=lambda alias, name: f"{alias + '.' if alias else ''}`{name}`",
+)
+# The serving tier keeps `data` and `attributes` as JSON text in STRING columns, which
+# its JSON functions read as they would a JSON column (returning STRING).
+SPANNER: Final = dataclasses.replace(BIGQUERY, json_text="JSON_QUERY({json}, {path})")
+
+# What a JSON number's text starts with (and no other JSON value's).
+_NUMBER_STARTS: Final = ", ".join(f"'{c}'" for c in "-0123456789")
+_SQL_OPERATOR: Final = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+class _Compiler:
+    def __init__(self, dialect: Dialect, alias: str, prefix: str) -> None:
+        self.dialect = dialect
+        self.alias = alias
+        self.prefix = prefix
+        self.params: dict[str, Any] = {}
+
+    def bind(self, value: Any) -> str:
+        name = f"{self.prefix}{len(self.params)}"
+        self.params[name] = value
+        return self.dialect.parameter(name)
+
+    def sql(self, expression: Expression) -> str:
+        match expression:
+            case Condition():
+                return f"COALESCE({self.condition(expression)}, FALSE)"
+            case Not(term):
+                return f"NOT {self.sql(term)}"
+            case All(terms):
+                return "(" + " AND ".join(self.sql(t) for t in terms) + ")"
+            case Any_(terms):
+                return "(" + " OR ".join(self.sql(t) for t in terms) + ")"
+        raise AssertionError(expression)
+
+    def condition(self, condition: Condition) -> str:
+        d = self.dialect
+        root, op, values = condition.operand.root, condition.op, condition.values
+        if root in ("data", "attributes", "producer"):
+            members = condition.operand.path if root != "producer" else (PRODUCER_ATTRIBUTE,)
+            json = d.column(self.alias, "data" if root == "data" else "attributes")
+            path = self.bind(d.path(members))
+            text = d.json_text.format(json=json, path=path)
+            scalar = d.json_scalar.format(json=json, path=path)
+            if op == "exists":
+                if root == "data":
+                    return f"{text} IS NOT NULL"
+                return f"{scalar} IS NOT NULL"
+            if root != "data":
+                return self.compared(scalar, op, values)
+            kind = type(values[0])
+            if kind is bool:
+                # `= true` is the member's JSON text `true`; IN (true, false) any boolean.
+                texts = [self.bind("true" if v else "false") for v in values]
+                if op == "in":
+                    return f"{text} IN ({', '.join(texts)})"
+                return f"{text} {_SQL_OPERATOR[op]} {texts[0]} AND {text} IN ('true', 'false')"
+            if kind is float:
+                number = d.double.format(text=scalar)
+                digit = f"SUBSTR({text}, 1, 1) IN ({_NUMBER_STARTS})"
+                return f"{digit} AND {self.compared(number, op, values)}"
+            return f"SUBSTR({text}, 1, 1) = '\"' AND {self.compared(scalar, op, values)}"
+        column = d.column(self.alias, root)
+        if op == "exists":
+            return f"{column} IS NOT NULL"
+        if root in TIME_COLUMNS:
+            moments = tuple(time_value(str(v)) for v in values)
+            return self.compared(d.micros.format(column=column), op, moments)
+        return self.compared(column, op, values)
+
+    def compared(self, left: str, op: str, values: tuple[Any, ...]) -> str:
+        if op == "in":
+            return f"{left} IN ({', '.join(self.bind(v) for v in values)})"
+        if op == "prefix":
+            return f"STARTS_WITH({left}, {self.bind(values[0])})"
+        if op == "contains":
+            return f"STRPOS({left}, {self.bind(values[0])}) > 0"
+        return f"{left} {_SQL_OPERATOR[op]} {self.bind(values[0])}"
+
+
+def to_sql(
+    expression: Expression, dialect: Dialect, *, alias: str = "", prefix: str = "where"
+) -> tuple[str, dict[str, Any]]:
+    """`expression` as one boolean SQL term in `dialect`, never NULL, and its
+    parameters (named `prefix` and a number): values and paths are parameters, columns
+    are named from a fixed set."""
+    compiler = _Compiler(dialect, alias, prefix)
+    return compiler.sql(expression), compiler.params
