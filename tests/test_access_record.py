@@ -149,12 +149,25 @@ def test_a_poll_that_finds_nothing_new_is_not_recorded(
         assert records(caplog) == []
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "kept"),
+    [
+        ("attribute", f"client-ip:{HIDDEN}", "client-ip:" + PSEUDONYM_PREFIX),
+        # An expression naming it is kept whole as its hash.
+        ("where", f"attributes['client-ip'] = '{HIDDEN}' OR id = 'x'", PSEUDONYM_PREFIX),
+    ],
+)
 def test_a_filter_on_a_masked_attribute_is_kept_as_its_keyed_hash(
-    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+    client: TestClient[Recordline],
+    google: FakeGoogle,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    value: str,
+    kept: str,
 ) -> None:
     with caplog.at_level(logging.INFO, "recordline.access"):
         caplog.clear()
-        asked = {"attribute": f"client-ip:{HIDDEN}", "limit": "5"}
+        asked = {name: value, "limit": "5"}
         operator = client.get("/v1/records", params=asked, headers=token(google, OPERATOR))
         reader = client.get("/v1/records", params=asked, headers=token(google, ANALYST))
         by_operator, by_reader = records(caplog)
@@ -166,9 +179,9 @@ def test_a_filter_on_a_masked_attribute_is_kept_as_its_keyed_hash(
     assert len(operator.json()["records"]) == 3
     assert reader.status_code == 403
     for line in (by_operator, by_reader):
-        ((name, value), limit) = line["parameters"]
-        assert name == "attribute"
-        assert value.startswith("client-ip:" + PSEUDONYM_PREFIX)
+        ((logged_name, logged_value), limit) = line["parameters"]
+        assert logged_name == name
+        assert logged_value.startswith(kept)
         assert limit == ["limit", "5"]
     assert by_operator["parameters"] == by_reader["parameters"]
     assert HIDDEN not in logged

@@ -85,6 +85,11 @@ async def walk(client: httpx.AsyncClient, path: str, params: Any, rows: str) -> 
         ({"record_id": "r-1", "message_id": "m-004"}, [4]),
         ({"attribute": "colour:purple"}, []),
         ({"attribute": "colour:"}, []),
+        # The filter language: an OR, a range, and beside another filter.
+        ({"where": "data > 10 OR attributes.colour = 'red'"}, [0, 3, 6, 9, 11, 12, 13, 14, 15]),
+        ({"where": "data >= 4 AND data < 7", "producer": "p0"}, [4, 6]),
+        ({"where": "NOT (id IN ('r-0', 'r-1')) AND attributes['a.b'] STARTS WITH 'dot'"}, [8]),
+        ({"where": "EXISTS data.amount OR data = 'seven'"}, []),
     ],
 )
 async def test_a_filter_keeps_its_rows_page_after_page(
@@ -125,7 +130,12 @@ async def test_a_token_sent_with_another_filter_is_refused(client: httpx.AsyncCl
     await pushed(client, range(4))
     first = (await client.get("/v1/records", params={"producer": "p0", "limit": 1})).json()
     token = first["next_page_token"]
-    for other in ({"producer": "p1"}, {"attribute": "colour:red"}, {"record_id": "r-0"}):
+    for other in (
+        {"producer": "p1"},
+        {"attribute": "colour:red"},
+        {"record_id": "r-0"},
+        {"where": "producer = 'p0'"},
+    ):
         refused = await client.get("/v1/records", params={"page_token": token, **other})
         assert refused.status_code == 400, other
         problem = refused.json()
@@ -257,6 +267,33 @@ async def test_a_filtered_stream_s_offsets_are_its_own(client: httpx.AsyncClient
         ("/v1/rejections", {"field": "amount:5"}, "field"),
         ("/v1/streams/records", {"attribute": "no-colon"}, "attribute"),
         ("/v1/streams/rejections", {"record_id": "r-1"}, "record_id"),
+        # The filter language's.
+        ("/v1/records", {"where": "data.n >"}, "where"),
+        ("/v1/records", {"where": "data.n = 1 AND"}, "where"),
+        ("/v1/records", {"where": "data.n == 1"}, "where"),
+        ("/v1/records", {"where": "colour = 'red'"}, "where"),
+        ("/v1/records", {"where": "attributes.colour = 1"}, "where"),
+        ("/v1/records", {"where": "attributes.a.b = 'x'"}, "where"),
+        ("/v1/records", {"where": "data.flag < true"}, "where"),
+        ("/v1/records", {"where": "publish_time > '1h'"}, "where"),
+        ("/v1/records", {"where": "publish_time > '2024-04-27T12:00:00'"}, "where"),
+        ("/v1/records", {"where": "data.s CONTAINS ''"}, "where"),
+        ("/v1/records", {"where": "data.n = 1e999"}, "where"),
+        ("/v1/records", {"where": 'data["a\\"b"] = 1'}, "where"),
+        ("/v1/records", {"where": r'data.s = "\ud800"'}, "where"),
+        ("/v1/records", {"where": "reason = 'x'"}, "where"),
+        ("/v1/records", {"where": "NOT " * 12 + "data.n = 1"}, "where"),
+        ("/v1/records", {"where": " OR ".join(["data.n = 1"] * 33)}, "where"),
+        ("/v1/records", {"where": "data.n IN (" + ", ".join(["1"] * 33) + ")"}, "where"),
+        ("/v1/records", {"where": "data." + ".".join(["a"] * 16) + " = 1"}, "where"),
+        ("/v1/records", {"where": "data.s = '" + "v" * 1020 + "'"}, "where"),
+        ("/v1/records", {"where": "   "}, "where"),
+        ("/v1/records", {"where": ["data.n = 1", "data.n = 2"]}, "where"),
+        ("/v1/rejections", {"where": "id = 'r-1'"}, "where"),
+        ("/v1/rejections", {"where": "data.n = 1"}, "where"),
+        ("/v1/streams/records", {"where": "data.n ="}, "where"),
+        ("/v1/streams/rejections", {"where": "timestamp > '2024-01-01T00:00:00Z'"}, "where"),
+        ("/v1/export/records", {"where": "data.n ="}, "where"),
     ],
 )
 async def test_a_filter_that_cannot_be_one_is_a_400_naming_it(
@@ -271,6 +308,14 @@ async def test_a_filter_that_cannot_be_one_is_a_400_naming_it(
     if path.startswith("/v1/records"):
         streamed = await client.get(path, params=params, headers={"accept": "text/event-stream"})
         assert streamed.status_code == 400
+
+
+async def test_parentheses_alone_nest_nothing(client: httpx.AsyncClient) -> None:
+    # They group, and add no level: as many as the text holds are one condition.
+    await pushed(client, range(3))
+    deep = "(" * 400 + "data = 1" + ")" * 400
+    answer = await client.get("/v1/records", params={"where": deep})
+    assert [r["message_id"] for r in answer.json()["records"]] == ["m-001"]
 
 
 async def test_the_largest_filter_s_token_is_one_the_service_takes_back(

@@ -24,6 +24,8 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
+from app.errors import BadParameter
+from app.store import where
 from app.store.producers import PRODUCER_ATTRIBUTE
 
 MASKED: Final = "[masked]"
@@ -211,6 +213,11 @@ class Mask:
     def __bool__(self) -> bool:
         return bool(self._names or self._paths or self._attribute_rules)
 
+    def masks_members(self) -> bool:
+        """Whether it masks members of a payload: then any string in one may be shown
+        masked inside (JSON again, text naming a member), as `_text` reads it."""
+        return bool(self._names or self._paths)
+
     def masks_attribute(self, name: str) -> bool:
         """Whether the attribute `name` is masked, however it is cased."""
         return _attribute(name) in self._attribute_rules
@@ -230,12 +237,42 @@ class Mask:
                 return rule.text
         return None
 
+    def told_by(self, expression: str) -> str | None:
+        """What of the filter language's `expression` a reader would learn through
+        this mask, said as a refusal; None if nothing: a masked attribute or member (or
+        one inside a masked path) named, or, where members are masked, a payload's
+        string compared (text may hold a masked member inside, JSON again or a form)."""
+        for condition in where.conditions(where.parse(expression)):
+            operand = condition.operand
+            if operand.root in ("attributes", "producer"):
+                key = operand.path[0] if operand.path else PRODUCER_ATTRIBUTE
+                if self.masks_attribute(key):
+                    return f"{key!r} is masked for readers who are not operators"
+            elif operand.root == "data":
+                masked = self.names_in(operand.path)
+                if masked is not None:
+                    return f"{masked!r} is masked for readers who are not operators"
+                if self.masks_members() and any(isinstance(v, str) for v in condition.values):
+                    return (
+                        f"{operand} is compared as text, which a mask may hide part of: "
+                        "only operators compare the payload's strings here"
+                    )
+        return None
+
     def parameter(self, name: str, value: str) -> str:
         """What an access record keeps of a request's parameter `name` (or its `path`):
         its value, or, where it filters on what this mask hides (`attribute=KEY:VALUE`,
         `field=PATH:VALUE`, `producer=ID` or `/v1/producers/ID` with the producer
-        attribute masked), the value's keyed hash (MASKED without a key)."""
+        attribute masked, a `where=` that `told_by` refuses), the value's keyed hash
+        (MASKED without a key)."""
         producers = self.masks_attribute(PRODUCER_ATTRIBUTE)
+        if name == "where":
+            # Its values are kept where it names nothing masked, else its keyed hash.
+            try:
+                told = self.told_by(value)
+            except BadParameter:
+                told = "no expression"
+            return value if told is None else self._hidden(value)
         if name == "producer":
             return self._hidden(value) if producers else value
         if name == "path":

@@ -36,11 +36,10 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Shown, Store, most_row_bytes, row_bytes, where
+from app.store import READ_ROUTE, PageQuery, Shown, Store, most_row_bytes, row_bytes
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
-from app.store.producers import PRODUCER_ATTRIBUTE
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -787,23 +786,10 @@ class Reader:
                 raise MaskedFilter(
                     "field", f"{masked!r} is masked for readers who are not operators"
                 )
-        if keep.where is None:
-            return
-        # Only the operands matter here, whichever list it is for.
-        for condition in where.conditions(where.parse(keep.where)):
-            operand = condition.operand
-            if operand.root in ("attributes", "producer"):
-                key = operand.path[0] if operand.path else PRODUCER_ATTRIBUTE
-                if self.mask.masks_attribute(key):
-                    raise MaskedFilter(
-                        "where", f"{key!r} is masked for readers who are not operators"
-                    )
-            elif operand.root == "data":
-                masked = self.mask.names_in(operand.path)
-                if masked is not None:
-                    raise MaskedFilter(
-                        "where", f"{masked!r} is masked for readers who are not operators"
-                    )
+        if keep.where is not None:
+            told = self.mask.told_by(keep.where)
+            if told is not None:
+                raise MaskedFilter("where", told)
 
     async def check_filter(self, listing: Listing[Any], keep: RowFilter | None) -> None:
         """Raise what the store says of a filter naming typed fields (BadParameter: no

@@ -29,8 +29,8 @@ from app.store.producers import PRODUCER_ATTRIBUTE
 # The text of an expression (UTF-8): a page token carries it, within the filter's
 # MAX_FILTER_BYTES (app/store/filters.py).
 MAX_WHERE_BYTES: Final = 1024
-# Conditions in one expression (each value of an IN counts), and how deep NOT, AND,
-# OR and parentheses nest: a console's or a script's question, read in one pass.
+# Conditions in one expression (each value of an IN counts), and how deep NOT, AND and
+# OR nest (parentheses alone add no level): a console's or a script's question.
 MAX_WHERE_CONDITIONS: Final = 32
 MAX_WHERE_DEPTH: Final = 12
 # Members in a path into the payload (BigQuery's JSON nests deeper; a question rarely).
@@ -169,7 +169,7 @@ def _bounded(tree: lark.Tree[Any]) -> None:
         if isinstance(node, lark.Tree) and node.data != "operand":
             if depth > MAX_WHERE_DEPTH:
                 raise BadParameter(
-                    PARAMETER, f"nests more than {MAX_WHERE_DEPTH} deep (NOT, AND, OR, parentheses)"
+                    PARAMETER, f"nests more than {MAX_WHERE_DEPTH} deep (NOT, AND, OR)"
                 )
             stack.extend((child, depth + 1) for child in node.children)
 
