@@ -55,6 +55,7 @@ _GRAMMAR: Final = r"""
 ?condition: operand COMPARE literal -> compare
     | operand _IN "(" literal ("," literal)* ")" -> in_
     | operand _STARTS _WITH STRING -> prefix
+    | operand _ENDS _WITH STRING -> suffix
     | operand _CONTAINS STRING -> contains
     | _EXISTS operand -> exists
 operand: NAME ("." NAME | "[" STRING "]")*
@@ -67,6 +68,7 @@ _NOT.2: /not\b/i
 _IN.2: /in\b/i
 _STARTS.2: /starts\b/i
 _WITH.2: /with\b/i
+_ENDS.2: /ends\b/i
 _CONTAINS.2: /contains\b/i
 _EXISTS.2: /exists\b/i
 TRUE.2: /true\b/
@@ -153,12 +155,37 @@ def _parsed(text: str, listing: str | None) -> Expression:
 def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> str:
     at = getattr(exc, "pos_in_stream", None)
     token = getattr(exc, "token", None)
+    expected = getattr(exc, "expected", None) or getattr(exc, "allowed", None) or set()
+    wanted = list(dict.fromkeys(_WANTED[t] for t in sorted(expected) if t in _WANTED))
+    said = f"; expected {' or '.join(wanted)}" if wanted else ""
     if at is None or (token is not None and token.type == "$END"):
-        return "the expression ends early: a condition or `)` is missing"
+        return f"the expression ends early{said or ': a condition or `)` is missing'}"
     shown = text[at : at + 20]
-    if isinstance(exc, lark.exceptions.UnexpectedCharacters):
+    if isinstance(exc, lark.exceptions.UnexpectedCharacters) and not wanted:
         return f"a syntax error at character {at + 1} ({shown!r}): no word, name or value starts so"
-    return f"a syntax error at character {at + 1} ({shown!r}): not expected there"
+    return f"a syntax error at character {at + 1} ({shown!r}){said or ': not expected there'}"
+
+
+# What a parser's terminal stands for, as a syntax error names what was expected.
+_VALUE: Final = "a value (a string in quotes, a number, true or false)"
+_TEST: Final = "a comparison (=, !=, <, <=, >, >=, IN, STARTS WITH, ENDS WITH, CONTAINS)"
+_WANTED: Final = {
+    "STRING": _VALUE,
+    "NUMBER": _VALUE,
+    "TRUE": _VALUE,
+    "FALSE": _VALUE,
+    "COMPARE": _TEST,
+    "_IN": _TEST,
+    "_STARTS": _TEST,
+    "_ENDS": _TEST,
+    "_CONTAINS": _TEST,
+    "NAME": "an operand (data.…, attributes.…, id, producer, …)",
+    "_EXISTS": "an operand (data.…, attributes.…, id, producer, …)",
+    "_AND": "AND, OR or `)`",
+    "_OR": "AND, OR or `)`",
+    "RPAR": "AND, OR or `)`",
+    "LPAR": "`(`",
+}
 
 
 def _bounded(tree: lark.Tree[Any]) -> None:
@@ -193,7 +220,7 @@ def _built(tree: lark.Tree[Any]) -> Expression:
             kinds = list(dict.fromkeys(type(v) for v in literals))
             ins = [Condition(read, "in", tuple(v for v in literals if type(v) is k)) for k in kinds]
             return ins[0] if len(ins) == 1 else Any_(tuple(ins))
-        case "prefix" | "contains":
+        case "prefix" | "suffix" | "contains":
             operand, value = tree.children
             return Condition(_operand(operand), tree.data, (_literal(_token(value)),))
         case "exists":
@@ -281,10 +308,12 @@ def _check(condition: Condition, listing: str | None) -> None:
     if op == "exists":
         return
     kind = type(values[0])  # one type: an IN of several is one IN for each
-    if op in ("prefix", "contains") and (kind is not str or values[0] == ""):
-        raise BadParameter(PARAMETER, f"STARTS WITH and CONTAINS take a string, not empty ({name})")
+    if op in ("prefix", "suffix", "contains") and (kind is not str or values[0] == ""):
+        raise BadParameter(
+            PARAMETER, f"STARTS WITH, ENDS WITH and CONTAINS take a string, not empty ({name})"
+        )
     if root in TIME_COLUMNS:
-        if kind is not str or op in ("prefix", "contains"):
+        if kind is not str or op in ("prefix", "suffix", "contains"):
             raise BadParameter(PARAMETER, f"{name} compares with an RFC 3339 time in quotes")
         for value in values:
             assert isinstance(value, str)
@@ -404,6 +433,7 @@ _COMPARE: Final[dict[str, Callable[[Any, tuple[Any, ...]], bool]]] = {
     ">=": lambda v, w: v >= w[0],
     "in": lambda v, w: v in w,
     "prefix": lambda v, w: v.startswith(w[0]),
+    "suffix": lambda v, w: v.endswith(w[0]),
     "contains": lambda v, w: w[0] in v,
 }
 
@@ -535,6 +565,8 @@ class _Compiler:
             return f"{left} IN ({', '.join(self.bind(v) for v in values)})"
         if op == "prefix":
             return f"STARTS_WITH({left}, {self.bind(values[0])})"
+        if op == "suffix":
+            return f"ENDS_WITH({left}, {self.bind(values[0])})"
         if op == "contains":
             return f"STRPOS({left}, {self.bind(values[0])}) > 0"
         return f"{left} {_SQL_OPERATOR[op]} {self.bind(values[0])}"

@@ -49,6 +49,7 @@ WORDS = [
     ")",
     "IN",
     "STARTS WITH",
+    "ENDS WITH",
     "CONTAINS",
     "EXISTS",
     "=",
@@ -132,7 +133,7 @@ def conditions(draw: st.DrawFn) -> str:
     if kind == "exists":
         return f"EXISTS {name}"
     if kind == "text":
-        word = draw(st.sampled_from(["STARTS WITH", "CONTAINS"]))
+        word = draw(st.sampled_from(["STARTS WITH", "ENDS WITH", "CONTAINS"]))
         return f"{name} {word} {json.dumps(draw(st.sampled_from(['a', 'b', 'é', '{'])))}"
     return f"{name} {op} {literal_text(value)}"
 

@@ -133,13 +133,13 @@ def condition(pick: random.Random) -> str:
     if kind != "bool":
         ops += ["<", "<=", ">", ">="]
     if kind == "string":
-        ops += ["STARTS WITH", "CONTAINS"]
+        ops += ["STARTS WITH", "ENDS WITH", "CONTAINS"]
     op = pick.choice(ops)
     if op == "EXISTS":
         return f"EXISTS {name}"
     if op == "IN":
         return f"{name} IN ({', '.join(literal(kind, pick) for _ in range(pick.randint(1, 3)))})"
-    if op in ("STARTS WITH", "CONTAINS"):
+    if op in ("STARTS WITH", "ENDS WITH", "CONTAINS"):
         return f"{name} {op} {json.dumps(pick.choice([s for s in STRINGS if s]))}"
     return f"{name} {op} {literal(kind, pick)}"
 
@@ -168,6 +168,7 @@ WRITTEN = [
     "EXISTS data",
     "data.s CONTAINS '\\n'",
     "data.s STARTS WITH 'é'",
+    "data.s ENDS WITH 'c' OR data.deep.er ENDS WITH '☃'",
     "attributes.region = 'é' AND NOT data.n < 0",
     "timestamp >= '2023-11-14T22:13:20.000010Z'",
     "NOT timestamp > '1970-01-01T00:00:00Z'",
