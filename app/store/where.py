@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
@@ -92,13 +93,20 @@ class Operand:
     path: tuple[str, ...] = ()
 
     def __str__(self) -> str:
-        return self.root + "".join(f"[{msgspec.json.encode(m).decode()}]" for m in self.path)
+        return self.root + "".join(
+            f".{m}" if _PLAIN.fullmatch(m) else f"[{msgspec.json.encode(m).decode()}]"
+            for m in self.path
+        )
+
+
+# A member written `.name` (any other is written `["…"]`).
+_PLAIN: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Condition:
-    """`operand` `op` `values`: op is a COMPARE, `in`, `prefix`, `contains` (one value
-    or several) or `exists` (none)."""
+    """`operand` `op` `values`: op is a COMPARE, `in`, `prefix`, `suffix`, `contains`
+    (one value or several) or `exists` (none)."""
 
     operand: Operand
     op: str
@@ -337,17 +345,21 @@ def _check_listing(root: str, listing: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=1024)
 def time_value(text: str) -> int:
-    """An RFC 3339 time in a condition, in epoch microseconds."""
+    """An RFC 3339 time in a condition, in epoch microseconds (read once: the matcher
+    asks for each row)."""
     try:
         when = datetime.fromisoformat(text)
-    except ValueError:
-        when = None
-    if when is None or when.tzinfo is None or "T" not in text.upper():
-        raise BadParameter(
-            PARAMETER, f"{text[:40]!r} is no RFC 3339 time (2026-05-01T12:00:00Z, with its zone)"
-        )
-    return micros(when.astimezone(UTC))
+        if when.tzinfo is not None and "T" in text.upper():
+            return micros(when.astimezone(UTC))
+    except (ValueError, OverflowError):  # none, or beyond the years 1 to 9999 in UTC
+        pass
+    raise BadParameter(
+        PARAMETER,
+        f"{text[:40]!r} is no RFC 3339 time of the years 1 to 9999 "
+        "(2026-05-01T12:00:00Z, with its zone)",
+    )
 
 
 # --- in memory ------------------------------------------------------------------------
