@@ -3,6 +3,7 @@ under 32 concurrent clients, and while pushes are being ingested.
 
     python3 dev.py bench query [--rows 1000000] [--seconds 10] [--ingest 500]
                                [--before CHECKOUT]
+    python3 dev.py bench query --filters [--rows 6000] [--rates 10,100]
 
 Fills a DuckDB file through the store's own schema (rows in ingest order, as
 ingest writes them), serves it with `recordline serve`, and drives
@@ -22,6 +23,8 @@ replaces on the same machine in the same minutes.
 
 Targets: p95 under 20 ms single-client, and under 50 ms at 32 clients at the
 tail while ingest runs.
+
+`--filters` measures what a filter costs one page instead (bench/filters.py).
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ def measure(srv: Server, phase: Phase, reads: str, pushes: str, seconds: float) 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench query")
-    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rows", type=int, help="1,000,000; with --filters 6,000")
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument(
         "--ingest", type=int, default=500, help="pushes a second at most, during ingest phases"
@@ -181,7 +184,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--before", type=Path, help="a checkout whose app is measured beside this one"
     )
+    parser.add_argument(
+        "--filters",
+        action="store_true",
+        help="what a filter costs one page, on DuckDB and BigQuery (bench/filters.py)",
+    )
+    parser.add_argument("--rates", default="10,100", help="with --filters: BigQuery's msg/s")
     args = parser.parse_args(argv)
+    if args.filters:
+        from bench import filters
+
+        return filters.main(args.rows or 6_000, [int(r) for r in args.rates.split(",")])
+    args.rows = args.rows or 1_000_000
     pause_ms = max(1, round(PUSH_CONNECTIONS * 1000 / args.ingest))
     pushes = push_script(pause_ms=pause_ms)
     script = page_script(args.rows)

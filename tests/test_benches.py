@@ -32,6 +32,7 @@ from tests.spanner.emulator import find_emulator as find_spanner_emulator
 BENCHES = [
     ("ingest --rounds 1 --seconds 1 --connections 4 --designs b", "b floor (decode, 204)", "wrk"),
     ("query --rows 70000 --seconds 1 --ingest 50", "pages/s / 1 client", "wrk"),
+    ("query --filters --rows 300 --rates 10", "billed what its ranges bill unfiltered", None),
     ("bqcost --rates 100 --days 1 --repeat 1", "follower-day at 100 msg/s", None),
     ("bqcost --layouts --rate 1", "read API on event time", None),
     ("storage --rows 2000", "logical / compressed", None),
@@ -134,7 +135,17 @@ def test_a_benchmark_the_docs_quote_runs_at_a_small_size(
 
 # The flags that make a benchmark measure something else, each cited on its own.
 MODES = frozenset(
-    {"--peer", "--cache", "--heap", "--serving", "--layouts", "--flood", "--storage", "--scale"}
+    {
+        "--peer",
+        "--cache",
+        "--heap",
+        "--serving",
+        "--layouts",
+        "--flood",
+        "--storage",
+        "--scale",
+        "--filters",
+    }
 )
 # Cited, and run elsewhere (calls) or not at all (instructions: the docstring says why).
 NOT_HERE = frozenset({("calls", None), ("instructions", None)})
