@@ -213,11 +213,11 @@ def main(count: int, rates: list[int]) -> int:
     print(markdown([*head, "checked / unfiltered", "ms", "ms / unfiltered"], duckdb_table(rows)))
     same = True
     for rate in rates:
-        weight = max(1, rate * 7200 // count)
+        weight = max(1, round(rate * 7200 / count))
         costs = asyncio.run(on_bigquery(rows, weight))
         same = same and all(billed == plain for *_, billed, plain in costs.values())
-        print(f"\n## BigQuery at {rate} msg/s: each stored row stands for {weight}, ", end="")
-        print(f"limit {-(-LIMIT // weight)} stored rows\n")
+        print(f"\n## BigQuery at {weight * count / 7200:g} msg/s: each stored row stands ", end="")
+        print(f"for {weight}, limit {-(-LIMIT // weight)} stored rows\n")
         head = ["page", "rows", "queries", "billed", "billed / unfiltered"]
         head += ["same ranges unfiltered", "billed / same ranges", "per row returned"]
         print(markdown([*head, "per row / unfiltered"], bigquery_table(costs)))
