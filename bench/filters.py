@@ -209,8 +209,8 @@ def main(count: int, rates: list[int]) -> int:
     rows = records(count)
     after = sum(r.ingest_time >= SINCE for r in rows)  # the cursor (SINCE, "") is before them
     print(f"## DuckDB: {count:,} rows over two hours, {after:,} after `since`, limit {LIMIT}\n")
-    head = ["page", "keeps", "rows", "rows spanned", "spanned / unfiltered", "rows checked"]
-    print(markdown([*head, "checked / unfiltered", "ms", "ms / unfiltered"], duckdb_table(rows)))
+    head = ["page", "keeps", "rows", "rows spanned", "spanned / unfiltered", "rows read"]
+    print(markdown([*head, "read / unfiltered", "ms", "ms / unfiltered"], duckdb_table(rows)))
     same = True
     for rate in rates:
         weight = max(1, round(rate * 7200 / count))
