@@ -469,7 +469,7 @@ class Dialect:
     json_scalar: str
     # A timestamp column in epoch microseconds.
     micros: str
-    # A number's text as a double.
+    # A text as a double, NULL where it is none.
     double: str
     # A column by name (`alias` given where the query has one).
     column: Callable[[str, str], str]
@@ -508,8 +508,6 @@ BIGQUERY: Final = Dialect(
 # its JSON functions read as they would a JSON column (returning STRING).
 SPANNER: Final = dataclasses.replace(BIGQUERY, json_text="JSON_QUERY({json}, {path})")
 
-# What a JSON number's text starts with (and no other JSON value's).
-_NUMBER_STARTS: Final = ", ".join(f"'{c}'" for c in "-0123456789")
 _SQL_OPERATOR: Final = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
 
@@ -553,16 +551,15 @@ class _Compiler:
             if root != "data":
                 return self.compared(scalar, op, values)
             kind = type(values[0])
+            # Each reads the member once where it can: reading it is parsing the payload.
             if kind is bool:
-                # `= true` is the member's JSON text `true`; IN (true, false) any boolean.
-                texts = [self.bind("true" if v else "false") for v in values]
-                if op == "in":
-                    return f"{text} IN ({', '.join(texts)})"
-                return f"{text} {_SQL_OPERATOR[op]} {texts[0]} AND {text} IN ('true', 'false')"
+                # `= true` is the member's JSON text `true` (`!= true`, `false`).
+                wanted = values if op != "!=" else (not values[0],)
+                texts = [self.bind("true" if v else "false") for v in wanted]
+                return f"{text} IN ({', '.join(texts)})"
             if kind is float:
-                number = d.double.format(text=scalar)
-                digit = f"SUBSTR({text}, 1, 1) IN ({_NUMBER_STARTS})"
-                return f"{digit} AND {self.compared(number, op, values)}"
+                # Only a number's JSON text reads as a double (a string's is quoted).
+                return self.compared(d.double.format(text=text), op, values)
             return f"SUBSTR({text}, 1, 1) = '\"' AND {self.compared(scalar, op, values)}"
         column = d.column(self.alias, root)
         if op == "exists":
