@@ -90,10 +90,13 @@ def test_records_browse_filter_and_show_a_record(service: str, page: Any) -> Non
     expect(detail).to_contain_text("orders · 1 · 1")
     expect(detail).to_contain_text('"recordline-producer": "orders"')
     shot(page, "records")
-    # A filter the API refuses is said, with its reason.
+    # A filter the API refuses is said beside the filters, with its reason, its input
+    # marked; the rows shown stay.
     page.fill("input[name=field]", "no such:thing")
     page.click("#filters button[type=submit]")
-    expect(page.locator("#status")).to_contain_text("400")
+    expect(page.locator("#refused")).to_contain_text("400: field:")
+    expect(page.locator("input[name=field]")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#rows tbody tr.row")).to_have_count(3)
 
 
 def test_a_live_push_appears_while_following(service: str, page: Any) -> None:
@@ -287,7 +290,7 @@ def test_a_crafted_address_is_filters_alone(service: str, page: Any) -> None:
     )
     expect(page.locator("input[name=attribute]")).to_have_value(markup)
     expect(page.locator("input[name=producer]")).to_have_value("%")
-    expect(page.locator("#status")).not_to_be_empty()
+    expect(page.locator("#refused")).to_contain_text("400: attribute:")
     expect(page.locator("img")).to_have_count(0)
     page.goto(f"{service}/console/rejections?message_id={quote(markup)}&{extra}")
     expect(page.locator("input[name=message_id]")).to_have_value(markup)

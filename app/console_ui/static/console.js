@@ -23,15 +23,38 @@ function row(cells) {
   return tr;
 }
 
-// A read of the API; a problem document (4xx, 5xx) is said in the status line.
+// A read of the API; a problem document (4xx, 5xx) is thrown as an Error saying its
+// status and detail, with the parameter it names (`parameter`), if any.
 async function api(path, options) {
   const answer = await fetch(path, options);
   if (!answer.ok) {
-    let detail = answer.statusText;
-    try { detail = (await answer.json()).detail || detail; } catch (_) { /* not JSON */ }
-    throw new Error(`${answer.status}: ${detail}`);
+    let detail = answer.statusText, parameter = null;
+    try {
+      const problem = await answer.json();
+      detail = problem.detail || detail;
+      parameter = typeof problem.parameter === "string" ? problem.parameter : null;
+    } catch (_) { /* not JSON */ }
+    throw Object.assign(new Error(`${answer.status}: ${detail}`), { parameter });
   }
   return answer;
+}
+
+// What the API refused of what the forms asked (a read of the filters, an export), said
+// beside the filters, where the reader is, with the input it names marked; said no
+// more (null) once what they ask is answered.
+function refused(error) {
+  const said = $("#refused");
+  said.textContent = error ? error.message : "";
+  said.hidden = !error;
+  for (const input of document.querySelectorAll("form input[name]")) {
+    if (error && input.name === error.parameter) {
+      input.setAttribute("aria-invalid", "true");
+      input.setAttribute("aria-describedby", "refused");
+    } else if (input.hasAttribute("aria-invalid")) {
+      input.removeAttribute("aria-invalid");
+      input.removeAttribute("aria-describedby");
+    }
+  }
 }
 
 function filterParams(form, names) {
@@ -132,7 +155,7 @@ function records() {
   // The view opens at now, the newest row first (`order=newest`): `older` reads on to
   // older rows (More, at the bottom); `newer` follows what comes after the first page,
   // oldest first from its `complete_until`, each row put on top.
-  let older = null, newer = null, query = null, generation = 0;
+  let older = null, newer = null, query = null, generation = 0, reads = 0;
   // The follower's waiting read, if one is in flight: abandoned when the reader scrolls
   // down (the rows it would bring wait for them) or reads anew.
   let waiting = null;
@@ -142,35 +165,42 @@ function records() {
   const follow = $("#follow");
   const atTop = () => window.scrollY <= 40;
 
-  async function page(params, signal) {
-    const asked = new URLSearchParams(query);
+  async function page(params, signal, filters) {
+    const asked = new URLSearchParams(filters || query);
     for (const [name, value] of Object.entries(params)) asked.set(name, value);
     if (asked.has("page_token")) asked.delete("since");
     asked.set("limit", "100");
     return await (await api(`${ROOT}/v1/records?${asked}`, { signal })).json();
   }
 
+  // The view is the filters' once their first page is answered: until then, and if it
+  // is refused, the rows shown (and their follower, and the address) stay as they were.
   async function read(event) {
     if (event) event.preventDefault();
-    const mine = generation += 1;
-    if (waiting) waiting.abort();
-    empty = false;
-    query = filterParams(form, RECORD_FILTERS);
-    filtersToAddress(query);
-    body.replaceChildren();
-    status("");
+    const mine = reads += 1;
+    const asked = filterParams(form, RECORD_FILTERS);
+    let answer;
     try {
-      const answer = await page({ order: "newest" });
-      if (mine !== generation) return;  // a later read's filters are the view's
-      for (const record of answer.records) body.append(recordRow(record));
-      empty = !answer.records.length;
-      if (empty) sayEmpty();
-      older = answer.next_page_token;
-      more.hidden = !older;
-      // What comes after this page, oldest first, from where it is complete.
-      newer = { since: answer.complete_until };
-      if (follow.checked) tail(generation);
-    } catch (error) { if (mine === generation) status(error.message); }
+      answer = await page({ order: "newest" }, undefined, asked);
+    } catch (error) {
+      if (mine === reads) refused(error);
+      return;
+    }
+    if (mine !== reads) return;  // a later read's filters are the view's
+    generation += 1;
+    if (waiting) waiting.abort();
+    query = asked;
+    filtersToAddress(query);
+    refused(null);
+    status("");
+    body.replaceChildren(...answer.records.map(recordRow));
+    empty = !answer.records.length;
+    if (empty) sayEmpty();
+    older = answer.next_page_token;
+    more.hidden = !older;
+    // What comes after this page, oldest first, from where it is complete.
+    newer = { since: answer.complete_until };
+    if (follow.checked) tail(generation);
   }
 
   // Follows as rows arrive (long-poll pages, the API's follow protocol), each on top;
@@ -250,6 +280,7 @@ async function download(format) {
   const progress = $("#progress");
   try {
     const answer = await api(`${ROOT}/v1/export/records?${params}`);
+    refused(null);
     const reader = answer.body.getReader(), parts = [];
     let bytes = 0, lines = 0;
     for (;;) {
@@ -272,7 +303,7 @@ async function download(format) {
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(href), 60_000);
-  } catch (error) { status(error.message); progress.textContent = ""; }
+  } catch (error) { refused(error); progress.textContent = ""; }
 }
 
 // -- rejections -------------------------------------------------------------------
@@ -325,15 +356,14 @@ function rejections() {
     $("#chosen-reason").hidden = true;
   }
 
+  // Each read's own rejections: one overtaken by a later read (other filters) is let go;
+  // one refused leaves the view (and the address) as it was.
   async function read(event) {
     if (event) event.preventDefault();
-    // Each read's own rejections: one overtaken by a later read (other filters) is let go.
     const mine = reads += 1, kept = [];
-    status("");
-    found = [];
+    const filters = filterParams(form, REJECTION_FILTERS);
     try {
-      let params = filterParams(form, REJECTION_FILTERS);
-      filtersToAddress(params);
+      let params = new URLSearchParams(filters);
       params.set("limit", "1000");
       // At most 5,000 rejections are grouped: the newest pages past that are not read.
       for (let pages = 0; pages < 5; pages += 1) {
@@ -343,7 +373,10 @@ function rejections() {
         if (!answer.next_page_token || answer.rejections.length < 1000) break;
         params = new URLSearchParams({ page_token: answer.next_page_token, limit: "1000" });
       }
-    } catch (error) { if (mine === reads) status(error.message); return; }
+    } catch (error) { if (mine === reads) refused(error); return; }
+    filtersToAddress(filters);
+    refused(null);
+    status("");
     found = kept;
     const reasons = new Map();
     for (const rejection of found) {
