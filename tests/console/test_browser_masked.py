@@ -80,3 +80,30 @@ def test_a_reader_sees_masked_values_in_the_page_and_the_export(
     expect(page.locator("main")).to_contain_text("Replay is for operators")
     for value in HIDDEN:
         assert value not in page.content()
+
+
+def test_an_expression_on_a_masked_member_is_refused_beside_the_filters(
+    service: str, page: Any
+) -> None:
+    """A reader may filter by what they see, not by a masked member (what it kept would
+    tell its value): the API's 403 is said in the page, the rows shown kept."""
+    page.goto(f"{service}/console/records")
+    rows = page.locator("#rows tbody tr.row")
+    expect(rows).to_have_count(1)
+    box = page.locator("input[name=where]")
+    box.fill("data.email = 'alice@example.com'")
+    box.press("Enter")
+    refused = page.locator("#refused")
+    expect(refused).to_contain_text("403: where:")
+    expect(box).to_have_attribute("aria-invalid", "true")
+    expect(rows).to_have_count(1)
+    assert "where" not in page.url
+    # What the reader sees, they may filter by.
+    box.fill("data.plan = 'gold' AND attributes.region = 'eu'")
+    box.press("Enter")
+    expect(refused).to_be_hidden()
+    assert "where=" in page.url
+    expect(rows).to_have_count(1)
+    box.fill("data.plan = 'silver'")
+    box.press("Enter")
+    expect(rows).to_have_count(0)

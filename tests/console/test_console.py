@@ -11,8 +11,10 @@ import pytest
 from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
+from app.errors import BadParameter
 from app.routes.console import PAGES
 from app.settings import Settings
+from app.store import where
 from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
 from tests.conftest import settings
@@ -121,3 +123,27 @@ def test_every_page_and_asset_is_sent_with_the_browser_s_protections(client: Tes
         assert_protected(answer.headers)
     # Nothing inline a policy of the page's own files would refuse.
     assert not re.search(r"<script(?![^>]*\bsrc=)|<style|\sstyle=|\son[a-z]+=", page.text)
+
+
+@pytest.mark.parametrize("page", ["records", "rejections"])
+def test_the_where_box_offers_the_operands_its_list_takes(client: TestClient, page: str) -> None:  # type: ignore[type-arg]
+    """The Records and Rejections pages each have a `where` box whose suggestions are
+    exactly the operands the filter language takes on that list."""
+    html = client.get(f"/console/{page}").text
+    (box,) = re.findall(r"<input name=\"where\"[^>]*>", html)
+    assert 'list="where-operands"' in box
+    (options,) = re.findall(r'<datalist id="where-operands">(.*?)</datalist>', html)
+    offered = re.findall(r'<option value="([^"]+)">', options)
+
+    def taken(root: str) -> bool:
+        operand = f"{root}.k" if root in ("data", "attributes") else root
+        try:
+            where.parse(f"EXISTS {operand}", page)
+        except BadParameter:
+            return False
+        return True
+
+    assert len(offered) == len(set(offered))
+    assert {o.removesuffix(".") for o in offered} == set(filter(taken, where.ROOTS))
+    # Those with members are offered as the start of a path.
+    assert {o for o in offered if o.endswith(".")} <= {"data.", "attributes."}

@@ -81,6 +81,47 @@ function filtersToAddress(params) {
   window.history.replaceState(null, "", search ? `?${search}` : window.location.pathname);
 }
 
+// The `where` box's suggestions (its <datalist>): the operands of the filter language
+// this list takes (the page's own options), then the attribute keys and the data's
+// members the page has shown, each offered as the whole text with the word being typed
+// completed, wherever an operand may stand (at the start, after `(`, AND, OR, NOT or
+// EXISTS). `see(root, keys)` adds keys met under `data` or `attributes`.
+const SEEN_AT_MOST = 200;
+
+function whereSuggestions(input) {
+  const list = document.getElementById(input.getAttribute("list"));
+  const operands = [...list.options].map((option) => option.value);
+  const seen = new Set();
+
+  function offer() {
+    const text = input.value;
+    const word = text.match(/[^\s(),]*$/)[0];
+    const before = text.slice(0, text.length - word.length);
+    const offered = [];
+    if (/(^|\(|\b(and|or|not|exists)\s)\s*$/i.test(before)) {
+      for (const operand of [...operands, ...[...seen].sort()]) {
+        if (operand.startsWith(word) && operand !== word) offered.push(before + operand);
+        if (offered.length === 50) break;
+      }
+    }
+    list.replaceChildren(...offered.map((value) => element("option", undefined, { value })));
+  }
+
+  function see(root, keys) {
+    for (const key of keys) {
+      if (seen.size >= SEEN_AT_MOST) break;
+      // A plain word after a dot; any other name in ["…"] (one holding `"`, `\` or a
+      // control character cannot be asked for).
+      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) seen.add(`${root}.${key}`);
+      else if (key && !/["\\\u0000-\u001f\u007f]/.test(key)) seen.add(`${root}["${key}"]`);
+    }
+  }
+
+  input.addEventListener("input", offer);
+  offer();
+  return { see, offer };
+}
+
 // A chart of `data` ([times, ...values]); with `trailing`, its time axis the last that
 // many seconds to the newest time, however few samples there are yet.
 function chart(target, series, data, height, trailing) {
@@ -101,7 +142,7 @@ function chart(target, series, data, height, trailing) {
 
 // -- records ----------------------------------------------------------------------
 
-const RECORD_FILTERS = ["since", "attribute", "producer", "record_id", "message_id", "field"];
+const RECORD_FILTERS = ["since", "attribute", "producer", "record_id", "message_id", "field", "where"];
 
 function sequenceOf(attributes) {
   const producer = attributes["recordline-producer"];
@@ -165,6 +206,15 @@ function records() {
   const follow = $("#follow");
   const atTop = () => window.scrollY <= 40;
 
+  const suggestions = whereSuggestions(form.elements.where);
+
+  function shown(record) {
+    suggestions.see("attributes", Object.keys(record.attributes || {}));
+    const data = record.data;
+    if (data !== null && typeof data === "object" && !Array.isArray(data)) suggestions.see("data", Object.keys(data));
+    return recordRow(record);
+  }
+
   async function page(params, signal, filters) {
     const asked = new URLSearchParams(filters || query);
     for (const [name, value] of Object.entries(params)) asked.set(name, value);
@@ -193,7 +243,8 @@ function records() {
     filtersToAddress(query);
     refused(null);
     status("");
-    body.replaceChildren(...answer.records.map(recordRow));
+    body.replaceChildren(...answer.records.map(shown));
+    suggestions.offer();
     empty = !answer.records.length;
     if (empty) sayEmpty();
     older = answer.next_page_token;
@@ -221,7 +272,7 @@ function records() {
       try {
         const answer = await page({ ...newer, wait: "20" }, controller.signal);
         if (mine !== generation) return;
-        for (const record of answer.records) body.prepend(recordRow(record));
+        for (const record of answer.records) body.prepend(shown(record));
         if (answer.next_page_token) newer = { page_token: answer.next_page_token };
         if (answer.records.length) { empty = false; status(""); }
       } catch (error) {
@@ -239,7 +290,7 @@ function records() {
     try {
       const answer = await page({ order: "newest", page_token: older });
       if (mine !== generation) return;
-      for (const record of answer.records) body.append(recordRow(record));
+      for (const record of answer.records) body.append(shown(record));
       older = answer.next_page_token;
       more.hidden = !older;
     } catch (error) { status(error.message); }
@@ -308,13 +359,14 @@ async function download(format) {
 
 // -- rejections -------------------------------------------------------------------
 
-const REJECTION_FILTERS = ["since", "attribute", "producer", "message_id"];
+const REJECTION_FILTERS = ["since", "attribute", "producer", "message_id", "where"];
 
 function rejections() {
   const form = $("#filters");
   let found = [], shown = null, reads = 0;
   const selected = new Set();
   const replay = $("#replay");
+  const suggestions = whereSuggestions(form.elements.where);
 
   function show(reason) {
     shown = reason;
@@ -378,6 +430,8 @@ function rejections() {
     refused(null);
     status("");
     found = kept;
+    for (const rejection of found) suggestions.see("attributes", Object.keys(rejection.attributes || {}));
+    suggestions.offer();
     const reasons = new Map();
     for (const rejection of found) {
       const seen = reasons.get(rejection.reason) || { count: 0, last: "" };
