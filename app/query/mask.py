@@ -241,7 +241,8 @@ class Mask:
         """What of the filter language's `expression` a reader would learn through
         this mask, said as a refusal; None if nothing: a masked attribute or member (or
         one inside a masked path) named, or, where members are masked, a payload's
-        string compared (text may hold a masked member inside, JSON again or a form)."""
+        text compared otherwise than `_whole` allows (text may hold a masked member
+        inside, JSON again or a form)."""
         for condition in where.conditions(where.parse(expression)):
             operand = condition.operand
             if operand.root in ("attributes", "producer"):
@@ -252,12 +253,20 @@ class Mask:
                 masked = self.names_in(operand.path)
                 if masked is not None:
                     return f"{masked!r} is masked for readers who are not operators"
-                if self.masks_members() and any(isinstance(v, str) for v in condition.values):
+                texts = [v for v in condition.values if isinstance(v, str)]
+                if self.masks_members() and texts and not self._whole(condition.op, texts):
                     return (
-                        f"{operand} is compared as text, which a mask may hide part of: "
-                        "only operators compare the payload's strings here"
+                        f"{operand} is compared by a part or an order of its text, or with text "
+                        "a mask hides part of: a payload's text may hold a masked member inside, "
+                        "so a reader compares it whole (=, !=, IN) with text shown whole"
                     )
         return None
+
+    def _whole(self, op: str, texts: list[str]) -> bool:
+        """Whether comparing a payload's text with `texts` by `op` tells a reader only
+        what they see: equality with text this mask shows as it is (so the rows it
+        keeps hold that text, shown whole); never a part or an order."""
+        return op in ("=", "!=", "in") and all(self._text(text, ()) == text for text in texts)
 
     def parameter(self, name: str, value: str) -> str:
         """What an access record keeps of a request's parameter `name` (or its `path`):
