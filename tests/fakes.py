@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import (
+    CountQuery,
     MessageState,
     MessageStatus,
     Page,
@@ -56,6 +57,9 @@ class WrappedStore:
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         return await self.inner.page(kind, query)
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        return await self.inner.counts(kind, query)
 
     async def latest(self, record_id: str) -> Record | None:
         return await self.inner.latest(record_id)
@@ -102,6 +106,11 @@ class FaultyStore(WrappedStore):
             raise StoreUnavailable("injected: reads fail")
         self.pages += 1
         return await self.inner.page(kind, query)
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await self.inner.counts(kind, query)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         self.appending += len(rows)

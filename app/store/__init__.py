@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 import msgspec
 
 from app.records import Record, Rejection
+from app.store.pages import MAX_BUCKETS as MAX_BUCKETS
 from app.store.pages import ROW_BYTES as ROW_BYTES
+from app.store.pages import CountQuery as CountQuery
 from app.store.pages import Page as Page
 from app.store.pages import PageQuery as PageQuery
 from app.store.pages import R as R
@@ -133,6 +135,13 @@ class Store(Protocol):
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         """One page of `kind`'s rows in `(ingest_time, message_id)` order: first
         copies of records, every rejection."""
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        """How many of `kind`'s rows the query's filter keeps in each of its buckets
+        (`query.buckets` of them, from `since`): the rows a walk of filtered pages over
+        `[since, until)` keeps, first copies of records, every rejection; in one query
+        where the store reads SQL. BadParameter for more than MAX_BUCKETS buckets, or
+        a filter the store cannot apply (as a page says)."""
 
     async def latest(self, record_id: str) -> Record | None:
         """The latest version of a record: by `timestamp`, then `publish_time`."""

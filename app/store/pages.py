@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, Generic, TypeVar, cast, final
 
 import msgspec
 
+from app.errors import BadParameter
 from app.records import Record, Rejection
 from app.store.filters import RowFilter
 
@@ -186,3 +187,48 @@ class Page(msgspec.Struct, Generic[R], frozen=True):
     after_time: int
     after_message_id: str
     complete_until: int | None = None
+
+
+# Buckets one count answers at most: a histogram's, never a table of every second.
+MAX_BUCKETS: Final = 240
+
+
+class CountQuery(msgspec.Struct, kw_only=True, frozen=True):
+    """How many of a table's rows with `since <= ingest_time < until` a filter keeps, in
+    buckets of `width` µs from `since` (the last one cut at `until`): as a walk of
+    filtered pages over the range keeps them, first copies of records, every rejection.
+
+    `until` is below the read horizon, as a page's `before_time` is: the caller bounds
+    it (`Reader.counts`)."""
+
+    since: int
+    until: int
+    width: int
+    # The rows counted (app.store.filters); None counts every row.
+    filter: RowFilter | None = None
+
+    @property
+    def buckets(self) -> int:
+        """How many buckets the range holds: ceil((until - since) / width)."""
+        return max(0, -(-(self.until - self.since) // self.width))
+
+    def check(self) -> int:
+        """The number of buckets; BadParameter unless the range and width make 0 to
+        MAX_BUCKETS of them (a store checks before it reads)."""
+        if self.width < 1:
+            raise BadParameter("buckets", f"a bucket of {self.width} µs; 1 µs at least")
+        if self.until < self.since:
+            raise BadParameter("until", "must be later than since")
+        if self.buckets > MAX_BUCKETS:
+            raise BadParameter(
+                "buckets", f"{self.buckets} buckets; {MAX_BUCKETS} at most in one count"
+            )
+        return self.buckets
+
+    def tally(self, found: Iterable[tuple[int, int]]) -> list[int]:
+        """One count per bucket, from a store's `(bucket, rows)` pairs (buckets it found
+        no row in left out)."""
+        counts = [0] * self.buckets
+        for bucket, rows in found:
+            counts[int(bucket)] += int(rows)
+        return counts

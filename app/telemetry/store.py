@@ -23,6 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Tracer
 from app.records import Record, Rejection
 from app.store import (
     READ_ROUTE,
+    CountQuery,
     MessageState,
     MessageStatus,
     Page,
@@ -50,10 +51,16 @@ _PAGES: dict[type[Record | Rejection], tuple[str, dict[str, str]]] = {
     Record: ("page", _PAGE_ROUTE),
     Rejection: ("rejections", _REJECTIONS_ROUTE),
 }
+# A count of records or of rejections: each is its own route (`/v1/counts/…`).
+_COUNTS: dict[type[Record | Rejection], tuple[str, dict[str, str]]] = {
+    Record: ("counts", {"route": "/v1/counts/records"}),
+    Rejection: ("counts.rejections", {"route": "/v1/counts/rejections"}),
+}
 # Each read of the Store protocol, and the route whose duration it is counted in
-# (a page's, by what it pages: `_PAGES`).
+# (a page's, by what it pages: `_PAGES`; a count's, by what it counts: `_COUNTS`).
 READ_METHODS = {
     "page": _PAGE_ROUTE,
+    "counts": _COUNTS[Record][1],
     "latest": _LATEST_ROUTE,
     "message": _MESSAGE_ROUTE,
     "seen": _REPLAY_ROUTE,
@@ -115,6 +122,12 @@ class ObservedStore:
             page = await self.inner.page(kind, query)
             span.set_attribute("db.response.returned_rows", len(page.rows))
             return page
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        with self._query(*_COUNTS[kind]) as span:
+            counts = await self.inner.counts(kind, query)
+            span.set_attribute("db.response.returned_rows", len(counts))
+            return counts
 
     async def latest(self, record_id: str) -> Record | None:
         with self._query("latest", _LATEST_ROUTE) as span:

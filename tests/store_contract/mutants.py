@@ -15,7 +15,7 @@ import msgspec
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
+from app.store import CountQuery, Page, PageQuery, PublisherDuplicate, R, RowOutcome, Store
 from app.store.duckdb.store import DuckDBStore
 from app.store.live import Live
 from app.store.producers import sequence_of
@@ -113,6 +113,13 @@ class FiltersAfterTheLimit(WrappedStore):
         return msgspec.structs.replace(page, rows=[r for r in page.rows if keep.matches(r)])
 
 
+class CountsEveryRow(WrappedStore):
+    """Pages keep a filter's rows, counts every row of the range whatever the filter."""
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        return await self.inner.counts(kind, msgspec.structs.replace(query, filter=None))
+
+
 class DropsAnotherMessage(WrappedStore):
     """Takes any later copy under a stored producer sequence for a publisher's retry, as
     the ledger once did: another publisher's message under it is dropped, not kept."""
@@ -158,6 +165,7 @@ MUTANTS: dict[str, Callable[[Store], Store]] = {
     "stores-publisher-copies": StoresPublisherCopies,
     "ignores-filters": IgnoresFilters,
     "filters-after-the-limit": FiltersAfterTheLimit,
+    "counts-every-row": CountsEveryRow,
     "drops-another-message": DropsAnotherMessage,
     "never-rings": NeverRings,
 }

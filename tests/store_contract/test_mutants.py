@@ -51,6 +51,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> Outcomes:
             f"--junitxml={report}",
             "tests/store_contract/test_contract.py",
             "tests/store_contract/test_filters.py",
+            "tests/store_contract/test_counts.py",
         ],
         cwd=ROOT,
         env={**os.environ, "RECORDLINE_CONTRACT_MUTANT": ",".join(sorted(MUTANTS))},

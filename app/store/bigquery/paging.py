@@ -20,9 +20,15 @@ import msgspec
 
 from app.errors import BadParameter
 from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
-from app.store import Page, PageQuery, R
+from app.store import CountQuery, Page, PageQuery, R
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
-from app.store.bigquery.sql import Statements, page_sql, rejections_sql
+from app.store.bigquery.sql import (
+    Statements,
+    page_sql,
+    record_counts_sql,
+    rejection_counts_sql,
+    rejections_sql,
+)
 from app.store.filters import RowFilter, typed_field, typed_value
 from app.store.where import BIGQUERY, to_sql
 from app.typed.mapping import Field
@@ -144,6 +150,37 @@ class Pager:
         )
         rows = [row_of(Rejection, row) for row in found]
         return _page(query, rows, rows, end)
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        """How many rows a walk of filtered pages over the query's range keeps, by
+        bucket, in one query (`record_counts_sql`, `rejection_counts_sql`): the page's
+        conditions, on the copy a page shows. A later copy whose earlier copy lies more
+        than EARLIER_COPIES_MICROS before `since` is counted (a page reading from `since`
+        finds that copy by a second query and leaves the later one out)."""
+        if not query.check():
+            return []
+        params: dict[str, QueryValue] = {
+            "since": query.since,
+            "until": query.until,
+            "width": query.width,
+        }
+        if kind is Record:
+            kept, copies, values = "", "", dict[str, QueryValue]()
+            if query.filter:
+                kept, copies, values = await self._conditions(Record, query.filter, "r")
+            sql = record_counts_sql(self._sql.records_table, f"TRUE{kept}", copies)
+            params |= {
+                "reach": query.since - EARLIER_COPIES_MICROS,
+                "clock_skew": CLOCK_SKEW_MICROS,
+                "window": self._window,
+            }
+        else:
+            conditions, values = "", {}
+            if query.filter:
+                conditions, _, values = await self._conditions(Rejection, query.filter, "j")
+            sql = rejection_counts_sql(self._sql.rejected_table, conditions)
+        found = await self._run(sql, params | values)
+        return query.tally((bucket, rows) for bucket, rows in found)
 
     async def _conditions(
         self, kind: type[Record | Rejection], keep: RowFilter, alias: str

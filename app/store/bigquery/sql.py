@@ -67,6 +67,52 @@ LIMIT @limit
 """.strip()
 
 
+def record_counts_sql(records: str, kept: str = "TRUE", copies: str = "") -> str:
+    # A records page's rule in one scan, counted by bucket of @width µs from @since:
+    # [reach, until), reach two minutes before `since` (EARLIER_COPIES_MICROS) as a
+    # page's scan reaches before its cursor, each row's previous copy found by the same
+    # LAG, and a row of [since, until) counted if it is shown (no copy within its
+    # look-back) and `kept` (a filter's conditions on the copy, `r`) holds for it. Only
+    # the columns the rule and the filter read are named, so only those are billed.
+    # The bucket's difference is in parentheses: sqlglot (which the tests' fake
+    # translates BigQuery's SQL with) drops the precedence of DIV's first argument.
+    return f"""
+SELECT DIV((UNIX_MICROS(c.ingest_time) - @since), @width) AS bucket, COUNT(*) AS found
+FROM (
+  SELECT r.ingest_time, r.publish_time, COALESCE({kept}, FALSE) AS kept,
+    LAG(r.ingest_time) OVER (
+      PARTITION BY r.message_id
+      ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
+    ) AS previous_copy
+  FROM {records} AS r
+  WHERE r.ingest_time >= TIMESTAMP_MICROS(@reach)
+    AND r.ingest_time < TIMESTAMP_MICROS(@until){copies}
+) AS c
+WHERE c.ingest_time >= TIMESTAMP_MICROS(@since)
+  AND c.kept
+  AND (
+    c.previous_copy IS NULL
+    OR UNIX_MICROS(c.previous_copy) < GREATEST(
+      UNIX_MICROS(c.publish_time) - @clock_skew, UNIX_MICROS(c.ingest_time) - @window
+    )
+  )
+GROUP BY bucket
+""".strip()
+
+
+def rejection_counts_sql(rejected: str, conditions: str = "") -> str:
+    # Every rejection of [since, until) a filter keeps, as a rejections page lists them
+    # (no dedupe pass), counted by bucket: the same constant range on the partitioning
+    # and clustering column, and only the columns the filter reads besides it.
+    return f"""
+SELECT DIV((UNIX_MICROS(j.ingest_time) - @since), @width) AS bucket, COUNT(*) AS found
+FROM {rejected} AS j
+WHERE j.ingest_time >= TIMESTAMP_MICROS(@since)
+  AND j.ingest_time < TIMESTAMP_MICROS(@until){conditions}
+GROUP BY bucket
+""".strip()
+
+
 def earlier_copies_sql(records: str) -> str:
     # For the few rows whose look-back starts before the page's scan: the
     # latest copy of each before the scan. A constant IN list and a constant

@@ -38,6 +38,7 @@ from app.records import (
     row_of,
 )
 from app.store import (
+    CountQuery,
     MessageState,
     MessageStatus,
     Page,
@@ -622,6 +623,14 @@ class BigQueryStore:
         read = self._pager.records if kind is Record else self._pager.rejections
         page: Page[Any] = await self._cache.get((kind, query), lambda: read(query))
         return page
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        # One query, billed and capped as a page's (`Pager.counts`); kept as pages are
+        # (a copy each: callers sharing one answer never share its list).
+        found: list[int] = await self._cache.get(
+            ("counts", kind, query), lambda: self._pager.counts(kind, query)
+        )
+        return list(found)
 
     async def latest(self, record_id: str, *, before: int = END_OF_TIME) -> Record | None:
         """The latest version among rows stored before `before`."""

@@ -13,8 +13,8 @@ from typing import Any
 
 import duckdb
 
-from app.records import Record, row_of
-from app.store import MessageState, MessageStatus, Page, PageQuery, R
+from app.records import Record, Rejection, row_of
+from app.store import CountQuery, MessageState, MessageStatus, Page, PageQuery, R
 from app.store.copies import message_states
 from app.store.duckdb.database import Database
 from app.store.duckdb.sql import (
@@ -26,6 +26,8 @@ from app.store.duckdb.sql import (
     RECORD_BY_MESSAGE_SQL,
     REJECTION_BY_MESSAGE_SQL,
     SEEN_SQL,
+    counts_sql,
+    filter_conditions,
     filtered,
     payload_size,
     read_shown,
@@ -121,6 +123,20 @@ class DuckDBReads:
         )
         # They hold `max_bytes` (by `row_bytes`, which `size` is), or are `limit` rows.
         return query.answer(rows, full=reached or len(rows) >= query.limit)
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        """One GROUP BY of the range, the filter's conditions those of its pages; a table
+        keeps each message once (its primary key), so every row counted is a first copy."""
+        if not query.check():
+            return []
+        where, params = "", dict[str, Any]()
+        if query.filter:
+            where, params = filter_conditions(kind, query.filter, self.typed.fields)
+        sql = counts_sql(kind, where)
+        params |= {"since": query.since, "until": query.until, "width": query.width}
+        await self.applied_now()
+        found = await self.database.read(lambda cur: cur.execute(sql, params).fetchall())
+        return query.tally(found)
 
     async def latest(self, record_id: str) -> Record | None:
         await self.applied_now()

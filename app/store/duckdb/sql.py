@@ -220,11 +220,24 @@ def filtered(
     kind: type[Row], keep: RowFilter, typed: Sequence[Field]
 ) -> tuple[str, str, dict[str, Any]]:
     """The page SQL of `kind` keeping the rows `keep` matches (as `_page_sql` and as
-    `_bounded_page_sql` read it), and its parameters
-    (values are parameters; a typed field's names, held to FIELD_NAME_PATTERN, are
-    quoted into the text). The conditions are checked on the rows of the page's
-    range in key order, so a selective filter scans further for the same page."""
+    `_bounded_page_sql` read it), and its parameters. The conditions are checked on the
+    rows of the page's range in key order, so a selective filter scans further for the
+    same page."""
     table = "records" if kind is Record else "rejected"
+    where, params = filter_conditions(kind, keep, typed)
+    return (
+        _page_sql(table, _select_list(kind), where),
+        _bounded_page_sql(table, kind, where),
+        params,
+    )
+
+
+def filter_conditions(
+    kind: type[Row], keep: RowFilter, typed: Sequence[Field]
+) -> tuple[str, dict[str, Any]]:
+    """The conditions of `keep` on `kind`'s table (`records` or `rejected`, unaliased),
+    each as `\n  AND …`, and their parameters (values are parameters; a typed field's
+    names, held to FIELD_NAME_PATTERN, are quoted into the text)."""
     conditions: list[str] = []
     params: dict[str, Any] = {}
     for at, attribute in enumerate(keep.attributes):
@@ -256,12 +269,20 @@ def filtered(
         term, values = to_sql(expression, DUCKDB)
         conditions.append(term)
         params |= values
-    where = "".join(f"\n  AND {c}" for c in conditions)
-    return (
-        _page_sql(table, _select_list(kind), where),
-        _bounded_page_sql(table, kind, where),
-        params,
-    )
+    return "".join(f"\n  AND {c}" for c in conditions), params
+
+
+def counts_sql(kind: type[Row], where: str = "") -> str:
+    """Rows of `kind` in `[$since, $until)` keeping `where` (`filter_conditions`), counted by
+    bucket of `$width` µs from `$since`: one scan of the range, zonemaps pruning it."""
+    table = "records" if kind is Record else "rejected"
+    return f"""
+SELECT (epoch_us(ingest_time) - $since) // $width AS bucket, count(*) AS found
+FROM {table}
+WHERE ingest_time >= make_timestamptz($since)
+  AND ingest_time < make_timestamptz($until){where}
+GROUP BY bucket
+"""
 
 
 PAGE_SQL: dict[type[Row], str] = {

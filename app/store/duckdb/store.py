@@ -20,7 +20,7 @@ from pathlib import Path
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.store import CountQuery, MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
 from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
 from app.store.duckdb.applier import (
@@ -238,6 +238,9 @@ class DuckDBStore:
 
     async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
         return await self._reads.page(kind, query)
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        return await self._reads.counts(kind, query)
 
     async def latest(self, record_id: str) -> Record | None:
         return await self._reads.latest(record_id)

@@ -189,9 +189,15 @@ LIMIT @limit
 def _filtered(
     table: str, row_type: type[Row], keep: RowFilter
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The page SQL keeping the rows `keep` matches, its values and their types.
-    `attributes` is JSON text in a STRING: JSON_VALUE reads it, the JSONPath a
-    parameter like any value."""
+    """The page SQL keeping the rows `keep` matches, its values and their types."""
+    conditions, values, types = _conditions(row_type, keep)
+    return _page_sql(table, row_type, conditions), values, types
+
+
+def _conditions(row_type: type[Row], keep: RowFilter) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The conditions of `keep` on a row of `row_type`, each as `\n  AND …`, their values
+    and their types. `attributes` is JSON text in a STRING: JSON_VALUE reads it, the
+    JSONPath a parameter like any value."""
     if keep.fields:
         raise BadParameter("field", "the serving tier keeps no typed columns")
     conditions: list[str] = []
@@ -212,8 +218,8 @@ def _filtered(
         term, found = to_sql(expression, SPANNER)
         conditions.append(term)
         values |= found
-    sql = _page_sql(table, row_type, "".join(f"\n  AND {c}" for c in conditions))
-    return sql, values, {name: _PARAM_TYPES[type(value)] for name, value in values.items()}
+    types = {name: _PARAM_TYPES[type(value)] for name, value in values.items()}
+    return "".join(f"\n  AND {c}" for c in conditions), values, types
 
 
 # A filter's values by their Python type: strings and paths, numbers (the filter
@@ -246,6 +252,27 @@ WHERE shard BETWEEN 0 AND {SHARDS - 1}
   AND ingest_time >= @since AND ingest_time < @until
 GROUP BY w
 """.strip()
+
+
+def _counts_sql(table: str, conditions: str = "") -> str:
+    # The rows of every shard's range of the time index a filter keeps (each row
+    # checked, as a page checks it), counted by bucket of `@width` µs from `@origin`:
+    # a row a bucket leaves Spanner, not a row a message.
+    return f"""
+SELECT DIV(UNIX_MICROS(ingest_time) - @origin, @width) AS bucket, COUNT(*) AS found
+FROM {table}@{{FORCE_INDEX={time_index(table)}}}
+WHERE shard BETWEEN 0 AND {SHARDS - 1}
+  AND ingest_time >= @since AND ingest_time < @until{conditions}
+GROUP BY bucket
+""".strip()
+
+
+_COUNTS_TYPES: Final = {
+    "origin": param_types.INT64,
+    "width": param_types.INT64,
+    "since": param_types.TIMESTAMP,
+    "until": param_types.TIMESTAMP,
+}
 
 
 def _keys_sql(table: str) -> str:
@@ -715,6 +742,59 @@ class SpannerServing:
                 if cut or len(found) == query.limit or end == query.before_time:
                     break
         return found
+
+    async def counts(
+        self,
+        kind: type[R],
+        *,
+        origin: int,
+        since: int,
+        until: int,
+        width: int,
+        keep: RowFilter | None,
+        now: int,
+    ) -> dict[int, int]:
+        """How many rows of `kind` with `since <= ingest_time < until` `keep` keeps (every
+        row without one), by bucket `(ingest_time - origin) // width`, read at a time no
+        earlier than `until` (so complete up to it), in one query: each message's one row
+        (its key) is its first copy. A reader's read, counted."""
+        return await self._calls.call(
+            self._counts, _TABLE_OF[kind], kind, origin, since, until, width, keep, now
+        )
+
+    def _counts(
+        self,
+        deadline: Deadline,
+        table: str,
+        kind: type[R],
+        origin: int,
+        since: int,
+        until: int,
+        width: int,
+        keep: RowFilter | None,
+        now: int,
+    ) -> dict[int, int]:
+        conditions, values, types = "", dict[str, Any](), dict[str, Any]()
+        if keep:
+            conditions, values, types = _conditions(kind, keep)
+        params = {
+            "origin": origin,
+            "width": width,
+            "since": moment(since),
+            "until": moment(until),
+            **values,
+        }
+        read_at = moment(max(until, now - _OLDEST_READ_MICROS))
+        self._count_reads(1)
+        with self._calls.database().snapshot(read_timestamp=read_at) as snapshot:
+            rows = sql_rows(
+                snapshot,
+                deadline,
+                _counts_sql(table, conditions),
+                params=params,
+                param_types=_COUNTS_TYPES | types,
+            )
+            return {int(bucket): int(found) for bucket, found in rows}
 
     async def rows_after(
         self, kind: type[R], after: tuple[int, str], until: int, limit: int, *, seen: int = 0

@@ -24,9 +24,19 @@ from google.api_core.exceptions import InvalidArgument
 
 from app.errors import BadParameter, StoreUnavailable
 from app.records import DAY_MICROS, Record, Rejection, rejected_record
-from app.store import MessageState, MessageStatus, Page, PageQuery, R, RowOutcome, row_bytes
+from app.store import (
+    CountQuery,
+    MessageState,
+    MessageStatus,
+    Page,
+    PageQuery,
+    R,
+    RowOutcome,
+    row_bytes,
+)
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import differing
+from app.store.filters import RowFilter
 from app.store.observers import NO_OBSERVERS, StoreObservers
 from app.store.producers import Completeness
 from app.store.spanner.serving import SchemaMismatch, SpannerServing, too_large
@@ -311,15 +321,18 @@ class TieredStore:
 
     # -- reading ---------------------------------------------------------------
 
-    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
-        if query.filter is not None and query.filter.fields:
+    def _refuse_fields(self, keep: RowFilter | None) -> None:
+        if keep is not None and keep.fields:
             # Spanner keeps each payload as JSON: typed columns are BigQuery's alone,
-            # projected as rows are exported, so no page here can read them.
+            # projected as rows are exported, so no read here can filter on them.
             raise BadParameter(
                 "field",
                 "the serving tier has no typed columns to filter on (BigQuery has them, as "
                 "`records.fields`, once rows are exported); filter on attributes or ids here",
             )
+
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        self._refuse_fields(query.filter)
         now = self._now()
         since = self.serving_since(now)
         if query.after_time >= since:
@@ -346,6 +359,35 @@ class TieredStore:
                 )
                 return page
         return query.answer(await self.serving.page(kind, query, now))
+
+    async def counts(self, kind: type[Record] | type[Rejection], query: CountQuery) -> list[int]:
+        """BigQuery's count below `serving_since` (every row there exported, each once),
+        Spanner's from it, in the same buckets from `since`: the bucket that holds
+        `serving_since` is the sum of both."""
+        self._refuse_fields(query.filter)
+        counts = [0] * query.check()
+        if not counts:
+            return counts
+        now = self._now()
+        since = self.serving_since(now)
+        if query.since < since:
+            old = msgspec.structs.replace(query, until=min(query.until, since))
+            for bucket, found in enumerate(await self.analytics.counts(kind, old)):
+                counts[bucket] += found
+        if query.until > since:
+            self._ready()
+            recent = await self.serving.counts(
+                kind,
+                origin=query.since,
+                since=max(query.since, since),
+                until=query.until,
+                width=query.width,
+                keep=query.filter,
+                now=now,
+            )
+            for bucket, found in recent.items():
+                counts[bucket] += found
+        return counts
 
     async def latest(self, record_id: str) -> Record | None:
         self._ready()
