@@ -196,12 +196,19 @@ def _validation(exc: ValidationException) -> Problem:
         # Litestar names the body itself by the handler's parameter, `data`.
         field = "$" if keys[:1] in ([], ["data"]) else keys[0]
         return _problem(InvalidBody, f"{field}: {errors[0].message}", field=field, errors=errors)
+    if not keys and (missing := _MISSING.match(exc.detail)) is not None:
+        # A required parameter not given: Litestar names it in its words alone.
+        keys = [missing[1]]
+        return _problem(BadParameter, f"{keys[0]}: missing", parameter=keys[0], errors=errors)
     return _problem(
         BadParameter,
         f"{keys[0]}: {errors[0].message}" if keys else exc.detail,
         parameter=keys[0] if keys else None,
         errors=errors,
     )
+
+
+_MISSING = re.compile(r"Missing required \w+ parameter '([^']{1,100})'")
 
 
 # msgspec's words for a query parameter it could not take, said as a client reads

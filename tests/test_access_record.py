@@ -397,6 +397,28 @@ def test_a_read_of_the_ledger_is_recorded(
     ]
 
 
+def test_a_count_is_recorded_with_what_it_counted(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It answers no row, yet tells how many a filter keeps: a line, as a read of rows.
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        counted = client.get(
+            "/v1/counts/records",
+            params={"since": "1h", "where": "data.n >= 1"},
+            headers=token(google, ANALYST),
+        )
+        (line,) = records(caplog)
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["total"] == 2
+    assert (line["action"], line["path"], line["principal"]) == (
+        "read",
+        "/v1/counts/records",
+        ANALYST,
+    )
+    assert (line["rows"], line["counted"], line["masked"]) == (0, 2, True)
+
+
 def test_a_head_is_recorded_as_a_head_that_sent_no_content(
     client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
 ) -> None:

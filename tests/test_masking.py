@@ -228,6 +228,14 @@ def test_a_rejection_of_text_that_is_not_json_is_withheld(payload: bytes) -> Non
         ("/v1/records", {"where": "data.note IN ('x', 'email=a@b')"}, "where"),
         ("/v1/export/records", {"where": "data.customer.email > 'a'"}, "where"),
         ("/v1/streams/records", {"offset": "-1", "where": "data.email = 'a'"}, "where"),
+        # How many rows such a filter keeps tells as much as the rows.
+        ("/v1/counts/records", {"since": "1h", "attribute": "client-ip:10.0.0.7"}, "attribute"),
+        ("/v1/counts/records", {"since": "1h", "where": "data.email = 'a'"}, "where"),
+        (
+            "/v1/counts/rejections",
+            {"since": "1h", "where": "attributes['client-ip'] = 'x'"},
+            "where",
+        ),
     ],
 )
 async def test_a_reader_may_not_filter_on_a_masked_value(

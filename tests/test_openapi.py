@@ -176,6 +176,25 @@ for L in ("/v1/records", "/v1/rejections"):
         )
     )
     case(L, "get", 503, failing_reads)(lambda s, L=L: s.client.get(L, headers=s.token(ANALYST)))
+# -- the counts of either list ---------------------------------------------------------
+for C in ("/v1/counts/records", "/v1/counts/rejections"):
+    case(C, "get", 400)(
+        lambda s, C=C: s.client.get(
+            C, params={"since": "1h", "buckets": 0}, headers=s.token(ANALYST)
+        )
+    )
+    case(C, "get", 401)(lambda s, C=C: s.client.get(C, params={"since": "1h"}))
+    case(C, "get", 403)(
+        lambda s, C=C: s.client.get(C, params={"since": "1h"}, headers=s.token(STRANGER))
+    )
+    case(C, "get", 410)(
+        lambda s, C=C: s.client.get(
+            C, params={"since": "2001-01-01T00:00:00Z"}, headers=s.token(ANALYST)
+        )
+    )
+    case(C, "get", 503, failing_reads)(
+        lambda s, C=C: s.client.get(C, params={"since": "1h"}, headers=s.token(ANALYST))
+    )
 # -- the streams -----------------------------------------------------------------
 S, SR = "/v1/streams/{name}", "/v1/streams/records"
 case(S, "get", 400)(lambda s: s.client.get(SR, params={"offset": "a,b"}, headers=s.token(ANALYST)))

@@ -1,10 +1,10 @@
 """The access record: who read, exported, replayed or was refused what, a JSON line a
 request on the `recordline.access` log: who (the identity a guard verified, admitted or
 refused), the action, the request (its parameters bounded, a filter on a masked name by
-its keyed hash), the rows read for it (app.query.served), the bytes sent and whether a
-mask showed them. Every export, replay, pass, refusal and read answered rows is a line;
-a follower's long-polls are summed, a line a minute for each who followed what; a read
-answered no rows is none.
+its keyed hash), the rows read for it (app.query.served) or counted, the bytes sent and
+whether a mask showed them. Every export, replay, pass, refusal, count and read answered
+rows is a line; a follower's long-polls are summed, a line a minute for each who followed
+what; a read answered no rows is none.
 
 Design: docs/security.md#who-read-what
 """
@@ -102,7 +102,9 @@ class AccessRecord:
                     raise
                 finally:
                     SERVED.reset(token)
-                    if served.rows or status >= 400 or action != "read":
+                    # A read that told what it found without rows (a count) is one too.
+                    told = served.facts is not None
+                    if served.rows or told or status >= 400 or action != "read":
                         entry = line(scope, action, self._system, status, served, sent, self._shown)
                         entry["seconds"] = round(time.monotonic() - started, 6)
                         self._record(entry)

@@ -24,7 +24,7 @@ from app.errors import BadParameter, Gone, MaskedFilter, NotFound
 from app.query.charged import Charged, look_up, read_charged
 from app.query.mask import Mask
 from app.query.page_token import PageToken, PageTokens
-from app.query.served import served
+from app.query.served import served, told
 from app.records import (
     DAY_MICROS,
     EPOCH,
@@ -36,7 +36,16 @@ from app.records import (
     micros,
     moment,
 )
-from app.store import READ_ROUTE, PageQuery, Shown, Store, most_row_bytes, row_bytes
+from app.store import (
+    MAX_BUCKETS,
+    READ_ROUTE,
+    CountQuery,
+    PageQuery,
+    Shown,
+    Store,
+    most_row_bytes,
+    row_bytes,
+)
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
@@ -308,6 +317,25 @@ class MessageView(msgspec.Struct, kw_only=True, frozen=True):
     reason: str | None = None
     record: RecordView | None = None
     later_copies_differ: LaterCopiesView | None = None
+
+
+class CountsView(msgspec.Struct, kw_only=True, frozen=True):
+    """How many rows of a list a filter keeps, per bucket of time: what a walk of the
+    list's filtered pages over `[since, until)` would meet in each."""
+
+    # The range counted, as asked (`until` now unless given).
+    since: datetime
+    until: datetime
+    # Each bucket's length: bucket `i` holds the rows stored from `since + i * width`,
+    # the last one cut at `until`.
+    width_seconds: float
+    # The rows counted, in all and per bucket (`buckets` of them, fewer only where the
+    # range is shorter than that many microseconds).
+    total: int
+    counts: list[int]
+    # Every row stored before this time is counted; none after it (the read horizon,
+    # where `until` lies ahead of it): buckets past it may still grow.
+    complete_until: datetime
 
 
 class Excerpt(Generic[AnyPage]):
@@ -974,6 +1002,63 @@ class Reader:
         found = record_view(record)
         served(1, masked=self.mask is not None)
         return found if self.mask is None else self.mask.view(found)
+
+    async def counts(
+        self,
+        listing: Listing[Any],
+        *,
+        since: datetime,
+        until: datetime | None,
+        buckets: int,
+        filter: RowFilter | None = None,
+        now: datetime | None = None,
+    ) -> CountsView:
+        """How many of the list's rows `filter` keeps in each of `buckets` equal buckets
+        of `[since, until)` (`until` is `now` unless given, by default the clock's), as
+        its pages keep them: one read of the store, no row held (so nothing charged to
+        the budget), never past the read horizon. Checked as a page's bounds are: 400
+        naming what is wrong, 410 for a bound older than the retention, 403 for a filter
+        on what is masked."""
+        if not 1 <= buckets <= MAX_BUCKETS:
+            raise BadParameter("buckets", f"must be between 1 and {MAX_BUCKETS}")
+        self.refuse_masked(filter)
+        start = micros(since)
+        if until is not None:
+            end = micros(until)
+        else:
+            end = micros(now) if now is not None else self._clock() // 1000
+        self._check_retained("since", start)
+        if until is not None:
+            self._check_retained("until", end)
+        if end <= start:
+            if until is None:
+                raise BadParameter("since", "must be earlier than now (`until` unless given)")
+            raise BadParameter("until", "must be later than since")
+        # No row is ingested before the epoch (as a page's bounds): a range wholly before
+        # it holds no time at all, and no bucket.
+        start, end = max(start, 0), max(end, 0)
+        width = max(1, -(-(end - start) // buckets))
+        await self._store.barrier()
+        reached = min(end, max(self.horizon(), start))
+        asked = CountQuery(since=start, until=end, width=width, filter=filter)
+        found: list[int] = []
+        if reached > start:
+            counted = msgspec.structs.replace(asked, until=reached)
+            found = await self._store.counts(listing.kind, counted)
+        counts = found + [0] * (asked.buckets - len(found))
+        total = sum(counts)
+        # The access record keeps what was counted (a count tells of rows as a page
+        # does), and whether a mask was on the reader who asked.
+        served(0, masked=self.mask is not None)
+        told(counted=total)
+        return CountsView(
+            since=moment(start),
+            until=moment(end),
+            width_seconds=width / 1_000_000,
+            total=total,
+            counts=counts,
+            complete_until=moment(reached),
+        )
 
     async def message(self, message_id: str, *, charge: Charge | None = None) -> MessageView:
         """What became of the message; with `charge`, charged there with its answer."""

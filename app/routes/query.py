@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
@@ -48,6 +48,7 @@ from app.query.service import (
     MAX_LIMIT,
     RECORDS,
     REJECTIONS,
+    CountsView,
     Listing,
     MessageView,
     Reader,
@@ -75,6 +76,7 @@ from app.routes.follow import (
     until_gone,
     wants_stream,
 )
+from app.store import MAX_BUCKETS
 from app.store.filters import MAX_CONDITIONS, RowFilter
 from app.store.producers import MAX_PRODUCER_LENGTH
 from app.store.where import MAX_WHERE_BYTES
@@ -83,6 +85,9 @@ _AGO = re.compile(AGO_PATTERN)
 _PAGE_PARAMETERS = (
     frozenset({"since", "until", "limit", "page_token", "wait", "order"}) | FILTER_PARAMETERS
 )
+_COUNT_PARAMETERS = frozenset({"since", "until", "buckets"}) | FILTER_PARAMETERS
+# Buckets a count answers unless asked for another number.
+DEFAULT_BUCKETS = 60
 
 
 def time_parameter(description: str) -> Any:
@@ -129,6 +134,22 @@ Order = Annotated[
             "on to older rows; a page read only (no `wait`, no event stream): to follow what "
             "comes after it, read oldest first from its `complete_until` as `since`"
         ),
+    ),
+]
+# A count's (`/v1/counts/…`): its range, and how many buckets it is cut into.
+CountSince = Annotated[str, time_parameter("Rows stored at or after it: the first bucket's start")]
+CountUntil = Annotated[
+    str | None,
+    time_parameter(
+        "Rows stored before it, later than `since` (default: now): the last bucket's end"
+    ),
+]
+Buckets = Annotated[
+    int,
+    Parameter(
+        ge=1,
+        le=MAX_BUCKETS,
+        description="How many buckets of equal length `[since, until)` is cut into",
     ),
 ]
 PageTokenText = Annotated[
@@ -237,6 +258,7 @@ _READ_ERRORS = (
     CertsUnavailable,
 )
 PAGE_ERRORS = problem_responses(BadParameter, Gone, TooManyFollowers, *_READ_ERRORS)
+COUNT_ERRORS = problem_responses(BadParameter, Gone, *_READ_ERRORS)
 LOOKUP_ERRORS = problem_responses(BadParameter, NotFound, *_READ_ERRORS)
 STREAM_ERRORS = problem_responses(BadParameter, NotFound, Gone, TooManyFollowers, *_READ_ERRORS)
 EXPORT_ERRORS = problem_responses(
@@ -322,20 +344,22 @@ def _decoded(name: str, encoded: bytes) -> str:
         ) from None
 
 
-def time_of(name: str, value: str | None) -> datetime | None:
+def time_of(name: str, value: str | None, now: datetime | None = None) -> datetime | None:
     """`since` or `until` as every list and the audit take it: an RFC 3339 time, or how
-    long ago (BadParameter naming both otherwise)."""
+    long before `now` (by default, the clock's) (BadParameter naming both otherwise)."""
     if value is None:
         return None
     try:
-        return time_or_ago(value)
+        return time_or_ago(value, now=now)
     except NotATime as exc:
         raise BadParameter(name, str(exc)) from None
 
 
-def _refuse_unknown(request: Request[Any, Any, Any]) -> None:
+def _refuse_unknown(
+    request: Request[Any, Any, Any], known: frozenset[str] = _PAGE_PARAMETERS
+) -> None:
     params = request.query_params
-    unknown = sorted(set(params) - _PAGE_PARAMETERS)
+    unknown = sorted(set(params) - known)
     if unknown:
         raise BadParameter(unknown[0], "unknown parameter")
     # Each is one value: given twice, the framework would take one and drop the other.
@@ -502,6 +526,87 @@ async def list_rejections(
     )
 
 
+async def _counted(
+    request: Request[Any, Any, Any],
+    reader: Reader,
+    listing: Listing[Any],
+    since: str,
+    until: str | None,
+    buckets: int,
+    asked: Filter,
+) -> CountsView:
+    """How many rows of either list a filter keeps per bucket, its parameters checked as
+    a page's are: an age (`since=1h`) is read from the same moment `until` defaults to,
+    so that an hour in 60 buckets is 60 buckets of a minute."""
+    _refuse_unknown(request, _COUNT_PARAMETERS)
+    now = datetime.now(UTC)
+    start, end = time_of("since", since, now), time_of("until", until, now)
+    if start is None:  # a required parameter: never absent here
+        raise BadParameter("since", "missing")
+    keep = asked.of(listing)
+    return await reader.counts(
+        listing, since=start, until=end, buckets=buckets, filter=keep, now=now
+    )
+
+
+_COUNTS_DESCRIPTION = (
+    "The rows a walk of the list's pages over `[since, until)` with the same filters would "
+    "meet, counted in `buckets` buckets of equal length from `since` (the last one cut at "
+    "`until`): what a console shows above a filtered list. One read of the store; nothing "
+    "past the read horizon is counted (`complete_until`)."
+)
+
+
+@get(
+    "/v1/counts/records",
+    summary="How many records the filters keep, per bucket of time",
+    description=_COUNTS_DESCRIPTION + " Records are counted once each, as the list shows them.",
+    tags=["records"],
+    responses=COUNT_ERRORS,
+)
+async def count_records(
+    request: Request[Any, Any, Any],
+    reader: NamedDependency[Reader],
+    since: CountSince,
+    until: CountUntil = None,
+    buckets: Buckets = DEFAULT_BUCKETS,
+    attribute: AttributeFilter = None,
+    producer: ProducerFilter = None,
+    record_id: RecordIdFilter = None,
+    message_id: MessageIdFilter = None,
+    field: FieldFilter = None,
+    where: WhereFilter = None,
+) -> CountsView:
+    asked = Filter(attribute, producer, record_id, message_id, field, where)
+    return await _counted(request, reader, RECORDS, since, until, buckets, asked)
+
+
+@get(
+    "/v1/counts/rejections",
+    summary="How many rejections the filters keep, per bucket of time",
+    description=_COUNTS_DESCRIPTION + " Every rejection is counted, as the list shows each.",
+    tags=["records"],
+    responses=COUNT_ERRORS,
+)
+async def count_rejections(
+    request: Request[Any, Any, Any],
+    reader: NamedDependency[Reader],
+    since: CountSince,
+    until: CountUntil = None,
+    buckets: Buckets = DEFAULT_BUCKETS,
+    attribute: AttributeFilter = None,
+    producer: ProducerFilter = None,
+    message_id: MessageIdFilter = None,
+    where: WhereFilter = None,
+) -> CountsView:
+    # Rejections have no record id nor typed fields: asked for, the filter says so.
+    given = request.query_params
+    asked = Filter(
+        attribute, producer, given.get("record_id"), message_id, given.getall("field", []), where
+    )
+    return await _counted(request, reader, REJECTIONS, since, until, buckets, asked)
+
+
 @get(
     RECORDS_PREFIX + "{record_id:path}",
     summary="The latest version of a record",
@@ -533,4 +638,11 @@ async def get_message(
 
 
 # Called by readers.
-READ_ROUTES = [list_records, list_rejections, get_record, get_message]
+READ_ROUTES = [
+    list_records,
+    list_rejections,
+    count_records,
+    count_rejections,
+    get_record,
+    get_message,
+]
