@@ -4,14 +4,17 @@ less where a search index rules blocks out, and every query under the cap."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from app.asgi import create_app
+from app.errors import QueryTooCostly
 from app.records import Record
-from app.store import PageQuery
+from app.store import CountQuery, PageQuery
 from app.store.bigquery.store import BigQueryStore
 from app.store.filters import AttributeIs, RowFilter
 from tests.bigquery.billing import MIB, BillingModel
+from tests.bigquery.conftest import record
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import DAY, NOW, SECOND, make_stream
@@ -126,3 +129,62 @@ async def test_a_filtered_read_over_the_cap_is_refused_with_its_cap(
         assert costly.status_code == 503
         assert "RECORDLINE_QUERY_MAX_BYTES_BILLED" in costly.json()["detail"]
     assert all(q.body["maximumBytesBilled"] == str(64 * MIB) for q in jobs_fake.queries[before:])
+
+
+@pytest.mark.slow
+async def test_a_count_is_one_query_billed_for_the_columns_its_rule_and_filter_read(
+    store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    stream = make_stream(100, 2, stored_per_day=288)
+    load(write_fake, jobs_fake, stream, block_rows=100_000)
+    horizon = NOW - 15 * SECOND
+    since = horizon - 8 * HOUR
+    hours = CountQuery(since=since, until=horizon, width=HOUR)
+    stored = [r["message_id"] for r in stream.records if since <= r["ingest_time"] < horizon]
+    # Each message once: the stream's redelivered copies (stored again 2 s on) are left
+    # out, as its pages leave them out.
+    firsts = len(set(stored))
+    assert firsts < len(stored)
+    bills = {}
+    for name, keep, total in (
+        ("none", None, firsts),
+        ("attribute", RowFilter(attributes=(AttributeIs("region", "eu"),)), 0),
+        ("data", RowFilter(where="data.note STARTS WITH 'x'"), firsts),
+    ):
+        before = len(jobs_fake.queries)
+        counts = await store.counts(Record, msgspec.structs.replace(hours, filter=keep))
+        (bills[name],) = billed_by(jobs_fake, before)
+        assert (len(counts), sum(counts)) == (8, total), name
+    # Eight hours at 100 msg/s: message_id, ingest_time and publish_time alone, some 35
+    # bytes of each ~480-byte row (no payload, no attributes), each filter adding the
+    # column it reads.
+    assert 80 * MIB < bills["none"] < 115 * MIB, bills
+    assert bills["none"] < bills["attribute"] < bills["data"], bills
+    # A day of payloads is past the default cap: refused, as any read past it is.
+    day = CountQuery(since=horizon - DAY, until=horizon, width=HOUR, filter=keep)
+    with pytest.raises(QueryTooCostly):
+        await store.counts(Record, day)
+
+
+@pytest.mark.slow
+async def test_a_later_copy_whose_first_lies_far_before_a_count_is_counted_there(
+    store: BigQueryStore,
+) -> None:
+    # The edge a count leaves (docs/reading.md#counting-what-a-filter-keeps): a copy
+    # stored an hour after the first, published before both, is hidden from every page;
+    # a count from after the first copy meets the later one alone and counts it, where
+    # its pages find the first copy with a query of their own.
+    at = NOW - DAY
+    first = record("late-1", at, publish_time=at - 1_000)
+    again = record("late-1", at + HOUR, publish_time=at - 1_000)
+    await store.append([first])
+    await store.append([again])
+    whole = CountQuery(since=at, until=at + 2 * HOUR, width=HOUR)
+    assert await store.counts(Record, whole) == [1, 0]
+    after = CountQuery(since=at + HOUR // 2, until=at + 2 * HOUR, width=HOUR)
+    assert await store.counts(Record, after) == [1, 0]
+    page = await store.page(
+        Record,
+        PageQuery(after_time=after.since, after_message_id="", before_time=after.until, limit=10),
+    )
+    assert page.rows == []

@@ -70,19 +70,23 @@ LIMIT @limit
 def record_counts_sql(records: str, kept: str = "TRUE", copies: str = "") -> str:
     # A records page's rule in one scan, counted by bucket of @width µs from @since:
     # [reach, until), reach two minutes before `since` (EARLIER_COPIES_MICROS) as a
-    # page's scan reaches before its cursor, each row's previous copy found by the same
-    # LAG, and a row of [since, until) counted if it is shown (no copy within its
-    # look-back) and `kept` (a filter's conditions on the copy, `r`) holds for it. Only
-    # the columns the rule and the filter read are named, so only those are billed.
-    # The bucket's difference is in parentheses: sqlglot (which the tests' fake
-    # translates BigQuery's SQL with) drops the precedence of DIV's first argument.
+    # page's scan reaches before its cursor, each row's previous copy found by LAG, and
+    # a row of [since, until) counted if it is shown (no copy within its look-back) and
+    # `kept` (a filter's conditions on the copy, `r`) holds for it. Only the columns the
+    # rule and the filter read are named, so only those are billed: copies are ordered
+    # by ingest_time and publish_time alone, not by trace_id and subscription as a page
+    # breaks their ties (those two bill twice what the rest of the rule does). Copies
+    # tied on both are one publication of the message (its id and publish time, which
+    # Pub/Sub never changes) stored twice at one time: one of them is counted, and they
+    # hold the same payload and attributes, all a filter reads. The bucket's difference
+    # is in parentheses: sqlglot (which the tests' fake translates BigQuery's SQL with)
+    # drops the precedence of DIV's first argument.
     return f"""
 SELECT DIV((UNIX_MICROS(c.ingest_time) - @since), @width) AS bucket, COUNT(*) AS found
 FROM (
   SELECT r.ingest_time, r.publish_time, COALESCE({kept}, FALSE) AS kept,
     LAG(r.ingest_time) OVER (
-      PARTITION BY r.message_id
-      ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
+      PARTITION BY r.message_id ORDER BY r.ingest_time, r.publish_time
     ) AS previous_copy
   FROM {records} AS r
   WHERE r.ingest_time >= TIMESTAMP_MICROS(@reach)
