@@ -330,7 +330,7 @@ class CountsView(msgspec.Struct, kw_only=True, frozen=True):
     # the last one cut at `until`.
     width_seconds: float
     # The rows counted, in all and per bucket (`buckets` of them, fewer only where the
-    # range is shorter than that many microseconds).
+    # range is no longer than `buckets * (buckets - 1)` microseconds).
     total: int
     counts: list[int]
     # Every row stored before this time is counted; none after it (the read horizon,
