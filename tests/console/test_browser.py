@@ -89,6 +89,8 @@ def test_records_browse_filter_and_show_a_record(service: str, page: Any) -> Non
     detail = page.locator("tr.detail")
     expect(detail).to_contain_text("orders · 1 · 1")
     expect(detail).to_contain_text('"recordline-producer": "orders"')
+    # Above the rows, how many the filters keep in the last hour (all of them, here).
+    expect(page.locator("#count")).to_have_text("3 records match since 1h")
     shot(page, "records")
     # A filter the API refuses is said beside the filters, with its reason, its input
     # marked; the rows shown stay.
@@ -303,10 +305,16 @@ def test_a_crafted_address_is_filters_alone(service: str, page: Any) -> None:
     assert [url for _, url in asked if not url.startswith(origin)] == []
     assert {method for method, _ in asked} == {"GET"}, asked
     reads = [urlsplit(url) for _, url in asked if "/v1/" in url]
-    assert {read.path for read in reads} == {"/v1/records", "/v1/rejections"}
+    assert {read.path for read in reads} == {"/v1/records", "/v1/counts/records", "/v1/rejections"}
     for read in reads:
         query = parse_qs(read.query)
-        assert query["limit"] in (["100"], ["1000"]), read
+        if read.path == "/v1/counts/records":
+            # The records' count: the filters, since the last hour, in 60 buckets.
+            assert query["buckets"] == ["60"], read
+            assert query["since"] == ["1h"], read
+            assert "limit" not in query, read
+        else:
+            assert query["limit"] in (["100"], ["1000"]), read
         assert not {"wait", "page_token", "format", "columns", "max_rows"} & set(query), read
 
 

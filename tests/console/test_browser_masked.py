@@ -90,12 +90,19 @@ def test_an_expression_on_a_masked_member_is_refused_beside_the_filters(
     page.goto(f"{service}/console/records")
     rows = page.locator("#rows tbody tr.row")
     expect(rows).to_have_count(1)
+    count, uncounted = page.locator("#count"), page.locator("#count-refused")
+    expect(count).to_have_text("1 record matches since 1h")
     box = page.locator("input[name=where]")
     box.fill("data.email = 'alice@example.com'")
     box.press("Enter")
     refused = page.locator("#refused")
     expect(refused).to_contain_text("403: where:")
     expect(box).to_have_attribute("aria-invalid", "true")
+    # Nor may it be counted (how many it keeps would tell the value): said beside the
+    # count, quietly; the rows stay.
+    expect(uncounted).to_contain_text("403: where:")
+    expect(uncounted).to_be_visible()
+    expect(count).to_have_text("Not counted")
     expect(rows).to_have_count(1)
     assert "where" not in page.url
     # What the reader sees, they may filter by (a payload's text whole; a part of it
@@ -106,6 +113,8 @@ def test_an_expression_on_a_masked_member_is_refused_beside_the_filters(
     box.fill("data.plan = 'gold' AND attributes.region = 'eu'")
     box.press("Enter")
     expect(refused).to_be_hidden()
+    expect(uncounted).to_be_hidden()
+    expect(count).to_have_text("1 record matches since 1h")
     assert "where=" in page.url
     expect(rows).to_have_count(1)
     box.fill("data.plan = 'silver'")

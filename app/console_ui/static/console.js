@@ -24,7 +24,7 @@ function row(cells) {
 }
 
 // A read of the API; a problem document (4xx, 5xx) is thrown as an Error saying its
-// status and detail, with the parameter it names (`parameter`), if any.
+// status and detail, with its `status` and the parameter it names (`parameter`), if any.
 async function api(path, options) {
   const answer = await fetch(path, options);
   if (!answer.ok) {
@@ -34,7 +34,7 @@ async function api(path, options) {
       detail = problem.detail || detail;
       parameter = typeof problem.parameter === "string" ? problem.parameter : null;
     } catch (_) { /* not JSON */ }
-    throw Object.assign(new Error(`${answer.status}: ${detail}`), { parameter });
+    throw Object.assign(new Error(`${answer.status}: ${detail}`), { status: answer.status, parameter });
   }
   return answer;
 }
@@ -140,6 +140,121 @@ function chart(target, series, data, height, trailing) {
   return new uPlot(options, data, target);
 }
 
+// -- counts -----------------------------------------------------------------------
+
+// How long a bucket is, in words: "1 minute", "5 minutes", "0.25 s".
+function lasting(seconds) {
+  for (const [unit, length] of [["day", 86400], ["hour", 3600], ["minute", 60]]) {
+    const many = seconds / length;
+    if (many >= 1 && Number.isInteger(many)) return `${many} ${unit}${many === 1 ? "" : "s"}`;
+  }
+  return `${Number(seconds.toPrecision(3))} s`;
+}
+
+// A time as the API writes it, to the second.
+const toSecond = (text) => text.replace(/\.\d+Z$/, "Z");
+
+// A time (seconds) in UTC, as the API writes times, to the `step` between ticks: to the
+// millisecond below a second, the date first over a range longer than a day.
+function utc(seconds, step, days) {
+  const iso = new Date(seconds * 1000).toISOString();
+  if (step >= 86400) return iso.slice(0, 10);
+  const time = step < 1 ? iso.slice(11, 23).replace(/\.?0+$/, "") : iso.slice(11, step < 60 ? 19 : 16);
+  return days ? `${iso.slice(5, 10)} ${time}` : time;
+}
+
+// A count's buckets as bars (uPlot's), each from its start to the next, the time axis
+// `[since, until)` in UTC, as the API writes times; `plot`, the one drawn before, let go.
+function bars(target, answer, plot) {
+  if (plot) plot.destroy();
+  target.replaceChildren();
+  const since = Date.parse(answer.since) / 1000, until = Date.parse(answer.until) / 1000;
+  const xs = answer.counts.map((_, at) => since + at * answer.width_seconds);
+  return new uPlot({
+    width: Math.max(300, target.clientWidth || 320), height: 120,
+    legend: { show: false }, cursor: { show: false },
+    scales: { x: { time: true, range: [since, until] }, y: { range: (_, min, max) => [0, Math.max(1, max)] } },
+    series: [{}, {
+      label: "records", stroke: "#1f6feb", fill: "#1f6feb99", width: 1,
+      paths: uPlot.paths.bars({ size: [0.9, Infinity], align: 1 }), points: { show: false },
+    }],
+    axes: [
+      { space: 90, values: (_, ticks, __, ___, step) => ticks.map((tick) => utc(tick, step, until - since > 86400)) },
+      { size: 40, space: 20, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5, 1e6, 1e7, 1e8, 1e9] },
+    ],
+  }, [xs, answer.counts], target);
+}
+
+// How many records the filters keep, and when (`/v1/counts/records`, 60 buckets from the
+// filters' `since`, or the last hour): counted anew at each read of the filters
+// (`count(filters)`), and again each COUNT_EVERY ms while following (`again()`). One
+// count in flight at most: a newer read's abandons the one it overtakes, and `again`
+// waits for the one in flight. A count refused is said quietly beside it, its figures
+// cleared; the rows are the list's, and stay.
+const COUNT_EVERY = 15_000, COUNT_SINCE = "1h", COUNT_BUCKETS = "60";
+
+function counter() {
+  const said = $("#count"), why = $("#count-refused"), figure = $("#histogram");
+  let filters = null, flying = null, plot = null, retry = true;
+
+  // The chart gone: `text` said in its place, if any.
+  function cleared(text, label) {
+    if (plot) { plot.destroy(); plot = null; }
+    figure.replaceChildren(...(text ? [element("p", text, { class: "empty" })] : []));
+    figure.setAttribute("aria-label", label || text);
+  }
+
+  function show(answer, since) {
+    const total = answer.total;
+    said.textContent = `${total.toLocaleString()} ${total === 1 ? "record matches" : "records match"} since ${since}`;
+    said.dataset.total = String(total);
+    // What the chart holds, for whoever reads the page's data (and its tests).
+    Object.assign(figure.dataset, {
+      counts: JSON.stringify(answer.counts), since: answer.since, until: answer.until,
+    });
+    if (!total) { cleared("no records in this range"); return; }
+    plot = bars(figure, answer, plot);
+    figure.setAttribute("aria-label",
+      `Histogram of the ${total.toLocaleString()} ${total === 1 ? "record" : "records"} these filters keep since ${since}: ` +
+      `${answer.counts.length} bars of ${lasting(answer.width_seconds)} each, ` +
+      `from ${toSecond(answer.since)} to ${toSecond(answer.until)}`);
+  }
+
+  async function count(asked) {
+    if (asked) {
+      filters = asked;
+      if (flying) flying.abort();
+    } else if (flying || !filters || !retry) return;
+    const controller = new AbortController();
+    flying = controller;
+    const params = new URLSearchParams(filters);
+    const since = params.get("since") || COUNT_SINCE;
+    params.set("since", since);
+    params.set("buckets", COUNT_BUCKETS);
+    try {
+      const answer = await (await api(`${ROOT}/v1/counts/records?${params}`, { signal: controller.signal })).json();
+      if (flying !== controller) return;  // overtaken by a newer read's
+      show(answer, since);
+      why.textContent = "";
+      why.hidden = true;
+      retry = true;
+    } catch (error) {
+      if (flying !== controller) return;
+      said.textContent = "Not counted";
+      delete said.dataset.total;
+      for (const name of ["counts", "since", "until"]) delete figure.dataset[name];
+      cleared("", "no count");
+      why.textContent = error.message;
+      why.hidden = false;
+      // Asked again while following only if it may be answered later (a 5xx: the store
+      // not answering; no answer at all); filters refused (4xx) wait to be read anew.
+      retry = !(error.status < 500);
+    } finally { if (flying === controller) flying = null; }
+  }
+
+  return { count, again: () => count() };
+}
+
 // -- records ----------------------------------------------------------------------
 
 const RECORD_FILTERS = ["since", "attribute", "producer", "record_id", "message_id", "field", "where"];
@@ -207,6 +322,8 @@ function records() {
   const atTop = () => window.scrollY <= 40;
 
   const suggestions = whereSuggestions(form.elements.where);
+  const counts = counter();
+  setInterval(() => { if (follow.checked && !document.hidden) counts.again(); }, COUNT_EVERY);
 
   function shown(record) {
     suggestions.see("attributes", Object.keys(record.attributes || {}));
@@ -229,6 +346,7 @@ function records() {
     if (event) event.preventDefault();
     const mine = reads += 1;
     const asked = filterParams(form, RECORD_FILTERS);
+    counts.count(asked);
     let answer;
     try {
       answer = await page({ order: "newest" }, undefined, asked);
