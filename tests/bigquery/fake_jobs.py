@@ -171,9 +171,19 @@ def _param_value(param: dict[str, Any]) -> Any:
     return _scalar(kind, param["parameterValue"].get("value"))
 
 
+class _Refused(ValueError):
+    """A parameter BigQuery would refuse, or the query holding it."""
+
+
 def _scalar(kind: str, value: Any) -> Any:
     if value is None:
         return None
+    if kind == "STRING" and not isinstance(value, str):
+        # A client that sends a number as a STRING parameter (google-cloud-bigquery sends
+        # a float's value as a JSON number, whatever type it is given) meets a query that
+        # BigQuery refuses: it coerces no STRING parameter to a number, where DuckDB,
+        # given the value, casts it to whatever the query compares it with.
+        raise _Refused(f"a STRING parameter holding {value!r}: no matching signature")
     match kind:
         case "INT64":
             return int(value)
@@ -457,7 +467,10 @@ class FakeBigQueryJobs:
         if match is None:
             return 404, _error(404, "notFound", f"no such endpoint: {path}")
         sql = body["query"]
-        params = {p["name"]: _param_value(p) for p in body.get("queryParameters", [])}
+        try:
+            params = {p["name"]: _param_value(p) for p in body.get("queryParameters", [])}
+        except _Refused as exc:
+            return 400, _error(400, "invalid", str(exc))
         received = ReceivedQuery(sql=sql, params=params, body=body)
         self.queries.append(received)
         if body.get("useLegacySql") is not False or (

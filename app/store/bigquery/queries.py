@@ -26,8 +26,8 @@ from app.store import QueryObserver
 log = logging.getLogger(__name__)
 
 # A named query parameter: INT64, STRING, or an ARRAY<STRING> for IN UNNEST(...); BOOL,
-# NUMERIC and DATE for a filter's typed field.
-QueryValue = int | str | list[str] | bool | Decimal | date
+# NUMERIC and DATE for a filter's typed field; FLOAT64 for the filter language's numbers.
+QueryValue = int | float | str | list[str] | bool | Decimal | date
 Rows = list[tuple[Any, ...]]
 
 # The query itself gets the read timeout; the thread is given this much more
@@ -162,6 +162,10 @@ def _parameter(name: str, value: QueryValue) -> Any:
             return bigquery.ScalarQueryParameter(name, "DATE", value)
         case int():
             return bigquery.ScalarQueryParameter(name, "INT64", value)
+        case float():
+            # Sent as STRING, `x > @n` would be refused: BigQuery coerces no STRING
+            # parameter to a number.
+            return bigquery.ScalarQueryParameter(name, "FLOAT64", value)
         case _:
             return bigquery.ScalarQueryParameter(name, "STRING", value)
 
