@@ -463,8 +463,10 @@ class Dialect:
     parameter: Callable[[str], str]
     # A member path as the store's JSON functions take it (a JSONPath, a pointer).
     path: Callable[[tuple[str, ...]], str]
-    # The member's JSON text (a string's in quotes), NULL where there is none.
+    # The member's JSON text (a string's in quotes); NULL or `null` where there is none.
     json_text: str
+    # Whether the member is there (a JSON null too).
+    present: str
     # A scalar member's value as a string (a JSON string unquoted), NULL otherwise.
     json_scalar: str
     # A timestamp column in epoch microseconds.
@@ -473,6 +475,8 @@ class Dialect:
     double: str
     # A column by name (`alias` given where the query has one).
     column: Callable[[str, str], str]
+    # An attribute's value (`json_scalar` where empty), of the JSON this service wrote.
+    attribute: str = ""
 
 
 def json_path(members: tuple[str, ...]) -> str:
@@ -490,6 +494,7 @@ DUCKDB: Final = Dialect(
     parameter=lambda name: f"${name}",
     path=json_pointer,
     json_text="json_extract({json}, {path})::VARCHAR",
+    present="json_extract({json}, {path}) IS NOT NULL",
     json_scalar="json_extract_string({json}, {path})",
     micros="epoch_us({column})",
     double="TRY_CAST({text} AS DOUBLE)",
@@ -498,15 +503,31 @@ DUCKDB: Final = Dialect(
 BIGQUERY: Final = Dialect(
     parameter=lambda name: f"@{name}",
     path=json_path,
+    # `null` where JSON_QUERY finds nothing (TO_JSON_STRING of a NULL), as for a JSON null.
     json_text="TO_JSON_STRING(JSON_QUERY({json}, {path}))",
+    present="JSON_QUERY({json}, {path}) IS NOT NULL",
     json_scalar="JSON_VALUE({json}, {path})",
     micros="UNIX_MICROS({column})",
     double="SAFE_CAST({text} AS FLOAT64)",
     column=lambda alias, name: f"{alias + '.' if alias else ''}`{name}`",
 )
-# The serving tier keeps `data` and `attributes` as JSON text in STRING columns, which
-# its JSON functions read as they would a JSON column (returning STRING).
-SPANNER: Final = dataclasses.replace(BIGQUERY, json_text="JSON_QUERY({json}, {path})")
+# The serving tier keeps `data` and `attributes` as JSON text in STRING columns. Spanner's
+# JSON functions read such text without parsing it: a JSON null as NULL, an escaped
+# surrogate pair as two broken characters, and a member sent twice looked for in each
+# copy. So `data` is parsed to JSON first (as BigQuery's column is), and read as text
+# only where Spanner parses none (a number beyond a double, more than 80 levels, more
+# than 2.5 MiB); the attributes this service wrote are read as text.
+_PARSED: Final = "SAFE.PARSE_JSON({json}, wide_number_mode=>'round')"
+SPANNER: Final = dataclasses.replace(
+    BIGQUERY,
+    json_text=f"IF({_PARSED} IS NULL, JSON_QUERY({{json}}, {{path}}), "
+    f"TO_JSON_STRING(JSON_QUERY({_PARSED}, {{path}})))",
+    json_scalar=f"IF({_PARSED} IS NULL, JSON_VALUE({{json}}, {{path}}), "
+    f"JSON_VALUE({_PARSED}, {{path}}))",
+    present=f"IF({_PARSED} IS NULL, JSON_QUERY({{json}}, {{path}}) IS NOT NULL, "
+    f"JSON_QUERY({_PARSED}, {{path}}) IS NOT NULL)",
+    attribute="JSON_VALUE({json}, {path})",
+)
 
 _SQL_OPERATOR: Final = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
 
@@ -538,29 +559,24 @@ class _Compiler:
     def condition(self, condition: Condition) -> str:
         d = self.dialect
         root, op, values = condition.operand.root, condition.op, condition.values
-        if root in ("data", "attributes", "producer"):
-            members = condition.operand.path if root != "producer" else (PRODUCER_ATTRIBUTE,)
-            json = d.column(self.alias, "data" if root == "data" else "attributes")
-            path = self.bind(d.path(members))
-            text = d.json_text.format(json=json, path=path)
-            scalar = d.json_scalar.format(json=json, path=path)
+        if root in ("attributes", "producer"):
+            key = condition.operand.path[0] if root != "producer" else PRODUCER_ATTRIBUTE
+            json = d.column(self.alias, "attributes")
+            path = self.bind(d.path((key,)))
+            scalar = (d.attribute or d.json_scalar).format(json=json, path=path)
             if op == "exists":
-                if root == "data":
-                    return f"{text} IS NOT NULL"
                 return f"{scalar} IS NOT NULL"
-            if root != "data":
-                return self.compared(scalar, op, values)
-            kind = type(values[0])
-            # Each reads the member once where it can: reading it is parsing the payload.
-            if kind is bool:
-                # `= true` is the member's JSON text `true` (`!= true`, `false`).
-                wanted = values if op != "!=" else (not values[0],)
-                texts = [self.bind("true" if v else "false") for v in wanted]
-                return f"{text} IN ({', '.join(texts)})"
-            if kind is float:
-                # Only a number's JSON text reads as a double (a string's is quoted).
-                return self.compared(d.double.format(text=text), op, values)
-            return f"SUBSTR({text}, 1, 1) = '\"' AND {self.compared(scalar, op, values)}"
+            return self.compared(scalar, op, values)
+        if root == "data":
+            members = condition.operand.path
+            json = d.column(self.alias, "data")
+            path = self.bind(d.path(members))
+            if op == "exists":
+                held = d.present.format(json=json, path=path)
+            else:
+                text = d.json_text.format(json=json, path=path)
+                held = self.member(text, d.json_scalar.format(json=json, path=path), op, values)
+            return held
         column = d.column(self.alias, root)
         if op == "exists":
             return f"{column} IS NOT NULL"
@@ -568,6 +584,21 @@ class _Compiler:
             moments = tuple(time_value(str(v)) for v in values)
             return self.compared(d.micros.format(column=column), op, moments)
         return self.compared(column, op, values)
+
+    def member(self, text: str, scalar: str, op: str, values: tuple[Any, ...]) -> str:
+        """A comparison of a payload's member, whose JSON text and scalar are these."""
+        d = self.dialect
+        kind = type(values[0])
+        # Each reads the member once where it can: reading it is parsing the payload.
+        if kind is bool:
+            # `= true` is the member's JSON text `true` (`!= true`, `false`).
+            wanted = values if op != "!=" else (not values[0],)
+            texts = [self.bind("true" if v else "false") for v in wanted]
+            return f"{text} IN ({', '.join(texts)})"
+        if kind is float:
+            # Only a number's JSON text reads as a double (a string's is quoted).
+            return self.compared(d.double.format(text=text), op, values)
+        return f"SUBSTR({text}, 1, 1) = '\"' AND {self.compared(scalar, op, values)}"
 
     def compared(self, left: str, op: str, values: tuple[Any, ...]) -> str:
         if op == "in":

@@ -775,7 +775,18 @@ def _parsed(sql: str) -> sqlglot.exp.Expression:
 
 @functools.lru_cache(maxsize=256)
 def _in_duckdb(sql: str) -> str:
-    return sqlglot.transpile(sql, read="bigquery", write="duckdb")[0]
+    return _parsed(sql).transform(_as_bigquery_reads).sql(dialect="duckdb")
+
+
+def _as_bigquery_reads(node: sqlglot.exp.Expression) -> sqlglot.exp.Expression:
+    """Where BigQuery and DuckDB differ on the same words: TO_JSON_STRING of what a
+    JSON_QUERY did not find (SQL NULL) is the text `null` in BigQuery, as a JSON null's
+    is, and NULL in DuckDB."""
+    if isinstance(node, sqlglot.exp.JSONFormat) and isinstance(node.this, sqlglot.exp.JSONExtract):
+        return sqlglot.exp.Coalesce(
+            this=node.copy(), expressions=[sqlglot.exp.Literal.string("null")]
+        )
+    return node
 
 
 def _duckdb_type(field: dict[str, Any]) -> str:
