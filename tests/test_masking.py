@@ -18,6 +18,7 @@ from litestar import Litestar
 from app.asgi import create_app
 from app.query import follow
 from app.query.mask import MASKED, Mask
+from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
 from tests.rows import shown_record, shown_rejection
@@ -278,3 +279,27 @@ async def test_a_reader_holding_an_operators_chunk_is_not_told_it_is_the_same_as
     assert again.text == reader.text
     for value in HIDDEN:
         assert value not in again.text
+
+
+@pytest.mark.slow
+async def test_a_member_named_by_digits_reads_no_array_element_under_a_masked_path() -> None:
+    # `lines.pin` masks every line's pin (a path walks through arrays) and no step of it
+    # is `0`, so a reader may name `lines["0"].pin`: it must read an object's member
+    # named "0", never the first line, or `> N` would tell the first pin by halves.
+    store = DuckDBStore(":memory:")
+    store.live.tail.max_rows = 0  # every page is read by DuckDB's SQL
+    app = create_app(
+        settings(RECORDLINE_PUSH_TOKEN=SECRET, RECORDLINE_MASK_FIELDS="lines.pin"), store=store
+    )
+    payload = json.dumps({"id": "r-1", "data": {"lines": [{"pin": 4321}]}}).encode()
+    async with served(app) as client:
+        pushed = await client.post(
+            "/pubsub/push", params={"token": SECRET}, json=push_body("m-1", payload)
+        )
+        assert pushed.status_code == 204
+        assert "4321" not in (await client.get("/v1/records")).text
+        for where in ('data.lines["0"].pin > 4000', 'EXISTS data.lines["0"]'):
+            for headers in ({}, OPERATOR):
+                answer = await client.get("/v1/records", params={"where": where}, headers=headers)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["records"] == [], (where, headers)

@@ -570,13 +570,22 @@ class _Compiler:
         if root == "data":
             members = condition.operand.path
             json = d.column(self.alias, "data")
+            # A member named by digits names an object's member, never an array's
+            # element, as each store's JSON functions would read it ("0"; Spanner's
+            # also " 1", "+1", "0x1"): its parent is an object, or the condition is false.
+            objects = [
+                f"SUBSTR({d.json_text.format(json=json, path=self.bind(d.path(members[:at])))}"
+                ", 1, 1) = '{'"
+                for at, member in enumerate(members)
+                if any(c in "0123456789" for c in member)
+            ]
             path = self.bind(d.path(members))
             if op == "exists":
                 held = d.present.format(json=json, path=path)
             else:
                 text = d.json_text.format(json=json, path=path)
                 held = self.member(text, d.json_scalar.format(json=json, path=path), op, values)
-            return held
+            return " AND ".join([*objects, held])
         column = d.column(self.alias, root)
         if op == "exists":
             return f"{column} IS NOT NULL"

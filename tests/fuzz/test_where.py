@@ -81,8 +81,9 @@ texts = st.one_of(
 )
 
 
-# Generated payloads and expressions over a few members, so that conditions meet them.
-MEMBERS = ["a", "b", "x y"]
+# Generated payloads and expressions over a few members, so that conditions meet them
+# (`0` as well, which names an object's member and never an array's element).
+MEMBERS = ["a", "b", "x y", "0"]
 scalars = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
     st.floats(allow_nan=False, allow_infinity=False, width=64),

@@ -7,7 +7,8 @@ missing) are stored half an hour ago (read by a store's SQL) and now (from its t
 memory, where it keeps one; the serving tier's is emptied, so that Spanner's SQL reads
 them); expressions drawn from a seeded generator, with every operator and operand, and a
 few written by hand, are each walked in pages and compared with the matcher on the rows
-stored.
+stored. Payloads a hostile publisher may send as they are (members named by digits beside
+arrays) are held to the matcher as well.
 """
 
 from __future__ import annotations
@@ -236,3 +237,42 @@ async def test_rejections_filter_by_reason_and_attribute(store: Store) -> None:
         assert [r.message_id for r in refused if keep.matches(r)] == want, text
         for limit in (1, 100):
             assert await filtered_walk(store, Rejection, keep, **bounds, limit=limit) == want
+
+
+# Payloads as a publisher may send them, stored as sent (the contract's `data` is not
+# encoded again), each member named `n`, `s`, `d` or by digits where an expression reads it.
+HOSTILE = [
+    '[5,{"n":6}]',  # an array: a member named by digits names no element of it
+    '{"d":[5,{"n":6}]}',
+    '{"d":{"0":5,"1":{"n":6}}}',
+    '{"0":5,"1":{"n":6}}',
+    ' {"0" : 5 } ',
+]
+HOSTILE_WHERE = [
+    'data["0"] = 5',
+    'EXISTS data["0"]',
+    'data["1"].n = 6',
+    'data.d["0"] = 5',
+    'data.d["1"].n = 6',
+    'EXISTS data.d["1"]',
+    "EXISTS data",
+]
+
+
+@pytest.mark.slow
+async def test_every_store_keeps_what_the_matcher_keeps_of_hostile_payloads(store: Store) -> None:
+    sql_only(store)
+    old = stamp() - HOUR // 2
+    rows = [
+        record(f"h-{i:02}", old + i if i % 2 else None, data=text) for i, text in enumerate(HOSTILE)
+    ]
+    assert all(o is None for o in await store.append(rows))
+    times = {r.message_id: await stored_time(store, r.message_id) for r in rows}
+    until = await horizon(store, max(times.values()))
+    rows.sort(key=lambda r: (times[r.message_id], r.message_id))
+    bounds = {"since": min(times.values()) - 1, "before": until, "limit": 100}
+    for text in HOSTILE_WHERE:
+        parsed = parse(text, "records")
+        want = [r.data for r in rows if matches(parsed, r)]
+        seen = await filtered_walk(store, Record, RowFilter(where=text), **bounds)
+        assert [r.data for r in rows if r.message_id in seen] == want, text
