@@ -107,6 +107,31 @@ async def test_a_filter_keeps_its_rows_page_after_page(
 
 
 @pytest.mark.slow
+async def test_a_publisher_s_odd_json_filters_as_every_store_reads_it(
+    client: httpx.AsyncClient,
+) -> None:
+    # The contract's `data` is stored as sent: an integer of 400 digits made every read
+    # comparing it a 500 (the matcher read it as a float, and overflowed); 1e400 read as
+    # no payload at all; of a member sent twice, the matcher read the last, every
+    # store's SQL the first.
+    for n, data in enumerate(['{"n":1' + "0" * 400 + "}", '{"n":-1e400}', '{"n":1,"n":2}']):
+        body = push_body(n)
+        payload = f'{{"id": "r-{n}", "data": {data}}}'.encode()
+        body["message"]["data"] = base64.b64encode(payload).decode()
+        assert (await delivered(client, body)).status_code == 204
+    for where, expected in [
+        ("data.n > 1e300", ["m-000"]),
+        ("data.n < -1e300", ["m-001"]),
+        ("data.n = 1", ["m-002"]),
+        ("data.n = 2", []),
+        ("EXISTS data.n", ["m-000", "m-001", "m-002"]),
+    ]:
+        answer = await client.get("/v1/records", params={"where": where})
+        assert answer.status_code == 200, answer.text
+        assert [r["message_id"] for r in answer.json()["records"]] == expected, where
+
+
+@pytest.mark.slow
 async def test_a_filtered_follower_meets_each_matching_row_once_while_writes_go_on(
     client: httpx.AsyncClient,
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -367,8 +368,45 @@ def time_value(text: str) -> int:
 
 def matches(expression: Expression, row: Record | Rejection) -> bool:
     """Whether `row` holds to `expression`: what every store's SQL keeps."""
-    memo: dict[str, Any] = {}
+    memo: dict[str, Any] = {"members": _spellings(expression)}
     return _holds(expression, row, memo)
+
+
+@functools.lru_cache(maxsize=512)
+def _spellings(expression: Expression) -> tuple[bytes, ...]:
+    """How JSON spells each member `expression` reads in a payload, quoted."""
+    members = {
+        m for c in _conditions(expression) if c.operand.root == "data" for m in c.operand.path
+    }
+    return tuple(msgspec.json.encode(m) for m in sorted(members))
+
+
+def _first(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        found.setdefault(key, value)
+    return found
+
+
+# JSON read as every store's JSON functions read it: of a member sent twice, the first
+# (msgspec keeps the last), and a number beyond a double as infinity (msgspec reads none).
+_read_as_stores: Final = json.JSONDecoder(object_pairs_hook=_first)
+
+
+def _data(text: str, members: tuple[bytes, ...]) -> Any:
+    """A payload's `data` as the stores read it, _MISSING if it is none: by msgspec where
+    no member the expression reads may be sent twice (none is spelled twice, nor by an
+    escape), else by the slower decoder that keeps the first."""
+    raw = text.encode()
+    if "\\u" not in text and "\\/" not in text and all(raw.count(m) < 2 for m in members):
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            pass  # a number beyond a double, which msgspec does not read
+    try:
+        return _read_as_stores.decode(text)
+    except (ValueError, RecursionError):
+        return _MISSING
 
 
 def _holds(expression: Expression, row: Record | Rejection, memo: dict[str, Any]) -> bool:
@@ -403,10 +441,7 @@ def _value(operand: Operand, row: Record | Rejection, memo: dict[str, Any]) -> A
         return value if isinstance(value, str) else _MISSING
     if root == "data":
         if "data" not in memo:
-            try:
-                memo["data"] = msgspec.json.decode(getattr(row, "data", "null"))
-            except msgspec.DecodeError:
-                memo["data"] = _MISSING
+            memo["data"] = _data(getattr(row, "data", "null"), memo["members"])
         value = memo["data"]
         for member in operand.path:
             value = value.get(member, _MISSING) if isinstance(value, dict) else _MISSING
@@ -430,10 +465,19 @@ def _condition(condition: Condition, row: Record | Rejection, memo: dict[str, An
         if kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return False
-            value = float(value)
+            value = _double(value)
         elif type(value) is not kind:
             return False
     return _COMPARE[op](value, wanted)
+
+
+def _double(number: float) -> float:
+    """A JSON number as the stores compare it: its nearest double, an integer beyond
+    them all infinity (as 1e400 is)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
 
 
 _COMPARE: Final[dict[str, Callable[[Any, tuple[Any, ...]], bool]]] = {

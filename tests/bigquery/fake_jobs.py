@@ -673,7 +673,7 @@ class FakeBigQueryJobs:
     def run(
         self, sql: str, params: dict[str, Any]
     ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-        translated = _in_duckdb(sql)
+        translated = in_duckdb(sql)
         # Each request runs on a cursor of its own over the loaded tables.
         con = self._loaded().cursor()
         try:
@@ -774,7 +774,7 @@ def _parsed(sql: str) -> sqlglot.exp.Expression:
 
 
 @functools.lru_cache(maxsize=256)
-def _in_duckdb(sql: str) -> str:
+def in_duckdb(sql: str) -> str:
     return _parsed(sql).transform(_as_bigquery_reads).sql(dialect="duckdb")
 
 

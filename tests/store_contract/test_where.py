@@ -7,8 +7,9 @@ missing) are stored half an hour ago (read by a store's SQL) and now (from its t
 memory, where it keeps one; the serving tier's is emptied, so that Spanner's SQL reads
 them); expressions drawn from a seeded generator, with every operator and operand, and a
 few written by hand, are each walked in pages and compared with the matcher on the rows
-stored. Payloads a hostile publisher may send as they are (members named by digits beside
-arrays) are held to the matcher as well.
+stored. Payloads a hostile publisher may send as they are (duplicate members, numbers
+beyond a double, escaped surrogate pairs, members named by digits beside arrays) are held
+to the matcher as well.
 """
 
 from __future__ import annotations
@@ -242,20 +243,68 @@ async def test_rejections_filter_by_reason_and_attribute(store: Store) -> None:
 # Payloads as a publisher may send them, stored as sent (the contract's `data` is not
 # encoded again), each member named `n`, `s`, `d` or by digits where an expression reads it.
 HOSTILE = [
+    '{"n":1' + "0" * 400 + "}",  # an integer beyond a double
+    '{"n":1e400}',  # a number beyond a double, which msgspec does not read
+    '{"n":-1e400,"s":"x"}',
+    '{"n":12345678901234567890123}',
+    '{"n":2.2412421353246235436}',  # more digits than a double holds
+    '{"n":-0.0}',
+    '{"n":1E2}',
+    '{"n":1e-400}',
+    '{"n":1,"n":2}',  # a member sent twice: every store reads the first
+    '{"n":"1","n":2}',
+    '{"d":{"n":1},"d":{"s":"b"}}',
+    '{"s":"\\ud83d\\ude00"}',  # a character beyond the BMP, escaped as JSON escapes it
+    '{"s":"\U0001f600"}',
+    '{"s":"\\u00e9\\u0000"}',
+    '{"s":"a\\"b","s2":"\\/"}',
     '[5,{"n":6}]',  # an array: a member named by digits names no element of it
     '{"d":[5,{"n":6}]}',
     '{"d":{"0":5,"1":{"n":6}}}',
     '{"0":5,"1":{"n":6}}',
     ' {"0" : 5 } ',
+    ' {"n" : 1 } ',
+    # (`*` too, which BigQuery reads as a name in `$."*"`, and its fake, DuckDB, as a
+    # wildcard: held to the matcher by DuckDB's pointer and Spanner's path alone.)
+    '{"a.b":1,"a":{"b":2},"$":4,"~":5,"/":6,"~1":7}',
+    '{"e\u0301":1,"\u00e9":2}',
 ]
 HOSTILE_WHERE = [
+    "data.n > 1",
+    "data.n < 0",
+    "data.n = 0",
+    "data.n >= 1e22",
+    "data.n = 2.2412421353246237",
+    "data.n IN (1, 100)",
+    "data.n = 1",
+    "data.n = 2",
+    "data.n = '1'",
+    "EXISTS data.n",
+    "NOT EXISTS data.n",
+    "data.d.n = 1",
+    "EXISTS data.d.s",
+    "data.s = '\U0001f600'",
+    "data.s STARTS WITH '\U0001f600'",
+    "data.s > '\uffff'",
+    'data.s = "\\u00e9\\u0000"',
+    'data.s CONTAINS "\\u0000"',
+    "data.s = 'a\"b' OR data.s2 = '/'",
     'data["0"] = 5',
     'EXISTS data["0"]',
     'data["1"].n = 6',
     'data.d["0"] = 5',
     'data.d["1"].n = 6',
     'EXISTS data.d["1"]',
+    'data["a.b"] = 1',
+    "data.a.b = 2",
+    'data["$"] = 4',
+    'data["~"] = 5',
+    'data["/"] = 6',
+    'data["~1"] = 7',
+    "data['e\u0301'] = 1",
+    "data['\u00e9'] = 2",
     "EXISTS data",
+    "data > 1",
 ]
 
 
