@@ -230,7 +230,10 @@ class Mask:
         named = next((step for step in steps if _named(step, self.fields)), None)
         if named is not None:
             return named
-        composed = [unicodedata.normalize("NFC", step) for step in steps]
+        # A member named with dots is as many steps of a path, as `_rule` masks it.
+        composed = [
+            part for step in steps for part in unicodedata.normalize("NFC", step).split(".")
+        ]
         for rule, _ in self._paths:
             shared = min(len(rule.steps), len(composed))
             if rule.steps[:shared] == tuple(composed[:shared]):
