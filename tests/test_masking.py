@@ -237,6 +237,8 @@ def test_a_rejection_of_text_that_is_not_json_is_withheld(payload: bytes) -> Non
             {"since": "1h", "where": "attributes['client-ip'] = 'x'"},
             "where",
         ),
+        # A reason is shown with the literals it quotes withheld.
+        ("/v1/rejections", {"where": "reason CONTAINS 'bob'"}, "where"),
     ],
 )
 async def test_a_reader_may_not_filter_on_a_masked_value(
@@ -323,3 +325,27 @@ def test_a_member_named_with_a_masked_path_s_dots_may_not_be_filtered_on() -> No
         assert mask.told_by(where) is not None, where
     # A member that only starts like one is not masked, nor refused.
     assert mask.told_by('data["customer.ssns"] > 1') is None
+
+
+def test_a_reason_is_compared_by_a_reader_only_whole_with_text_that_quotes_nothing() -> None:
+    # A reader sees a rejection's reason with each literal it quotes withheld (a
+    # decoder's own words may quote what it could not read): compared by a part, an
+    # order, or whole with text quoting one, it told the literal one guess at a time.
+    reason = "field 3: invalid value '4111-1111' for int64"
+    for mask in (Mask(["email"]), Mask(attributes=["client-ip"])):
+        assert "4111" not in mask.view(shown_rejection(b"x", reason=reason)).reason
+        for where in (
+            "reason CONTAINS '4111'",
+            "reason STARTS WITH 'field 3: invalid value ''4'",
+            "reason ENDS WITH '1'' for int64'",
+            "reason >= 'field 3: invalid value ''5'",
+            f"reason = {json.dumps(reason)}",
+            f"reason IN ('x', {json.dumps(reason)})",
+        ):
+            assert mask.told_by(where) is not None, where
+        for where in (
+            "reason = 'payload is not JSON'",
+            "reason IN ('a', 'b') OR reason != 'c'",
+            "EXISTS reason",
+        ):
+            assert mask.told_by(where) is None, where

@@ -243,9 +243,10 @@ class Mask:
     def told_by(self, expression: str) -> str | None:
         """What of the filter language's `expression` a reader would learn through
         this mask, said as a refusal; None if nothing: a masked attribute or member (or
-        one inside a masked path) named, or, where members are masked, a payload's
-        text compared otherwise than `_whole` allows (text may hold a masked member
-        inside, JSON again or a form)."""
+        one inside a masked path) named, where members are masked a payload's text
+        compared otherwise than `_whole` allows (text may hold a masked member inside,
+        JSON again or a form), or a rejection's reason compared otherwise than whole with
+        text that quotes nothing (a reader sees it `quiet`)."""
         for condition in where.conditions(where.parse(expression)):
             operand = condition.operand
             if operand.root in ("attributes", "producer"):
@@ -262,6 +263,13 @@ class Mask:
                         f"{operand} is compared by a part or an order of its text, or with text "
                         "a mask hides part of: a payload's text may hold a masked member inside, "
                         "so a reader compares it whole (=, !=, IN) with text shown whole"
+                    )
+            elif operand.root == "reason" and condition.op != "exists":
+                texts = [str(v) for v in condition.values]
+                if condition.op not in ("=", "!=", "in") or any(quiet(t) != t for t in texts):
+                    return (
+                        "a rejection's reason is shown with each literal it quotes withheld: "
+                        "a reader compares it whole (=, !=, IN) with text that quotes none"
                     )
         return None
 
