@@ -25,6 +25,7 @@ from msgspec import Meta
 from app.errors import BadParameter
 from app.records import MAX_ID_LENGTH, MAX_MICROS
 from app.store.filters import MAX_FILTER_BYTES, RowFilter, filter_bytes
+from app.store.where import parse
 
 _VERSION = 1
 _MAC_BYTES = 16
@@ -123,4 +124,13 @@ class PageTokens:
             not token.filter or filter_bytes(token.filter) > MAX_FILTER_BYTES
         ):
             raise BadParameter(parameter, "holds a filter out of range")
+        if token.filter is not None and token.filter.where is not None:
+            # One of another release may hold an expression this one does not read:
+            # refused here, before a page or a stream's 200, not as a `where` never sent.
+            try:
+                parse(token.filter.where, token.listing or None)
+            except BadParameter:
+                raise BadParameter(
+                    parameter, "holds an expression this release does not read; start again"
+                ) from None
         return token
