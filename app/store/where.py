@@ -372,13 +372,24 @@ def matches(expression: Expression, row: Record | Rejection) -> bool:
     return _holds(expression, row, memo)
 
 
-@functools.lru_cache(maxsize=512)
+# By the expression's identity (an expression is hashed by walking it: a tail's every
+# row asks), each kept with its expression, so that no other takes its id meanwhile.
+_SPELLINGS: Final[dict[int, tuple[Expression, tuple[bytes, ...]]]] = {}
+
+
 def _spellings(expression: Expression) -> tuple[bytes, ...]:
     """How JSON spells each member `expression` reads in a payload, quoted."""
+    held = _SPELLINGS.get(id(expression))
+    if held is not None and held[0] is expression:
+        return held[1]
     members = {
         m for c in _conditions(expression) if c.operand.root == "data" for m in c.operand.path
     }
-    return tuple(msgspec.json.encode(m) for m in sorted(members))
+    spelled = tuple(msgspec.json.encode(m) for m in sorted(members))
+    if len(_SPELLINGS) >= 512:
+        _SPELLINGS.clear()
+    _SPELLINGS[id(expression)] = (expression, spelled)
+    return spelled
 
 
 def _first(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -398,11 +409,15 @@ def _data(text: str, members: tuple[bytes, ...]) -> Any:
     no member the expression reads may be sent twice (none is spelled twice, nor by an
     escape), else by the slower decoder that keeps the first."""
     raw = text.encode()
-    if "\\u" not in text and "\\/" not in text and all(raw.count(m) < 2 for m in members):
-        try:
-            return msgspec.json.decode(raw)
-        except msgspec.DecodeError:
-            pass  # a number beyond a double, which msgspec does not read
+    if b"\\u" not in raw and b"\\/" not in raw:
+        for member in members:
+            if raw.count(member) > 1:
+                break
+        else:
+            try:
+                return msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                pass  # a number beyond a double, which msgspec does not read
     try:
         return _read_as_stores.decode(text)
     except (ValueError, RecursionError):
