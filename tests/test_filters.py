@@ -19,6 +19,7 @@ from app.query import follow
 from app.query.page_token import MAX_TOKEN_LENGTH, PageToken, PageTokens
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET
 from app.store.filters import MAX_CONDITIONS, MAX_FILTER_BYTES, RowFilter
+from app.store.where import parse
 from tests.conftest import delivered, served, settings
 from tests.fakes import FaultyStore
 from tests.test_follow import events
@@ -107,6 +108,15 @@ async def test_a_filter_keeps_its_rows_page_after_page(
         again = {**params, "page_token": page["next_page_token"], "limit": 100}
         rest = (await client.get("/v1/records", params=again)).json()
         assert [r["message_id"] for r in page["records"] + rest["records"]] == want
+
+
+def test_true_and_false_are_words_read_in_any_case_as_the_others() -> None:
+    # docs/reading.md: "Words are read in any case"; `= TRUE` was a syntax error.
+    for text in ("TRUE", "True", "tRuE"):
+        assert parse(f"data.flag = {text}") == parse("data.flag = true")
+    assert parse("data.flag IN (FALSE, true)") == parse("data.flag IN (false, true)")
+    # A member so named is a member still.
+    assert parse("data.TRUE = 1").operand.path == ("TRUE",)  # type: ignore[union-attr]
 
 
 @pytest.mark.slow

@@ -73,8 +73,8 @@ _WITH.2: /with\b/i
 _ENDS.2: /ends\b/i
 _CONTAINS.2: /contains\b/i
 _EXISTS.2: /exists\b/i
-TRUE.2: /true\b/
-FALSE.2: /false\b/
+TRUE.2: /true\b/i
+FALSE.2: /false\b/i
 NAME: /[A-Za-z_][A-Za-z0-9_]*/
 STRING: /"(?:[^"\\\x00-\x1f]|\\.)*"/ | /'(?:[^'\x00-\x1f]|'')*'/
 NUMBER: /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/
@@ -268,7 +268,7 @@ def _literal(token: lark.Token) -> Literal:
     text = str(token)
     match token.type:
         case "TRUE" | "FALSE":
-            return text == "true"
+            return text.lower() == "true"
         case "NUMBER":
             number = float(text)
             if not math.isfinite(number):
