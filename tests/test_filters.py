@@ -343,6 +343,10 @@ async def test_a_filtered_stream_s_offsets_are_its_own(client: httpx.AsyncClient
         ("/v1/records", {"where": "data.flag < true"}, "where"),
         ("/v1/records", {"where": "publish_time > '1h'"}, "where"),
         ("/v1/records", {"where": "publish_time > '2024-04-27T12:00:00'"}, "where"),
+        # ISO 8601 forms RFC 3339 has not (a week, no separators, an hour alone).
+        ("/v1/records", {"where": "publish_time > '2024-W17-6T12:00:00Z'"}, "where"),
+        ("/v1/records", {"where": "publish_time > '20240427T120000Z'"}, "where"),
+        ("/v1/records", {"where": "publish_time > '2024-04-27T12+00:00'"}, "where"),
         ("/v1/records", {"where": "data.s CONTAINS ''"}, "where"),
         ("/v1/records", {"where": "ingest_time < '0001-01-01T00:00:00+01:00'"}, "where"),
         ("/v1/records", {"where": "data.n = 1e999"}, "where"),

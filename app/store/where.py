@@ -18,14 +18,20 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 import lark
 import msgspec
 
 from app.errors import BadParameter
-from app.records import Record, Rejection, micros
+from app.records import (
+    RFC3339_PATTERN,
+    AwareDatetime,
+    Record,
+    Rejection,
+    TimeOutOfRange,
+    micros,
+)
 from app.store.producers import PRODUCER_ATTRIBUTE
 
 # The text of an expression (UTF-8): a page token carries it, within the filter's
@@ -39,6 +45,8 @@ MAX_WHERE_DEPTH: Final = 12
 MAX_WHERE_PATH: Final = 15
 
 PARAMETER: Final = "where"
+RFC3339: Final = re.compile(RFC3339_PATTERN)
+_decode_time: Final = msgspec.json.Decoder(AwareDatetime).decode
 
 # The operands every row has, and which listing each is on.
 RECORD_COLUMNS: Final = frozenset({"id", "timestamp"})
@@ -350,12 +358,13 @@ def _check_listing(root: str, listing: str) -> None:
 def time_value(text: str) -> int:
     """An RFC 3339 time in a condition, in epoch microseconds (read once: the matcher
     asks for each row)."""
-    try:
-        when = datetime.fromisoformat(text)
-        if when.tzinfo is not None and "T" in text.upper():
-            return micros(when.astimezone(UTC))
-    except (ValueError, OverflowError):  # none, or beyond the years 1 to 9999 in UTC
-        pass
+    # RFC 3339's date-time, as `since` and `until` take it (fromisoformat also read
+    # ISO 8601's weeks, times without separators and an hour alone).
+    if RFC3339.fullmatch(text):
+        try:
+            return micros(_decode_time(msgspec.json.encode(text)))
+        except (msgspec.DecodeError, TimeOutOfRange):  # none, or beyond years 1 to 9999
+            pass
     raise BadParameter(
         PARAMETER,
         f"{text[:40]!r} is no RFC 3339 time of the years 1 to 9999 "
