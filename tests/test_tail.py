@@ -19,7 +19,8 @@ from app.errors import StoreUnavailable
 from app.records import Record
 from app.store import PageQuery, row_bytes
 from app.store.duckdb.store import DuckDBStore
-from app.store.tail import BEGINNING, Key, Tail, held
+from app.store.filters import RowFilter
+from app.store.tail import BEGINNING, PAYLOADS_MATCHED_AT_MOST, Key, Tail, held
 from tests.waiting import until
 
 MIB = 1024 * 1024
@@ -58,6 +59,35 @@ def test_the_tail_holds_its_bytes_at_most_dropping_the_oldest() -> None:
         99,
     )
     assert [r.message_id for r in page.rows] == [f"m-{n:02}" for n in range(kept, 10)]
+
+
+def test_an_expression_on_payloads_is_matched_here_on_a_few_mib_at_most() -> None:
+    # Matching decodes each payload on the event loop: past the bound, the store's SQL
+    # reads the page (off the loop). An expression that reads no payload is matched
+    # here over the whole tail, as `attribute=` is.
+    tail = Tail()
+    tail.reset(0)
+    tail.add([record(n, MIB) for n in range(8)], now=9)
+
+    def asked(where: str, after: int) -> PageQuery:
+        return PageQuery(
+            after_time=after,
+            after_message_id="",
+            before_time=99,
+            limit=9,
+            filter=RowFilter(where=where),
+        )
+
+    assert tail.covers(asked("id = 'r'", 0))
+    assert not tail.covers(asked("data = 'x'", 0))
+    assert not tail.covers(asked("id = 'r' OR EXISTS data.x", 0))
+    # The rows after the cursor hold less than the bound: matched here.
+    fit = PAYLOADS_MATCHED_AT_MOST // row_bytes(record(0, MIB))
+    near = 9 - fit  # the last `fit` rows lie after it
+    assert tail.covers(asked("data = 'x'", near))
+    assert not tail.covers(asked("data = 'x'", near - 1))
+    page = tail.page(asked("data = 'x'", near), 99)
+    assert [r.message_id for r in page.rows] == []
 
 
 def test_a_page_of_the_tail_ends_once_its_rows_hold_the_budget() -> None:

@@ -19,6 +19,7 @@ from typing import Final
 
 from app.records import Record
 from app.store.pages import Page, PageQuery, most_bytes, row_bytes
+from app.store.where import reads_data
 
 # Records held at most, and their bytes (`held`) at most: a burst larger than this
 # since the window began makes the tail start after it, and its followers read the
@@ -26,6 +27,10 @@ from app.store.pages import Page, PageQuery, most_bytes, row_bytes
 # bytes bound the tail when records are large (six of 10 MB), not its row count.
 MAX_ROWS: Final = 50_000
 MAX_BYTES: Final = 64 * 1024 * 1024
+# The records' bytes after a cursor an expression on payloads is matched on here at
+# most: decoding 50 MiB of them held the event loop 0.4-0.8 s, pushes waiting; 4 MiB
+# is a few tens of milliseconds. Past it the store's SQL reads the page.
+PAYLOADS_MATCHED_AT_MOST: Final = 4 * 1024 * 1024
 
 Key = tuple[int, str]
 # Before every key: where a tail starts that holds every record of its store.
@@ -70,11 +75,22 @@ class Tail:
 
     def covers(self, query: PageQuery) -> bool:
         """Whether every record after the query's cursor is here (up to `page`'s `until`),
-        and the query's filter is one the tail applies (a typed field's is not: only the
-        store's SQL reads typed columns)."""
-        if query.filter is not None and query.filter.fields:
+        and the query's filter is one the tail applies here (a typed field's is not: only
+        the store's SQL reads typed columns; nor an expression on payloads when those
+        after the cursor hold more than PAYLOADS_MATCHED_AT_MOST: the matcher decodes
+        each on the event loop, the store's SQL off it, within its read deadline)."""
+        cursor = (query.after_time, query.after_message_id)
+        keep = query.filter
+        if keep is not None and keep.fields:
             return False
-        return (query.after_time, query.after_message_id) >= self.start
+        if cursor < self.start:
+            return False
+        if keep is not None and keep.where is not None and reads_data(keep.expression("records")):
+            first = bisect.bisect_right(self._keys, cursor)
+            base = self._ends[first - 1] if first else self._before
+            held = (self._ends[-1] if self._ends else self._before) - base
+            return held <= PAYLOADS_MATCHED_AT_MOST
+        return True
 
     @property
     def window(self) -> int:

@@ -317,6 +317,11 @@ def conditions(expression: Expression) -> Iterator[Condition]:
     return _conditions(expression)
 
 
+def reads_data(expression: Expression | None) -> bool:
+    """Whether `expression` reads a payload's `data` (which matching decodes)."""
+    return expression is not None and any(c.operand.root == "data" for c in _conditions(expression))
+
+
 def _check(condition: Condition, listing: str | None) -> None:
     root, op, values = condition.operand.root, condition.op, condition.values
     if listing is not None:
