@@ -191,7 +191,7 @@ function bars(target, answer, plot) {
 // count in flight at most: a newer read's abandons the one it overtakes, and `again`
 // waits for the one in flight. A count refused is said quietly beside it, its figures
 // cleared; the rows are the list's, and stay.
-const COUNT_EVERY = 15_000, COUNT_SINCE = "1h", COUNT_BUCKETS = "60";
+const COUNT_EVERY = 60_000, COUNT_SINCE = "1h", COUNT_BUCKETS = "60";
 
 function counter() {
   const said = $("#count"), why = $("#count-refused"), figure = $("#histogram");
