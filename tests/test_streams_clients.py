@@ -49,9 +49,10 @@ class Follower:
     each batch's rows and `next_offset`, and when a stream ends (an SSE stream ends
     within a minute) open it again from that offset, on the next of `urls`."""
 
-    def __init__(self, urls: list[str], live: str) -> None:
+    def __init__(self, urls: list[str], live: str, where: str | None = None) -> None:
         self.urls = urls
         self.live = live
+        self.params = {} if where is None else {"where": where}
         self.rows: list[str] = []
         self.offset = "-1"
         self.requests = 0
@@ -60,7 +61,7 @@ class Follower:
         while len(self.rows) < until:
             url = self.urls[self.requests % len(self.urls)] + STREAM
             self.requests += 1
-            async with astream(url, offset=self.offset, live=self.live) as res:
+            async with astream(url, offset=self.offset, live=self.live, params=self.params) as res:
                 async for event in res.iter_events(mode="json"):
                     self.rows += [row["message_id"] for row in event.data]
                     self.offset = event.next_offset
@@ -75,38 +76,49 @@ async def push(client: httpx.AsyncClient, numbers: range) -> None:
         assert answer.status_code == 204, answer.text
 
 
-async def killed_and_resumed(pushers: list[httpx.AsyncClient], urls: list[str], live: str) -> None:
+async def killed_and_resumed(
+    pushers: list[httpx.AsyncClient],
+    urls: list[str],
+    live: str,
+    where: str | None = None,
+    keeps: range | set[int] = range(20),
+) -> None:
     """Read from -1, follow live pushes, be killed, push while dead, resume from the last
-    offset reported while more rows arrive; every row exactly once, in order."""
+    offset reported while more rows arrive; every row exactly once, in order. With
+    `where`, the stream of the rows it keeps (the pushes numbered in `keeps`)."""
     await push(pushers[0], range(0, 5))
-    follower = Follower(urls, live)
+    follower = Follower(urls, live, where)
     first = asyncio.create_task(follower.follow(until=1_000))
     await push(pushers[-1], range(5, 10))
-    await until(lambda: len(follower.rows) >= 8, timeout=30, what="the follower's first rows")
+    early = len([n for n in keeps if n < 8])
+    await until(lambda: len(follower.rows) >= early, timeout=30, what="the follower's first rows")
     first.cancel()  # killed between two batches, or mid-read
     with contextlib.suppress(asyncio.CancelledError):
         await first
     await push(pushers[0], range(10, 15))
-    resumed = asyncio.create_task(follower.follow(until=20))
+    resumed = asyncio.create_task(follower.follow(until=len(keeps)))
     await push(pushers[-1], range(15, 20))
     await asyncio.wait_for(resumed, 30)
     # Listed where the last push was acknowledged, whose pages reach past every row it
     # acknowledged and every row acknowledged before. (Another instance's page ends a
     # few milliseconds back, READ_LAG_MICROS: it lists the newest row a moment later.)
-    everything = await listed(pushers[-1])
-    assert len(everything) == 20
+    everything = await listed(pushers[-1], where)
+    assert everything == [f"m-{n}" for n in sorted(keeps)]
     assert follower.rows == everything
     others = pushers[:-1]
-    await until(lambda: all_list(others, everything), what="every other instance to list them")
+    await until(
+        lambda: all_list(others, everything, where), what="every other instance to list them"
+    )
 
 
-async def listed(client: httpx.AsyncClient) -> list[str]:
-    page = (await client.get("/v1/records", params={"limit": 1000})).json()
+async def listed(client: httpx.AsyncClient, where: str | None = None) -> list[str]:
+    params: dict[str, Any] = {"limit": 1000} | ({} if where is None else {"where": where})
+    page = (await client.get("/v1/records", params=params)).json()
     return [row["message_id"] for row in page["records"]]
 
 
-async def all_list(clients: list[httpx.AsyncClient], rows: list[str]) -> bool:
-    return all([await listed(client) == rows for client in clients])
+async def all_list(clients: list[httpx.AsyncClient], rows: list[str], where: str | None) -> bool:
+    return all([await listed(client, where) == rows for client in clients])
 
 
 @pytest.fixture
@@ -130,17 +142,27 @@ def serving_app(emulator: SpannerEmulator, database: str, bigquery: ThreadedBigQ
     return create_app(long_polling(settings(**LIVE_SETTINGS), LONG_POLL_SECONDS), store=store)
 
 
+# A stream of what an expression keeps (push n's `data` is n), followed alike.
+WHERE = "data >= 3 AND NOT data IN (6, 11, 17)"
+KEPT = set(range(3, 20)) - {6, 11, 17}
+
+
 @pytest.mark.emulator
 @pytest.mark.parametrize("live", ["long-poll", "sse"])
+@pytest.mark.parametrize("where", [None, WHERE])
 async def test_the_python_client_follows_two_serving_instances_alternately(
-    spanner_emulator: SpannerEmulator, threaded_bigquery: ThreadedBigQuery, live: str
+    spanner_emulator: SpannerEmulator,
+    threaded_bigquery: ThreadedBigQuery,
+    live: str,
+    where: str | None,
 ) -> None:
     database = spanner_emulator.database()
     one = serving_app(spanner_emulator, database, threaded_bigquery)
     two = serving_app(spanner_emulator, database, threaded_bigquery)
     async with served(one) as first, served(two) as second:
         urls = [str(first.base_url), str(second.base_url)]
-        await killed_and_resumed([first, second], urls, live)
+        keeps = range(20) if where is None else KEPT
+        await killed_and_resumed([first, second], urls, live, where, keeps)
 
 
 # -- TypeScript, under node ---------------------------------------------------------
