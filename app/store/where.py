@@ -159,12 +159,12 @@ def _parsed(text: str, listing: str | None) -> Expression:
         raise BadParameter(PARAMETER, _syntax_error(text, exc)) from None
     _bounded(tree)
     expression = _built(tree)
-    conditions = list(_conditions(expression))
-    if sum(max(1, len(c.values)) for c in conditions) > MAX_WHERE_CONDITIONS:
+    found = list(conditions(expression))
+    if sum(max(1, len(c.values)) for c in found) > MAX_WHERE_CONDITIONS:
         raise BadParameter(
             PARAMETER, f"more than {MAX_WHERE_CONDITIONS} conditions (each value of IN counts)"
         )
-    for condition in conditions:
+    for condition in found:
         _check(condition, listing)
     return expression
 
@@ -299,7 +299,8 @@ def _literal(token: lark.Token) -> Literal:
 _escape_help: Final = 'escape in "…" as JSON does (\\" \\\\ \\n \\u00e9), or use \'…\''
 
 
-def _conditions(expression: Expression) -> Iterator[Condition]:
+def conditions(expression: Expression) -> Iterator[Condition]:
+    """Every condition of `expression`."""
     stack = [expression]
     while stack:
         node = stack.pop()
@@ -312,14 +313,9 @@ def _conditions(expression: Expression) -> Iterator[Condition]:
                 stack.extend(terms)
 
 
-def conditions(expression: Expression) -> Iterator[Condition]:
-    """Every condition of `expression`."""
-    return _conditions(expression)
-
-
 def reads_data(expression: Expression | None) -> bool:
     """Whether `expression` reads a payload's `data` (which matching decodes)."""
-    return expression is not None and any(c.operand.root == "data" for c in _conditions(expression))
+    return expression is not None and any(c.operand.root == "data" for c in conditions(expression))
 
 
 def _check(condition: Condition, listing: str | None) -> None:
@@ -397,7 +393,7 @@ def _spellings(expression: Expression) -> tuple[bytes, ...]:
     if held is not None and held[0] is expression:
         return held[1]
     members = {
-        m for c in _conditions(expression) if c.operand.root == "data" for m in c.operand.path
+        m for c in conditions(expression) if c.operand.root == "data" for m in c.operand.path
     }
     spelled = tuple(msgspec.json.encode(m) for m in sorted(members))
     if len(_SPELLINGS) >= 512:
