@@ -798,7 +798,7 @@ def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
     from app.asgi import create_app
     from app.cell.app import Cell, create_cell
     from app.http.head import Recordline
-    from app.http.limits import bounded_httptools
+    from app.http.limits import bounded_connections
     from app.process import CLOSING_SECONDS
     from app.telemetry import configure_logging, google_project
 
@@ -835,8 +835,9 @@ def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
     errors = StartErrors()
     for handler in logging.getLogger().handlers:
         handler.addFilter(errors)
+    served = OneLineStartFailure(app, errors, url=_url(listening))
     config = uvicorn.Config(
-        OneLineStartFailure(app, errors, url=_url(listening)),
+        served,
         # An ASGI 3 app whose __call__ returns the app's awaitable (not a coroutine
         # function, which is what uvicorn would look for).
         interface="asgi3",
@@ -845,7 +846,7 @@ def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
         loop="uvloop",
         # Every byte of every request bounded in size and time, and connections at once
         # (app.http.limits), which answers past its bound itself: no limit_concurrency.
-        http=bounded_httptools(server, app.connections, app.budget),
+        http=bounded_connections(served, server, app.connections, app.budget),
         # No WebSocket route: an upgrade is refused (app.http.limits), never handed over.
         ws="none",
         lifespan="on",

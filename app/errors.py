@@ -99,6 +99,15 @@ class UpgradeNotServed(BadRequest):
     problem = "upgrade-not-served"
 
 
+class MalformedRequest(BadRequest):
+    """The request cannot be read as HTTP/1.1 at all: a malformed request line or header,
+    HTTP/0.9, a version other than 1.0 and 1.1, a bare LF, a body framed two ways. The
+    connection is closed."""
+
+    title = "Malformed request"
+    problem = "malformed-request"
+
+
 class BadParameter(BadRequest):
     """A query parameter cannot be used; `parameter` names it."""
 

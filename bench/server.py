@@ -114,13 +114,16 @@ def _uvicorn(row: str, port: int, limits: Any, app: str) -> None:
     import uvicorn
 
     http: Any = row
+    served: Any = app
+    factory = True
     if row == "bounded":
-        from app.http.limits import bounded_httptools
+        from app.http.limits import bounded_connections
 
-        http = bounded_httptools(limits)
+        served, factory = _factory(app)(), False
+        http = bounded_connections(served, limits)
     uvicorn.run(
-        app,
-        factory=True,
+        served,
+        factory=factory,
         port=port,
         loop="uvloop",
         http=http,

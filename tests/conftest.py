@@ -19,7 +19,7 @@ from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.http.head import Recordline
-from app.http.limits import bounded_httptools
+from app.http.limits import bounded_connections
 from app.settings import ServerSettings, Settings
 from app.store.duckdb.store import DuckDBStore
 from recordline_dev.processes import EmulatorNotFound
@@ -268,7 +268,11 @@ async def served(app: Recordline, *, bounded: bool = False) -> AsyncIterator[htt
         log_config=None,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         **(
-            {"http": bounded_httptools(ServerSettings(), budget=getattr(app, "budget", None))}
+            {
+                "http": bounded_connections(
+                    app, ServerSettings(), budget=getattr(app, "budget", None)
+                )
+            }
             if bounded
             else {}
         ),

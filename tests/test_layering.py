@@ -101,6 +101,8 @@ NOT_LOOPS = {
     ("app/ingest/schemas.py", "create_task"): 1,
     # A follower's watch for its client leaving, cancelled when its request ends.
     ("app/http/events.py", "ensure_future"): 1,
+    # A request's answer, in the server's tasks: awaited when it stops, then cancelled.
+    ("app/http/limits.py", "create_task"): 1,
 }
 # Waits between attempts come from app/store/backoff.py alone.
 OTHER_BACKOFFS = {"exponential_sleep_generator"}

@@ -1,12 +1,16 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
-Every connection is served by `BoundedHttpTools`, uvicorn's httptools protocol
-following each request through the parser's callbacks: a head's size and time, a
+Every connection is a `BoundedConnection`: an asyncio protocol that reads each request
+through httptools' parser (its public callbacks) and hands it to the app as an ASGI
+`Exchange` (`app.http.exchange`), bounding as it reads: a head's size and time, a
 body's time, trailers dropped, upgrades and `CONNECT` refused, a read's body dropped
 unread, `Host` checked, pipelining bounded, head and body charged as they are read, an
 answer its client does not take cut off, `max_connections` a process (`Connections`).
+uvicorn runs it (its `http=` option takes a protocol class): the socket, the app's
+lifespan, the signals and the graceful stop are uvicorn's; every byte read and
+written is this module's.
 
-Design, and why a layer over httptools rather than another server:
+Design, and why a protocol of its own rather than another server:
 docs/security.md#request-bounds
 """
 
@@ -14,15 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import http
+from collections import deque
 from typing import Any, ClassVar, Final, Protocol
+from urllib.parse import unquote
 
+import httptools
 import msgspec
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from app.budget import Budget, Charge
 from app.errors import (
     AmbiguousRequest,
     HeadersTooLarge,
+    MalformedRequest,
     MisdirectedRequest,
     RecordlineError,
     RequestTimeout,
@@ -30,6 +37,7 @@ from app.errors import (
     TooManyPipelined,
     UpgradeNotServed,
 )
+from app.http.exchange import Exchange
 from app.problems import MEDIA_TYPE, Problems
 from app.settings import ServerSettings, is_loopback
 
@@ -77,12 +85,8 @@ BODILESS: Final = frozenset({b"GET", b"HEAD"})
 # is sent in slices (`app.query.events.SLICE_BYTES`), so a connection holds at most this and
 # a slice of it beyond what the budget counts.
 WRITE_HIGH_WATER: Final = 16 * 1024
-
-
-# uvicorn's protocol, whose methods those here call directly rather than through
-# super(): a push passes through a dozen of them, and super() made each call cost
-# three times as much (0.9 µs a push for on_header alone, measured in-process).
-_uvicorn = HttpToolsProtocol
+# The ASGI version a request's scope says (one dict, shared by every scope).
+ASGI: Final = {"version": "3.0", "spec_version": "2.3"}
 
 
 class ConnectionObserver(Protocol):
@@ -107,7 +111,7 @@ class Connection(Protocol):
 
 class Refused(Exception):
     """Raised from a parser callback to stop httptools at once: what comes after a
-    refused upgrade is no HTTP this layer follows."""
+    refused upgrade is no HTTP this module follows."""
 
 
 def problem_bytes(error: RecordlineError, problems: Problems) -> bytes:
@@ -130,11 +134,11 @@ class Connections:
 
     def __init__(self, most: int) -> None:
         self.most = most
-        self._open: set[BoundedHttpTools] = set()
+        self._open: set[BoundedConnection] = set()
         # Connections holding no request, longest first (a dict keeps insertion order).
-        self._idle: dict[BoundedHttpTools, None] = {}
+        self._idle: dict[BoundedConnection, None] = {}
 
-    def opened(self, connection: BoundedHttpTools) -> bool:
+    def opened(self, connection: BoundedConnection) -> bool:
         """Count `connection` in, closing idle ones past the bound; False if it is one
         too many (every other connection holds a request)."""
         while len(self._open) >= self.most and self._idle:
@@ -148,26 +152,29 @@ class Connections:
     def crowded(self) -> bool:
         return len(self._open) > self.most
 
-    def busy(self, connection: BoundedHttpTools) -> None:
+    def busy(self, connection: BoundedConnection) -> None:
         self._idle.pop(connection, None)
 
-    def idle(self, connection: BoundedHttpTools) -> None:
+    def idle(self, connection: BoundedConnection) -> None:
         if connection in self._open:
             self._idle[connection] = None
 
-    def closed(self, connection: BoundedHttpTools) -> None:
+    def closed(self, connection: BoundedConnection) -> None:
         self._open.discard(connection)
         self._idle.pop(connection, None)
 
 
-class BoundedHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol, every request on the connection bounded (see the module).
+class BoundedConnection(asyncio.Protocol):
+    """One connection, every request on it bounded (see the module).
 
-    `limits`, `problems` and `kept` are read from the class, which
-    `bounded_httptools` makes per server: uvicorn builds one protocol per
-    connection from the class it is given (`http=`).
+    `app`, `limits`, `problems`, `kept` and `budget` are read from the class, which
+    `bounded_connections` makes per server: uvicorn builds one protocol per connection
+    from the class it is given (`http=`), with the keywords below, and stops it
+    gracefully through `server_state` (`connections`, each told `shutdown()`; `tasks`,
+    awaited, then cancelled).
     """
 
+    app: ClassVar[Any]
     limits: ClassVar[ServerSettings]
     problems: ClassVar[Problems]
     kept: ClassVar[Connections]
@@ -176,32 +183,79 @@ class BoundedHttpTools(HttpToolsProtocol):
     # Bound to a loopback address: only loopback names are answered (DNS rebinding).
     loopback: ClassVar[bool] = False
 
-    # In slots, beside the instance dict uvicorn's protocol keeps: in that dict they
-    # took it past the keys instances share, to a dict of its own (1.6 KiB a connection).
     __slots__ = (
         "_body_charge",
         "_body_read",
         "_charge",
         "_chunks",
+        "_continue",
         "_crowded",
         "_cut",
         "_deadline",
         "_discarding",
         "_gone",
         "_head_ended",
+        "_idle",
         "_in_flight",
         "_lingering",
         "_phase",
         "_read",
-        "_reading",
         "_refusal",
         "_stall",
         "_taken",
         "_unsent",
+        "_writable",
+        "app_state",
+        "client",
+        "connections",
+        "exchange",
+        "headers",
+        "loop",
+        "parser",
+        "pipeline",
+        "read_paused",
+        "running",
+        "scheme",
+        "server",
+        "tasks",
+        "transport",
+        "url",
+        "write_paused",
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        *,
+        config: object,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.loop = _loop or asyncio.get_running_loop()
+        self.connections: set[Any] = server_state.connections
+        self.tasks: set[asyncio.Task[None]] = server_state.tasks
+        self.app_state = app_state
+        self.parser = httptools.HttpRequestParser(self)
+        # A request after one that closes the connection is dropped, not an error that
+        # would cut the answer to the one before it.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.server: tuple[str, int] | None = None
+        self.client: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self._continue = False
+        # The request read last, and the one whose answer is being made (answers go
+        # in the order of their requests); those read between them wait here, the
+        # next on the right.
+        self.exchange: Exchange | None = None
+        self.running: Exchange | None = None
+        self.pipeline: deque[Exchange] = deque()
+        self.read_paused = False
+        self.write_paused = False
+        self._writable: asyncio.Event | None = None
+        self._idle: asyncio.TimerHandle | None = None
         self._phase = WAITING
         # Bytes the current head has taken of the reads so far (in a body: what the
         # reads after its first brought besides body bytes: framing and trailers).
@@ -216,8 +270,6 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._chunks = 0
         # Requests whose head was read and whose answer is not complete.
         self._in_flight = 0
-        # The request whose body is being read.
-        self._reading: RequestResponseCycle | None = None
         self._deadline: asyncio.TimerHandle | None = None
         # The answer that ends this connection (b"": none, only the close), once decided.
         self._refusal: bytes | None = None
@@ -243,27 +295,47 @@ class BoundedHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        super().connection_made(transport)
+        self.transport = transport
+        self.connections.add(self)
+        self.server = _address(transport.get_extra_info("sockname"))
+        self.client = _address(transport.get_extra_info("peername"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
         self._crowded = not self.kept.opened(self)
         # The first request's head is due from the moment the connection opens.
         self._arm(self.limits.header_timeout_seconds)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
         self._disarm()
         self._unstall()
+        self._keep_no_longer()
         self.kept.closed(self)
-        super().connection_lost(exc)
-        # The requests still queued will never be answered: dropped now, not when the
-        # cyclic collector (rare, under `quiet_garbage_collector`) finds that each one's
-        # callback and this protocol refer to each other; what they held of the budget
-        # with them (the app never ran to release it), and the head being read.
-        for cycle, _ in self.pipeline:
-            cycle.scope[CHARGE].release()  # type: ignore[typeddict-item]
+        for exchange in (self.running, self.exchange):
+            if exchange is not None:
+                exchange.lost()
+        if self._writable is not None:
+            self._writable.set()  # what waits to write learns it is lost
+        # The requests still queued will never be answered: dropped now, with what
+        # they held of the budget (the app never ran to release it), and the head
+        # being read.
+        for exchange in self.pipeline:
+            exchange.scope[CHARGE].release()
         self.pipeline.clear()
         self._release_head()
         gone = self._gone
         if gone is not None and not gone.done():
             gone.set_result(None)
+        if exc is None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """The server stops: close now if no answer is due, else once it is sent."""
+        exchange = self.exchange
+        if exchange is None or exchange.response_complete:
+            self.transport.close()
+        else:
+            exchange.keep_alive = False
 
     def gone(self) -> asyncio.Future[None]:
         """A future done once the client has gone: what a follower waits on to stop,
@@ -274,20 +346,33 @@ class BoundedHttpTools(HttpToolsProtocol):
             if self.transport.is_closing():
                 gone.set_result(None)
             else:
-                # As uvicorn's `receive` does: the client's leaving is read, not held
-                # back behind a paused read.
-                self.flow.resume_reading()
+                # The client's leaving is read, not held back behind a paused read.
+                self.resume_reading()
         return gone
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None:
             return
+        self._keep_no_longer()
         if self._phase == WAITING:
             # Whatever comes now is the next request's: its head's clock starts with it.
             self._begin()
         self._read = len(data)
         self._body_read = 0
-        _uvicorn.data_received(self, data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Refused as its head ended (`_refusal_of_head`): never taken.
+            self._refusal = self._refusal or b""
+        except httptools.HttpParserError as exc:
+            if self._refusal is None:
+                malformed = MalformedRequest(f"the request is not HTTP/1.1 this service reads: {exc}")
+                if self._phase == BODY:
+                    # The request being read will never be whole: answered now, and closed.
+                    self._refuse_in_body(malformed, reason="malformed")
+                    return
+                self._count("malformed")
+                self._refusal = problem_bytes(malformed, self.problems)
         if self._refusal is not None:
             self._refuse()
             return
@@ -316,32 +401,62 @@ class BoundedHttpTools(HttpToolsProtocol):
         if self._deadline is None:
             self._arm(limits.body_timeout_seconds)
 
-    def send_400_response(self, msg: str) -> None:
-        # uvicorn's answer to a parser error, a callback's included: a refusal decided
-        # here is answered as itself.
-        if self._refusal is None:
-            self._count("malformed")
-            super().send_400_response(msg)
-        else:
-            self._refuse()
+    def eof_received(self) -> bool | None:
+        return None  # closed: what is sent after a client's EOF would go nowhere
 
-    def on_response_complete(self) -> None:
+    # The answers (`Carrier`).
+
+    def answered(self, exchange: Exchange) -> None:
         if self._in_flight:  # none once a refusal cut the request being read
             self._in_flight -= 1
-        _uvicorn.on_response_complete(self)
-        if self.pipeline:
-            # uvicorn reads on after every answer: not while requests read already wait.
-            self.flow.pause_reading()
+        self.running = None
+        transport = self.transport
+        if not transport.is_closing():
+            pipeline = self.pipeline
+            if pipeline:
+                self._start(pipeline.pop())
+            if pipeline:
+                # Not read on while requests read already wait.
+                self.pause_reading()
+            else:
+                self.resume_reading()
+                if self._in_flight == 0:
+                    self._keep(self.limits.keep_alive_seconds)
         if self._refusal is not None:
             if self._in_flight == 0:
                 self._refuse()  # its turn, after the answers to the requests ahead of it
             return
-        reading = self._reading
-        if reading is not None and reading.response_complete:
+        if self._phase == BODY and self.exchange is not None and self.exchange.response_complete:
             # Answered before its body was read whole: what is left is not read to be dropped.
             self.shed()
         elif self._in_flight == 0:
             self.kept.idle(self)
+
+    def failed(self, exchange: Exchange) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(problem_bytes(RecordlineError("the service failed"), self.problems))
+            self.transport.close()
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        writable = self._writable
+        if writable is not None:
+            await writable.wait()
+
+    def _start(self, exchange: Exchange) -> None:
+        self.running = exchange
+        task = self.loop.create_task(exchange.run(self.app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def evict(self) -> None:
         """Close this idle connection to make room for a new one (at once, dropping an
@@ -375,14 +490,19 @@ class BoundedHttpTools(HttpToolsProtocol):
     # What the transport holds for the client: bounded in time.
 
     def pause_writing(self) -> None:
-        _uvicorn.pause_writing(self)
+        self.write_paused = True
+        if self._writable is None:
+            self._writable = asyncio.Event()
+        self._writable.clear()
         if self._stall is None:
             self._unsent = self.transport.get_write_buffer_size()
             self._stall = self.loop.call_later(self.limits.send_timeout_seconds, self._stalled)
 
     def resume_writing(self) -> None:
         self._unstall()
-        _uvicorn.resume_writing(self)
+        self.write_paused = False
+        if self._writable is not None:
+            self._writable.set()
 
     def _unstall(self) -> None:
         if self._stall is not None:
@@ -400,29 +520,40 @@ class BoundedHttpTools(HttpToolsProtocol):
             return
         self.cut()
 
-    # httptools' callbacks, passed on to uvicorn's unless the request is refused.
+    # httptools' callbacks.
 
     def on_message_begin(self) -> None:
         if self._refusal is not None:
             return
         if self._phase != HEAD:
             self._begin()
-        _uvicorn.on_message_begin(self)
+        self.url = b""
+        self.headers = []
+        self._continue = False
+
+    def on_url(self, url: bytes) -> None:
+        if self._refusal is None:
+            self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # In a body, a field is a trailer: measured with the framing, never a header.
         if self._phase != BODY and self._refusal is None:
-            _uvicorn.on_header(self, name, value)
+            name = name.lower()
+            if name == b"expect" and value.lower() == b"100-continue":
+                self._continue = True
+            self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._refusal is None:
             self._refusal = self._refusal_of_head()
         if self._refusal is not None:
             if self.parser.should_upgrade() or self._in_flight:
-                # httptools would stop at the upgrade and uvicorn take it, or parse the
-                # rest of a read full of pipelined requests: stop here instead.
+                # httptools would stop at the upgrade, or parse the rest of a read full
+                # of pipelined requests: stop here instead.
                 raise Refused
             return
+        # Raises (the request is malformed) before anything is counted.
+        scope = self._scope()
         self._phase = BODY
         self._taken = self._chunks = 0
         self._head_ended = True
@@ -430,12 +561,24 @@ class BoundedHttpTools(HttpToolsProtocol):
         if not self._in_flight:
             self.kept.busy(self)
         self._in_flight += 1
-        self.scope[CONNECTION] = self  # type: ignore[typeddict-unknown-key]
         # The request's charge is the app's to release once it has answered.
-        self.scope[CHARGE] = self._body_charge = self._charge  # type: ignore[typeddict-unknown-key]
+        scope[CHARGE] = self._body_charge = self._charge
         self._charge = None
-        _uvicorn.on_headers_complete(self)
-        self._reading = self.cycle
+        parser = self.parser
+        exchange = Exchange(
+            scope,
+            self,
+            keep_alive=scope["http_version"] != "1.0" and parser.should_keep_alive(),
+            continue_expected=self._continue,
+        )
+        before = self.exchange
+        self.exchange = exchange
+        if before is None or before.response_complete:
+            self._start(exchange)
+        else:
+            # Answered after the requests before it: read on no further meanwhile.
+            self.pause_reading()
+            self.pipeline.appendleft(exchange)
 
     def on_chunk_header(self) -> None:
         self._chunks += 1
@@ -447,34 +590,70 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._body_read += size
         if self._discarding:
             return  # a read's body: dropped, unread by the app and uncharged
+        exchange = self.exchange
+        assert exchange is not None
         charge = self._body_charge
         # Charged as it is read, BODY_COPIES over (what the app makes of it), while the
-        # app has not answered: past its answer, uvicorn drops what comes.
+        # app has not answered: past its answer, what comes is dropped.
         if (
             charge is not None
-            and not self.cycle.response_complete
+            and not exchange.response_complete
             and not charge.take_request(charge.size + BODY_COPIES * size)
         ):
             self._refuse_in_body(self.budget.refusal())
             return
-        _uvicorn.on_body(self, body)
+        exchange.body_read(body)
 
     def on_message_complete(self) -> None:
         if self._refusal is not None:
             return
         self._phase = WAITING
-        self._reading = None
         self._body_charge = None
         self._disarm()
-        _uvicorn.on_message_complete(self)
+        if self.exchange is not None:
+            self.exchange.body_ended()
 
     # Bounds.
+
+    def _scope(self) -> dict[str, Any]:
+        """The ASGI scope of the request whose head was just read."""
+        parser = self.parser
+        url = httptools.parse_url(self.url)
+        raw_path = url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = unquote(path)
+        return {
+            "type": "http",
+            "asgi": ASGI,
+            "http_version": parser.get_http_version(),
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "root_path": "",
+            "method": parser.get_method().decode("ascii"),
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": url.query or b"",
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+            CONNECTION: self,
+        }
 
     def _begin(self) -> None:
         self._phase = HEAD
         self._taken = 0
         self._head_ended = False
         self._discarding = False
+
+    def _keep(self, seconds: float) -> None:
+        """Close the connection if no request begins within `seconds` (kept alive idle)."""
+        self._idle = self.loop.call_later(seconds, self.shed)
+
+    def _keep_no_longer(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
 
     def _refusal_of_head(self) -> bytes | None:
         headers = self.headers
@@ -492,7 +671,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         host = b""
         length = b""
         chunked = False
-        for name, value in headers:  # lower-cased by uvicorn
+        for name, value in headers:  # lower-cased as read (`on_header`)
             if name == b"host":
                 hosts += 1
                 host = value
@@ -564,8 +743,8 @@ class BoundedHttpTools(HttpToolsProtocol):
         queued = self.pipeline
         if len(queued) >= MAX_PIPELINED:
             return True
-        for cycle, _ in queued:
-            scope = cycle.scope
+        for exchange in queued:
+            scope = exchange.scope
             head += len(scope["raw_path"]) + len(scope["query_string"])
             head += _fields_bytes(scope["headers"])
         return head > self.limits.max_header_bytes
@@ -589,16 +768,16 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._refusal = self._answer(error)
         self._refuse()
 
-    def _refuse_in_body(self, error: RecordlineError) -> None:
+    def _refuse_in_body(self, error: RecordlineError, reason: str | None = None) -> None:
         """Refuse the request whose body is being read, now: answered, unless the app
-        has begun its own answer, and closed."""
-        reading = self._reading
+        has begun its own answer, and closed; counted by `reason`, else its problem."""
+        reading = self.exchange if self._phase == BODY else None
         started = reading is not None and reading.response_started
+        self._count(reason or error.problem)
         if started:  # the app's answer is under way: the connection is only closed
-            self._count(error.problem)
             self._refusal = b""
         else:
-            self._refusal = self._answer(error)
+            self._refusal = problem_bytes(error, self.problems)
         self._in_flight = 0
         self._refuse()
 
@@ -621,7 +800,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         transport.write_eof()
         # Read on a while, dropping it, then close (a client's EOF closes it sooner).
         self._lingering = True
-        self.flow.resume_reading()
+        self.resume_reading()
         self._deadline = self.loop.call_later(LINGER_SECONDS, self.shed)
 
     def _arm(self, seconds: float) -> None:
@@ -638,7 +817,7 @@ class BoundedHttpTools(HttpToolsProtocol):
             # A head not in within its time (or nothing at all since the connection opened).
             self._count("head-timeout")
             self.shed()
-        elif self.flow.read_paused:
+        elif self.read_paused:
             # The server holds the reading back (the app has not taken what came, or a
             # request ahead is not answered yet): that time is not the client's.
             self._arm(self.limits.body_timeout_seconds)
@@ -653,18 +832,22 @@ def _fields_bytes(headers: Any) -> int:
     return sum(len(name) + len(value) + HEADER_FRAMING for name, value in headers)
 
 
-def bounded_httptools(
+def bounded_connections(
+    app: Any,
     limits: ServerSettings,
     observer: ConnectionObserver | None = None,
     budget: Budget | None = None,
-) -> type[BoundedHttpTools]:
-    """The protocol class uvicorn is given (`http=`), with these bounds, for one server;
-    `observer` is told of each connection a bound refused or closed; requests are charged
-    to `budget`, the app's (by default one of RECORDLINE_MEMORY_BUDGET_BYTES of its own)."""
+) -> type[BoundedConnection]:
+    """The protocol class uvicorn is given (`http=`), serving `app` with these bounds, for
+    one server; `observer` is told of each connection a bound refused or closed;
+    requests are charged to `budget`, the app's (by default one of
+    RECORDLINE_MEMORY_BUDGET_BYTES of its own)."""
     return type(
-        "BoundedHttpTools",
-        (BoundedHttpTools,),
+        "BoundedConnection",
+        (BoundedConnection,),
         {
+            "__slots__": (),
+            "app": app,
             "limits": limits,
             "problems": Problems(max_body_bytes=limits.max_body_bytes),
             "kept": Connections(limits.max_connections),
@@ -673,6 +856,13 @@ def bounded_httptools(
             "loopback": is_loopback(limits.host),
         },
     )
+
+
+def _address(info: Any) -> tuple[str, int] | None:
+    """A socket's address as ASGI has it (host, port), or None (a Unix socket)."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
 
 
 # The names a loopback service answers for, in a Host header (RFC 3986's host).
