@@ -858,8 +858,6 @@ def serve(settings: Settings, typed: dict[str, str] | None = None) -> int:
         timeout_graceful_shutdown=max(
             1, math.floor(server.shutdown_grace_seconds - CLOSING_SECONDS)
         ),
-        # Pub/Sub keeps connections open; a short idle timeout would churn them.
-        timeout_keep_alive=math.ceil(server.keep_alive_seconds),
     )
     stop_on_hangup()
     quiet_garbage_collector()
