@@ -183,7 +183,7 @@ async def test_under_recordline_serve_a_follower_holds_one_task_and_leaves_at_on
                 if isinstance(coro, Coroutine)
                 and re.search(r"/(uvicorn|litestar|app/routes|app/http)/", coro.cr_code.co_filename)
             ]
-            assert held == ["RequestResponseCycle.run_asgi"], target
+            assert held == ["Exchange.run"], target
             left = time.monotonic()
             writer.close()
             await until(lambda: followers.open == 0, what=f"{target} to end as the client left")
