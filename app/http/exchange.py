@@ -42,6 +42,8 @@ class Carrier(Protocol):
     """What an exchange asks of the connection that carries it."""
 
     transport: asyncio.Transport
+    # The transport holds as much as it may: a send waits (`drain`) before writing more.
+    write_paused: bool
 
     def resume_reading(self) -> None: ...
 
@@ -162,7 +164,7 @@ class Exchange:
 
     async def send(self, message: dict[str, Any]) -> None:
         carrier = self.carrier
-        if not self.disconnected:
+        if carrier.write_paused and not self.disconnected:
             await carrier.drain()
         if self.disconnected:
             return

@@ -366,7 +366,9 @@ class BoundedConnection(asyncio.Protocol):
             self._refusal = self._refusal or b""
         except httptools.HttpParserError as exc:
             if self._refusal is None:
-                malformed = MalformedRequest(f"the request is not HTTP/1.1 this service reads: {exc}")
+                malformed = MalformedRequest(
+                    f"the request is not HTTP/1.1 this service reads: {exc}"
+                )
                 if self._phase == BODY:
                     # The request being read will never be whole: answered now, and closed.
                     self._refuse_in_body(malformed, reason="malformed")
@@ -434,7 +436,8 @@ class BoundedConnection(asyncio.Protocol):
 
     def failed(self, exchange: Exchange) -> None:
         if not self.transport.is_closing():
-            self.transport.write(problem_bytes(RecordlineError("the service failed"), self.problems))
+            failure = RecordlineError("the service failed to answer")
+            self.transport.write(problem_bytes(failure, self.problems))
             self.transport.close()
 
     def pause_reading(self) -> None:
