@@ -69,6 +69,7 @@ _GRAMMAR: Final = r"""
     | operand _CONTAINS STRING -> contains
     | _EXISTS operand -> exists
 operand: NAME ("." NAME | "[" STRING "]")*
+selection: operand ("," operand)*
 ?literal: STRING | NUMBER | TRUE | FALSE
 
 COMPARE: "=" | "!=" | "<=" | ">=" | "<" | ">"
@@ -89,6 +90,10 @@ NUMBER: /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/
 %ignore /[ \t\r\n]+/
 """
 _PARSER: Final = lark.Lark(_GRAMMAR, parser="lalr", lexer="contextual", propagate_positions=False)
+# The same grammar's operands, comma-separated, each with where it starts (`operands`).
+_OPERANDS: Final = lark.Lark(
+    _GRAMMAR, parser="lalr", lexer="contextual", start="selection", propagate_positions=True
+)
 
 Literal = str | float | bool
 
@@ -169,6 +174,35 @@ def _parsed(text: str, listing: str | None) -> Expression:
     return expression
 
 
+def operands(text: str, parameter: str, roots: frozenset[str]) -> list[tuple[Operand, str, int]]:
+    """The comma-separated operands `text` names, written as an expression writes them
+    (`id`, `data.a["b c"]`, `attributes.KEY`; `attributes` too, whole), roots among
+    `roots`: each with its text
+    and the character it starts at (from 1). BadParameter naming `parameter` and where
+    for the first thing wrong: a syntax error at its character, an operand by its entry."""
+    try:
+        tree = _OPERANDS.parse(text)
+    except lark.exceptions.UnexpectedInput as exc:
+        said = _syntax_error(text, exc)
+        if getattr(exc, "token", None) is not None and str(exc.token) == ",":  # type: ignore[attr-defined]
+            said += " (an empty entry: two commas, or one at an end)"
+        raise BadParameter(parameter, said) from None
+    found = []
+    for number, node in enumerate(tree.children, 1):
+        assert isinstance(node, lark.Tree)  # the grammar's `selection` holds operands
+        start, end = node.meta.start_pos, node.meta.end_pos
+        written = text[start:end]
+        try:
+            read = _operand(node, parameter, roots, whole=True)
+        except BadParameter as exc:
+            detail = str(exc.detail).removeprefix(f"{parameter}: ").removeprefix(f"{PARAMETER}: ")
+            raise BadParameter(
+                parameter, f"entry {number} ({written[:60]!r}, at character {start + 1}): {detail}"
+            ) from None
+        found.append((read, written, start + 1))
+    return found
+
+
 def _syntax_error(text: str, exc: lark.exceptions.UnexpectedInput) -> str:
     at = getattr(exc, "pos_in_stream", None)
     token = getattr(exc, "token", None)
@@ -245,23 +279,29 @@ def _built(tree: lark.Tree[Any]) -> Expression:
     raise AssertionError(tree.data)  # the grammar has no other rule
 
 
-def _operand(tree: lark.Tree[Any]) -> Operand:
+def _operand(
+    tree: lark.Tree[Any],
+    parameter: str = PARAMETER,
+    roots: frozenset[str] = ROOTS,
+    *,
+    whole: bool = False,
+) -> Operand:
     root, *members = tree.children
-    if root not in ROOTS:
-        known = ", ".join(sorted(ROOTS))
-        raise BadParameter(PARAMETER, f"no operand {str(root)!r} (there are: {known})")
+    if root not in roots:
+        known = ", ".join(sorted(roots))
+        raise BadParameter(parameter, f"no operand {str(root)!r} (there are: {known})")
     path = tuple(str(_literal(m)) if m.type == "STRING" else str(m) for m in map(_token, members))
     if path and root not in ("data", "attributes"):
-        raise BadParameter(PARAMETER, f"{root} has no members: only data and attributes do")
-    if root == "attributes" and len(path) != 1:
-        raise BadParameter(PARAMETER, 'name one attribute: attributes.KEY or attributes["KEY"]')
+        raise BadParameter(parameter, f"{root} has no members: only data and attributes do")
+    if root == "attributes" and len(path) != 1 and (path or not whole):
+        raise BadParameter(parameter, 'name one attribute: attributes.KEY or attributes["KEY"]')
     if len(path) > MAX_WHERE_PATH:
-        raise BadParameter(PARAMETER, f"a path {len(path)} members deep; {MAX_WHERE_PATH} at most")
+        raise BadParameter(parameter, f"a path {len(path)} members deep; {MAX_WHERE_PATH} at most")
     for member in path:
         if not member or any(c in member for c in '"\\') or not member.isprintable():
             # Every store's JSONPath quotes a member in `"` and escapes nothing inside.
             raise BadParameter(
-                PARAMETER,
+                parameter,
                 f'the member {member!r} is empty or holds `"`, `\\` or a control character',
             )
     return Operand(str(root), path)
