@@ -16,8 +16,10 @@ import pytest
 from litestar import Litestar
 
 from app.asgi import create_app
+from app.errors import MaskedFilter
 from app.query import follow
 from app.query.mask import MASKED, Mask
+from app.query.select import refuse_masked, selection_of
 from app.store.duckdb.store import DuckDBStore
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
@@ -349,3 +351,61 @@ def test_a_reason_is_compared_by_a_reader_only_whole_with_text_that_quotes_nothi
             "EXISTS reason",
         ):
             assert mask.told_by(where) is None, where
+
+
+@pytest.mark.parametrize(
+    ("path", "select"),
+    [
+        ("/v1/records", 'id,attributes["client-ip"]'),
+        ("/v1/records", 'attributes["Client-IP"]'),
+        ("/v1/records", "data.email"),
+        ("/v1/records", "id,data.lines.card"),
+        ("/v1/records/r-1", "data.email"),
+        ("/v1/messages/m-1", 'attributes["client-ip"]'),
+        ("/v1/rejections", 'attributes["client-ip"]'),
+        ("/v1/streams/records", "data.email"),
+    ],
+)
+async def test_a_reader_may_not_select_a_masked_value(
+    client: httpx.AsyncClient, path: str, select: str
+) -> None:
+    answer = await client.get(path, params={"select": select})
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["type"] == "/problems/masked-filter"
+    assert answer.json()["parameter"] == "select"
+    # An operator sees the value, and may select it.
+    allowed = await client.get(path, params={"select": select}, headers=OPERATOR)
+    assert allowed.status_code == 200, allowed.text
+
+
+async def test_what_a_reader_selects_around_a_masked_value_is_masked_inside(
+    client: httpx.AsyncClient,
+) -> None:
+    for select in ("data", "id,data.lines", "attributes", "data.emails,attributes.region"):
+        for path in ("/v1/records", "/v1/streams/records", "/v1/records/r-1"):
+            params = {"select": select} | ({"offset": "-1"} if "streams" in path else {})
+            answer = await client.get(path, params=params)
+            assert answer.status_code == 200, answer.text
+            for hidden in HIDDEN:
+                assert hidden not in answer.text, (select, path)
+    (row,) = (await client.get("/v1/records", params={"select": "id,data.lines"})).json()["records"]
+    assert row == {"id": "r-1", "data": {"lines": [{"card": MASKED, "note": "kept-value"}]}}
+    # An operator's projection of the same is whole.
+    answer = await client.get("/v1/records", params={"select": "data.lines"}, headers=OPERATOR)
+    assert "4111-1111" in answer.text
+
+
+def test_a_path_at_inside_or_through_a_masked_path_is_refused_and_one_around_it_is_not() -> None:
+    mask = Mask(fields=["customer.email", "token"], attributes=["client-ip"])
+    fields = ["id", "data", "attributes"]
+    for text in (
+        "data.customer.email",
+        "data.customer.email.domain",
+        'data["customer.email"]',
+        "data.a.token",
+        'attributes["CLIENT-IP"]',
+    ):
+        with pytest.raises(MaskedFilter):
+            refuse_masked(selection_of(text, fields), mask)
+    for text in ("data", "data.customer", "data.customer.name", "attributes", "attributes.x"):
+        refuse_masked(selection_of(text, fields), mask)

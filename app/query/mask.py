@@ -240,6 +240,22 @@ class Mask:
                 return rule.text
         return None
 
+    def hides(self, path: Iterable[str]) -> str | None:
+        """What of `path` (members from a payload's root) is masked where a reader would
+        see it whole: a member a name masks, or a masked path that it is or lies inside.
+        (A path a masked one lies inside is shown masked inside, as the row is.)"""
+        steps = list(path)
+        named = next((step for step in steps if _named(step, self.fields)), None)
+        if named is not None:
+            return named
+        composed = [
+            part for step in steps for part in unicodedata.normalize("NFC", step).split(".")
+        ]
+        for rule, _ in self._paths:
+            if tuple(composed[: len(rule.steps)]) == rule.steps:
+                return rule.text
+        return None
+
     def told_by(self, expression: str) -> str | None:
         """What of the filter language's `expression` a reader would learn through
         this mask, said as a refusal; None if nothing: a masked attribute or member (or

@@ -28,6 +28,7 @@ from app.problems import problem_type
 from app.query.events import Encodings, Event, event, event_bytes, framed
 from app.query.follow import Follow, Followers, Seat
 from app.query.page_token import PageToken
+from app.query.select import Selection
 from app.query.service import Excerpt, Listing, RecordsPage, RejectionsPage
 from app.records import rfc3339
 
@@ -174,19 +175,26 @@ def _quality(ranges: list[tuple[str, float]], media_type: str) -> float:
 NOT_CACHED: Final = as_headers(NO_CACHE)
 
 
-def page_body(encodings: Encodings, page: RecordsPage | RejectionsPage) -> bytes:
-    """The page as JSON: made once for every follower given it."""
-    return encodings.of(page, JSON, lambda: _encode(page), len)
+def page_body(
+    encodings: Encodings, page: RecordsPage | RejectionsPage, select: Selection | None = None
+) -> bytes:
+    """The page as JSON, with what `select` keeps of each row (every field without
+    one): made once for every follower given it with that projection."""
+    if select is None:
+        return encodings.of(page, JSON, lambda: _encode(page), len)
+    return encodings.of(page, (JSON, select.text), lambda: select.encoded(select.page(page)), len)
 
 
-def page_event(encodings: Encodings, page: RecordsPage | RejectionsPage) -> Event:
+def page_event(
+    encodings: Encodings, page: RecordsPage | RejectionsPage, select: Selection | None = None
+) -> Event:
     """The page as an event of a stream (`event: page`, its id the token after it):
-    made once for every follower given it, and sent in pieces, its body not copied,
-    when that is larger than a slice."""
+    made once for every follower given it with the same projection (`select`), and
+    sent in pieces, its body not copied, when that is larger than a slice."""
     return encodings.of(
         page,
-        EVENT_STREAM,
-        lambda: framed(b"page", page_body(encodings, page), page.next_page_token),
+        EVENT_STREAM if select is None else (EVENT_STREAM, select.text),
+        lambda: framed(b"page", page_body(encodings, page, select), page.next_page_token),
         event_bytes,
     )
 
@@ -199,12 +207,14 @@ def answer(
     final: bool,
     followers: Followers,
     kept: int | None = None,
+    select: Selection | None = None,
 ) -> Response[Any]:
-    """The page as JSON, with its freshness, and what caches may do: keep a `final`
-    full page (while the retention keeps its rows, `kept` seconds), revalidate any
-    other full one by its `ETag`, ask again for the tail."""
+    """The page as JSON (with what `select` keeps of each row), with its freshness, and
+    what caches may do: keep a `final` full page (while the retention keeps its rows,
+    `kept` seconds), revalidate any other full one by its `ETag` (of the body sent, so
+    each projection's own), ask again for the tail."""
     found = {COMPLETE_UNTIL: rfc3339(page.complete_until)} | NEGOTIATED
-    body = page_body(followers.encodings, page)
+    body = page_body(followers.encodings, page, select)
     charge = charge_of(request.scope)
     if charge is not None:
         # The page's charge (its rows, and this body made of them) lasts while it lives:
@@ -234,6 +244,7 @@ class PageEvents:
         "limit",
         "listing",
         "max_bytes",
+        "select",
         "token",
     )
 
@@ -244,8 +255,11 @@ class PageEvents:
         cursor: PageToken,
         token: str | None,
         limit: int,
+        select: Selection | None = None,
     ) -> None:
         self.followers = followers
+        # What each row shows (every field without it): events are made per projection.
+        self.select = select
         self.listing = listing
         self.cursor = cursor
         self.limit = limit
@@ -271,7 +285,7 @@ class PageEvents:
         self.cursor = msgspec.structs.replace(
             self.cursor, after_time=after_time, after_message_id=after_message_id
         )
-        return page_event(followers.encodings, page)
+        return page_event(followers.encodings, page, self.select)
 
     def end(self, failed: RetryLater | None) -> bytes:
         # Where to resume: the same stream, asked again with this id.
@@ -298,13 +312,14 @@ def stream(
     page_token: str | None,
     limit: int,
     seat: Seat,
+    select: Selection | None = None,
 ) -> EventStream:
     """The pages from `cursor` on (`page_token`, or the first page's bounds), as events,
     in `seat` until the stream ends or its client leaves."""
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
     seat.until(stop)
-    pages = PageEvents(followers, listing, cursor, page_token, limit)
+    pages = PageEvents(followers, listing, cursor, page_token, limit, select)
     return EventStream(
         followers.follow(stop, seat=seat).events(pages, seconds=followers.stream_seconds),
         stop=stop,

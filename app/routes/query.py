@@ -8,10 +8,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
-from litestar import Request, Response, get
+import msgspec
+from litestar import MediaType, Request, Response, get
 from litestar.datastructures import ResponseHeader
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPIFormat, OpenAPIType, Schema
+from litestar.openapi.spec import Example, OpenAPIFormat, OpenAPIType, Schema
 from litestar.params import Parameter, PathParameter
 
 from app.docs import RecordsOperation, RejectionsOperation
@@ -43,6 +44,7 @@ from app.query.filters import (
 )
 from app.query.follow import MAX_WAIT_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH
+from app.query.select import MAX_ENTRIES, MAX_SELECT_BYTES, Selection, refuse_masked, selection_of
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -83,7 +85,8 @@ from app.store.where import MAX_WHERE_BYTES
 
 _AGO = re.compile(AGO_PATTERN)
 _PAGE_PARAMETERS = (
-    frozenset({"since", "until", "limit", "page_token", "wait", "order"}) | FILTER_PARAMETERS
+    frozenset({"since", "until", "limit", "page_token", "wait", "order", "select"})
+    | FILTER_PARAMETERS
 )
 _COUNT_PARAMETERS = frozenset({"since", "until", "buckets"}) | FILTER_PARAMETERS
 # Buckets a count answers unless asked for another number.
@@ -219,6 +222,40 @@ WhereFilter = Annotated[
         max_length=MAX_WHERE_BYTES,
     ),
 ]
+
+SELECT_DESCRIPTION = (
+    "What to keep of each row, comma-separated: fields by name (`id`, `ingest_time`) and "
+    "paths into the payload and the attributes as `where` writes them (`data.customer.id`, "
+    '`data["x y"]`, `attributes.origin`), a path keeping its nesting '
+    '(`id,data.amount` is `{"id": …, "data": {"amount": …}}`). What is not selected, and a '
+    f"path a row lacks, is absent from the row. At most {MAX_ENTRIES} entries and "
+    f"{MAX_SELECT_BYTES:,} bytes; it changes no row, order nor cursor"
+)
+
+
+def select_parameter(description: str = SELECT_DESCRIPTION) -> Any:
+    """The `select` parameter as every read documents it."""
+    return Parameter(
+        description=description,
+        min_length=1,
+        max_length=MAX_SELECT_BYTES,
+        examples=[
+            Example(summary="Fields", value="message_id,id,ingest_time"),
+            Example(summary="Paths", value='id,data.customer.id,data["x y"],attributes.origin'),
+        ],
+    )
+
+
+SelectText = Annotated[str | None, select_parameter()]
+
+
+def selected(listing: Listing[Any], text: str | None, reader: Reader) -> Selection | None:
+    """What `select` keeps of `listing`'s rows (None: every field): 400 naming it for
+    what cannot be read, 403 for what `reader`'s mask hides."""
+    fields = [f.name for f in msgspec.structs.fields(listing.view)]
+    chosen = selection_of(text, fields, payload=listing is RECORDS)
+    refuse_masked(chosen, reader.mask)
+    return chosen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,6 +429,7 @@ async def _paged(
     wait: float,
     asked: Filter,
     order: str = "oldest",
+    select: str | None = None,
 ) -> Response[Any]:
     """One page of either list, its parameters checked the same way; or, asked for
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
@@ -399,6 +437,7 @@ async def _paged(
     _refuse_unknown(request)
     start, end = time_of("since", since), time_of("until", until)
     keep = asked.of(listing)
+    chosen = selected(listing, select, reader)
     streaming = wants_stream(request)
     if order == "newest":
         if wait or streaming:
@@ -411,7 +450,7 @@ async def _paged(
             listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
         )
         # Never kept by a cache: its first page changes as rows come.
-        return answer(request, newest, full=False, final=False, followers=followers)
+        return answer(request, newest, full=False, final=False, followers=followers, select=chosen)
     if streaming:
         # A client resuming a stream sends the last event's id, which is its token.
         resumed = request.headers.get("last-event-id")
@@ -430,7 +469,16 @@ async def _paged(
             # Its head alone: a HEAD follows nothing, and leaves its connection free.
             seat.release()
             return stream_head(STREAMING | NEGOTIATED)
-        return stream(request, followers, listing, cursor, page_token=token, limit=limit, seat=seat)
+        return stream(
+            request,
+            followers,
+            listing,
+            cursor,
+            page_token=token,
+            limit=limit,
+            seat=seat,
+            select=chosen,
+        )
     if wait:
         # The cursor first: its refusal takes no seat.
         cursor = reader.cursor(listing, start, end, limit, page_token, filter=keep)
@@ -448,7 +496,9 @@ async def _paged(
     # names other rows later, so its page is revalidated, never kept as it is.
     moving = _ago(until) or (page_token is None and _ago(since))
     final = listing.final and not moving
-    return answer(request, page, full=full, final=final, followers=followers, kept=kept)
+    return answer(
+        request, page, full=full, final=final, followers=followers, kept=kept, select=chosen
+    )
 
 
 def _ago(value: str | None) -> bool:
@@ -483,10 +533,11 @@ async def list_records(
     field: FieldFilter = None,
     where: WhereFilter = None,
     order: Order = "oldest",
+    select: SelectText = None,
 ) -> Response[RecordsPage]:
     asked = Filter(attribute, producer, record_id, message_id, field, where)
     return await _paged(
-        request, paging, RECORDS, since, until, limit, page_token, wait, asked, order
+        request, paging, RECORDS, since, until, limit, page_token, wait, asked, order, select
     )
 
 
@@ -515,6 +566,7 @@ async def list_rejections(
     message_id: MessageIdFilter = None,
     where: WhereFilter = None,
     order: Order = "oldest",
+    select: SelectText = None,
 ) -> Response[RejectionsPage]:
     # Rejections have no record id nor typed fields: asked for, the filter says so.
     given = request.query_params
@@ -522,7 +574,7 @@ async def list_rejections(
         attribute, producer, given.get("record_id"), message_id, given.getall("field", []), where
     )
     return await _paged(
-        request, paging, REJECTIONS, since, until, limit, page_token, wait, asked, order
+        request, paging, REJECTIONS, since, until, limit, page_token, wait, asked, order, select
     )
 
 
@@ -617,9 +669,14 @@ async def get_record(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Reader],
     record_id: Annotated[str, _path_id("The record's id, from its payload")],
-) -> RecordView:
+    select: SelectText = None,
+) -> Response[RecordView]:
     found = exact_id(request, RECORDS_PREFIX, "record_id", record_id)
-    return await reader.record(found, charge=charge_of(request.scope))
+    chosen = selected(RECORDS, select, reader)
+    record = await reader.record(found, charge=charge_of(request.scope))
+    if chosen is None:
+        return Response(record)
+    return Response(chosen.encoded(chosen.row(record)), media_type=MediaType.JSON)  # type: ignore[arg-type]
 
 
 @get(
@@ -632,9 +689,20 @@ async def get_message(
     request: Request[Any, Any, Any],
     reader: NamedDependency[Reader],
     message_id: Annotated[str, _path_id("The Pub/Sub message id")],
-) -> MessageView:
+    select: Annotated[
+        str | None,
+        select_parameter(
+            SELECT_DESCRIPTION + ". Of the `record` a stored message holds: the rest of the "
+            "answer is about the message, and kept whole"
+        ),
+    ] = None,
+) -> Response[MessageView]:
     found = exact_id(request, MESSAGES_PREFIX, "message_id", message_id)
-    return await reader.message(found, charge=charge_of(request.scope))
+    chosen = selected(RECORDS, select, reader)
+    message = await reader.message(found, charge=charge_of(request.scope))
+    if chosen is None:
+        return Response(message)
+    return Response(chosen.encoded(chosen.message(message)), media_type=MediaType.JSON)  # type: ignore[arg-type]
 
 
 # Called by readers.

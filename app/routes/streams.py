@@ -11,6 +11,7 @@ Design: docs/streams.md#what-the-protocol-gets-here
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -29,6 +30,7 @@ from app.query.events import Event, event, event_bytes, framed
 from app.query.follow import Seat
 from app.query.offsets import MAX_OFFSET_LENGTH, NOW, OFFSET_PATTERN
 from app.query.page_token import PageToken
+from app.query.select import Selection
 from app.query.service import Excerpt, Listing
 from app.query.streams import CURSOR_DIGITS, STREAMS, Chunk, Control, Streams, cursor_after
 from app.records import moment, rfc3339
@@ -52,7 +54,9 @@ from app.routes.query import (
     Paging,
     ProducerFilter,
     RecordIdFilter,
+    SelectText,
     WhereFilter,
+    selected,
 )
 
 NEXT_OFFSET: Final = "Stream-Next-Offset"
@@ -169,13 +173,36 @@ def _caching(
     return _CACHING[listing.final, whole, shared]
 
 
-def _sent(request: Request[Any, Any, Any], chunk: Chunk) -> bytes:
+def _body(streams: Streams, chunk: Chunk, select: Selection | None) -> bytes:
+    """The chunk's JSON with what `select` keeps of each row: made once per projection
+    for every reader given the chunk."""
+    if select is None:
+        return chunk.body
+    return streams.encodings.of(
+        chunk, (JSON, select.text), lambda: select.encoded(select.rows(chunk.body)), len
+    )
+
+
+def _etag(chunk: Chunk, select: Selection | None) -> ETag:
+    """The chunk's tag, of its projection's own body where it has one."""
+    if select is None:
+        return ETag(value=chunk.etag)
+    tagged = f"{chunk.etag}:{select.text}".encode()
+    return ETag(value=hashlib.sha256(tagged).hexdigest()[:32])
+
+
+def _sent(
+    request: Request[Any, Any, Any],
+    chunk: Chunk,
+    streams: Streams | None = None,
+    select: Selection | None = None,
+) -> bytes:
     """The chunk's body, to answer with: the chunk (charged with its reads) lives until
     it is sent."""
     charge = charge_of(request.scope)
     if charge is not None:
         charge.keep(chunk)
-    return chunk.body
+    return chunk.body if streams is None else _body(streams, chunk, select)
 
 
 @get(
@@ -224,11 +251,14 @@ async def read_stream(
     message_id: MessageIdFilter = None,
     field: FieldFilter = None,
     where: WhereFilter = None,
+    select: SelectText = None,
 ) -> Response[Any]:
     streams, followers = paging.streams, paging.followers
     listing = streams.named(name)
     # A filtered stream is a stream of its own: its offsets are signed for its filter.
     keep = Filter(attribute, producer, record_id, message_id, field, where).of(listing)
+    # A projection is not: it changes which fields a chunk's rows show, never its offsets.
+    chosen = selected(listing, select, streams.reader)
     if request.scope.get(HEAD_REQUEST):
         tail = streams.position(listing, await streams.tail(listing, keep))
         return Response(b"", media_type=JSON, headers={NEXT_OFFSET: tail} | as_headers(NO_STORE))
@@ -244,7 +274,7 @@ async def read_stream(
                 headers={NEXT_OFFSET: now, UP_TO_DATE: "true"} | as_headers(NO_STORE),
             )
         chunk = await streams.chunk(listing, start)
-        etag = ETag(value=chunk.etag)
+        etag = _etag(chunk, chosen)
         headers = (
             _positioned(chunk)
             | as_headers(etag)
@@ -259,7 +289,7 @@ async def read_stream(
         )
         if unchanged(request, etag):
             return Response(b"", status_code=HTTP_304_NOT_MODIFIED, headers=headers)
-        return Response(_sent(request, chunk), media_type=JSON, headers=headers)
+        return Response(_sent(request, chunk, streams, chosen), media_type=JSON, headers=headers)
     # A seat among the followers, taken before anything is awaited: long-polls and
     # streams asking at once cannot all pass the check.
     seat = followers.admit()
@@ -268,7 +298,7 @@ async def read_stream(
             start = await streams.tail(listing, keep)
         if live == "sse":
             await streams.reader.check_filter(listing, keep)
-            return _sse(request, paging, listing, start, cursor, seat)
+            return _sse(request, paging, listing, start, cursor, seat, chosen)
     except BaseException:
         seat.release()
         raise
@@ -281,12 +311,12 @@ async def read_stream(
     if not chunk.rows:
         headers[UP_TO_DATE] = "true"
         return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | waited)
-    etag = ETag(value=chunk.etag)
+    etag = _etag(chunk, chosen)
     # From `now`, where the rows start is the tail when the request came: a follower
     # asking that URL later must not be sent back to it, so it is kept as a 204 is.
     kept = waited if offset == NOW else _caching(shared, listing, chunk, live=True, offset=offset)
     headers |= as_headers(etag) | kept
-    return Response(_sent(request, chunk), media_type=JSON, headers=headers)
+    return Response(_sent(request, chunk, streams, chosen), media_type=JSON, headers=headers)
 
 
 _encode = msgspec.json.encode
@@ -299,12 +329,13 @@ def _sse(
     start: PageToken,
     cursor: str | None,
     seat: Seat,
+    select: Selection | None = None,
 ) -> EventStream:
     followers = paging.followers
     # Done once the client leaves or the service stops.
     stop, watched = stop_of(request)
     seat.until(stop)
-    chunks = ChunkEvents(paging.streams, listing, start, cursor)
+    chunks = ChunkEvents(paging.streams, listing, start, cursor, select)
     seconds = min(followers.stream_seconds, SSE_SECONDS)
     return EventStream(
         followers.follow(stop, seat=seat).events(chunks, seconds=seconds),
@@ -327,15 +358,23 @@ class ChunkEvents:
         "limit",
         "listing",
         "max_bytes",
+        "select",
         "sending",
         "streams",
         "told",
     )
 
     def __init__(
-        self, streams: Streams, listing: Listing[Any], start: PageToken, cursor: str | None
+        self,
+        streams: Streams,
+        listing: Listing[Any],
+        start: PageToken,
+        cursor: str | None,
+        select: Selection | None = None,
     ) -> None:
         self.streams = streams
+        # What each row shows: a chunk's events are made once per projection.
+        self.select = select
         self.listing = listing
         self.cursor = start
         self.limit = streams.page_rows
@@ -364,20 +403,26 @@ class ChunkEvents:
             upToDate=chunk.up_to_date,
         )
         self.sending = chunk
-        return _with_data(streams, chunk, event(b"control", _encode(control)))
+        return _with_data(streams, chunk, event(b"control", _encode(control)), self.select)
 
     def end(self, failed: RetryLater | None) -> None:
         # The client reconnects from the last offset it was given.
         self.sending = None
 
 
-def _with_data(streams: Streams, chunk: Chunk, control: bytes) -> Event:
-    """The chunk's `event: data` (made once for every stream that sends it), then
-    `control`; pieces, its body not copied, when that is larger than a slice."""
+def _with_data(
+    streams: Streams, chunk: Chunk, control: bytes, select: Selection | None = None
+) -> Event:
+    """The chunk's `event: data` (made once for every stream that sends it with the same
+    projection), then `control`; pieces, its body not copied, when that is larger than
+    a slice."""
     if not chunk.rows:
         return control
     data = streams.encodings.of(
-        chunk, EVENT_STREAM, lambda: framed(b"data", chunk.body), event_bytes
+        chunk,
+        EVENT_STREAM if select is None else (EVENT_STREAM, select.text),
+        lambda: framed(b"data", _body(streams, chunk, select)),
+        event_bytes,
     )
     if isinstance(data, tuple):
         return (*data, control)
