@@ -392,3 +392,30 @@ async def test_a_stored_number_no_decoder_here_holds_cuts_no_export(
         assert note(answer.text) is None, answer.text[-300:]
         assert "# " + NOTE_KEY not in answer.text, answer.text[-300:]
         assert answer.text.count("r-") == 5, (params, answer.text[:300])
+
+
+async def test_an_export_takes_select_as_every_read_writes_it(client: httpx.AsyncClient) -> None:
+    await pushed(client, range(3))
+    chosen = 'message_id,data.n,attributes["a.b"],attributes.colour'
+    answer = await client.get("/v1/export/records", params={"select": chosen})
+    assert answer.status_code == 200, answer.text
+    rows = csv_rows(answer.text)
+    assert answer.text.startswith('message_id,data.n,"attributes[""a.b""]",attributes.colour\r\n')
+    assert [(r["data.n"], r['attributes["a.b"]'], r["attributes.colour"]) for r in rows] == [
+        ("0", "c", "red"),
+        ("1", "c", "green"),
+        ("2", "c", "red"),
+    ]
+    # The same columns as `columns=` names them, the same values.
+    same = await client.get("/v1/export/records", params={"columns": "message_id,data.n"})
+    assert [r["data.n"] for r in csv_rows(same.text)] == [r["data.n"] for r in rows]
+    # Refused as a read refuses it, and never beside `columns`.
+    for params, said in [
+        ({"select": "id,,n"}, "at character 4"),
+        ({"select": "nope"}, "entry 1 ('nope'"),
+        ({"select": "id", "columns": "id"}, "not both"),
+    ]:
+        refused = await client.get("/v1/export/records", params=params)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["parameter"] == "select"
+        assert said in refused.json()["detail"]

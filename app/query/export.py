@@ -27,6 +27,7 @@ import msgspec
 
 from app.budget import Charge
 from app.errors import BadParameter, RetryLater, TooMuchInFlight
+from app.query.select import Selection
 from app.query.service import MAX_LIMIT, RECORDS, Listing, RecordsPage
 from app.records import micros
 
@@ -111,6 +112,12 @@ def columns_of(listing: Listing[Any], text: str | None) -> tuple[Column, ...]:
     if len({c.name for c in found}) < len(found):
         raise BadParameter("columns", "a column named twice")
     return tuple(found)
+
+
+def selected_columns(chosen: Selection) -> tuple[Column, ...]:
+    """The columns a `select=` names (`app.query.select`: the reads' own parser, bounds
+    and masks): each entry a column headed as written (`data["x y"]`, `attributes.origin`)."""
+    return tuple(Column(e.text, e.field, e.path) for e in chosen.entries)
 
 
 @dataclass(frozen=True, slots=True)

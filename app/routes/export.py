@@ -29,12 +29,14 @@ from app.query.export import (
     Walk,
     columns_of,
     fields_of,
+    selected_columns,
 )
 from app.query.filters import FILTER_PARAMETERS, REPEATABLE
 from app.query.streams import STREAMS
 from app.records import MAX_MICROS, micros, moment
 from app.routes.query import (
     EXPORT_ERRORS,
+    SELECT_DESCRIPTION,
     AttributeFilter,
     FieldFilter,
     Filter,
@@ -46,6 +48,8 @@ from app.routes.query import (
     Since,
     Until,
     WhereFilter,
+    select_parameter,
+    selected,
     time_of,
 )
 
@@ -53,7 +57,8 @@ ROW_BOUND: Final = "Recordline-Export-Max-Rows"
 # Where every export is: what it is refused on its head under (`app.asgi.refused_on_head`).
 EXPORT_PATH: Final = "/v1/export/"
 _PARAMETERS: Final = (
-    frozenset({"format", "columns", "since", "until", "max_rows", "page_token"}) | FILTER_PARAMETERS
+    frozenset({"format", "columns", "select", "since", "until", "max_rows", "page_token"})
+    | FILTER_PARAMETERS
 )
 
 
@@ -134,6 +139,13 @@ async def export_rows(
     message_id: MessageIdFilter = None,
     field: FieldFilter = None,
     where: WhereFilter = None,
+    select: Annotated[
+        str | None,
+        select_parameter(
+            SELECT_DESCRIPTION + ". Here each entry is a column, headed as written; in place "
+            "of `columns`, as the other reads write it"
+        ),
+    ] = None,
 ) -> Stream:
     given = request.query_params
     unknown = sorted(set(given) - _PARAMETERS)
@@ -145,7 +157,11 @@ async def export_rows(
     reader = paging.reader
     listing = paging.streams.named(name)
     keep = Filter(attribute, producer, record_id, message_id, field, where).of(listing)
-    chosen = columns_of(listing, columns)
+    if select is not None and columns is not None:
+        raise BadParameter("select", "give `select` or `columns`, not both")
+    # `select` is read as every read reads it, a masked name refused (403) alike.
+    picked = selected(listing, select, reader)
+    chosen = columns_of(listing, columns) if picked is None else selected_columns(picked)
     bounds = Bounds.of(max_rows, paging.export_max_bytes)
     export = Export(format, chosen, bounds, fields=fields_of(listing))
     start, end = time_of("since", since), time_of("until", until)
