@@ -367,3 +367,20 @@ def test_a_projected_page_is_the_projection_of_the_whole_page(
         json.loads(selection.encoded(selection.rows(msgspec.json.encode(views))))
         == (projected["records"])
     )
+
+
+async def test_every_read_of_rows_documents_select(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/docs/openapi.json")).json()
+    for path in (
+        "/v1/records",
+        "/v1/rejections",
+        "/v1/records/{record_id}",
+        "/v1/messages/{message_id}",
+        "/v1/streams/{name}",
+        "/v1/export/{name}",
+    ):
+        (found,) = [
+            p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "select"
+        ]
+        assert "absent" in found["description"], path
+        assert found["examples"], path
