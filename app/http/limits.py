@@ -1,17 +1,13 @@
 """What one connection may cost: every byte of every request bounded, in size and in time.
 
-Every connection is a `BoundedConnection`: an asyncio protocol that reads each request
-through httptools' parser (its public callbacks) and hands it to the app as an ASGI
-`Exchange` (`app.http.exchange`), bounding as it reads: a head's size and time, a
-body's time, trailers dropped, upgrades and `CONNECT` refused, a read's body dropped
-unread, `Host` checked, pipelining bounded, head and body charged as they are read, an
-answer its client does not take cut off, `max_connections` a process (`Connections`).
-uvicorn runs it (its `http=` option takes a protocol class): the socket, the app's
-lifespan, the signals and the graceful stop are uvicorn's; every byte read and
-written is this module's.
+Each connection is a `BoundedConnection`, an asyncio protocol reading every request
+through httptools' parser (its public callbacks) and handing it to the app as an
+`Exchange` (`app.http.exchange`): a head's size and time, a body's time, trailers
+dropped, upgrades and `CONNECT` refused, `Host` checked, pipelining bounded, head and
+body charged as read, an answer its client does not take cut off, `max_connections` a
+process. uvicorn runs it (`http=`): socket, lifespan, signals and graceful stop.
 
-Design, and why a protocol of its own rather than another server:
-docs/security.md#request-bounds
+Design, and why a protocol of its own: docs/security.md#request-bounds
 """
 
 from __future__ import annotations
