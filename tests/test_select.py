@@ -22,12 +22,17 @@ from hypothesis import strategies as st
 
 from app.asgi import create_app
 from app.http.head import Recordline
+from app.query.events import ENCODED_BYTES, Encodings
 from app.query.select import MAX_ENTRIES, selection_of
 from app.query.service import RecordsPage, RecordView
+from app.records import moment
+from app.routes.follow import page_body
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
+from tests.rows import shown_record
 
 FIELDS = [f.name for f in msgspec.structs.fields(RecordView)]
+MIB = 1024 * 1024
 
 
 def push_body(n: int, data: Any, attributes: dict[str, str] | None = None) -> dict[str, Any]:
@@ -384,3 +389,27 @@ async def test_every_read_of_rows_documents_select(client: httpx.AsyncClient) ->
         ]
         assert "absent" in found["description"], path
         assert found["examples"], path
+
+
+def test_every_projection_of_a_page_counts_in_the_bytes_its_encodings_keep() -> None:
+    # The encodings of what followers share are kept within ENCODED_BYTES, each object
+    # weighed by what was made of it. A page whose first encoding was a small
+    # projection weighed that alone: its whole JSON, its events and every other
+    # projection made after it were kept uncounted, past the bound.
+    at = moment(1_700_000_000_000_000)
+    encodings = Encodings()
+    first = selection_of("message_id", FIELDS)
+    assert first is not None
+    held = [
+        RecordsPage([shown_record(b'"' + b"x" * (MIB - 2) + b'"', at=at)], "token", at)
+        for _ in range(2 * ENCODED_BYTES // MIB)
+    ]
+    made = 0
+    for page in held:
+        small = page_body(encodings, page, first)
+        made += len(small) + len(page_body(encodings, page))
+        assert encodings.bytes <= ENCODED_BYTES
+    # What is kept is counted: the last page's whole JSON and its projection both.
+    whole, small = page_body(encodings, held[-1]), page_body(encodings, held[-1], first)
+    assert encodings.bytes >= len(whole) + len(small)
+    assert made > ENCODED_BYTES  # the pages held more than the bound: some were let go

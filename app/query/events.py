@@ -10,7 +10,6 @@ pages of 4 MB records held 4 GB.) docs/reading.md#following-the-tail
 
 from __future__ import annotations
 
-import contextlib
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Final, TypeVar
@@ -85,9 +84,12 @@ class Encodings:
         key: Hashable,
         make: Callable[[], T],
         size: Callable[[T], int] = lambda _: 0,
+        *,
+        apart: bool = False,
     ) -> T:
         """What `make` makes of `source` for `key`, made once while `source` lives.
-        The first made of it sizes the entry, by `size` (the bytes it holds)."""
+        The first made of it sizes the entry, by `size` (the bytes it holds); what is
+        made `apart` from it (a projection of a page, and its event) adds its own."""
         made = self._made.get(id(source))
         if made is None or made.source() is not source:
             made = _Made(source, self._made, id(source))
@@ -96,10 +98,14 @@ class Encodings:
             return found
         value = make()
         made.values[key] = value
-        if not made.bytes:
+        if apart:
+            made.apart += size(value)
+        elif not made.bytes:
             made.bytes = size(value)
-        with contextlib.suppress(ValueError):  # larger than them all: not kept
+        try:
             self._made[id(source)] = made  # counted anew, with what it holds now
+        except ValueError:  # larger than them all: not kept (nor counted as it was)
+            self._made.pop(id(source), None)
         return value
 
 
@@ -107,19 +113,21 @@ class _Made:
     """What was made of one object, kept while it lives: once nobody holds it, the
     entry leaves the cache, whatever room is left (`_forget`)."""
 
-    __slots__ = ("bytes", "source", "values")
+    __slots__ = ("apart", "bytes", "source", "values")
 
     def __init__(self, source: object, cache: cachetools.LRUCache[int, _Made], key: int) -> None:
         self.values: dict[Hashable, Any] = {}
         # The size of the first thing made of it (`weight`).
         self.bytes = 0
+        # The sizes of what was made apart from it (`Encodings.of`).
+        self.apart = 0
         self.source = weakref.ref(source, _forget(cache, key))
 
     def weight(self) -> int:
         # The first encoding, the event made of it, and what it was made of (a page's
         # views, about as many bytes as their JSON), counted whether or not they are
-        # made yet.
-        return 3 * self.bytes
+        # made yet; and what was made apart from them.
+        return 3 * self.bytes + self.apart
 
 
 def _forget(cache: cachetools.LRUCache[int, _Made], key: int) -> Callable[[weakref.ref[Any]], None]:

@@ -182,7 +182,9 @@ def page_body(
     one): made once for every follower given it with that projection."""
     if select is None:
         return encodings.of(page, JSON, lambda: _encode(page), len)
-    return encodings.of(page, (JSON, select.text), lambda: select.encoded(select.page(page)), len)
+    return encodings.of(
+        page, (JSON, select.text), lambda: select.encoded(select.page(page)), len, apart=True
+    )
 
 
 def page_event(
@@ -196,6 +198,7 @@ def page_event(
         EVENT_STREAM if select is None else (EVENT_STREAM, select.text),
         lambda: framed(b"page", page_body(encodings, page, select), page.next_page_token),
         event_bytes,
+        apart=select is not None,
     )
 
 

@@ -179,7 +179,11 @@ def _body(streams: Streams, chunk: Chunk, select: Selection | None) -> bytes:
     if select is None:
         return chunk.body
     return streams.encodings.of(
-        chunk, (JSON, select.text), lambda: select.encoded(select.rows(chunk.body)), len
+        chunk,
+        (JSON, select.text),
+        lambda: select.encoded(select.rows(chunk.body)),
+        len,
+        apart=True,
     )
 
 
@@ -423,6 +427,7 @@ def _with_data(
         EVENT_STREAM if select is None else (EVENT_STREAM, select.text),
         lambda: framed(b"data", _body(streams, chunk, select)),
         event_bytes,
+        apart=select is not None,
     )
     if isinstance(data, tuple):
         return (*data, control)
