@@ -413,3 +413,24 @@ def test_every_projection_of_a_page_counts_in_the_bytes_its_encodings_keep() -> 
     whole, small = page_body(encodings, held[-1]), page_body(encodings, held[-1], first)
     assert encodings.bytes >= len(whole) + len(small)
     assert made > ENCODED_BYTES  # the pages held more than the bound: some were let go
+
+
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("/v1/records", {}),
+        ("/v1/records/r-0", {}),
+        ("/v1/messages/m-000", {}),
+        ("/v1/streams/records", {"offset": "-1"}),
+        ("/v1/export/records", {"format": "jsonl"}),
+    ],
+)
+async def test_a_selection_given_twice_is_a_400_on_every_read(
+    client: httpx.AsyncClient, path: str, params: dict[str, str]
+) -> None:
+    # Taken as one of the two, it would drop what the other names without a word.
+    query = [*params.items(), ("select", "id"), ("select", "data.amount")]
+    answer = await client.get(path, params=query)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["parameter"] == "select"
+    assert "more than once" in answer.json()["detail"]

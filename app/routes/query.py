@@ -45,6 +45,7 @@ from app.query.filters import (
 from app.query.follow import MAX_WAIT_SECONDS, Followers
 from app.query.page_token import MAX_TOKEN_LENGTH
 from app.query.select import MAX_ENTRIES, MAX_SELECT_BYTES, Selection, refuse_masked, selection_of
+from app.query.select import PARAMETER as SELECT
 from app.query.service import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -247,6 +248,13 @@ def select_parameter(description: str = SELECT_DESCRIPTION) -> Any:
 
 
 SelectText = Annotated[str | None, select_parameter()]
+
+
+def select_once(request: Request[Any, Any, Any]) -> None:
+    """400 for `select` given more than once, on a read that takes its other parameters
+    as the framework does: it would keep one and drop what the other names."""
+    if len(request.query_params.getall(SELECT, [])) > 1:
+        raise BadParameter(SELECT, "given more than once; give it once")
 
 
 def selected(listing: Listing[Any], text: str | None, reader: Reader) -> Selection | None:
@@ -672,6 +680,7 @@ async def get_record(
     select: SelectText = None,
 ) -> Response[RecordView]:
     found = exact_id(request, RECORDS_PREFIX, "record_id", record_id)
+    select_once(request)
     chosen = selected(RECORDS, select, reader)
     record = await reader.record(found, charge=charge_of(request.scope))
     if chosen is None:
@@ -698,6 +707,7 @@ async def get_message(
     ] = None,
 ) -> Response[MessageView]:
     found = exact_id(request, MESSAGES_PREFIX, "message_id", message_id)
+    select_once(request)
     chosen = selected(RECORDS, select, reader)
     message = await reader.message(found, charge=charge_of(request.scope))
     if chosen is None:

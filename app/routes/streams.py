@@ -56,6 +56,7 @@ from app.routes.query import (
     RecordIdFilter,
     SelectText,
     WhereFilter,
+    select_once,
     selected,
 )
 
@@ -262,6 +263,7 @@ async def read_stream(
     # A filtered stream is a stream of its own: its offsets are signed for its filter.
     keep = Filter(attribute, producer, record_id, message_id, field, where).of(listing)
     # A projection is not: it changes which fields a chunk's rows show, never its offsets.
+    select_once(request)
     chosen = selected(listing, select, streams.reader)
     if request.scope.get(HEAD_REQUEST):
         tail = streams.position(listing, await streams.tail(listing, keep))
