@@ -71,10 +71,6 @@ class Selection:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tree", _tree_of(self.entries))
 
-    def reads(self, field: str) -> bool:
-        """Whether a row's `field` (or a path inside it) is selected."""
-        return any(entry.field == field for entry in self.entries)
-
     def row(self, view: Any) -> dict[str, Any]:
         """`view` (a RecordView or RejectionView) with only what is selected: its fields
         in the view's order, a path's members nested, in the order first named."""
