@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from litestar import Response
+from litestar import Request, Response
 from litestar.datastructures import CacheControlHeader
 from litestar.exceptions import NotFoundException
 from litestar.openapi import OpenAPIConfig
@@ -78,6 +78,7 @@ def openapi_config(middleware: Sequence[Middleware] = (), mounted_at: str = "") 
             dto=None,
             return_dto=None,
             middleware=middleware,
+            before_request=rows_selectable,
             after_request=_problem_if_absent,
         ),
     )
@@ -221,6 +222,20 @@ def _next_page(listing: str) -> Link:
         parameters={"page_token": "$response.body#/next_page_token"},
         description="The next page (absent once a bounded range is read to its end)",
     )
+
+
+def rows_selectable(request: Request[Any, Any, Any]) -> None:
+    """Before the document is served: a record's and a rejection's fields are each
+    present unless `select` leaves them out, which no view's signature can say (its
+    fields are all required). Once: the document is kept."""
+    schemas = request.app.openapi_schema.components.schemas or {}
+    for view in ("RecordView", "RejectionView"):
+        found = schemas.get(view)
+        if found is not None and found.required:
+            found.required = None
+            found.description = (
+                f"{found.description or ''} Every field is present unless `select` leaves it out."
+            ).strip()
 
 
 @dataclass

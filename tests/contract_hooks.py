@@ -70,7 +70,7 @@ BEYOND_A_SCHEMA_AFTER = {
 # Parameters any of whose refusals is beyond a schema: an expression of the filter
 # language (app/store/where.py) is a grammar, which no schema's pattern says; its
 # description names the language, and a 400 says where the text departs from it.
-BEYOND_A_SCHEMA_WHOLLY = frozenset({"where"})
+BEYOND_A_SCHEMA_WHOLLY = frozenset({"where", "select"})
 
 
 @schemathesis.hook

@@ -389,6 +389,12 @@ async def test_every_read_of_rows_documents_select(client: httpx.AsyncClient) ->
         ]
         assert "absent" in found["description"], path
         assert found["examples"], path
+    # A projected row is a row of its view: no field of one is required, each said to be
+    # present unless `select` leaves it out.
+    for view in ("RecordView", "RejectionView"):
+        schema = document["components"]["schemas"][view]
+        assert "required" not in schema, view
+        assert "unless `select` leaves it out" in schema["description"], view
 
 
 def test_every_projection_of_a_page_counts_in_the_bytes_its_encodings_keep() -> None:

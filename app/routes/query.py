@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
@@ -257,11 +258,18 @@ def select_once(request: Request[Any, Any, Any]) -> None:
         raise BadParameter(SELECT, "given more than once; give it once")
 
 
+@functools.cache
+def _field_names(view: type[msgspec.Struct]) -> tuple[str, ...]:
+    """A row view's fields, by name (read once a view: msgspec reads its annotations)."""
+    return tuple(f.name for f in msgspec.structs.fields(view))
+
+
 def selected(listing: Listing[Any], text: str | None, reader: Reader) -> Selection | None:
     """What `select` keeps of `listing`'s rows (None: every field): 400 naming it for
     what cannot be read, 403 for what `reader`'s mask hides."""
-    fields = [f.name for f in msgspec.structs.fields(listing.view)]
-    chosen = selection_of(text, fields, payload=listing is RECORDS)
+    if text is None:
+        return None
+    chosen = selection_of(text, _field_names(listing.view), payload=listing is RECORDS)
     refuse_masked(chosen, reader.mask)
     return chosen
 
