@@ -226,33 +226,28 @@ class Mask:
         """What of `path` (members from a payload's root) this mask masks, if any: a
         member of it a name masks, or a masked path that it starts or that starts it
         (a filter on either would tell what the mask hides)."""
-        steps = list(path)
-        named = next((step for step in steps if _named(step, self.fields)), None)
-        if named is not None:
-            return named
-        # A member named with dots is as many steps of a path, as `_rule` masks it.
-        composed = [
-            part for step in steps for part in unicodedata.normalize("NFC", step).split(".")
-        ]
-        for rule, _ in self._paths:
-            shared = min(len(rule.steps), len(composed))
-            if rule.steps[:shared] == tuple(composed[:shared]):
-                return rule.text
-        return None
+        return self._path_masked(path, around=True)
 
     def hides(self, path: Iterable[str]) -> str | None:
         """What of `path` (members from a payload's root) is masked where a reader would
         see it whole: a member a name masks, or a masked path that it is or lies inside.
         (A path a masked one lies inside is shown masked inside, as the row is.)"""
+        return self._path_masked(path, around=False)
+
+    def _path_masked(self, path: Iterable[str], *, around: bool) -> str | None:
+        """A member of `path` a name masks, or a masked path it lies inside (or, `around`,
+        one that lies inside it)."""
         steps = list(path)
         named = next((step for step in steps if _named(step, self.fields)), None)
         if named is not None:
             return named
-        composed = [
+        # A member named with dots is as many steps of a path, as `_rule` masks it.
+        composed = tuple(
             part for step in steps for part in unicodedata.normalize("NFC", step).split(".")
-        ]
+        )
         for rule, _ in self._paths:
-            if tuple(composed[: len(rule.steps)]) == rule.steps:
+            shared = min(len(rule.steps), len(composed)) if around else len(rule.steps)
+            if composed[:shared] == rule.steps[:shared]:
                 return rule.text
         return None
 
