@@ -777,7 +777,16 @@ class BoundedConnection(asyncio.Protocol):
             self._refusal = b""
         else:
             self._refusal = problem_bytes(error, self.problems)
-        self._in_flight = 0
+        if reading is not None and not reading.response_complete:
+            if self.pipeline and self.pipeline[0] is reading:
+                # Queued behind answers not yet complete: never run, and refused after
+                # them (answers go in the order of their requests).
+                self.pipeline.popleft()
+                reading.scope[CHARGE].release()
+            else:
+                # Its app learns that it is cut off (`receive`), and writes nothing more.
+                reading.lost()
+            self._in_flight = max(0, self._in_flight - 1)
         self._refuse()
 
     def _refuse(self) -> None:

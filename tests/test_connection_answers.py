@@ -1,0 +1,55 @@
+"""Each request on a connection gets its own answer, in order, whatever a request behind
+it does, in a real `recordline serve` (the service with small bounds of
+tests/test_server_limits.py), over loopback sockets.
+"""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from tests.test_server_limits import (
+    TOKEN,
+    Served,
+    everything,
+    get,
+    problem,
+    small,
+    statuses,
+)
+
+__all__ = ["small"]  # the fixture, imported to be used here
+
+# An empty page held this long (`wait=`): the answer ahead of what follows it.
+HELD_SECONDS = 1
+
+
+def held_read() -> bytes:
+    """A read of a page that stays empty (nothing is published in 2099) held HELD_SECONDS."""
+    return get(f"/v1/records?since=2099-01-01T00:00:00Z&wait={HELD_SECONDS}")
+
+
+def chunked_push(chunks: bytes) -> bytes:
+    """A push whose chunked body is `chunks` as sent."""
+    return (
+        f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + chunks
+    )
+
+
+def test_a_malformed_body_behind_an_answer_under_way_is_refused_after_it(
+    small: Served,
+) -> None:
+    # The refusal was written at once, in place of the answer to the request ahead of
+    # it, which the client then took for that request's.
+    sock = small.connect()
+    sock.sendall(held_read() + chunked_push(b"zz\r\n"))
+    started = time.monotonic()
+    answer = everything(sock)
+    sock.close()
+    assert statuses(answer) == [200, 400], answer[:300]
+    assert time.monotonic() - started >= HELD_SECONDS - 0.2
+    last = answer[answer.rindex(b"HTTP/1.1 400") :]
+    assert problem(last)["type"] == "/problems/malformed-request"
+    assert httpx.get(f"{small.url}/healthz").status_code == 200
