@@ -15,14 +15,26 @@ from tests.test_server_limits import (
     everything,
     get,
     problem,
+    push_envelope,
+    serve,
     small,
     statuses,
 )
+from tests.waiting import until_blocking
 
 __all__ = ["small"]  # the fixture, imported to be used here
 
 # An empty page held this long (`wait=`): the answer ahead of what follows it.
 HELD_SECONDS = 1
+
+
+def held(served: Served) -> float:
+    """What requests and answers in flight hold of the budget, as `GET /metrics` says now
+    (its own head among them)."""
+    for line in httpx.get(f"{served.url}/metrics").text.splitlines():
+        if line.startswith("recordline_memory_held_bytes"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no recordline_memory_held_bytes")
 
 
 def held_read() -> bytes:
@@ -34,7 +46,8 @@ def chunked_push(chunks: bytes) -> bytes:
     """A push whose chunked body is `chunks` as sent."""
     return (
         f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
-        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + chunks
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + chunks
     )
 
 
@@ -53,3 +66,25 @@ def test_a_malformed_body_behind_an_answer_under_way_is_refused_after_it(
     last = answer[answer.rindex(b"HTTP/1.1 400") :]
     assert problem(last)["type"] == "/problems/malformed-request"
     assert httpx.get(f"{small.url}/healthz").status_code == 200
+
+
+def test_a_body_still_coming_when_the_stop_s_grace_ends_is_told_to_retry() -> None:
+    # Once answered 500 (the service failed): the server's stop cancels what is still
+    # running past its grace, and the sender, who sent slowly, is to retry.
+    with serve({"shutdown_grace_seconds": 3}, RECORDLINE_PUSH_TOKEN=TOKEN) as served:
+        body = push_envelope("stopped-mid-body")
+        before = held(served)
+        sock = served.connect()
+        sock.sendall(
+            f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body[:40]
+        )
+        # The request is read, its body waited for, before the stop begins.
+        until_blocking(lambda: held(served) > before, what="the request to be read")
+        served.process.terminate()
+        answer = everything(sock, seconds=15)
+        sock.close()
+        assert statuses(answer) == [503], answer[:300]
+        assert problem(answer)["type"] == "/problems/shutting-down"
+        assert served.process.wait(timeout=15) is not None

@@ -57,8 +57,9 @@ class Carrier(Protocol):
         """The answer to `exchange` is written whole."""
         ...
 
-    def failed(self, exchange: Exchange) -> None:
-        """The app raised before it began an answer: answer 500 and close."""
+    def failed(self, exchange: Exchange, *, stopping: bool = False) -> None:
+        """The app raised before it began an answer: answer 500 and close (503, to be
+        retried, if it was cancelled by the server's stop)."""
         ...
 
 
@@ -132,6 +133,16 @@ class Exchange:
     async def run(self, app: Any) -> None:
         try:
             result = await app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            # The server stops, its grace over (uvicorn cancels what still runs): the
+            # request is not answered, to be sent again, and the service did not fail.
+            log.info("stopped before %s was answered", self.scope.get("path"))
+            if not self.response_started:
+                self.carrier.failed(self, stopping=True)
+            else:
+                self.carrier.transport.close()
+            self.response_complete = True
+            raise
         except BaseException:
             log.exception("the app raised while answering %s", self.scope.get("path"))
             if not self.response_started:

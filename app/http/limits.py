@@ -29,6 +29,7 @@ from app.errors import (
     MisdirectedRequest,
     RecordlineError,
     RequestTimeout,
+    ShuttingDown,
     TooManyConnections,
     TooManyPipelined,
     UpgradeNotServed,
@@ -430,10 +431,15 @@ class BoundedConnection(asyncio.Protocol):
         elif self._in_flight == 0:
             self.kept.idle(self)
 
-    def failed(self, exchange: Exchange) -> None:
-        if not self.transport.is_closing():
-            failure = RecordlineError("the service failed to answer")
-            self.transport.write(problem_bytes(failure, self.problems))
+    def failed(self, exchange: Exchange, *, stopping: bool = False) -> None:
+        # Cut off (`_refuse_in_body`) or gone: nothing more is written to it.
+        if not exchange.disconnected and not self.transport.is_closing():
+            error = (
+                ShuttingDown("the instance stopped before the request was answered; retry")
+                if stopping
+                else RecordlineError("the service failed to answer")
+            )
+            self.transport.write(problem_bytes(error, self.problems))
             self.transport.close()
 
     def pause_reading(self) -> None:
