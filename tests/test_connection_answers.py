@@ -5,11 +5,20 @@ tests/test_server_limits.py), over loopback sockets.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import socket
+import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
+from recordline_dev.processes import free_port
+from tests import tuned
 from tests.test_server_limits import (
+    MIB,
     TOKEN,
     Served,
     everything,
@@ -26,6 +35,8 @@ __all__ = ["small"]  # the fixture, imported to be used here
 
 # An empty page held this long (`wait=`): the answer ahead of what follows it.
 HELD_SECONDS = 1
+# A follower that takes nothing for this long is cut off.
+SEND_TIMEOUT = 2.0
 
 
 def held(served: Served) -> float:
@@ -88,3 +99,60 @@ def test_a_body_still_coming_when_the_stop_s_grace_ends_is_told_to_retry() -> No
         assert statuses(answer) == [503], answer[:300]
         assert problem(answer)["type"] == "/problems/shutting-down"
         assert served.process.wait(timeout=15) is not None
+
+
+def test_a_follower_cut_off_for_taking_nothing_is_no_error_of_the_app(tmp_path: Path) -> None:
+    # Once, each follower cut off was also logged as an error, "the app returned
+    # without completing its answer": it returns as it cuts, before the connection
+    # is told it is lost.
+    log = tmp_path / "serve.log"
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            tuned.argv(
+                {"server": {"send_timeout_seconds": SEND_TIMEOUT}},
+                *("--port", str(port), "--store", "memory:"),
+            ),
+            env={**os.environ, "RECORDLINE_LOG_LEVEL": "WARNING", "RECORDLINE_PUSH_TOKEN": TOKEN},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(process, port)
+    try:
+        until_blocking(lambda: _answers(served), timeout=60, what="recordline serve to answer")
+        # Records larger than what the sockets between them hold.
+        for n in range(3):
+            record = {"id": f"large-{n}", "data": {"pad": "x" * 3 * MIB}}
+            envelope = {
+                "message": {
+                    "data": base64.b64encode(json.dumps(record).encode()).decode(),
+                    "messageId": f"large-{n}",
+                    "publishTime": "2024-04-27T12:00:01Z",
+                },
+                "subscription": "projects/p/subscriptions/s",
+            }
+            pushed = httpx.post(f"{served.url}/pubsub/push?token={TOKEN}", json=envelope)
+            assert pushed.status_code == 204
+        sock = served.connect()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(get("/v1/records?since=2024-04-27T00:00:00Z", "Accept: text/event-stream"))
+        # Taking nothing: cut off at the send deadline.
+        until_blocking(
+            lambda: b"took no event" in log.read_bytes(),
+            timeout=SEND_TIMEOUT + 30,
+            what="the follower to be cut off",
+        )
+        sock.close()
+        assert httpx.get(f"{served.url}/healthz").status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+    errors = [line for line in log.read_bytes().splitlines() if b'"ERROR"' in line]
+    assert errors == []
+
+
+def _answers(served: Served) -> bool:
+    try:
+        return httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

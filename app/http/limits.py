@@ -491,6 +491,11 @@ class BoundedConnection(asyncio.Protocol):
         self._cut = True
         self._count("send-timeout")
         self.transport.abort()
+        # Told now, not once the loss is reported: a follower returns as it cuts, its
+        # answer rightly unfinished.
+        for exchange in (self.running, self.exchange):
+            if exchange is not None:
+                exchange.lost()
 
     # What the transport holds for the client: bounded in time.
 
