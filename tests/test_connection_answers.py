@@ -156,3 +156,16 @@ def _answers(served: Served) -> bool:
         return httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_target_in_absolute_form_without_a_path_is_read_as_the_root(small: Served) -> None:
+    # RFC 9110 §4.2.3: `http://host` is `http://host/`. Once refused as malformed
+    # ("User callback error"), the parser's URL having no path at all.
+    answers = []
+    for target in (b"/", b"http://localhost", b"http://localhost?a=1"):
+        sock = small.connect()
+        sock.sendall(b"GET %b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n" % target)
+        answers.append(everything(sock))
+        sock.close()
+    assert [statuses(answer) for answer in answers] == [[404]] * 3, answers[1][-200:]
+    assert {problem(answer)["type"] for answer in answers} == {"/problems/not-found"}

@@ -629,7 +629,8 @@ class BoundedConnection(asyncio.Protocol):
         """The ASGI scope of the request whose head was just read."""
         parser = self.parser
         url = httptools.parse_url(self.url)
-        raw_path = url.path
+        # A target in absolute form may have no path: it is the root (RFC 9110 §4.2.3).
+        raw_path = url.path or b"/"
         path = raw_path.decode("ascii")
         if "%" in path:
             path = unquote(path)
