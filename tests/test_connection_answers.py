@@ -6,11 +6,13 @@ tests/test_server_limits.py), over loopback sockets.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -101,18 +103,14 @@ def test_a_body_still_coming_when_the_stop_s_grace_ends_is_told_to_retry() -> No
         assert served.process.wait(timeout=15) is not None
 
 
-def test_a_follower_cut_off_for_taking_nothing_is_no_error_of_the_app(tmp_path: Path) -> None:
-    # Once, each follower cut off was also logged as an error, "the app returned
-    # without completing its answer": it returns as it cuts, before the connection
-    # is told it is lost.
-    log = tmp_path / "serve.log"
+@contextlib.contextmanager
+def logged(log: Path, server: dict[str, float]) -> Iterator[Served]:
+    """`recordline serve` with its server's bounds of `server`, what it logs at WARNING
+    and above written to `log`."""
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            tuned.argv(
-                {"server": {"send_timeout_seconds": SEND_TIMEOUT}},
-                *("--port", str(port), "--store", "memory:"),
-            ),
+            tuned.argv({"server": server}, "--port", str(port), "--store", "memory:"),
             env={**os.environ, "RECORDLINE_LOG_LEVEL": "WARNING", "RECORDLINE_PUSH_TOKEN": TOKEN},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -120,6 +118,29 @@ def test_a_follower_cut_off_for_taking_nothing_is_no_error_of_the_app(tmp_path: 
     served = Served(process, port)
     try:
         until_blocking(lambda: _answers(served), timeout=60, what="recordline serve to answer")
+        yield served
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+def _answers(served: Served) -> bool:
+    try:
+        return httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def errors(log: Path) -> list[bytes]:
+    return [line for line in log.read_bytes().splitlines() if b'"ERROR"' in line]
+
+
+def test_a_follower_cut_off_for_taking_nothing_is_no_error_of_the_app(tmp_path: Path) -> None:
+    # Once, each follower cut off was also logged as an error, "the app returned
+    # without completing its answer": it returns as it cuts, before the connection
+    # is told it is lost.
+    log = tmp_path / "serve.log"
+    with logged(log, {"send_timeout_seconds": SEND_TIMEOUT}) as served:
         # Records larger than what the sockets between them hold.
         for n in range(3):
             record = {"id": f"large-{n}", "data": {"pad": "x" * 3 * MIB}}
@@ -144,18 +165,28 @@ def test_a_follower_cut_off_for_taking_nothing_is_no_error_of_the_app(tmp_path: 
         )
         sock.close()
         assert httpx.get(f"{served.url}/healthz").status_code == 200
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-    errors = [line for line in log.read_bytes().splitlines() if b'"ERROR"' in line]
-    assert errors == []
+    assert errors(log) == []
 
 
-def _answers(served: Served) -> bool:
-    try:
-        return httpx.get(f"{served.url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def test_a_malformed_body_that_expects_100_continue_is_no_error_of_the_app(
+    tmp_path: Path,
+) -> None:
+    # Once, the app's first `receive` wrote its 100 Continue after the refusal had
+    # ended the connection's side: it raised, logged as an error with its traceback.
+    log = tmp_path / "serve.log"
+    with logged(log, {}) as served:
+        sock = served.connect()
+        sock.sendall(
+            f"POST /pubsub/push?token={TOKEN} HTTP/1.1\r\nHost: localhost\r\n"
+            "Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            "Transfer-Encoding: chunked\r\n\r\nzz\r\n".encode()
+        )
+        answer = everything(sock)
+        sock.close()
+        assert statuses(answer) == [400], answer[:300]
+        assert problem(answer)["type"] == "/problems/malformed-request"
+        assert httpx.get(f"{served.url}/healthz").status_code == 200
+    assert errors(log) == []
 
 
 def test_a_target_in_absolute_form_without_a_path_is_read_as_the_root(small: Served) -> None:

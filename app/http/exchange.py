@@ -160,11 +160,13 @@ class Exchange:
                 self.response_complete = True
 
     async def receive(self) -> dict[str, Any]:
-        if self.continue_expected and not self.carrier.transport.is_closing():
-            self.carrier.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        # Not once the exchange is cut off (`lost`): the connection may have ended its side.
+        carrier = self.carrier
+        if self.continue_expected and not self.disconnected and not carrier.transport.is_closing():
+            carrier.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.continue_expected = False
         if not self.disconnected and not self.response_complete:
-            self.carrier.resume_reading()
+            carrier.resume_reading()
             await self.read.wait()
             self.read.clear()
         if self.disconnected or self.response_complete:
