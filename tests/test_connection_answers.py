@@ -135,37 +135,69 @@ def errors(log: Path) -> list[bytes]:
     return [line for line in log.read_bytes().splitlines() if b'"ERROR"' in line]
 
 
+def stuck_follower(served: Served, log: Path) -> socket.socket:
+    """A follower of records larger than what the sockets between it and the service
+    hold, that took nothing, once it is cut off (as `log` says)."""
+    for n in range(3):
+        record = {"id": f"large-{n}", "data": {"pad": "x" * 3 * MIB}}
+        envelope = {
+            "message": {
+                "data": base64.b64encode(json.dumps(record).encode()).decode(),
+                "messageId": f"large-{n}",
+                "publishTime": "2024-04-27T12:00:01Z",
+            },
+            "subscription": "projects/p/subscriptions/s",
+        }
+        pushed = httpx.post(f"{served.url}/pubsub/push?token={TOKEN}", json=envelope)
+        assert pushed.status_code == 204
+    sock = served.connect()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(get("/v1/records?since=2024-04-27T00:00:00Z", "Accept: text/event-stream"))
+    # Taking nothing: cut off at the send deadline.
+    until_blocking(
+        lambda: b"took no event" in log.read_bytes(),
+        timeout=SEND_TIMEOUT + 30,
+        what="the follower to be cut off",
+    )
+    return sock
+
+
 def test_a_follower_cut_off_for_taking_nothing_is_no_error_of_the_app(tmp_path: Path) -> None:
     # Once, each follower cut off was also logged as an error, "the app returned
     # without completing its answer": it returns as it cuts, before the connection
     # is told it is lost.
     log = tmp_path / "serve.log"
     with logged(log, {"send_timeout_seconds": SEND_TIMEOUT}) as served:
-        # Records larger than what the sockets between them hold.
-        for n in range(3):
-            record = {"id": f"large-{n}", "data": {"pad": "x" * 3 * MIB}}
-            envelope = {
-                "message": {
-                    "data": base64.b64encode(json.dumps(record).encode()).decode(),
-                    "messageId": f"large-{n}",
-                    "publishTime": "2024-04-27T12:00:01Z",
-                },
-                "subscription": "projects/p/subscriptions/s",
-            }
-            pushed = httpx.post(f"{served.url}/pubsub/push?token={TOKEN}", json=envelope)
-            assert pushed.status_code == 204
-        sock = served.connect()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(get("/v1/records?since=2024-04-27T00:00:00Z", "Accept: text/event-stream"))
-        # Taking nothing: cut off at the send deadline.
-        until_blocking(
-            lambda: b"took no event" in log.read_bytes(),
-            timeout=SEND_TIMEOUT + 30,
-            what="the follower to be cut off",
-        )
+        sock = stuck_follower(served, log)
         sock.close()
         assert httpx.get(f"{served.url}/healthz").status_code == 200
     assert errors(log) == []
+
+
+def test_a_follower_cut_off_is_reset_not_left_to_drain_what_it_was_sent(tmp_path: Path) -> None:
+    # Once closed with what the kernel still held for it (up to megabytes, an orphaned
+    # socket's, counted nowhere): a client that read again stalled, neither served nor
+    # told it was cut off, for as long as the kernel kept trying to send it.
+    log = tmp_path / "serve.log"
+    with logged(log, {"send_timeout_seconds": SEND_TIMEOUT}) as served:
+        sock = stuck_follower(served, log)
+        assert how_it_ends(sock, seconds=SEND_TIMEOUT * 2) == "reset"
+        sock.close()
+
+
+def how_it_ends(sock: socket.socket, seconds: float) -> str:
+    """Read `sock` for `seconds` at most: "reset", "closed" (an EOF), or "open"."""
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(1 << 20):
+                return "closed"
+    except ConnectionResetError:
+        return "reset"
+    except TimeoutError:
+        pass
+    return "open"
 
 
 def test_a_malformed_body_that_expects_100_continue_is_no_error_of_the_app(

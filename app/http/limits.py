@@ -13,7 +13,10 @@ Design, and why a protocol of its own: docs/security.md#request-bounds
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
+import socket
+import struct
 from collections import deque
 from typing import Any, ClassVar, Final, Protocol
 from urllib.parse import unquote
@@ -82,6 +85,8 @@ BODILESS: Final = frozenset({b"GET", b"HEAD"})
 # is sent in slices (`app.query.events.SLICE_BYTES`), so a connection holds at most this and
 # a slice of it beyond what the budget counts.
 WRITE_HIGH_WATER: Final = 16 * 1024
+# SO_LINGER on, for 0 s: a socket closed so is reset, what it had not sent dropped.
+_RESET: Final = struct.pack("ii", 1, 0)
 # The ASGI version a request's scope says (one dict, shared by every scope).
 ASGI: Final = {"version": "3.0", "spec_version": "2.3"}
 
@@ -490,6 +495,12 @@ class BoundedConnection(asyncio.Protocol):
             return  # the follower's deadline and the connection's, both of a send
         self._cut = True
         self._count("send-timeout")
+        # Reset, not closed: closed, the socket would keep what the kernel holds for it
+        # (up to megabytes, counted nowhere) and trickle it out to the client for minutes.
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
         self.transport.abort()
         # Told now, not once the loss is reported: a follower returns as it cuts, its
         # answer rightly unfinished.
