@@ -530,9 +530,11 @@ class FakeBigQueryWrite:
         self.address = f"{host}:{bound}"
         return self.address
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving: RPCs still running are cancelled at once, or after `grace`
+        seconds (those that end sooner end as they would)."""
         if self._server is not None:
-            await self._server.stop(grace=None)
+            await self._server.stop(grace=grace)
             self._server = None
 
     async def _append_rows(
@@ -932,7 +934,9 @@ async def _serve(args: argparse.Namespace) -> None:
             flush=True,
         )
         jobs.stop()
-    await fake.stop()
+    # A client's streams just closed may still be ending here: cancelled, grpc reports
+    # each on stderr as an error of its own.
+    await fake.stop(grace=1.0)
 
 
 def main() -> None:
