@@ -49,11 +49,16 @@ class Follower:
     each batch's rows and `next_offset`, and when a stream ends (an SSE stream ends
     within a minute) open it again from that offset, on the next of `urls`."""
 
-    def __init__(self, urls: list[str], live: str, where: str | None = None) -> None:
+    def __init__(
+        self, urls: list[str], live: str, where: str | None = None, select: str | None = None
+    ) -> None:
         self.urls = urls
         self.live = live
-        self.params = {} if where is None else {"where": where}
+        given = {"where": where, "select": select}
+        self.params = {name: value for name, value in given.items() if value is not None}
         self.rows: list[str] = []
+        # The fields of each row read, as sets (one set where a projection holds).
+        self.shapes: set[frozenset[str]] = set()
         self.offset = "-1"
         self.requests = 0
 
@@ -64,6 +69,7 @@ class Follower:
             async with astream(url, offset=self.offset, live=self.live, params=self.params) as res:
                 async for event in res.iter_events(mode="json"):
                     self.rows += [row["message_id"] for row in event.data]
+                    self.shapes |= {frozenset(row) for row in event.data}
                     self.offset = event.next_offset
                     if len(self.rows) >= until or len(self.urls) > 1:
                         break  # the next batch from the other instance
@@ -82,12 +88,14 @@ async def killed_and_resumed(
     live: str,
     where: str | None = None,
     keeps: range | set[int] = range(20),
+    select: str | None = None,
 ) -> None:
     """Read from -1, follow live pushes, be killed, push while dead, resume from the last
     offset reported while more rows arrive; every row exactly once, in order. With
-    `where`, the stream of the rows it keeps (the pushes numbered in `keeps`)."""
+    `where`, the stream of the rows it keeps (the pushes numbered in `keeps`); with
+    `select`, each row only the fields it names, whichever instance answered."""
     await push(pushers[0], range(0, 5))
-    follower = Follower(urls, live, where)
+    follower = Follower(urls, live, where, select)
     first = asyncio.create_task(follower.follow(until=1_000))
     await push(pushers[-1], range(5, 10))
     early = len([n for n in keeps if n < 8])
@@ -105,6 +113,8 @@ async def killed_and_resumed(
     everything = await listed(pushers[-1], where)
     assert everything == [f"m-{n}" for n in sorted(keeps)]
     assert follower.rows == everything
+    if select is not None:
+        assert follower.shapes == {frozenset(select.split(","))}
     others = pushers[:-1]
     await until(
         lambda: all_list(others, everything, where), what="every other instance to list them"
@@ -145,16 +155,19 @@ def serving_app(emulator: SpannerEmulator, database: str, bigquery: ThreadedBigQ
 # A stream of what an expression keeps (push n's `data` is n), followed alike.
 WHERE = "data >= 3 AND NOT data IN (6, 11, 17)"
 KEPT = set(range(3, 20)) - {6, 11, 17}
+# What of each row such a follower keeps.
+SELECT = "message_id,data"
 
 
 @pytest.mark.emulator
 @pytest.mark.parametrize("live", ["long-poll", "sse"])
-@pytest.mark.parametrize("where", [None, WHERE])
+@pytest.mark.parametrize(("where", "select"), [(None, None), (WHERE, None), (WHERE, SELECT)])
 async def test_the_python_client_follows_two_serving_instances_alternately(
     spanner_emulator: SpannerEmulator,
     threaded_bigquery: ThreadedBigQuery,
     live: str,
     where: str | None,
+    select: str | None,
 ) -> None:
     database = spanner_emulator.database()
     one = serving_app(spanner_emulator, database, threaded_bigquery)
@@ -162,7 +175,7 @@ async def test_the_python_client_follows_two_serving_instances_alternately(
     async with served(one) as first, served(two) as second:
         urls = [str(first.base_url), str(second.base_url)]
         keeps = range(20) if where is None else KEPT
-        await killed_and_resumed([first, second], urls, live, where, keeps)
+        await killed_and_resumed([first, second], urls, live, where, keeps, select)
 
 
 # -- TypeScript, under node ---------------------------------------------------------
