@@ -6,6 +6,7 @@ a refused one is said beside the filters, the rows shown kept."""
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,55 @@ def test_an_expression_narrows_the_records_as_the_api_does(
     expect(box).not_to_have_attribute("aria-invalid", "true")
     expect(rows).to_have_count(2)
     assert message_ids(page) == ["w-7", "w-3"]
+
+
+def test_the_fields_box_shows_what_select_keeps_of_each_row(service: str, page: Any) -> None:
+    """Typed in `fields`: each row's payload is what the API's `select` keeps of it (a
+    row without the path shows none), its time, id and message id still shown; kept in
+    the address and the same once reloaded; the count unchanged by it; a name no row
+    has is said beside the filters, the rows kept."""
+    chosen = "data.n"
+    with httpx.Client(base_url=service) as client:
+        answer = client.get(
+            "/v1/records",
+            params={"select": f"{chosen},ingest_time,id,message_id", "order": "newest"},
+        )
+        bad = client.get("/v1/records", params={"select": "id,nope"})
+    assert answer.status_code == 200, answer.text
+    projected = answer.json()["records"]
+    payloads = [
+        json.dumps(record["data"], separators=(",", ":")) if "data" in record else "—"
+        for record in projected
+    ]
+    # Rows with `n` show it alone; the row without it shows no payload.
+    assert payloads[:3] == ['{"n":1}', '{"n":10}', "—"]
+    page.goto(f"{service}/console/records")
+    rows = page.locator("#rows tbody tr.row")
+    expect(rows).to_have_count(len(RECORDS))
+    count = page.locator("#count")
+    expect(count).to_contain_text(str(len(RECORDS)))
+    box = page.locator("input[name=select]")
+    box.fill(chosen)
+    box.press("Enter")
+    cells = page.locator("#rows tbody tr.row td.payload")
+    # The address is written as the rows are replaced (one step of the page's script).
+    expect(page).to_have_url(re.compile(r"\?select=data\.n$"))
+    assert cells.all_inner_texts() == payloads
+    assert message_ids(page) == [record["message_id"] for record in projected]
+    assert parse_qs(urlsplit(page.url).query) == {"select": [chosen]}
+    expect(count).to_contain_text(str(len(RECORDS)))
+    expect(page.locator("#count-refused")).to_be_hidden()
+    page.reload()
+    expect(box).to_have_value(chosen)
+    expect(cells.first).to_have_text(payloads[0])
+    assert cells.all_inner_texts() == payloads
+    # Refused: said beside the filters as the API says it; the rows stay.
+    assert bad.status_code == 400
+    box.fill("id,nope")
+    box.press("Enter")
+    expect(page.locator("#refused")).to_have_text(f"400: {bad.json()['detail']}")
+    expect(box).to_have_attribute("aria-invalid", "true")
+    assert cells.all_inner_texts() == payloads
 
 
 def test_an_expression_narrows_the_rejections_as_the_api_does(service: str, page: Any) -> None:

@@ -258,8 +258,20 @@ function counter() {
 // -- records ----------------------------------------------------------------------
 
 const RECORD_FILTERS = ["since", "attribute", "producer", "record_id", "message_id", "field", "where"];
+// What the table shows of every row, asked for beside what the `fields` box selects.
+const RECORD_KEYS = ["ingest_time", "id", "message_id"];
 
-function sequenceOf(attributes) {
+// `select` as the box has it, then the table's own columns it does not name (after it,
+// so that a refusal names an entry where the reader typed it).
+function withKeys(chosen) {
+  const named = chosen.split(",").map((entry) => entry.trim());
+  return [chosen, ...RECORD_KEYS.filter((key) => !named.includes(key))].join(",");
+}
+
+// What a row shows of a field a projection may have left out.
+const shownOf = (value) => (value === undefined ? "not selected" : JSON.stringify(value, null, 2));
+
+function sequenceOf(attributes = {}) {
   const producer = attributes["recordline-producer"];
   return producer ? `${producer} · ${attributes["recordline-epoch"] || ""} · ${attributes["recordline-seq"] || ""}` : "";
 }
@@ -286,8 +298,8 @@ function recordDetail(record) {
   const cell = element("td", undefined, { colspan: "5" });
   cell.append(
     list,
-    element("h3", "attributes"), element("pre", JSON.stringify(record.attributes, null, 2)),
-    element("h3", "data"), element("pre", JSON.stringify(record.data, null, 2)),
+    element("h3", "attributes"), element("pre", shownOf(record.attributes)),
+    element("h3", "data"), element("pre", shownOf(record.data)),
   );
   const tr = element("tr", undefined, { class: "detail" });
   tr.append(cell);
@@ -295,7 +307,8 @@ function recordDetail(record) {
 }
 
 function recordRow(record) {
-  const tr = row([record.ingest_time, record.id, sequenceOf(record.attributes), record.message_id, JSON.stringify(record.data)]);
+  const payload = record.data === undefined ? "—" : JSON.stringify(record.data);
+  const tr = row([record.ingest_time, record.id, sequenceOf(record.attributes), record.message_id, payload]);
   tr.className = "row";
   tr.dataset.messageId = record.message_id;
   tr.lastChild.className = "payload";
@@ -336,6 +349,7 @@ function records() {
     const asked = new URLSearchParams(filters || query);
     for (const [name, value] of Object.entries(params)) asked.set(name, value);
     if (asked.has("page_token")) asked.delete("since");
+    if (asked.has("select")) asked.set("select", withKeys(asked.get("select")));
     asked.set("limit", "100");
     return await (await api(`${ROOT}/v1/records?${asked}`, { signal })).json();
   }
@@ -345,8 +359,12 @@ function records() {
   async function read(event) {
     if (event) event.preventDefault();
     const mine = reads += 1;
-    const asked = filterParams(form, RECORD_FILTERS);
-    counts.count(asked);
+    // The filters say which rows (and what is counted); `select`, what of each is shown.
+    const filters = filterParams(form, RECORD_FILTERS);
+    counts.count(filters);
+    const asked = new URLSearchParams(filters);
+    const chosen = form.elements.select.value.trim();
+    if (chosen) asked.set("select", chosen);
     let answer;
     try {
       answer = await page({ order: "newest" }, undefined, asked);
@@ -420,7 +438,7 @@ function records() {
   form.addEventListener("submit", read);
   // Offered to whoever may export here alone (the page says so: no form otherwise).
   if ($("#export")) $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
-  filtersFromAddress(form, RECORD_FILTERS);
+  filtersFromAddress(form, [...RECORD_FILTERS, "select"]);
   read();
 }
 
