@@ -5,6 +5,7 @@ tests/test_server_limits.py), over loopback sockets.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -14,9 +15,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import uvicorn
 
+from app.http.limits import bounded_connections
+from app.settings import ServerSettings
 from recordline_dev.processes import free_port
 from tests import tuned
 from tests.test_server_limits import (
@@ -261,3 +266,35 @@ def test_connections_closed_mid_body_leave_nothing_behind(small: Served) -> None
         cut_short(300)
     grown = small.rss_kib() - before
     assert grown < 5 * 1024, f"grew {grown} KiB"
+
+
+async def test_an_app_that_is_a_plain_function_is_served() -> None:
+    """The protocol serves any ASGI app, a coroutine function as well as an object: it
+    is called as it is, never bound to the protocol as a method."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan of its own
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    config = uvicorn.Config(
+        app,
+        port=0,
+        lifespan="off",
+        log_config=None,
+        http=bounded_connections(app, ServerSettings()),
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.01)  # polled: uvicorn says it started by this flag alone
+        port = server.servers[0].sockets[0].getsockname()[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            answer = await client.get("/plain")
+        assert (answer.status_code, answer.text) == (200, "/plain")
+    finally:
+        server.should_exit = True
+        await task

@@ -884,7 +884,8 @@ def bounded_connections(
         (BoundedConnection,),
         {
             "__slots__": (),
-            "app": app,
+            # Static: an app that is a plain function is not made a method of the class.
+            "app": staticmethod(app),
             "limits": limits,
             "problems": Problems(max_body_bytes=limits.max_body_bytes),
             "kept": Connections(limits.max_connections),
