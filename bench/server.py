@@ -119,7 +119,7 @@ def _uvicorn(row: str, port: int, limits: Any, app: str) -> None:
     if row == "bounded":
         from app.http.limits import bounded_connections
 
-        served, factory = _factory(app)(), False
+        served, factory = _answering(_factory(app)()), False
         http = bounded_connections(served, limits)
     uvicorn.run(
         served,
@@ -133,6 +133,23 @@ def _uvicorn(row: str, port: int, limits: Any, app: str) -> None:
         access_log=False,
         log_level="warning",
     )
+
+
+def _answering(app: Any) -> Any:
+    """`app`, giving back each request's charge of the budget once it has answered, as
+    Recordline's app does (`app.http.head`): the floor's app knows of no budget, and
+    under the bounds alone its pushes would be refused once the budget had filled."""
+    from app.http.limits import CHARGE
+
+    async def answering(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        finally:
+            charge = scope.get(CHARGE)
+            if charge is not None:
+                charge.release()
+
+    return answering
 
 
 def _hypercorn(port: int, limits: Any, app: str) -> None:
