@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +107,12 @@ async def killed_and_resumed(
     await push(pushers[0], range(10, 15))
     resumed = asyncio.create_task(follower.follow(until=len(keeps)))
     await push(pushers[-1], range(15, 20))
+    acknowledged = datetime.now(UTC)
     await asyncio.wait_for(resumed, 30)
     # Listed where the last push was acknowledged, whose pages reach past every row it
     # acknowledged and every row acknowledged before. (Another instance's page ends a
     # few milliseconds back, READ_LAG_MICROS: it lists the newest row a moment later.)
-    everything = await listed(pushers[-1], where)
+    everything = await listed(pushers[-1], where, acknowledged)
     assert everything == [f"m-{n}" for n in sorted(keeps)]
     assert follower.rows == everything
     if select is not None:
@@ -121,10 +123,22 @@ async def killed_and_resumed(
     )
 
 
-async def listed(client: httpx.AsyncClient, where: str | None = None) -> list[str]:
+async def listed(
+    client: httpx.AsyncClient, where: str | None = None, through: datetime | None = None
+) -> list[str]:
+    """The rows a listing from the start names, page after page as a client reads it,
+    until a page is complete `through` then (a filtered page may end short, even
+    empty, before it is: its token goes on); without `through`, its first page."""
     params: dict[str, Any] = {"limit": 1000} | ({} if where is None else {"where": where})
-    page = (await client.get("/v1/records", params=params)).json()
-    return [row["message_id"] for row in page["records"]]
+    rows: list[str] = []
+    for _ in range(100):
+        page = (await client.get("/v1/records", params=params)).json()
+        rows += [row["message_id"] for row in page["records"]]
+        complete = datetime.fromisoformat(page["complete_until"].replace("Z", "+00:00"))
+        if through is None or complete >= through or not page.get("next_page_token"):
+            return rows
+        params = {"limit": 1000, "page_token": page["next_page_token"]}
+    raise AssertionError(f"a listing not complete through {through} in 100 pages")
 
 
 async def all_list(clients: list[httpx.AsyncClient], rows: list[str], where: str | None) -> bool:
