@@ -30,6 +30,7 @@ from app.routes.follow import page_body
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
 from tests.rows import shown_record
+from tests.test_follow import until_waiting
 
 FIELDS = [f.name for f in msgspec.structs.fields(RecordView)]
 MIB = 1024 * 1024
@@ -222,7 +223,7 @@ def events_of(text: str, kind: str) -> list[Any]:
 
 
 async def test_followers_with_other_selections_each_get_their_own_shape(
-    client: httpx.AsyncClient,
+    app: Recordline, client: httpx.AsyncClient
 ) -> None:
     # Followers of one page, woken by one push, share one read: each gets its projection.
     now = datetime.now(UTC).isoformat()
@@ -240,9 +241,8 @@ async def test_followers_with_other_selections_each_get_their_own_shape(
 
     waiting = [asyncio.ensure_future(follow(s)) for s in ("id", "data.amount", "message_id", None)]
     streaming = [asyncio.ensure_future(stream(s)) for s in ("id", "message_id")]
-    # Long enough for every follower to be waiting before the push (they are woken by
-    # it; one that arrived late would read the row all the same, without waiting).
-    await asyncio.sleep(0.3)
+    # Every follower waiting before the push, woken by it.
+    await until_waiting(app, len(waiting) + len(streaming))
     answer = await client.post("/pubsub/push", json=push_body(50, {"amount": 7}))
     assert answer.status_code == 204
     pages = [(await w).json() for w in waiting]

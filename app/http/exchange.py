@@ -137,27 +137,24 @@ class Exchange:
             # The server stops, its grace over (uvicorn cancels what still runs): the
             # request is not answered, to be sent again, and the service did not fail.
             log.info("stopped before %s was answered", self.scope.get("path"))
-            if not self.response_started:
-                self.carrier.failed(self, stopping=True)
-            else:
-                self.carrier.transport.close()
-            self.response_complete = True
+            self._abandon(stopping=True)
             raise
         except BaseException:
             log.exception("the app raised while answering %s", self.scope.get("path"))
-            if not self.response_started:
-                self.carrier.failed(self)
-            else:
-                self.carrier.transport.close()
-            self.response_complete = True
+            self._abandon()
         else:
             if result is not None or (not self.response_complete and not self.disconnected):
                 log.error("the app returned without completing its answer")
-                if not self.response_started:
-                    self.carrier.failed(self)
-                else:
-                    self.carrier.transport.close()
-                self.response_complete = True
+                self._abandon()
+
+    def _abandon(self, *, stopping: bool = False) -> None:
+        """End an answer the app did not complete: a 500 (503 `stopping`) if none was
+        begun, else the connection closed mid-answer."""
+        if not self.response_started:
+            self.carrier.failed(self, stopping=stopping)
+        else:
+            self.carrier.transport.close()
+        self.response_complete = True
 
     async def receive(self) -> dict[str, Any]:
         # Not once the exchange is cut off (`lost`): the connection may have ended its side.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote, unquote_to_bytes
@@ -691,9 +692,7 @@ async def get_record(
     select_once(request)
     chosen = selected(RECORDS, select, reader)
     record = await reader.record(found, charge=charge_of(request.scope))
-    if chosen is None:
-        return Response(record)
-    return Response(chosen.encoded(chosen.row(record)), media_type=MediaType.JSON)  # type: ignore[arg-type]
+    return _projected(record, chosen, chosen.row if chosen else None)
 
 
 @get(
@@ -718,9 +717,16 @@ async def get_message(
     select_once(request)
     chosen = selected(RECORDS, select, reader)
     message = await reader.message(found, charge=charge_of(request.scope))
-    if chosen is None:
-        return Response(message)
-    return Response(chosen.encoded(chosen.message(message)), media_type=MediaType.JSON)  # type: ignore[arg-type]
+    return _projected(message, chosen, chosen.message if chosen else None)
+
+
+def _projected(
+    view: Any, chosen: Selection | None, project: Callable[[Any], Any] | None
+) -> Response[Any]:
+    """A look-up's answer: `view` whole, or what `project` keeps of it under `chosen`."""
+    if chosen is None or project is None:
+        return Response(view)
+    return Response(chosen.encoded(project(view)), media_type=MediaType.JSON)
 
 
 # Called by readers.
