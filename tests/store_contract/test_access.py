@@ -89,9 +89,7 @@ async def test_lines_are_kept_once_and_read_back_as_the_oracle_reads_them(store:
         AccessQuery(since=NOW - DAY // 2, until=NOW, action="export", limit=5),
         AccessQuery(since=0, until=NOW + 1, principal="é\"'\n<x>", limit=4),
         AccessQuery(since=0, until=NOW + 1, principal="nobody", limit=4),
-        AccessQuery(
-            since=0, until=NOW + 1, before=(NOW - DAY, "instance-1-000100"), limit=9
-        ),
+        AccessQuery(since=0, until=NOW + 1, before=(NOW - DAY, "instance-1-000100"), limit=9),
     ]
     for query in queries:
         expected = page_of(AccessQuery(**{**_fields(query), "limit": 10_000}), made)
@@ -113,9 +111,7 @@ async def test_an_empty_record_reads_empty(store: Store) -> None:
 async def test_lines_of_one_microsecond_page_by_their_id(store: Store, limit: int) -> None:
     keeper = keeps(store)
     same = [
-        AccessLine(
-            time=NOW, id=f"i-{n}", action="read", principal=None, status=200, entry="{}"
-        )
+        AccessLine(time=NOW, id=f"i-{n}", action="read", principal=None, status=200, entry="{}")
         for n in range(5)
     ]
     await keeper.keep_access(same)

@@ -18,6 +18,7 @@ import duckdb
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
+from app.store.duckdb import access
 from app.store.duckdb import producers as book
 from app.store.duckdb.sql import add_missing_columns, ddl
 from app.store.duckdb.typed import TypedColumns
@@ -70,6 +71,7 @@ class Database:
         con.execute("CREATE INDEX IF NOT EXISTS records_id ON records (id)")
         for statement in book.DDL:
             con.execute(statement)
+        con.execute(access.DDL)
         typed.open(con)
         self.con = con
 

@@ -16,6 +16,7 @@ import duckdb
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS
+from app.store.duckdb import access
 from app.store.duckdb import producers as book
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,8 @@ class Retention:
                 row = con.execute(statement, {"before": before}).fetchone()
                 deleted += row[0] if row else 0
             con.execute(_EXPIRE_TYPED_SQL)
+            # The access record is kept as long as the rows it tells of.
+            con.execute(access.EXPIRE, {"before": before})
             return deleted, book.expire(con, before)
 
         deleted, idle = await self.write(delete)

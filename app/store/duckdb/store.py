@@ -21,8 +21,10 @@ from pathlib import Path
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import CountQuery, MessageState, MessageStatus, Page, PageQuery, R, RowOutcome
+from app.store.access import AccessLine, AccessQuery
 from app.store.copies import ConflictObserver
 from app.store.duckdb import producers as book
+from app.store.duckdb.access import DuckDBAccess
 from app.store.duckdb.applier import (
     APPLY_EVERY_SECONDS,
     READ_BARRIER_SECONDS,
@@ -120,6 +122,7 @@ class DuckDBStore:
             seen=self.seen,
             clock=clock,
         )
+        self._access = DuckDBAccess(self._db)
         self._reads = DuckDBReads(self._db, self._applier.applied_now, self.live, self._typed)
 
     @property
@@ -250,6 +253,12 @@ class DuckDBStore:
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         return await self._reads.seen(message_ids)
+
+    async def keep_access(self, lines: Sequence[AccessLine]) -> None:
+        await self._access.keep(lines)
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        return await self._access.page(query)
 
     async def reproject(self, records: Sequence[Record]) -> int:
         """Project these stored records again, as the code and revisions are now, and

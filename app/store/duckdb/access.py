@@ -1,0 +1,95 @@
+"""The access record in a DuckDB store: a table of its own beside the rows, written on
+the store's writer thread, read on a reader's, and expired with the rows.
+
+Design: docs/security.md#who-read-what
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Final
+
+import duckdb
+
+from app.store.access import AccessLine, AccessQuery
+
+if TYPE_CHECKING:
+    from app.store.duckdb.database import Database
+
+TABLE: Final = "access_record"
+DDL: Final = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+  time TIMESTAMPTZ NOT NULL,
+  id VARCHAR NOT NULL,
+  action VARCHAR NOT NULL,
+  principal VARCHAR,
+  status INTEGER NOT NULL,
+  entry JSON NOT NULL,
+  PRIMARY KEY (time, id)
+)"""
+# A line written again (its first write's answer lost) is the same line.
+_INSERT: Final = f"INSERT OR IGNORE INTO {TABLE} VALUES (make_timestamptz($1), $2, $3, $4, $5, $6)"
+_PAGE: Final = f"""SELECT epoch_us(time), id, action, principal, status, entry::VARCHAR
+FROM {TABLE}
+WHERE time >= make_timestamptz($since) AND time < make_timestamptz($until)
+  AND ($before_time IS NULL OR (epoch_us(time), id) < ($before_time, $before_id))
+  AND ($action IS NULL OR action = $action)
+  AND ($principal IS NULL OR principal = $principal)
+ORDER BY time DESC, id DESC
+LIMIT $limit"""
+EXPIRE: Final = f"DELETE FROM {TABLE} WHERE time < make_timestamptz($before)"
+
+
+class DuckDBAccess:
+    """The access record of one DuckDB store's database."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def keep(self, lines: Sequence[AccessLine]) -> None:
+        if not lines:
+            return
+        rows = [
+            (line.time, line.id, line.action, line.principal, line.status, line.entry)
+            for line in lines
+        ]
+
+        def insert() -> None:
+            con = self._db.connection()
+            con.execute("BEGIN")
+            try:
+                con.executemany(_INSERT, rows)
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+        await self._db.write(insert)
+
+    async def page(self, query: AccessQuery) -> list[AccessLine]:
+        before_time, before_id = query.before if query.before is not None else (None, None)
+        parameters = {
+            "since": query.since,
+            "until": query.until,
+            "before_time": before_time,
+            "before_id": before_id,
+            "action": query.action,
+            "principal": query.principal,
+            "limit": query.limit,
+        }
+
+        def read(cursor: duckdb.DuckDBPyConnection) -> list[AccessLine]:
+            return [
+                AccessLine(
+                    time=time,
+                    id=id,
+                    action=action,
+                    principal=principal,
+                    status=status,
+                    entry=entry,
+                )
+                for time, id, action, principal, status, entry in cursor.execute(
+                    _PAGE, parameters
+                ).fetchall()
+            ]
+
+        return await self._db.read(read)
