@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,6 +43,7 @@ from app.ingest.signing import ProducerKeys
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem, problem_responses
 from app.process import StopBudget
+from app.query.access import KEEP_EVERY_SECONDS, AccessKeeper, AccessReads
 from app.query.canary import PROBE_SECONDS, CanaryProbe
 from app.query.follow import Followers
 from app.query.mask import Mask, MaskError, Pseudonyms
@@ -51,6 +52,7 @@ from app.query.page_token import PageTokens
 from app.query.producers import WATCH_SECONDS, MissingWatch, Producers
 from app.query.service import EncodedViews, Reader
 from app.query.streams import Streams
+from app.routes.access import ACCESS_ROUTES
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
 from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, PushPace, push_refusals, push_routes
@@ -73,6 +75,7 @@ from app.settings import (
     names,
 )
 from app.store import Store
+from app.store.access import KeepsAccess
 from app.store.copies import LaterCopies, told_all
 from app.store.open import open_store
 from app.store.producers import PRODUCER_ATTRIBUTE
@@ -227,10 +230,22 @@ def create_app(
             "RECORDLINE_OPERATOR_PRINCIPALS."
         )
     loops = app_loops(store, reads.producers, telemetry, named=reads.metric_producer)
+    keeper = AccessKeeper(store) if isinstance(store, KeepsAccess) else None
+    if keeper is not None:
+        loops.add(Loop("access", keeper.forever, interval=KEEP_EVERY_SECONDS))
+    access = AccessRecord(
+        system=settings.telemetry.system,
+        shown=None if reads.mask is None else reads.mask.parameter,
+        keeper=keeper,
+    )
     if shared is not None and shared.probe_canary and probes_canary(settings):
         probe = CanaryProbe(store, found=telemetry.metrics.canary)
         loops.add(Loop("canary", probe.run, interval=PROBE_SECONDS))
-    readiness = Readiness(store, checks=[auth.check, loops.check], warnings=[schemas.warnings])
+    readiness = Readiness(
+        store,
+        checks=[auth.check, loops.check],
+        warnings=[schemas.warnings] + ([] if keeper is None else [keeper.warnings]),
+    )
     telemetry.watch(
         queue_depth=lambda: batcher.depth,
         horizon=reads.paging.reader.horizon,
@@ -251,16 +266,13 @@ def create_app(
         ),
         store_url=settings.store.url,
         signals=shared is None,
+        keep_last=None if keeper is None else last_lines(access, keeper),
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     exporting = (
         shared.exports
         if shared is not None and shared.exports is not None
         else export_places(settings.server.memory_budget_bytes)
-    )
-    access = AccessRecord(
-        system=settings.telemetry.system,
-        shown=None if reads.mask is None else reads.mask.parameter,
     )
     app = http_app(
         routers(
@@ -278,7 +290,11 @@ def create_app(
             system=settings.telemetry.system,
             throttled=None if shared is None else shared.throttled,
         ),
-        constants(readiness=readiness, replayer=Replay(pushes.ingest, observed))
+        constants(
+            readiness=readiness,
+            replayer=Replay(pushes.ingest, observed),
+            access_reads=reads.access,
+        )
         | reads.for_callers(auth),
         lifespan=[auth.lifespan, access.lifespan, lifespan],
         after_exception=[push_refusals(pushes.outcomes, problems)],
@@ -453,6 +469,8 @@ class ReadSide:
     metric_producer: Callable[[str], str] = str
     # What the readers' reads mask; None where nothing is masked.
     mask: Mask | None = None
+    # The access record as operators read it.
+    access: AccessReads | None = None
 
     def for_callers(self, auth: Auth) -> dict[str, Provide]:
         """The `reader`, `paging` and `producers` dependencies: the masked ones for a
@@ -548,6 +566,7 @@ class ReadSide:
             masked_producers,
             metric_producer=pseudonyms.of if masked_producers is not None else str,
             mask=mask if mask else None,
+            access=AccessReads(store, tokens),
         )
 
 
@@ -602,6 +621,17 @@ def app_loops(
         }
         loops.add(Loop("producers", watch.run, interval=WATCH_SECONDS))
     return loops
+
+
+def last_lines(access: AccessRecord, keeper: AccessKeeper) -> Callable[[float], Awaitable[None]]:
+    """What the app writes of its access record as it stops: the followers' sums, then
+    every line still waiting for the store."""
+
+    async def keep(within: float) -> None:
+        access.flush()
+        await keeper.close(within)
+
+    return keep
 
 
 def parked_followers(
@@ -691,6 +721,13 @@ def routers(
             route_handlers=read_pass_routes(auth.passes),
             guards=[*auth.read_guards, same_origin],
             middleware=[*recorded("pass"), *traced],
+        ),
+        # The access record names every reader: an operator's, as a replay is.
+        Router(
+            "/",
+            route_handlers=ACCESS_ROUTES,
+            guards=auth.replay_guards,
+            middleware=[*recorded("read"), reads, *traced, *compressed],
         ),
         Router(
             "/",

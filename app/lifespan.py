@@ -26,6 +26,9 @@ from app.telemetry import Telemetry
 
 log = logging.getLogger("recordline")
 
+# The access record's last lines get at most this of the stop's budget.
+KEEP_LAST_SECONDS = 2.0
+
 
 @dataclass(frozen=True)
 class Loop:
@@ -74,6 +77,9 @@ class Lifespan:
     # Whether this app hears SIGTERM itself; a cell's systems hear it from the cell
     # (`stopping`), which installs one handler for them all.
     signals: bool = True
+    # Written as the app stops, before the store closes, given what is left of the
+    # stop's budget: the access record's lines still waiting (app.query.access).
+    keep_last: Callable[[float], Awaitable[None]] | None = None
     # Set once the store closed in the stop's budget (a close cut short leaves it unset).
     store_closed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -83,6 +89,8 @@ class Lifespan:
             stack.push_async_callback(self._flush_telemetry)
             await self.store.start()
             stack.push_async_callback(self._close_store)
+            if self.keep_last is not None:
+                stack.push_async_callback(self._keep_last, self.keep_last)
             stack.push_async_callback(self.schemas.close)
             # The batcher's loops run under the app's supervisor: it is closed after them.
             await self.loops.start(stack)
@@ -107,6 +115,9 @@ class Lifespan:
         self.readiness.stopping = True
         self.followers.stop()
         await self.batcher.close(grace=self.budget.left(keeping=CLOSING_SECONDS))
+
+    async def _keep_last(self, keep: Callable[[float], Awaitable[None]]) -> None:
+        await keep(min(KEEP_LAST_SECONDS, self.budget.left(keeping=CLOSING_SECONDS)))
 
     async def _close_store(self) -> None:
         # The clients are closed in what is left; a close cut short leaves

@@ -4,7 +4,8 @@ refused), the action, the request (its parameters bounded, a filter on a masked 
 its keyed hash), the rows read for it (app.query.served) or counted, the bytes sent and
 whether a mask showed them. Every export, replay, pass, refusal, count and read answered
 rows is a line; a follower's long-polls are summed, a line a minute for each who followed
-what; a read answered no rows is none.
+what; a read answered no rows is none. Each line is kept in the system's own store too,
+where it keeps one (a `Keeper`).
 
 Design: docs/security.md#who-read-what
 """
@@ -17,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from urllib.parse import parse_qsl
 
 from litestar.enums import ScopeType
@@ -49,6 +50,13 @@ MOST_FOLLOWING: Final = 1000
 # What differs from one poll of a follower to the next.
 PER_POLL: Final = frozenset({"page_token", "offset", "cursor"})
 
+
+class Keeper(Protocol):
+    """Keeps each line beside the log (app.query.access.AccessKeeper)."""
+
+    def add(self, entry: dict[str, Any]) -> None: ...
+
+
 # What a line keeps of a parameter's value: the value, or its keyed hash where it names
 # what a mask hides (Mask.parameter).
 Shown = Callable[[str, str], str]
@@ -59,9 +67,13 @@ class AccessRecord:
     group, and the followers' polls summed until `flush` (FOLLOWING_SECONDS after the
     first of them, and as the app stops)."""
 
-    def __init__(self, *, system: str = "", shown: Shown | None = None) -> None:
+    def __init__(
+        self, *, system: str = "", shown: Shown | None = None, keeper: Keeper | None = None
+    ) -> None:
         self._system = system
         self._shown = shown
+        # Where a line is kept beside the log: the system's own store (app.query.access).
+        self._keeper = keeper
         self._following: dict[tuple[Any, ...], dict[str, Any]] = {}
         # Writes the sums a minute after the first of them, whether or not another
         # request comes (a follower that stopped is recorded then, not at the next
@@ -145,7 +157,7 @@ class AccessRecord:
             summed["seconds"] = round(summed["seconds"] + entry["seconds"], 6)
             summed["last"] = _wall()
         else:
-            _write(entry)
+            self._write(entry)
 
     def flush(self) -> None:
         """Write the followers' polls summed since the last flush, a line each."""
@@ -154,7 +166,12 @@ class AccessRecord:
             self._timer = None
         summed, self._following = self._following, {}
         for entry in summed.values():
-            _write(entry)
+            self._write(entry)
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        _write(entry)
+        if self._keeper is not None:
+            self._keeper.add(entry)
 
     @asynccontextmanager
     async def lifespan(self, _: Any) -> AsyncIterator[None]:

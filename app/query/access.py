@@ -1,0 +1,278 @@
+"""The access record kept in the system's own store, and read back by operators.
+
+`AccessKeeper` holds each line the access log writes (app.http.access) until a loop
+of its own writes them to the store a batch at a time: a request is answered whether or
+not its line is kept yet, and a store that will not take them leaves them waiting (a
+bounded number of bytes; past it the newest are dropped, counted and said by `/readyz`,
+while Cloud Logging still has each line). As the app stops, what waits is written
+within the stop's budget. `AccessReads` is `GET /v1/access`: the lines newest first,
+a page at a time.
+
+Design: docs/security.md#who-read-what
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from app.errors import BadParameter, NotFound, StoreUnavailable
+from app.query.page_token import PageToken, PageTokens
+from app.query.served import served
+from app.records import MAX_MICROS, micros
+from app.store import Store
+from app.store.access import MOST_LINES, AccessLine, AccessQuery, KeepsAccess
+from app.store.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+# Lines are written a batch at a time, at most so many a call, every so often (at once
+# once a batch is full), each write given so long.
+BATCH_LINES: Final = 500
+KEEP_EVERY_SECONDS: Final = 2.0
+KEEP_SECONDS: Final = 10.0
+# What may wait for the store, in bytes of the lines' JSON: a few minutes of a busy
+# system's lines, nothing beside a page's bytes.
+MOST_WAITING_BYTES: Final = 4 * 1024 * 1024
+# A line waiting longer than this says the record is behind (`/readyz`'s warning).
+LATE_SECONDS: Final = 60.0
+# A page of the record, unless the caller asks for fewer.
+DEFAULT_LINES: Final = 100
+# Writes that failed in a row back off from the interval to this.
+BACKOFF_MAX_SECONDS: Final = 60.0
+
+_encode = msgspec.json.Encoder().encode
+
+
+class AccessKeeper:
+    """The lines of one system's access record on their way to its store."""
+
+    def __init__(self, store: KeepsAccess, *, clock: Any = time.time_ns) -> None:
+        self._store = store
+        self._clock = clock
+        # Lines made here are told apart from every other instance's by this.
+        self._instance = os.urandom(6).hex()
+        self._numbers = itertools.count()
+        self._waiting: deque[AccessLine] = deque()
+        self._bytes = 0
+        self.dropped = 0
+        self.kept = 0
+        self._full = asyncio.Event()
+        self._failing: str | None = None
+        self._backoff = Backoff(KEEP_EVERY_SECONDS, BACKOFF_MAX_SECONDS)
+        self._pause = KEEP_EVERY_SECONDS
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Keep `entry`, a line of the access log, once the loop writes it."""
+        text = _encode(entry).decode()
+        if self._bytes + len(text) > MOST_WAITING_BYTES:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error(
+                    "the access record's store is behind: %d lines dropped from it so far "
+                    "(each is still on the recordline.access log)",
+                    self.dropped,
+                )
+            return
+        line = AccessLine(
+            time=self._clock() // 1000,
+            id=f"{self._instance}-{next(self._numbers):012d}",
+            action=str(entry.get("action", "")),
+            principal=entry.get("principal"),
+            status=int(entry.get("status", 0)),
+            entry=text,
+        )
+        self._waiting.append(line)
+        self._bytes += len(text)
+        if len(self._waiting) >= BATCH_LINES:
+            self._full.set()
+
+    async def forever(self) -> None:
+        """Write what waits, a batch at a time, every KEEP_EVERY_SECONDS (at once when
+        a batch is full), backing off while the store refuses."""
+        while True:
+            if self._failing is None:
+                # A full batch ends the pause early.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._pause):
+                        await self._full.wait()
+            else:
+                # The store refused: the pause is a backoff's, however many wait.
+                await asyncio.sleep(self._pause)
+            self._full.clear()
+            try:
+                await self.write()
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._failing = str(exc) or type(exc).__name__
+                log.error("keeping the access record failed (tried again): %s", self._failing)
+                self._pause = self._backoff.next()
+            else:
+                self._failing = None
+                self._backoff.reset()
+                self._pause = KEEP_EVERY_SECONDS
+
+    async def write(self, within: float = KEEP_SECONDS) -> None:
+        """Write every line waiting, a batch a call, each call given `within` seconds;
+        a batch that fails is kept waiting, first in line."""
+        while self._waiting:
+            batch = list(itertools.islice(self._waiting, BATCH_LINES))
+            async with asyncio.timeout(within):
+                await self._store.keep_access(batch)
+            for _ in batch:
+                self._bytes -= len(self._waiting.popleft().entry)
+            self.kept += len(batch)
+
+    async def close(self, within: float) -> None:
+        """Write what waits, within `within` seconds; what is left is said and lost
+        to the store (Cloud Logging has it)."""
+        try:
+            async with asyncio.timeout(max(within, 0.0)):
+                await self.write(within=max(within, 0.0))
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error(
+                "the access record's last %d lines were not kept as the service stopped "
+                "(each is on the recordline.access log): %s",
+                len(self._waiting),
+                str(exc) or type(exc).__name__,
+            )
+
+    def warnings(self) -> list[str]:
+        """What `/readyz` says of the record while it is behind."""
+        said = []
+        if self._waiting:
+            late = (self._clock() // 1000 - self._waiting[0].time) / 1e6
+            if late > LATE_SECONDS or self._failing is not None:
+                said.append(
+                    f"the access record is not being kept: {len(self._waiting)} lines "
+                    f"waiting, the oldest {late:.0f} s"
+                    + (f" ({self._failing})" if self._failing else "")
+                )
+        if self.dropped:
+            said.append(
+                f"the access record's store dropped {self.dropped} lines since the start "
+                "(each is on the recordline.access log)"
+            )
+        return said
+
+
+class AccessLineView(msgspec.Struct, kw_only=True):
+    """A line of the access record as `GET /v1/access` shows it."""
+
+    time: str
+    id: str
+    line: msgspec.Raw
+
+
+class AccessPage(msgspec.Struct, kw_only=True):
+    lines: list[AccessLineView]
+    next_page_token: str | None
+
+
+class AccessReads:
+    """`GET /v1/access`: one system's access record, newest first."""
+
+    def __init__(self, store: Store, tokens: PageTokens) -> None:
+        self._store = store if isinstance(store, KeepsAccess) else None
+        self._tokens = tokens
+
+    @property
+    def kept(self) -> bool:
+        return self._store is not None
+
+    async def page(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        action: str | None,
+        principal: str | None,
+        limit: int,
+        page_token: str | None,
+    ) -> AccessPage:
+        if self._store is None:
+            raise NotFound("this store keeps no access record: it is on the recordline.access log")
+        asked = _asked(action, principal)
+        if page_token is not None:
+            token = self._tokens.decode(page_token)
+            if token.listing != "access":
+                raise BadParameter("page_token", f"was issued by /v1/{token.listing or 'records'}")
+            if token.after_message_id != asked:
+                raise BadParameter(
+                    "page_token", "was issued with another action or principal; send those again"
+                )
+            low, high = token.after_time, token.until or 0
+            before: tuple[int, str] | None = (high, token.before_message_id)
+            high += 1
+        else:
+            low = 0 if since is None else _micros(since)
+            high = MAX_MICROS if until is None else _micros(until)
+            before = None
+            if high <= low:
+                raise BadParameter("until", "must be later than since")
+        query = AccessQuery(
+            since=low,
+            until=high,
+            before=before,
+            action=action,
+            principal=principal,
+            limit=limit,
+        )
+        lines = await self._store.access_page(query)
+        # Who read the record is on it too.
+        served(len(lines), masked=False)
+        next_token = None
+        if len(lines) == limit:
+            last = lines[-1]
+            next_token = self._tokens.encode(
+                PageToken(
+                    after_time=low,
+                    after_message_id=asked,
+                    until=last.time,
+                    listing="access",
+                    newest=True,
+                    before_message_id=last.id,
+                )
+            )
+        return AccessPage(
+            lines=[
+                AccessLineView(
+                    time=_rfc3339(line.time), id=line.id, line=msgspec.Raw(line.entry.encode())
+                )
+                for line in lines
+            ],
+            next_page_token=next_token,
+        )
+
+
+def _asked(action: str | None, principal: str | None) -> str:
+    """What a page token says of the action and principal asked (a digest of them):
+    every later page keeps them."""
+    said = _encode([action, principal])
+    return hashlib.sha256(said).hexdigest()[:32]
+
+
+def _micros(when: datetime) -> int:
+    # No line is older than the epoch.
+    return max(micros(when), 0)
+
+
+def _rfc3339(micros: int) -> str:
+    seconds, fraction = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
+
+
+__all__ = ["MOST_LINES", "AccessKeeper", "AccessPage", "AccessReads"]

@@ -1,0 +1,229 @@
+"""The access record kept in the system's own store and read back by operators
+(`GET /v1/access`): each line the log writes is kept a few seconds after its request,
+newest first a page at a time; readers are refused it; a store that will not take the
+lines never costs a read its answer, and says so in `/readyz`; what waits as the service
+stops is kept then."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from litestar.testing import TestClient
+
+from app.asgi import create_app
+from app.errors import StoreUnavailable
+from app.http.head import Recordline
+from app.query.access import MOST_WAITING_BYTES, AccessKeeper
+from app.store.access import AccessLine, AccessQuery, page_of
+from tests.auth.fake_google import PUSHER, FakeGoogle
+from tests.auth.test_export_permission import ANALYST, EXPORTER, OPERATOR, token
+from tests.auth.test_export_permission import settings as exporting
+from tests.conftest import envelope
+from tests.conftest import settings as loaded
+from tests.waiting import until, until_blocking
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def client(google: FakeGoogle, tmp_path: Path) -> Iterator[TestClient[Recordline]]:
+    settings = exporting(
+        google,
+        RECORDLINE_STORE=f"duckdb:{tmp_path / 'kept.duckdb'}",
+        RECORDLINE_EXPORT_PRINCIPALS=EXPORTER,
+        RECORDLINE_MASK_ATTRIBUTES="client-ip:hash",
+    )
+    with TestClient(create_app(settings)) as client:
+        for n in range(3):
+            pushed = client.post(
+                "/pubsub/push",
+                json=envelope(
+                    {"id": f"r-{n}", "data": {"n": n}},
+                    message_id=f"m-{n}",
+                    attributes={"client-ip": "10.9.8.7"},
+                ),
+                headers=token(google, PUSHER),
+            )
+            assert pushed.status_code == 204, pushed.text
+        yield client
+
+
+def kept(client: TestClient[Recordline], google: FakeGoogle, **params: Any) -> dict[str, Any]:
+    answer = client.get("/v1/access", params=params, headers=token(google, OPERATOR))
+    assert answer.status_code == 200, answer.text
+    page: dict[str, Any] = answer.json()
+    return page
+
+
+def test_each_line_is_kept_and_read_back_by_an_operator_newest_first(
+    client: TestClient[Recordline], google: FakeGoogle
+) -> None:
+    assert client.get("/v1/records", headers=token(google, ANALYST)).status_code == 200
+    assert client.get("/v1/export/records", headers=token(google, ANALYST)).status_code == 403
+    assert client.get("/v1/export/records", headers=token(google, EXPORTER)).status_code == 200
+    asked = client.get(
+        "/v1/records", params={"attribute": "client-ip:10.9.8.7"}, headers=token(google, ANALYST)
+    )
+    assert asked.status_code == 403
+
+    def four() -> list[dict[str, Any]]:
+        lines = (
+            kept(client, google, action="export")["lines"]
+            + kept(client, google, principal=ANALYST)["lines"]
+        )
+        return lines if len(lines) >= 4 else []
+
+    lines = until_blocking(four, what="four lines kept")
+    exports = [line["line"] for line in lines[:2]]
+    # Newest first: the export answered, then the one refused.
+    assert [(e["principal"], e["status"]) for e in exports] == [(EXPORTER, 200), (ANALYST, 403)]
+    assert exports[0]["rows"] == 3
+    by_analyst = [line["line"] for line in lines[2:]]
+    assert [(e["path"], e["status"]) for e in by_analyst][-1] == ("/v1/records", 200)
+    # A filter on a masked attribute is kept as the log keeps it: by its keyed hash.
+    refused = next(e for e in by_analyst if e["status"] == 403 and e["action"] == "read")
+    assert "10.9.8.7" not in json.dumps(refused)
+    assert refused["parameters"][0][1].startswith("client-ip:hmac:")
+    # Each line says when, and is the log's line whole.
+    assert all(line["time"].endswith("Z") and line["id"] for line in lines)
+
+
+def test_pages_of_the_record_follow_their_token_and_keep_what_was_asked(
+    client: TestClient[Recordline], google: FakeGoogle
+) -> None:
+    for _ in range(5):
+        assert client.get("/v1/records/r-1", headers=token(google, ANALYST)).status_code == 200
+    until_blocking(
+        lambda: len(kept(client, google, principal=ANALYST)["lines"]) >= 5, what="five lines"
+    )
+    whole = kept(client, google, principal=ANALYST, limit=500)["lines"]
+    walked: list[dict[str, Any]] = []
+    page = kept(client, google, principal=ANALYST, limit=2)
+    while True:
+        walked += page["lines"]
+        if page["next_page_token"] is None:
+            break
+        page = kept(client, google, principal=ANALYST, limit=2, page_token=page["next_page_token"])
+    assert [line["id"] for line in walked] == [line["id"] for line in whole]
+    first = kept(client, google, principal=ANALYST, limit=2)
+    # A token of one principal's lines is not another's.
+    other = client.get(
+        "/v1/access",
+        params={"limit": 2, "page_token": first["next_page_token"]},
+        headers=token(google, OPERATOR),
+    )
+    assert other.status_code == 400
+    assert other.json()["parameter"] == "page_token"
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"action": "delete"}, "action"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
+        ({"page_token": "garbage"}, "page_token"),
+        ({"principal": "x" * 321}, "principal"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_them(
+    client: TestClient[Recordline], google: FakeGoogle, params: dict[str, str], parameter: str
+) -> None:
+    answer = client.get("/v1/access", params=params, headers=token(google, OPERATOR))
+    assert answer.status_code == 400, answer.text
+    assert parameter in answer.text
+
+
+def test_readers_and_strangers_are_refused_the_record(
+    client: TestClient[Recordline], google: FakeGoogle
+) -> None:
+    assert client.get("/v1/access", headers=token(google, ANALYST)).status_code == 403
+    assert client.get("/v1/access", headers=token(google, EXPORTER)).status_code == 403
+    assert client.get("/v1/access").status_code == 401
+
+
+def test_what_waits_as_the_service_stops_is_kept(google: FakeGoogle, tmp_path: Path) -> None:
+    path = tmp_path / "stopping.duckdb"
+    settings = exporting(google, RECORDLINE_STORE=f"duckdb:{path}")
+    with TestClient(create_app(settings)) as client:
+        client.post(
+            "/pubsub/push",
+            json=envelope({"id": "a", "data": {}}, message_id="m-a"),
+            headers=token(google, PUSHER),
+        )
+        assert client.get("/v1/records", headers=token(google, ANALYST)).status_code == 200
+    # Stopped at once, before the keeper's next round: the line was kept as it stopped.
+    with duckdb.connect(str(path), read_only=True) as con:
+        found = con.execute("SELECT principal, action FROM access_record").fetchall()
+    assert (ANALYST, "read") in found
+
+
+def test_an_unauthenticated_loopback_service_serves_its_record_to_everyone() -> None:
+    with TestClient(create_app(loaded())) as client:
+        pushed = client.post("/pubsub/push", json=envelope({"id": "a", "data": {}}))
+        assert pushed.status_code == 204
+        assert client.get("/v1/records").json()["records"]
+
+        def lines() -> list[dict[str, Any]]:
+            answer = client.get("/v1/access")
+            assert answer.status_code == 200
+            found: list[dict[str, Any]] = answer.json()["lines"]
+            return found
+
+        until_blocking(lines, what="a line kept")
+
+
+class Refusing:
+    """A store that keeps lines only once told it may."""
+
+    def __init__(self) -> None:
+        self.lines: list[AccessLine] = []
+        self.refusing = True
+
+    async def keep_access(self, lines: Sequence[AccessLine]) -> None:
+        if self.refusing:
+            raise StoreUnavailable("the access record's table is gone")
+        self.lines += lines
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        return page_of(query, self.lines)
+
+
+async def test_a_store_refusing_the_lines_keeps_them_waiting_bounded_and_said() -> None:
+    store = Refusing()
+    keeper = AccessKeeper(store)
+    entry = {"action": "read", "principal": "ana", "status": 200, "path": "/v1/records"}
+    for _ in range(3):
+        keeper.add(entry)
+    task = asyncio.create_task(keeper.forever())
+    try:
+        await until(lambda: keeper.warnings(), what="the record said to be behind")
+        assert "3 lines waiting" in keeper.warnings()[0]
+        assert "table is gone" in keeper.warnings()[0]
+        assert keeper.waiting == 3 and not store.lines
+        # Bounded: past MOST_WAITING_BYTES the newest are dropped, and said.
+        big = entry | {"path": "x" * (MOST_WAITING_BYTES // 4)}
+        for _ in range(5):
+            keeper.add(big)
+        assert keeper.dropped == 2
+        assert any("dropped 2 lines" in said for said in keeper.warnings())
+        store.refusing = False
+        await until(lambda: keeper.waiting == 0, timeout=30, what="every line kept")
+        assert len(store.lines) == 6
+        assert len({line.id for line in store.lines}) == 6
+        assert not any("waiting" in said for said in keeper.warnings())
+    finally:
+        task.cancel()
