@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Sequence
+from typing import cast
 
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
@@ -21,6 +22,7 @@ from app.store import (
     RowOutcome,
     Store,
 )
+from app.store.access import AccessLine, AccessQuery, KeepsAccess
 from app.store.producers import Completeness, LedgerAudit, ProducerEntries, Worst
 
 # Delays of their own: the module's shared generator is the tests' (Hypothesis seeds it).
@@ -111,6 +113,16 @@ class FaultyStore(WrappedStore):
         if self.failing_reads:
             raise StoreUnavailable("injected: reads fail")
         return await self.inner.counts(kind, query)
+
+    async def keep_access(self, lines: Sequence[AccessLine]) -> None:
+        if self.failing:
+            raise StoreUnavailable("injected: store down")
+        await cast(KeepsAccess, self.inner).keep_access(lines)
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return await cast(KeepsAccess, self.inner).access_page(query)
 
     async def append(self, rows: Sequence[Record | Rejection]) -> Sequence[RowOutcome]:
         self.appending += len(rows)

@@ -213,7 +213,8 @@ async def test_a_store_refusing_the_lines_keeps_them_waiting_bounded_and_said() 
         await until(lambda: keeper.warnings(), what="the record said to be behind")
         assert "3 lines waiting" in keeper.warnings()[0]
         assert "table is gone" in keeper.warnings()[0]
-        assert keeper.waiting == 3 and not store.lines
+        assert keeper.waiting == 3
+        assert not store.lines
         # Bounded: past MOST_WAITING_BYTES the newest are dropped, and said.
         big = entry | {"path": "x" * (MOST_WAITING_BYTES // 4)}
         for _ in range(5):

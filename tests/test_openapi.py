@@ -276,6 +276,12 @@ case("/v1/audit", "get", 400)(
 case("/v1/audit", "get", 404, no_ledger)(
     lambda s: s.client.get("/v1/audit", params=AUDIT, headers=s.token(ANALYST))
 )
+# -- the access record ---------------------------------------------------------
+A = "/v1/access"
+case(A, "get", 400)(lambda s: s.client.get(A, params={"limit": 0}, headers=s.token(OPERATOR)))
+case(A, "get", 401)(lambda s: s.client.get(A))
+case(A, "get", 403)(lambda s: s.client.get(A, headers=s.token(ANALYST)))
+case(A, "get", 503, failing_reads)(lambda s: s.client.get(A, headers=s.token(OPERATOR)))
 # -- open routes -----------------------------------------------------------------
 case("/problems/{name}", "get", 400)(lambda s: s.client.get("/problems/" + "p" * 100))
 case("/problems/{name}", "get", 404)(lambda s: s.client.get("/problems/no-such-thing"))

@@ -1,12 +1,11 @@
 """The access record kept in the system's own store, and read back by operators.
 
-`AccessKeeper` holds each line the access log writes (app.http.access) until a loop
-of its own writes them to the store a batch at a time: a request is answered whether or
-not its line is kept yet, and a store that will not take them leaves them waiting (a
-bounded number of bytes; past it the newest are dropped, counted and said by `/readyz`,
-while Cloud Logging still has each line). As the app stops, what waits is written
-within the stop's budget. `AccessReads` is `GET /v1/access`: the lines newest first,
-a page at a time.
+`AccessKeeper` holds each line the access log writes (app.http.access) until its own
+loop writes them to the store a batch at a time: a request is answered whether or not its
+line is kept yet; lines a refusing store leaves waiting are bounded in bytes (past it the
+newest are dropped, counted and said by `/readyz`; Cloud Logging still has each), and
+what waits as the app stops is written in the stop's budget. `AccessReads` is `GET
+/v1/access`: the lines newest first, a page at a time.
 
 Design: docs/security.md#who-read-what
 """

@@ -17,7 +17,6 @@ from app.errors import (
     BadParameter,
     CertsUnavailable,
     Forbidden,
-    NotFound,
     StoreUnavailable,
     Unauthorized,
 )
@@ -40,12 +39,11 @@ MOST_PRINCIPAL_CHARACTERS = 320
         "the system's own store as long as its rows: who (`principal`), the `action`, the "
         "request (`path`, `parameters`, a filter on a masked value by its keyed hash), "
         "`status`, `rows`, `bytes` and whether a mask showed them. A line is kept a few "
-        "seconds after its request ends. Operators only. 404 on a store that keeps no "
-        "access record."
+        "seconds after its request ends. Operators only."
     ),
     tags=["access"],
     responses=problem_responses(
-        BadParameter, NotFound, Unauthorized, Forbidden, StoreUnavailable, CertsUnavailable
+        BadParameter, Unauthorized, Forbidden, StoreUnavailable, CertsUnavailable
     ),
 )
 async def access_record(

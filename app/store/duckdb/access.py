@@ -6,15 +6,12 @@ Design: docs/security.md#who-read-what
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
 
 import duckdb
 
 from app.store.access import AccessLine, AccessQuery
-
-if TYPE_CHECKING:
-    from app.store.duckdb.database import Database
 
 TABLE: Final = "access_record"
 DDL: Final = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -42,8 +39,17 @@ EXPIRE: Final = f"DELETE FROM {TABLE} WHERE time < make_timestamptz($before)"
 class DuckDBAccess:
     """The access record of one DuckDB store's database."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(
+        self,
+        *,
+        write: Callable[[Callable[[], None]], Awaitable[None]],
+        read: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Awaitable[Any]],
+        connection: Callable[[], duckdb.DuckDBPyConnection],
+    ) -> None:
+        # The store's writer thread, its readers, and its connection (on the writer's).
+        self._write = write
+        self._read = read
+        self._connection = connection
 
     async def keep(self, lines: Sequence[AccessLine]) -> None:
         if not lines:
@@ -54,7 +60,7 @@ class DuckDBAccess:
         ]
 
         def insert() -> None:
-            con = self._db.connection()
+            con = self._connection()
             con.execute("BEGIN")
             try:
                 con.executemany(_INSERT, rows)
@@ -63,7 +69,7 @@ class DuckDBAccess:
                 con.execute("ROLLBACK")
                 raise
 
-        await self._db.write(insert)
+        await self._write(insert)
 
     async def page(self, query: AccessQuery) -> list[AccessLine]:
         before_time, before_id = query.before if query.before is not None else (None, None)
@@ -92,4 +98,5 @@ class DuckDBAccess:
                 ).fetchall()
             ]
 
-        return await self._db.read(read)
+        lines: list[AccessLine] = await self._read(read)
+        return lines

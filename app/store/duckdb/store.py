@@ -122,7 +122,9 @@ class DuckDBStore:
             seen=self.seen,
             clock=clock,
         )
-        self._access = DuckDBAccess(self._db)
+        self._access = DuckDBAccess(
+            write=self._db.write, read=self._db.read, connection=self._db.connection
+        )
         self._reads = DuckDBReads(self._db, self._applier.applied_now, self.live, self._typed)
 
     @property
