@@ -230,7 +230,11 @@ def create_app(
             "RECORDLINE_OPERATOR_PRINCIPALS."
         )
     loops = app_loops(store, reads.producers, telemetry, named=reads.metric_producer)
-    keeper = AccessKeeper(store) if isinstance(store, KeepsAccess) else None
+    keeper = (
+        AccessKeeper(store, observer=telemetry.loop_observer())
+        if isinstance(store, KeepsAccess)
+        else None
+    )
     if keeper is not None:
         loops.add(Loop("access", keeper.forever, interval=KEEP_EVERY_SECONDS))
     access = AccessRecord(

@@ -32,6 +32,7 @@ from app.records import MAX_MICROS, micros
 from app.store import Store
 from app.store.access import MOST_LINES, AccessLine, AccessQuery, KeepsAccess
 from app.store.backoff import Backoff
+from app.store.supervisor import LoopObserver
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,16 @@ _encode = msgspec.json.Encoder().encode
 class AccessKeeper:
     """The lines of one system's access record on their way to its store."""
 
-    def __init__(self, store: KeepsAccess, *, clock: Any = time.time_ns) -> None:
+    def __init__(
+        self,
+        store: KeepsAccess,
+        *,
+        observer: LoopObserver | None = None,
+        clock: Any = time.time_ns,
+    ) -> None:
         self._store = store
+        # Told of each failed write, as a loop's restart (the loop-restarting ticket).
+        self._observer = observer
         self._clock = clock
         # Lines made here are told apart from every other instance's by this.
         self._instance = os.urandom(6).hex()
@@ -117,8 +126,15 @@ class AccessKeeper:
                 await self.write()
             except (StoreUnavailable, TimeoutError) as exc:
                 self._failing = str(exc) or type(exc).__name__
-                log.error("keeping the access record failed (tried again): %s", self._failing)
                 self._pause = self._backoff.next()
+                log.error(
+                    "the access loop failed to keep %d lines; trying again in %.1f s: %s",
+                    len(self._waiting),
+                    self._pause,
+                    self._failing,
+                )
+                if self._observer is not None:
+                    self._observer.restarted("access")
             else:
                 self._failing = None
                 self._backoff.reset()
