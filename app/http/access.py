@@ -157,7 +157,7 @@ class AccessRecord:
             summed["seconds"] = round(summed["seconds"] + entry["seconds"], 6)
             summed["last"] = _wall()
         else:
-            self._write(entry)
+            _write(entry, self._keeper)
 
     def flush(self) -> None:
         """Write the followers' polls summed since the last flush, a line each."""
@@ -166,12 +166,7 @@ class AccessRecord:
             self._timer = None
         summed, self._following = self._following, {}
         for entry in summed.values():
-            self._write(entry)
-
-    def _write(self, entry: dict[str, Any]) -> None:
-        _write(entry)
-        if self._keeper is not None:
-            self._keeper.add(entry)
+            _write(entry, self._keeper)
 
     @asynccontextmanager
     async def lifespan(self, _: Any) -> AsyncIterator[None]:
@@ -189,7 +184,7 @@ def following(parameters: list[list[str]]) -> bool:
     )
 
 
-def _write(entry: dict[str, Any]) -> None:
+def _write(entry: dict[str, Any], keeper: Keeper | None) -> None:
     log.info(
         "%s %s %s %d: %d rows for %s",
         entry["action"],
@@ -200,6 +195,8 @@ def _write(entry: dict[str, Any]) -> None:
         entry["principal"] or "anyone",  # a verified token's e-mail, or the service's words
         extra={"fields": {"access": entry}},
     )
+    if keeper is not None:
+        keeper.add(entry)
 
 
 def _printable(text: str) -> str:

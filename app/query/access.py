@@ -71,7 +71,9 @@ class AccessKeeper:
         # Lines made here are told apart from every other instance's by this.
         self._instance = os.urandom(6).hex()
         self._numbers = itertools.count()
-        self._waiting: deque[AccessLine] = deque()
+        # Each line waiting: when its request ended (ns), its JSON, the log's entry, and
+        # the line as the store keeps it once a write made it.
+        self._waiting: deque[list[Any]] = deque()
         self._bytes = 0
         self.dropped = 0
         self.kept = 0
@@ -85,29 +87,42 @@ class AccessKeeper:
         return len(self._waiting)
 
     def add(self, entry: dict[str, Any]) -> None:
-        """Keep `entry`, a line of the access log, once the loop writes it."""
-        text = _encode(entry).decode()
-        if self._bytes + len(text) > MOST_WAITING_BYTES:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error(
-                    "the access record's store is behind: %d lines dropped from it so far "
-                    "(each is still on the recordline.access log)",
-                    self.dropped,
-                )
+        """Keep `entry`, a line of the access log, once the loop writes it (its JSON
+        made here, the rest of the line there: every read answered rows calls this)."""
+        text = _encode(entry)
+        size = len(text)
+        if self._bytes + size > MOST_WAITING_BYTES:
+            self._drop()
             return
-        line = AccessLine(
-            time=self._clock() // 1000,
-            id=f"{self._instance}-{next(self._numbers):012d}",
-            action=str(entry.get("action", "")),
-            principal=entry.get("principal"),
-            status=int(entry.get("status", 0)),
-            entry=text,
-        )
-        self._waiting.append(line)
-        self._bytes += len(text)
+        self._bytes += size
+        self._waiting.append([self._clock(), text, entry, None])
         if len(self._waiting) >= BATCH_LINES:
             self._full.set()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.dropped == 1 or self.dropped % 1000 == 0:
+            log.error(
+                "the access record's store is behind: %d lines dropped from it so far "
+                "(each is still on the recordline.access log)",
+                self.dropped,
+            )
+
+    def _line(self, waiting: list[Any]) -> AccessLine:
+        """A line waiting as the store keeps it, made once: a write tried again sends
+        the same lines, ids and all."""
+        line: AccessLine | None = waiting[3]
+        if line is None:
+            nanos, text, entry, _ = waiting
+            line = waiting[3] = AccessLine(
+                time=nanos // 1000,
+                id=f"{self._instance}-{next(self._numbers):012d}",
+                action=str(entry.get("action", "")),
+                principal=entry.get("principal"),
+                status=int(entry.get("status", 0)),
+                entry=text.decode(),
+            )
+        return line
 
     async def forever(self) -> None:
         """Write what waits, a batch at a time, every KEEP_EVERY_SECONDS (at once when
@@ -144,11 +159,11 @@ class AccessKeeper:
         """Write every line waiting, a batch a call, each call given `within` seconds;
         a batch that fails is kept waiting, first in line."""
         while self._waiting:
-            batch = list(itertools.islice(self._waiting, BATCH_LINES))
+            batch = [self._line(w) for w in itertools.islice(self._waiting, BATCH_LINES)]
             async with asyncio.timeout(within):
                 await self._store.keep_access(batch)
             for _ in batch:
-                self._bytes -= len(self._waiting.popleft().entry)
+                self._bytes -= len(self._waiting.popleft()[1])
             self.kept += len(batch)
 
     async def close(self, within: float) -> None:
@@ -169,7 +184,7 @@ class AccessKeeper:
         """What `/readyz` says of the record while it is behind."""
         said = []
         if self._waiting:
-            late = (self._clock() // 1000 - self._waiting[0].time) / 1e6
+            late = (self._clock() - self._waiting[0][0]) / 1e9
             if late > LATE_SECONDS or self._failing is not None:
                 said.append(
                     f"the access record is not being kept: {len(self._waiting)} lines "
