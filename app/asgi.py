@@ -43,7 +43,12 @@ from app.ingest.signing import ProducerKeys
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem, problem_responses
 from app.process import StopBudget
-from app.query.access import KEEP_EVERY_SECONDS, AccessKeeper, AccessReads
+from app.query.access import (
+    KEEP_EVERY_SECONDS,
+    MOST_WAITING_BYTES,
+    AccessKeeper,
+    AccessReads,
+)
 from app.query.canary import PROBE_SECONDS, CanaryProbe
 from app.query.follow import Followers
 from app.query.mask import Mask, MaskError, Pseudonyms
@@ -161,6 +166,9 @@ class Shared:
     throttled: PushPace | None = None
     # Records' encoded views, made once for every system's stream reads (the process's).
     encoded: EncodedViews | None = None
+    # The bytes of the access record the system's store may leave waiting: its share of
+    # the process's MOST_WAITING_BYTES.
+    access_waiting_bytes: int | None = None
 
 
 def create_app(
@@ -231,7 +239,13 @@ def create_app(
         )
     loops = app_loops(store, reads.producers, telemetry, named=reads.metric_producer)
     keeper = (
-        AccessKeeper(store, observer=telemetry.loop_observer())
+        AccessKeeper(
+            store,
+            observer=telemetry.loop_observer(),
+            most_bytes=MOST_WAITING_BYTES
+            if shared is None or shared.access_waiting_bytes is None
+            else shared.access_waiting_bytes,
+        )
         if isinstance(store, KeepsAccess)
         else None
     )

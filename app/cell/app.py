@@ -42,6 +42,7 @@ from app.http.head import Recordline
 from app.http.limits import BODY_COPIES
 from app.problems import Problems
 from app.process import CLOSING_SECONDS, TELEMETRY_SECONDS, StopBudget, on_terminate
+from app.query.access import ACCESS_SHARE_LEAST_BYTES, MOST_WAITING_BYTES
 from app.query.service import EncodedViews
 from app.routes.console import cell_console_router
 from app.routes.reads import export_places
@@ -272,6 +273,7 @@ def create_cell(
             reads=reads.share(own.server.max_reads, borrows=not entry.max_reads),
             followers=followers.share(own.query.max_followers, borrows=not entry.max_followers),
             exports=exports.share(exports.most // len(entries)),
+            access_waiting_bytes=max(MOST_WAITING_BYTES // len(entries), ACCESS_SHARE_LEAST_BYTES),
             throttled=None if throttles is None else functools.partial(throttles.refused, name),
         )
         build = functools.partial(_system_app, own, telemetry.for_system(name), mine, made)

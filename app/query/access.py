@@ -42,8 +42,10 @@ BATCH_LINES: Final = 500
 KEEP_EVERY_SECONDS: Final = 2.0
 KEEP_SECONDS: Final = 10.0
 # What may wait for the store, in bytes of the lines' JSON: a few minutes of a busy
-# system's lines, nothing beside a page's bytes.
+# system's lines (some 300 bytes each), nothing beside a page's bytes. A process's: a
+# cell's systems share it (ACCESS_SHARE_LEAST_BYTES each at least).
 MOST_WAITING_BYTES: Final = 4 * 1024 * 1024
+ACCESS_SHARE_LEAST_BYTES: Final = 64 * 1024
 # A line waiting longer than this says the record is behind (`/readyz`'s warning).
 LATE_SECONDS: Final = 60.0
 # A page of the record, unless the caller asks for fewer.
@@ -62,9 +64,11 @@ class AccessKeeper:
         store: KeepsAccess,
         *,
         observer: LoopObserver | None = None,
+        most_bytes: int = MOST_WAITING_BYTES,
         clock: Any = time.time_ns,
     ) -> None:
         self._store = store
+        self._most = most_bytes
         # Told of each failed write, as a loop's restart (the loop-restarting ticket).
         self._observer = observer
         self._clock = clock
@@ -91,7 +95,7 @@ class AccessKeeper:
         made here, the rest of the line there: every read answered rows calls this)."""
         text = _encode(entry)
         size = len(text)
-        if self._bytes + size > MOST_WAITING_BYTES:
+        if self._bytes + size > self._most:
             self._drop()
             return
         self._bytes += size
