@@ -1,11 +1,12 @@
-"""The operator console at /console: records, rejections, producers and health in the
-browser, served by the service itself, with no build step and nothing from the internet.
+"""The operator console at /console: records, rejections, producers, the access record
+(operators only) and health in the browser, served by the service itself, with no build
+step and nothing from the internet.
 
 Each page is a Jinja template (Litestar's templates) that the browser fills from the
 read API (`/v1/...`) with a small script of ours and uPlot (MIT, vendored in
 app/console_ui/static/vendor with its licence) for the charts. So the console shows what the
 API shows the same caller: its read rules, its masking, its filters and bounds; a
-replay is `/v1/replay`, allowed to operators alone.
+replay is `/v1/replay` and the access record `/v1/access`, allowed to operators alone.
 
 Design: docs/console.md
 """
@@ -34,7 +35,10 @@ from app.settings import system_path
 CONSOLE_PATH: Final = "/console"
 UI: Final = Path(__file__).resolve().parent.parent / "console_ui"
 # The pages, in the order the navigation shows them.
-PAGES: Final = ("records", "rejections", "producers", "health")
+PAGES: Final = ("records", "rejections", "producers", "access", "health")
+# The pages of operators alone, as the API they read is: no other caller is shown their
+# link, and one who opens them anyway is refused as the API refuses them.
+OPERATOR_PAGES: Final = frozenset({"access"})
 # Sent with every page and asset: scripts and styles of the console's own files only
 # (it has none inline; its icon is an empty `data:` one), in no frame of another page,
 # never sniffed as another type, and its address told to no other site.
@@ -168,29 +172,50 @@ def console_router(
             exc = NotFound("no console asset at this path")
         return protect(problems.exception(exc).to_response(request))
 
-    @get(f"{CONSOLE_PATH}/{{page:str}}", include_in_schema=False)
-    async def console_page(
-        request: Request[Any, Any, Any], page: Annotated[str, PathParameter()]
-    ) -> Template:
-        if page not in PAGES:
-            raise NotFound(f"no console page {page!r}; the pages are {', '.join(PAGES)}")
+    async def shown(request: Request[Any, Any, Any], page: str) -> Template:
+        operator = await auth.operates(request)
         return Template(
             template_name=f"{page}.html",
             context={
                 "page": page,
-                "pages": PAGES,
+                "pages": [name for name in PAGES if operator or name not in OPERATOR_PAGES],
                 "system": system,
-                "operator": await auth.operates(request),
+                "operator": operator,
                 "exporter": await auth.exports(request),
                 "assets": "static",
             },
             headers={"Cache-Control": "no-store"},
         )
 
+    @get(f"{CONSOLE_PATH}/{{page:str}}", include_in_schema=False)
+    async def console_page(
+        request: Request[Any, Any, Any], page: Annotated[str, PathParameter()]
+    ) -> Template:
+        if page not in PAGES or page in OPERATOR_PAGES:
+            raise NotFound(f"no console page {page!r}; the pages are {', '.join(PAGES)}")
+        return await shown(request, page)
+
+    # The operators' pages, behind the guards of the API they read (a replay's): a caller
+    # who may not read it is refused the page as the API refuses them.
+    @get(
+        [f"{CONSOLE_PATH}/{name}" for name in sorted(OPERATOR_PAGES)],
+        guards=auth.replay_guards,
+        include_in_schema=False,
+    )
+    async def operator_page(request: Request[Any, Any, Any]) -> Template:
+        return await shown(request, request.scope["path"].rstrip("/").rpartition("/")[2])
+
     assets = _assets()
     return Router(
         "/",
-        route_handlers=[console_root, console_page, nothing_here, read_only, assets],
+        route_handlers=[
+            console_root,
+            console_page,
+            operator_page,
+            nothing_here,
+            read_only,
+            assets,
+        ],
         guards=list(guards),
         middleware=list(middleware),
         after_request=protected,

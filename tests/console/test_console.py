@@ -1,6 +1,6 @@
 """The console's pages as the service serves them: every page, its assets from the
-package (nothing from the internet), the operator's replay offered to operators alone,
-and a page that does not exist a 404 problem."""
+package (nothing from the internet), the operator's replay and access record offered to
+operators alone, and a page that does not exist a 404 problem."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from litestar.testing import AsyncTestClient, TestClient
 
 from app.asgi import create_app
 from app.errors import BadParameter
-from app.routes.console import PAGES
+from app.routes.console import OPERATOR_PAGES, PAGES
 from app.settings import Settings
 from app.store import where
 from tests.auth.conftest import google  # noqa: F401 - the fake Google, as a fixture
@@ -36,6 +36,8 @@ def client(store: FaultyStore) -> TestClient:  # type: ignore[type-arg]
 @pytest.mark.slow
 def test_every_page_loads_only_what_the_service_serves(client: TestClient) -> None:  # type: ignore[type-arg]
     assert client.get("/console", follow_redirects=False).headers["location"] == "console/records"
+    # An operator's, who may open every page.
+    client.headers["Authorization"] = f"Bearer {SECRET}"
     for page in PAGES:
         answer = client.get(f"/console/{page}")
         assert answer.status_code == 200, answer.text
@@ -54,6 +56,37 @@ def test_replay_is_offered_to_operators_alone(client: TestClient) -> None:  # ty
     assert 'id="replay"' not in reader
     assert "Replay is for operators" in reader
     assert 'id="replay"' in operator
+
+
+def test_the_access_record_is_offered_to_operators_alone() -> None:
+    """An operator's navigation links to the access page, after Producers; a reader's
+    does not, and the page opened anyway is refused as `/v1/access` refuses them (here,
+    where the push secret makes an operator: 401 without it or with another). The
+    memory store keeps no access record, so nothing is left to write as the app stops."""
+    operator = {"Authorization": f"Bearer {SECRET}"}
+    nav = re.compile(r"<nav>(.*?)</nav>", re.S)
+
+    def links(html: str) -> list[str]:
+        (found,) = nav.findall(html)
+        return re.findall(r'<a href="([^"]+)"', found)
+
+    assert PAGES.index("access") == PAGES.index("producers") + 1
+    with TestClient(create_app(settings(RECORDLINE_PUSH_TOKEN=SECRET))) as client:
+        assert links(client.get("/console/records", headers=operator).text) == list(PAGES)
+        opened = client.get("/console/access", headers=operator)
+        assert opened.status_code == 200
+        assert '<a href="access" aria-current="page">Access</a>' in opened.text
+        for page in set(PAGES) - OPERATOR_PAGES:
+            shown = links(client.get(f"/console/{page}").text)
+            assert shown == [name for name in PAGES if name not in OPERATOR_PAGES], page
+        for page in OPERATOR_PAGES:
+            for headers in ({}, {"Authorization": "Bearer not-the-secret"}):
+                refused = client.get(f"/console/{page}", headers=headers)
+                api = client.get("/v1/access", headers=headers)
+                assert refused.status_code == api.status_code == 401, refused.text
+                assert refused.json()["type"] == api.json()["type"]
+                assert refused.headers["content-type"].startswith("application/problem+json")
+                assert_protected(refused.headers)
 
 
 def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None:  # type: ignore[type-arg]
@@ -84,7 +117,7 @@ def assert_protected(headers: Any) -> None:
 async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # noqa: F811
     """With read authentication, the console is closed to a caller without a reader's
     token (401) or with another's (403), as the read API is; an analyst reads it
-    without the replay, an operator with it."""
+    without the replay or the access record, an operator with them."""
     app = create_app(
         Settings.load(
             {
@@ -112,6 +145,12 @@ async def test_the_console_obeys_the_read_rules(google: FakeGoogle) -> None:  # 
         assert 'id="replay"' not in analyst.text
         operator = await client.get("/console/rejections", headers=bearer(OPERATOR))
         assert 'id="replay"' in operator.text
+        # The access record is an operator's: the analyst is refused it, 403, as its API.
+        for path in ("/console/access", "/v1/access"):
+            refused = await client.get(path, headers=bearer(ANALYST))
+            assert refused.status_code == 403, path
+            assert refused.json()["type"] == "/problems/forbidden"
+        assert (await client.get("/console/access", headers=bearer(OPERATOR))).status_code == 200
 
 
 def test_every_page_and_asset_is_sent_with_the_browser_s_protections(client: TestClient) -> None:  # type: ignore[type-arg]

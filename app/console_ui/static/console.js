@@ -46,7 +46,7 @@ function refused(error) {
   const said = $("#refused");
   said.textContent = error ? error.message : "";
   said.hidden = !error;
-  for (const input of document.querySelectorAll("form input[name]")) {
+  for (const input of document.querySelectorAll("form input[name], form select[name]")) {
     if (error && input.name === error.parameter) {
       input.setAttribute("aria-invalid", "true");
       input.setAttribute("aria-describedby", "refused");
@@ -796,6 +796,90 @@ async function ledger() {
   } catch (error) { status(error.message); }
 }
 
+// -- access -----------------------------------------------------------------------
+
+// The access record (`/v1/access`, an operator's), newest first, 100 lines at a time:
+// Older reads on by the page's token. Read when the page opens and at each read of the
+// filters, never by itself: each read that finds lines is a line of the record too.
+const ACCESS_FILTERS = ["action", "principal", "since"];
+
+function accessRow(entry) {
+  const line = entry.line;
+  const parameters = (line.parameters || []).map(([name, value]) => `${name}=${value}`).join(" ");
+  const tr = row([
+    entry.time, line.principal || "anyone", line.action, `${line.method} ${line.path}`,
+    parameters, line.status, line.rows, line.bytes, line.masked ? "yes" : "no",
+  ]);
+  tr.className = "row";
+  tr.dataset.id = entry.id;
+  tr.children[4].className = "parameters";
+  tr.children[4].title = parameters;
+  // Opened, the whole line (a replay's note, a follower's sums).
+  tr.addEventListener("click", () => {
+    const open = tr.nextSibling && tr.nextSibling.classList && tr.nextSibling.classList.contains("detail");
+    if (open) { tr.nextSibling.remove(); return; }
+    const cell = element("td", undefined, { colspan: "9" });
+    cell.append(element("pre", JSON.stringify(line, null, 2)));
+    const detail = element("tr", undefined, { class: "detail" });
+    detail.append(cell);
+    tr.after(detail);
+  });
+  return tr;
+}
+
+function access() {
+  const form = $("#filters"), table = $("#lines"), body = $("#lines tbody"), more = $("#more");
+  let filters = null, older = null, reads = 0;
+
+  async function page(params) {
+    return await (await api(`${ROOT}/v1/access?${params}`)).json();
+  }
+
+  // As the records' view: the filters' once their first page is answered; refused, the
+  // lines shown (and the address) stay as they were.
+  // The table is busy (`aria-busy`, as the page opens) until the latest read is answered.
+  async function read(event) {
+    if (event) event.preventDefault();
+    const mine = reads += 1;
+    const asked = filterParams(form, ACCESS_FILTERS);
+    const params = new URLSearchParams(asked);
+    params.set("limit", "100");
+    table.setAttribute("aria-busy", "true");
+    let answer;
+    try { answer = await page(params); } catch (error) {
+      if (mine === reads) { refused(error); table.removeAttribute("aria-busy"); }
+      return;
+    }
+    if (mine !== reads) return;
+    filters = asked;
+    filtersToAddress(filters);
+    refused(null);
+    body.replaceChildren(...answer.lines.map(accessRow));
+    status(answer.lines.length ? "" : `No line in the access record${filters.toString() ? " for these filters" : ""} yet.`);
+    older = answer.next_page_token;
+    more.hidden = !older;
+    table.removeAttribute("aria-busy");
+  }
+
+  more.addEventListener("click", async () => {
+    const mine = reads;
+    const params = new URLSearchParams(filters);
+    params.delete("since");  // the token's
+    params.set("page_token", older);
+    params.set("limit", "100");
+    try {
+      const answer = await page(params);
+      if (mine !== reads) return;
+      body.append(...answer.lines.map(accessRow));
+      older = answer.next_page_token;
+      more.hidden = !older;
+    } catch (error) { status(error.message); }
+  });
+  form.addEventListener("submit", read);
+  filtersFromAddress(form, ACCESS_FILTERS);
+  read();
+}
+
 // -- health -----------------------------------------------------------------------
 
 // Prometheus text: each sample's name, labels (as text) and value.
@@ -874,5 +958,5 @@ async function health() {
 }
 
 window.addEventListener("DOMContentLoaded", () => {
-  ({ records, rejections, producers, health })[document.body.dataset.page]();
+  ({ records, rejections, producers, access, health })[document.body.dataset.page]();
 });
