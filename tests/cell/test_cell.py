@@ -446,6 +446,10 @@ def test_each_systems_console_is_under_its_prefix(memory_cell: TestClient[Any]) 
     assert "<title>alpha · Recordline · records</title>" in page.text
     beta = memory_cell.get("/systems/beta/console/records").text
     assert "<title>beta · Recordline · records</title>" in beta
+    # An operator's page too (on loopback with no authentication, everyone operates).
+    access = memory_cell.get("/systems/alpha/console/access")
+    assert "<title>alpha · Recordline · access</title>" in access.text
+    assert '<a href="access" aria-current="page">Access</a>' in access.text
     # The page's assets and reads are relative to it, so they reach this system's.
     assert memory_cell.get("/systems/alpha/console/static/console.js").status_code == 200
     assert 'const ROOT = ".."' in memory_cell.get("/systems/alpha/console/static/console.js").text
