@@ -152,7 +152,19 @@ def test_an_operator_sees_the_export_a_reader_was_refused(
     # Opened, the line is shown whole.
     line.click()
     expect(operator.locator("tr.detail pre")).to_contain_text('"status": 403')
+    # A count serves no rows: its line says what it counted.
+    counted = reader.evaluate(
+        "fetch('../v1/counts/records?since=1h&where=' + encodeURIComponent('data.n = 0'))"
+        ".then(r => r.status)"
+    )
+    assert counted == 200
+    operator.select_option("select[name=action]", "read")
+    operator.locator("#filters button[type=submit]").click()
+    count = operator.locator("#lines tbody tr.row", has_text="GET /v1/counts/records")
+    read_until(operator, count)
+    expect(count.locator("td").nth(6)).to_have_text("1 counted")
     # A filter no line meets says so.
+    operator.select_option("select[name=action]", "export")
     operator.fill("input[name=principal]", "nobody@example.org")
     operator.press("input[name=principal]", "Enter")
     expect(operator.locator("#lines tbody tr")).to_have_count(0)

@@ -808,7 +808,9 @@ function accessRow(entry) {
   const parameters = (line.parameters || []).map(([name, value]) => `${name}=${value}`).join(" ");
   const tr = row([
     entry.time, line.principal || "anyone", line.action, `${line.method} ${line.path}`,
-    parameters, line.status, line.rows, line.bytes, line.masked ? "yes" : "no",
+    // A count serves no rows: what it counted is said instead.
+    parameters, line.status, line.counted === undefined ? line.rows : `${line.counted} counted`,
+    line.bytes, line.masked ? "yes" : "no",
   ]);
   tr.className = "row";
   tr.dataset.id = entry.id;
