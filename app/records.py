@@ -388,5 +388,22 @@ class ExportWatermark(Row, frozen=True):
     exported_at: Annotated[Micros, _doc("When the exporter said so")]
 
 
+class AccessRow(Row, frozen=True):
+    """A line of the access record (`app.store.access.AccessLine`) as a row of
+    `access_record`, in BigQuery and in the serving tier's Spanner alike: the line
+    whole, as logged, and the few fields a read of the record filters on beside it."""
+
+    time: Annotated[Micros, _doc("When the request ended")]
+    id: Annotated[str, _doc("The line's id, its instance's own then a counter: with time, its key")]
+    action: Annotated[str, _doc("What was asked: read, export, replay or pass")]
+    principal: Annotated[str | None, _doc("Who asked, as the line names them; null for no one")]
+    status: Annotated[int, _doc("The answer's HTTP status")]
+    entry: Annotated[str, _doc("The line as logged, a JSON object, its text as written")]
+
+
 # Tables BigQuery holds besides the messages' own.
-BIGQUERY_TABLES: dict[str, type[Row]] = {**TABLES, "export_watermarks": ExportWatermark}
+BIGQUERY_TABLES: dict[str, type[Row]] = {
+    **TABLES,
+    "export_watermarks": ExportWatermark,
+    "access_record": AccessRow,
+}

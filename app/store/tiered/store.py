@@ -34,6 +34,7 @@ from app.store import (
     RowOutcome,
     row_bytes,
 )
+from app.store.access import AccessLine, AccessQuery
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import differing
 from app.store.filters import RowFilter
@@ -318,6 +319,19 @@ class TieredStore:
         log.warning("message %s: %s", row.message_id, reason)
         outcomes[first] = reason
         return await self._commit([rejected_record(row, reason)], outcomes, first, deadline)
+
+    # -- the access record -------------------------------------------------------
+
+    async def keep_access(self, lines: Sequence[AccessLine]) -> None:
+        """Keep the lines in Spanner, the system's own database, within the write
+        deadline (`app.store.spanner.access`)."""
+        if lines:
+            self._ready()
+            await self.serving.access.keep(lines, within=self._write_deadline)
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        self._ready()
+        return await self.serving.access.page(query)
 
     # -- reading ---------------------------------------------------------------
 
