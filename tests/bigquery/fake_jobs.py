@@ -33,7 +33,7 @@ import hcl2
 import pyarrow as pa
 import sqlglot
 
-from app.records import TABLES, Kind, columns
+from app.records import BIGQUERY_TABLES, Kind, columns
 from tests.bigquery.billing import (
     Bill,
     BillingModel,
@@ -147,6 +147,9 @@ _TABLES = re.compile(
 # A column of a table the fake was asked to create, as the billing model sizes it.
 _KINDS = {"STRING": Kind.STRING, "INT64": Kind.INT64, "INTEGER": Kind.INT64, "BYTES": Kind.BYTES}
 _KINDS |= {"TIMESTAMP": Kind.TIMESTAMP, "JSON": Kind.JSON}
+# The tables Terraform creates with the columns of a row of app/records.py: every one
+# the service queries, partitioned and clustered as bigquery.tf lays it out.
+TABLES = BIGQUERY_TABLES
 # The row's place in its table, in the copy a DML statement runs on.
 _ROW = "__row"
 

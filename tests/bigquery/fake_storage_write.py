@@ -915,7 +915,7 @@ async def _serve(args: argparse.Namespace) -> None:
         project, dataset = args.jobs.split("/")
         # The tables as Terraform creates them, so `tables.get` finds them.
         schemas = Path(__file__).resolve().parents[2] / "infra/terraform/modules/system/schemas"
-        for table in ("records", "rejected", "export_watermarks"):
+        for table in ("records", "rejected", "export_watermarks", "access_record"):
             path = f"projects/{project}/datasets/{dataset}/tables/{table}"
             fake.define(path, json.loads((schemas / f"{table}.json").read_text()))
         jobs = FakeBigQueryJobs(fake, project=project, dataset=dataset)

@@ -237,6 +237,42 @@ WHERE j.message_id IN UNNEST(@message_ids)
 """.strip()
 
 
+def access_page_sql(
+    access: str, *, before: bool = False, action: bool = False, principal: bool = False
+) -> str:
+    # One scan of [since, until) (less what the cursor passed): constant bounds on
+    # `time`, the partition and clustering column, so only the days and blocks of
+    # that range are read. The `_default` stream may hold a line twice (a batch sent
+    # again after its answer was lost): one row per (time, id) is read. The filters
+    # given (`before`, `action`, `principal`) are the query's conditions; each value
+    # a named parameter.
+    conditions = [
+        "a.`time` >= TIMESTAMP_MICROS(@since)",
+        "a.`time` < TIMESTAMP_MICROS(@until)",
+    ]
+    if before:
+        conditions += [
+            "a.`time` <= TIMESTAMP_MICROS(@before_time)",
+            "(a.`time` < TIMESTAMP_MICROS(@before_time) OR a.id < @before_id)",
+        ]
+    if action:
+        conditions.append("a.action = @action")
+    if principal:
+        conditions.append("a.principal = @principal")
+    where = "\n    AND ".join(conditions)
+    return f"""
+SELECT UNIX_MICROS(c.`time`) AS `time`, c.id, c.action, c.principal, c.status, c.entry
+FROM (
+  SELECT a.*, ROW_NUMBER() OVER (PARTITION BY a.`time`, a.id) AS copy
+  FROM {access} AS a
+  WHERE {where}
+) AS c
+WHERE c.copy = 1
+ORDER BY c.`time` DESC, c.id DESC
+LIMIT @limit
+""".strip()
+
+
 # The readiness probe: it references no table, so BigQuery bills it nothing.
 CHECK_SQL: Final = "SELECT 1"
 
@@ -247,6 +283,7 @@ class Statements(NamedTuple):
 
     records_table: str
     rejected_table: str
+    access_table: str
     page: str
     earlier_copies: str
     first_row: str
@@ -267,6 +304,7 @@ class Statements(NamedTuple):
         return cls(
             records_table=records,
             rejected_table=rejected,
+            access_table=table("access_record"),
             page=page_sql(records),
             earlier_copies=earlier_copies_sql(records),
             first_row=first_row_sql(records),

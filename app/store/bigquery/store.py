@@ -28,9 +28,10 @@ from google.cloud.bigquery_storage_v1.services.big_query_write.transports import
     BigQueryWriteGrpcAsyncIOTransport,
 )
 
-from app.errors import StoreUnavailable
+from app.errors import StoreUnavailable, WriteTimeout
 from app.records import (
     MAX_MICROS,
+    AccessRow,
     ExportWatermark,
     Record,
     Rejection,
@@ -47,6 +48,7 @@ from app.store import (
     R,
     RowOutcome,
 )
+from app.store.access import AccessLine, AccessQuery
 from app.store.bigquery.backfill import Backfill, Backfilled
 from app.store.bigquery.cache import ReadCache
 from app.store.bigquery.layout import NO_COPIES, Copies, TableLayout
@@ -54,7 +56,7 @@ from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
 from app.store.bigquery.schema import created_schema
-from app.store.bigquery.sql import CHECK_SQL, Statements
+from app.store.bigquery.sql import CHECK_SQL, Statements, access_page_sql
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 from app.store.bigquery.stream import OffsetStream
 from app.store.bigquery.typed import (
@@ -148,6 +150,7 @@ class BigQueryStore:
         self._cache = ReadCache(options.read_cache_seconds)
         self._records_encoder = RowEncoder(Record)
         self._rejected_encoder = RowEncoder(Rejection)
+        self._access_encoder = RowEncoder(AccessRow)
         # How `records` is laid out, read from the table at start (`layout.py`): the
         # copies every row of it carries, and whether its partitions follow ingest_time.
         # Records are written only once it is known.
@@ -170,6 +173,9 @@ class BigQueryStore:
         self._write_client: BigQueryWriteAsyncClient | None = None
         self._records: StorageWriter | None = None
         self._rejected: StorageWriter | None = None
+        # The access record's writer (`access_record`'s _default stream): not among the
+        # writers readiness asks about, since no push waits for it.
+        self._access: StorageWriter | None = None
         # Typed columns (`typed.py`): where each revision's fields are learned,
         # the table's typed fields, and the writer of rows that carry them, for
         # the fields it was opened with. Writers replaced by a wider one close
@@ -216,6 +222,13 @@ class BigQueryStore:
             loops=self._loops,
         )
         await self._rejected.start()
+        self._access = StorageWriter(
+            self._write_client,
+            self._table_path("access_record"),
+            self._access_encoder.descriptor,
+            loops=self._loops,
+        )
+        await self._access.start()
         try:
             await self._learn_layout()
         except (GoogleAPIError, OSError, TimeoutError) as exc:
@@ -361,10 +374,10 @@ class BigQueryStore:
 
     async def close(self) -> None:
         typed = self._typed_stream
-        for writer in (self._records, self._rejected, typed):
+        for writer in (self._records, self._rejected, typed, self._access):
             if writer is not None:
                 await writer.close()
-        self._records = self._rejected = self._typed_writer = None
+        self._records = self._rejected = self._typed_writer = self._access = None
         for retired, _ in self._retired:
             await retired.close()
         self._retired.clear()
@@ -679,6 +692,57 @@ class BigQueryStore:
             "before": before,
         }
         return message_states(await self._queries.run(self._sql.seen, params, tables=2))
+
+    # The access record
+
+    async def keep_access(self, lines: Sequence[AccessLine]) -> None:
+        """Append the lines to `access_record` within the write deadline: at least
+        once (a batch sent again after its answer was lost is there twice, and read
+        once), StoreUnavailable if BigQuery did not take them."""
+        if not lines:
+            return
+        if self._access is None:
+            raise StoreUnavailable("the BigQuery store is not started")
+        deadline = asyncio.get_running_loop().time() + self._write_deadline
+        encode = self._access_encoder.encode
+        rows = [encode(AccessRow(**msgspec.structs.asdict(line))) for line in lines]
+        try:
+            answered = await self._access.append(rows, deadline)
+        except WriteTimeout as exc:
+            # Some may be stored all the same: kept again, they are read once.
+            raise StoreUnavailable(f"access_record: {exc}") from exc
+        refused = [reason for reason in answered if reason is not None]
+        if refused:
+            raise StoreUnavailable(f"access_record refused {len(refused)} lines: {refused[0]}")
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        """One query of `access_record` (`sql.access_page_sql`), billed and capped as a
+        page's; not cached, so that a line kept is read at once."""
+        if query.limit <= 0 or query.since >= query.until:
+            return []
+        params: dict[str, QueryValue] = {
+            "since": query.since,
+            "until": query.until,
+            "limit": query.limit,
+        }
+        if query.before is not None:
+            params["before_time"], params["before_id"] = query.before
+        if query.action is not None:
+            params["action"] = query.action
+        if query.principal is not None:
+            params["principal"] = query.principal
+        sql = access_page_sql(
+            self._sql.access_table,
+            before=query.before is not None,
+            action=query.action is not None,
+            principal=query.principal is not None,
+        )
+        return [
+            AccessLine(
+                time=time, id=id_, action=action, principal=principal, status=status, entry=entry
+            )
+            for time, id_, action, principal, status, entry in await self._queries.run(sql, params)
+        ]
 
 
 class WatermarkWriter:

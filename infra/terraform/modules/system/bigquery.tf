@@ -141,6 +141,35 @@ resource "google_bigquery_table" "export_watermarks" {
   }
 }
 
+# The access record (docs/security.md#who-read-what): a row per line of the
+# `recordline.access` log, appended by each instance through the table's _default stream
+# every few seconds, read back newest first by `GET /v1/access` and the console's Access
+# page (app/store/bigquery/store.py). Generated from app/records.py (AccessRow).
+#
+# A few lines a second at most, a few hundred bytes each: partitioned by day on `time`
+# and clustered on it, so a page bills the days its bounds reach, no more (BigQuery's
+# 10 MB minimum for a page of a day or a week). Its partitions expire with the records'.
+resource "google_bigquery_table" "access_record" {
+  #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
+  project             = var.project_id
+  dataset_id          = google_bigquery_dataset.recordline.dataset_id
+  table_id            = "access_record"
+  description         = "Who read, exported, replayed or was refused what: a row per line of the recordline.access log, at least once (take one row per time and id)."
+  schema              = file("${path.module}/schemas/access_record.json")
+  deletion_protection = true
+
+  time_partitioning {
+    type          = "DAY"
+    field         = "time"
+    expiration_ms = local.partition_expiration_ms
+  }
+  clustering = ["time"]
+
+  lifecycle {
+    prevent_destroy = true
+  }
+}
+
 # records_unique(since, until), for analysts (README, "BigQuery"): the first copy of each
 # message among the records with an ingest_time in [since, until), the copies the
 # service's own reads leave out left out too (sql/records_unique.sql.tftpl), and a
