@@ -74,6 +74,7 @@ SYSTEM_RULES: dict[str, SystemRule] = {
     "google_bigquery_job.search_index": lambda c: 2,
     "google_bigquery_routine.records_unique": lambda c: 1,
     "google_bigquery_routine.records_latest": lambda c: 1,
+    "google_bigquery_table.access_record": lambda c: 1,
     "google_bigquery_table.dead_letters": lambda c: 1,
     "google_bigquery_table.export_watermarks": lambda c: 1,
     "google_bigquery_table.records": lambda c: 1,

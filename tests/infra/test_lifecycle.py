@@ -136,7 +136,7 @@ def test_everything_that_holds_messages_or_rows_is_never_destroyed_by_a_plan() -
         if rtype in HOLDING_DATA
         for name, body in named.items()
     }
-    assert len(found) == 12, sorted(found)
+    assert len(found) == 13, sorted(found)
     unprotected = [
         address
         for address, body in found.items()

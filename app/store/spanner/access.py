@@ -46,9 +46,7 @@ def page_sql(query: AccessQuery) -> str:
     `since`, in key order, each filter checked on the rows of that range."""
     conditions = ["`time` >= @since", "`time` < @until"]
     if query.before is not None:
-        conditions.append(
-            "`time` <= @before_time AND (`time` < @before_time OR id < @before_id)"
-        )
+        conditions.append("`time` <= @before_time AND (`time` < @before_time OR id < @before_id)")
     if query.action is not None:
         conditions.append("action = @action")
     if query.principal is not None:
