@@ -212,6 +212,13 @@ LOGGED_SHARE_OF_LONG_POLLS = 0.0
 # minute from each ingest instance its polls reach). Exports, replays and refusals are
 # few beside them. Kept in the _Default bucket with the request logs.
 ACCESS_LINE_BYTES = 1024
+# The same lines kept in each system's own store (app/store/access.py), 400 days
+# (ACCESS_RETENTION_DAYS): a line's JSON as the store keeps it, some 200 to 300 bytes
+# (a follower's summed line, an export's, a filtered read's, measured on DuckDB), its key
+# and columns beside it: 400 bytes; in the system's BigQuery dataset, with a serving
+# tier or without one (billed whole, active: the free 10 GiB left to the rows).
+ACCESS_KEPT_LINE_BYTES = 400
+ACCESS_KEPT_MONTHS = 400 / 30.4
 # An image, compressed, as the registry stores it (Python, the service's dependencies):
 # an estimate, about 200 MiB.
 IMAGE_BYTES = 200 * MIB
@@ -664,9 +671,12 @@ ROWS = (
     ("Cloud Run: the cells' exporter pools", "https://cloud.google.com/run/pricing"),
     ("Pub/Sub throughput (published and pushed)", "https://cloud.google.com/pubsub/pricing"),
     ("BigQuery Storage Write API", "https://cloud.google.com/bigquery/pricing"),
-    ("BigQuery storage, twelfth month (rows kept)", "https://cloud.google.com/bigquery/pricing"),
     (
-        "BigQuery storage, twenty-fourth month (rows kept)",
+        "BigQuery storage, twelfth month (rows kept, the access record)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
+    (
+        "BigQuery storage, twenty-fourth month (rows kept, the access record)",
         "https://cloud.google.com/bigquery/pricing",
     ),
     (
@@ -736,6 +746,15 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     rows_a_system = rate * SECONDS_A_MONTH
     items: dict[str, float] = {}
 
+    # The access record's lines a month (docs/security.md#who-read-what): a follower's a
+    # minute, from each ingest instance its polls reach where there is a serving tier.
+    access_lines = sum(
+        size
+        * FOLLOWERS_A_SYSTEM
+        * MINUTES_A_MONTH
+        * (max(1, ingest_instances(c)) if serving else 1)
+        for c, size in zip(cells, sizes, strict=True)
+    )
     items[ROWS[0][0]] = sum(c["units"] / 1000 * SPANNER_NODE_HOUR * HOURS_A_MONTH for c in cells)
     items[ROWS[1][0]] = sum(c["stored"] / GIB * SPANNER_GB_MONTH for c in cells)
     items[ROWS[2][0]] = sum(ingest_month(c, bool(c["instance_based"])) for c in cells)
@@ -772,6 +791,8 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     items[ROWS[5][0]] = max(0.0, row_bytes - STORAGE_WRITE_FREE) / GIB * STORAGE_WRITE_GIB
     for months, name in MONTH_ROWS.items():
         items[name] = _kept_storage(row_bytes, months, int(base["retention_days"]))
+        kept = access_lines * ACCESS_KEPT_LINE_BYTES * min(months, ACCESS_KEPT_MONTHS)
+        items[name] += kept / PHYSICAL_RATIO / GIB * BIGQUERY_ACTIVE_GIB_MONTH
 
     # Queries: without a serving tier every follower's read is one, billed at least
     # 10 MiB; reads past the serving tier's retention a day of rows each; a monthly
@@ -827,13 +848,7 @@ def month(systems: int, shape: Shape | None = None) -> dict[str, float]:
     )
     read_share = LOGGED_SHARE_OF_LONG_POLLS if serving else LOGGED_SHARE_OF_READS
     logged = (pushes * LOGGED_SHARE_OF_PUSHES + reads * read_share) * LOG_ENTRY_BYTES
-    access = ACCESS_LINE_BYTES * sum(
-        size
-        * FOLLOWERS_A_SYSTEM
-        * MINUTES_A_MONTH
-        * (max(1, ingest_instances(c)) if serving else 1)
-        for c, size in zip(cells, sizes, strict=True)
-    )
+    access = ACCESS_LINE_BYTES * access_lines
     items[ROWS[14][0]] = max(0.0, logged + access - LOGGING_FREE) / GIB * LOGGING_GIB
 
     items[ROWS[15][0]] = max(0, systems - SCHEDULER_FREE) * SCHEDULER_JOB

@@ -21,6 +21,7 @@ from app.errors import StoreUnavailable
 from app.http.head import Recordline
 from app.query.access import MOST_WAITING_BYTES, AccessKeeper
 from app.store.access import AccessLine, AccessQuery, page_of
+from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import PUSHER, FakeGoogle
 from tests.auth.test_export_permission import ANALYST, EXPORTER, OPERATOR, token
 from tests.auth.test_export_permission import settings as exporting
@@ -228,3 +229,31 @@ async def test_a_store_refusing_the_lines_keeps_them_waiting_bounded_and_said() 
         assert not any("waiting" in said for said in keeper.warnings())
     finally:
         task.cancel()
+
+
+@pytest.mark.parametrize("retention_days", [0, 30])
+async def test_the_embedded_store_keeps_a_line_400_days_whatever_the_rows_retention(
+    retention_days: int,
+) -> None:
+    now = 1_790_000_000_000_000_000
+    store = DuckDBStore(":memory:", retention_days=retention_days, clock=lambda: now)
+    await store.start()
+    try:
+        day = 86_400_000_000
+
+        def line(days_ago: int) -> AccessLine:
+            return AccessLine(
+                time=now // 1000 - days_ago * day,
+                id=f"i-{days_ago}",
+                action="read",
+                principal=None,
+                status=200,
+                entry="{}",
+            )
+
+        await store.keep_access([line(401), line(399), line(31), line(1)])
+        await store.expire()
+        kept = await store.access_page(AccessQuery(since=0, until=now // 1000, limit=10))
+        assert [k.id for k in kept] == ["i-1", "i-31", "i-399"]
+    finally:
+        await store.close()

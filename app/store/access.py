@@ -5,7 +5,7 @@ for operators to read back newest first (`GET /v1/access`, the console's Access 
 A line is kept whole, as logged (its JSON never holds a masked value), with the few
 fields a read filters on beside it. A line is keyed by an id its instance made, so a
 line written twice (a write retried after its answer was lost) reads once. Lines are
-kept as long as the store keeps rows (`retention_days`).
+kept ACCESS_RETENTION_DAYS, whatever the rows' retention.
 
 Design: docs/security.md#who-read-what
 """
@@ -19,6 +19,9 @@ import msgspec
 
 # A page of the access record holds at most so many lines.
 MOST_LINES: Final = 500
+# How long every store keeps a line: an audit record's year and a month (Cloud Audit
+# Logs keep admin activity as long), whatever the store keeps of its rows.
+ACCESS_RETENTION_DAYS: Final = 400
 
 
 class AccessLine(msgspec.Struct, frozen=True, kw_only=True):

@@ -297,9 +297,9 @@ def test_terraform_applies_the_statements_the_service_checks() -> None:
     for window in (86_400.0, QuerySettings().dedupe_window_seconds, 14 * 86_400.0):
         days = ddl_text(window).split("INTERVAL ")[1].split(" ")[0]
         assert ddl_template().replace(RETENTION_PLACEHOLDER, days) == ddl_text(window)
-    # records, rejected, the ledger of producer sequences (its epochs not heard of,
-    # and the messages held under its sequences), and the access record.
-    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 5
+    # records, rejected, and the ledger of producer sequences (its epochs not heard of,
+    # and the messages held under its sequences).
+    assert ddl_text(86_400.0).count("INTERVAL 3 DAY") == 4
 
 
 async def test_a_database_with_another_schema_is_refused_at_start_naming_the_differences(

@@ -16,6 +16,7 @@ import duckdb
 
 from app.errors import StoreUnavailable
 from app.records import DAY_MICROS
+from app.store.access import ACCESS_RETENTION_DAYS
 from app.store.duckdb import access
 from app.store.duckdb import producers as book
 
@@ -55,10 +56,19 @@ class Retention:
     every: float = EXPIRE_EVERY_SECONDS
 
     async def expire(self) -> int:
-        """Delete records and rejections older than the retention; how many rows went."""
+        """Delete records and rejections older than the retention, and the access
+        record's lines older than its own; how many rows went."""
+        now = self.clock() // 1000
+        lines_before = now - ACCESS_RETENTION_DAYS * DAY_MICROS
         if not self.days:
+
+            def lines() -> Expired:
+                self._expire_lines(lines_before)
+                return 0, []
+
+            await self.write(lines)
             return 0
-        before = self.clock() // 1000 - self.days * DAY_MICROS
+        before = now - self.days * DAY_MICROS
 
         def delete() -> Expired:
             con = self.connection()
@@ -67,8 +77,7 @@ class Retention:
                 row = con.execute(statement, {"before": before}).fetchone()
                 deleted += row[0] if row else 0
             con.execute(_EXPIRE_TYPED_SQL)
-            # The access record is kept as long as the rows it tells of.
-            con.execute(access.EXPIRE, {"before": before})
+            self._expire_lines(lines_before)
             return deleted, book.expire(con, before)
 
         deleted, idle = await self.write(delete)
@@ -78,6 +87,9 @@ class Retention:
         if deleted:
             log.info("deleted %d rows older than the %d-day retention", deleted, self.days)
         return deleted
+
+    def _expire_lines(self, before: int) -> None:
+        self.connection().execute(access.EXPIRE, {"before": before})
 
     async def forever(self) -> None:
         """Expire every `every` seconds; a round that fails is logged, the next tries again."""

@@ -155,10 +155,10 @@ class DuckDBStore:
         await self._loops.start()
         self._applier.start(self._loops)
         retention = self._retention
-        if retention.days:
-            # Once now, for a store that was closed longer than the interval.
-            await retention.expire()
-            self._loops.run("expirer", retention.forever, interval=retention.every)
+        # Once now, for a store that was closed longer than the interval; the access
+        # record's lines expire whatever the rows' retention.
+        await retention.expire()
+        self._loops.run("expirer", retention.forever, interval=retention.every)
 
     async def close(self) -> None:
         applier = self._applier

@@ -15,8 +15,8 @@ import math
 import zlib
 from typing import Final, NamedTuple
 
-from app.records import DAY_MICROS, TABLES, AccessRow, Column, Kind, columns
-from app.store.spanner import access, producers
+from app.records import DAY_MICROS, TABLES, Column, Kind, columns
+from app.store.spanner import producers
 from app.store.spanner.ledger import DECISION_COLUMNS, UPDATED, progress_columns
 
 # Ranges each table's writes and time index are spread over. Spanner splits a
@@ -99,13 +99,6 @@ EXPORT_COLUMNS: Final = {
 }
 
 
-# The access record's columns, as app/records.py declares its row (its statement is
-# MIGRATIONS'): column, type and nullable.
-ACCESS_COLUMNS: Final = {
-    access.TABLE: [(c.name, _TYPES[c.kind], c.nullable) for c in columns(AccessRow)],
-}
-
-
 def expected_columns() -> list[ExpectedColumn]:
     """Every column the service reads or writes, as INFORMATION_SCHEMA names it."""
     out = []
@@ -118,8 +111,6 @@ def expected_columns() -> list[ExpectedColumn]:
         out += [ExpectedColumn(table, *column) for column in export_columns]
     for table, ledger_columns in producers.COLUMNS.items():
         out += [ExpectedColumn(table, *column) for column in ledger_columns]
-    for table, access_columns in ACCESS_COLUMNS.items():
-        out += [ExpectedColumn(table, *column) for column in access_columns]
     return out
 
 
@@ -312,17 +303,6 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     "  `updated` TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),\n"
     ") PRIMARY KEY (hour, shard),\n"
     "  ROW DELETION POLICY (OLDER_THAN(updated, INTERVAL 8 DAY))",
-    # The access record: who read, exported, replayed or was refused what, newest first
-    # by its key, kept as long as the rows (app/store/spanner/access.py).
-    "CREATE TABLE access_record (\n"
-    "  `time` TIMESTAMP NOT NULL,\n"
-    "  `id` STRING(MAX) NOT NULL,\n"
-    "  `action` STRING(MAX) NOT NULL,\n"
-    "  `principal` STRING(MAX),\n"
-    "  `status` INT64 NOT NULL,\n"
-    "  `entry` STRING(MAX) NOT NULL,\n"
-    ") PRIMARY KEY (`time` DESC, id DESC),\n"
-    "  ROW DELETION POLICY (OLDER_THAN(`time`, INTERVAL ${retention_days} DAY))",
 )
 
 

@@ -49,7 +49,6 @@ from app.store.copies import message_states
 from app.store.filters import RowFilter
 from app.store.producers import ProducerSequence, message_digest, sequence_of
 from app.store.spanner import producers as book
-from app.store.spanner.access import SpannerAccess
 from app.store.spanner.calls import (
     CALL_SECONDS,
     COMMIT_DELAY,
@@ -355,8 +354,6 @@ class SpannerServing:
         self.reading_commits = 0
         # The ledger of producer sequences, as readers ask it (their reads counted).
         self.completeness = SpannerCompleteness(self._calls, self._count_reads)
-        # The access record, kept beside the rows (its reads counted).
-        self.access = SpannerAccess(self._calls, self._count_reads)
         self._page_sql = {table: _page_sql(table, row) for table, row in TABLES.items()}
 
     # -- life cycle ------------------------------------------------------------

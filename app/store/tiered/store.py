@@ -323,15 +323,13 @@ class TieredStore:
     # -- the access record -------------------------------------------------------
 
     async def keep_access(self, lines: Sequence[AccessLine]) -> None:
-        """Keep the lines in Spanner, the system's own database, within the write
-        deadline (`app.store.spanner.access`)."""
-        if lines:
-            self._ready()
-            await self.serving.access.keep(lines, within=self._write_deadline)
+        """Keep the lines in BigQuery beside the exported rows (`access_record`), as
+        BigQuery alone keeps them: an audit record kept 400 days costs there a
+        thirtieth of what Spanner's storage would (docs/stores.md#serving-access)."""
+        await self.analytics.keep_access(lines)
 
     async def access_page(self, query: AccessQuery) -> list[AccessLine]:
-        self._ready()
-        return await self.serving.access.page(query)
+        return await self.analytics.access_page(query)
 
     # -- reading ---------------------------------------------------------------
 

@@ -148,7 +148,9 @@ resource "google_bigquery_table" "export_watermarks" {
 #
 # A few lines a second at most, a few hundred bytes each: partitioned by day on `time`
 # and clustered on it, so a page bills the days its bounds reach, no more (BigQuery's
-# 10 MB minimum for a page of a day or a week). Its partitions expire with the records'.
+# 10 MB minimum for a page of a day or a week). Its partitions expire after 400 days
+# whatever the records' retention (app.store.access.ACCESS_RETENTION_DAYS): an audit
+# record's year and a month.
 resource "google_bigquery_table" "access_record" {
   #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
   project             = var.project_id
@@ -161,7 +163,7 @@ resource "google_bigquery_table" "access_record" {
   time_partitioning {
     type          = "DAY"
     field         = "time"
-    expiration_ms = local.partition_expiration_ms
+    expiration_ms = 400 * 24 * 60 * 60 * 1000
   }
   clustering = ["time"]
 
