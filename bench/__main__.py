@@ -2,7 +2,8 @@
 
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
-      typedingest | exporter | calls | producers | cell | storage | latest | durable.
+      typedingest | exporter | calls | producers | cell | storage | latest | durable |
+      access.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -35,6 +36,7 @@ NAMES = (
     "storage",
     "latest",
     "durable",
+    "access",
 )
 
 

@@ -36,6 +36,7 @@ BENCHES = [
     ("bqcost --rates 100 --days 1 --repeat 1", "follower-day at 100 msg/s", None),
     ("bqcost --layouts --rate 1", "read API on event time", None),
     ("storage --rows 2000", "logical / compressed", None),
+    ("access --seconds 2", "ratio to the model's ACCESS_KEPT_LINE_BYTES", None),
     ("latest --ids 20", "answers that differ: 0", "emulator"),
     ("cost --rates 100 --followers 1 --seconds 0.5", "A month, at list prices", "emulator"),
     ("writer --producers 10 --seconds 0.5", "added latency", None),

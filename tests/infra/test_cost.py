@@ -539,3 +539,15 @@ def test_bigquery_storage_is_billed_compressed_at_what_bench_storage_measures() 
     # Physical prices are 2.2 times the logical ones: compressed more than that, cheaper.
     assert pytest.approx(2.2) == cost.BIGQUERY_ACTIVE_GIB_MONTH / 0.02
     assert cost.PHYSICAL_RATIO > 2.2
+
+
+def test_the_access_record_is_priced_at_the_lines_bench_access_keeps() -> None:
+    # Each kind of line the service keeps (a follower's sums, a filtered page, an export,
+    # a refusal, callers named by service accounts' e-mails) fits the bytes the model
+    # prices a kept line at, and every kind was kept.
+    from bench.access import measure
+
+    found = measure(2.0)
+    assert all(found["kinds"].values()), found["kinds"]
+    assert found["ratio"] <= 1.0
+    assert fleet_cost().ACCESS_KEPT_LINE_BYTES >= found["most"]
