@@ -7,9 +7,9 @@ operators' guards (`create_app`): the record names every reader.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Final
 
-from litestar import get
+from litestar import Request, get
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 
@@ -23,12 +23,15 @@ from app.errors import (
 from app.problems import problem_responses
 from app.query.access import DEFAULT_LINES, AccessPage, AccessReads
 from app.query.page_token import MAX_TOKEN_LENGTH
-from app.routes.query import time_of, time_parameter
+from app.routes.query import refuse_unknown, time_of, time_parameter
 from app.store.access import MOST_LINES
 
 ACTIONS = ("read", "export", "replay", "pass")
 # A principal is an e-mail or the service's words for who: never longer than this.
 MOST_PRINCIPAL_CHARACTERS = 320
+# What the route takes, each once: a filter misspelt, or given twice (the framework would
+# take one and drop the other), would read lines that filter was meant to leave out.
+PARAMETERS: Final = frozenset({"since", "until", "action", "principal", "limit", "page_token"})
 
 
 @get(
@@ -47,6 +50,7 @@ MOST_PRINCIPAL_CHARACTERS = 320
     ),
 )
 async def access_record(
+    request: Request[Any, Any, Any],
     access_reads: NamedDependency[AccessReads],
     since: Annotated[str | None, time_parameter("Lines of requests ended at or after it")] = None,
     until: Annotated[
@@ -72,6 +76,7 @@ async def access_record(
         Parameter(max_length=MAX_TOKEN_LENGTH, description="From the previous page"),
     ] = None,
 ) -> AccessPage:
+    refuse_unknown(request, PARAMETERS)
     return await access_reads.page(
         since=time_of("since", since),
         until=time_of("until", until),

@@ -409,9 +409,11 @@ def time_of(name: str, value: str | None, now: datetime | None = None) -> dateti
         raise BadParameter(name, str(exc)) from None
 
 
-def _refuse_unknown(
+def refuse_unknown(
     request: Request[Any, Any, Any], known: frozenset[str] = _PAGE_PARAMETERS
 ) -> None:
+    """BadParameter for a parameter `known` does not hold (a misspelt filter would
+    otherwise read as none), or one given twice that is not REPEATABLE."""
     params = request.query_params
     unknown = sorted(set(params) - known)
     if unknown:
@@ -451,7 +453,7 @@ async def _paged(
     """One page of either list, its parameters checked the same way; or, asked for
     `text/event-stream`, the pages as they come (`app.routes.follow`)."""
     reader, followers = paging.reader, paging.followers
-    _refuse_unknown(request)
+    refuse_unknown(request)
     start, end = time_of("since", since), time_of("until", until)
     keep = asked.of(listing)
     chosen = selected(listing, select, reader)
@@ -607,7 +609,7 @@ async def _counted(
     """How many rows of either list a filter keeps per bucket, its parameters checked as
     a page's are: an age (`since=1h`) is read from the same moment `until` defaults to,
     so that an hour in 60 buckets is 60 buckets of a minute."""
-    _refuse_unknown(request, _COUNT_PARAMETERS)
+    refuse_unknown(request, _COUNT_PARAMETERS)
     now = datetime.now(UTC)
     start, end = time_of("since", since, now), time_of("until", until, now)
     if start is None:  # a required parameter: never absent here
