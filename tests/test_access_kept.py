@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter
@@ -298,3 +299,36 @@ async def test_the_embedded_store_keeps_a_batch_in_one_statement_not_one_a_line(
         assert kept[0] == batches[-1][-1]
     finally:
         await store.close()
+
+
+def test_what_waits_is_bounded_by_what_the_process_holds_of_it() -> None:
+    # Filled to its bound by a flood of refusals (each the smallest of lines), the keeper
+    # holds about what it counts: not the log's entries, several times their JSON.
+    most = 1024 * 1024
+    keeper = AccessKeeper(Refusing(), most_bytes=most)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        n = 0
+        while not keeper.dropped:
+            keeper.add(
+                {
+                    "action": "read",
+                    "system": "orders",
+                    "principal": None,
+                    "method": "GET",
+                    "path": f"/v1/records/{n}",
+                    "parameters": [["limit", str(n)]],
+                    "status": 401,
+                    "rows": 0,
+                    "bytes": 98,
+                    "masked": False,
+                    "seconds": n / 1e6,
+                }
+            )
+            n += 1
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert keeper.waiting > 1000
+    assert held <= most * 1.1, f"{held:,} bytes held for a bound of {most:,}"

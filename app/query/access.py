@@ -41,10 +41,16 @@ log = logging.getLogger(__name__)
 BATCH_LINES: Final = 500
 KEEP_EVERY_SECONDS: Final = 2.0
 KEEP_SECONDS: Final = 10.0
-# What may wait for the store, in bytes of the lines' JSON: a few minutes of a busy
-# system's lines (some 300 bytes each), nothing beside a page's bytes. A process's: a
-# cell's systems share it (ACCESS_SHARE_LEAST_BYTES each at least).
+# What may wait for the store, in bytes the process holds for the lines (their JSON and
+# HELD_PER_LINE each): a few minutes of a busy system's lines (some 300 bytes of JSON
+# each), nothing beside a page's bytes. A process's: a cell's systems share it
+# (ACCESS_SHARE_LEAST_BYTES each at least).
 MOST_WAITING_BYTES: Final = 4 * 1024 * 1024
+# What a line waiting holds besides its JSON (its place in line, its time, its number,
+# the three fields a read filters on, a principal of its own), counted with it: the
+# bound is what the process holds, not a fraction of it (the log's entry it was made
+# of, several times its JSON, is not held).
+HELD_PER_LINE: Final = 320
 ACCESS_SHARE_LEAST_BYTES: Final = 64 * 1024
 # A line waiting longer than this says the record is behind (`/readyz`'s warning).
 LATE_SECONDS: Final = 60.0
@@ -74,10 +80,11 @@ class AccessKeeper:
         self._clock = clock
         # Lines made here are told apart from every other instance's by this.
         self._instance = os.urandom(6).hex()
-        self._numbers = itertools.count()
-        # Each line waiting: when its request ended (ns), its JSON, the log's entry, and
-        # the line as the store keeps it once a write made it.
-        self._waiting: deque[list[Any]] = deque()
+        self._numbered = 0
+        # Each line waiting: when its request ended (ns), its number, its JSON, and the
+        # fields a read filters on (action, principal, status); not the log's entry, whose
+        # objects hold several times its JSON.
+        self._waiting: deque[tuple[int, int, bytes, str, str | None, int]] = deque()
         self._bytes = 0
         self.dropped = 0
         self.kept = 0
@@ -94,12 +101,22 @@ class AccessKeeper:
         """Keep `entry`, a line of the access log, once the loop writes it (its JSON
         made here, the rest of the line there: every read answered rows calls this)."""
         text = _encode(entry)
-        size = len(text)
+        size = len(text) + HELD_PER_LINE
         if self._bytes + size > self._most:
             self._drop()
             return
         self._bytes += size
-        self._waiting.append([self._clock(), text, entry, None])
+        self._numbered += 1
+        self._waiting.append(
+            (
+                self._clock(),
+                self._numbered,
+                text,
+                entry["action"],
+                entry["principal"],
+                entry["status"],
+            )
+        )
         if len(self._waiting) >= BATCH_LINES:
             self._full.set()
 
@@ -112,21 +129,18 @@ class AccessKeeper:
                 self.dropped,
             )
 
-    def _line(self, waiting: list[Any]) -> AccessLine:
-        """A line waiting as the store keeps it, made once: a write tried again sends
-        the same lines, ids and all."""
-        line: AccessLine | None = waiting[3]
-        if line is None:
-            nanos, text, entry, _ = waiting
-            line = waiting[3] = AccessLine(
-                time=nanos // 1000,
-                id=f"{self._instance}-{next(self._numbers):012d}",
-                action=str(entry.get("action", "")),
-                principal=entry.get("principal"),
-                status=int(entry.get("status", 0)),
-                entry=text.decode(),
-            )
-        return line
+    def _line(self, waiting: tuple[int, int, bytes, str, str | None, int]) -> AccessLine:
+        """A line waiting as the store keeps it: a write tried again sends the same
+        lines, ids and all."""
+        nanos, number, text, action, principal, status = waiting
+        return AccessLine(
+            time=nanos // 1000,
+            id=f"{self._instance}-{number:012d}",
+            action=action,
+            principal=principal,
+            status=status,
+            entry=text.decode(),
+        )
 
     async def forever(self) -> None:
         """Write what waits, a batch at a time, every KEEP_EVERY_SECONDS (at once when
@@ -167,7 +181,7 @@ class AccessKeeper:
             async with asyncio.timeout(within):
                 await self._store.keep_access(batch)
             for _ in batch:
-                self._bytes -= len(self._waiting.popleft()[1])
+                self._bytes -= len(self._waiting.popleft()[2]) + HELD_PER_LINE
             self.kept += len(batch)
 
     async def close(self, within: float) -> None:
