@@ -1,12 +1,11 @@
 """The operator console at /console: records, rejections, producers, the access record
-(operators only) and health in the browser, served by the service itself, with no build
-step and nothing from the internet.
+(operators only) and health in the browser, served by the service itself (no build step).
 
-Each page is a Jinja template (Litestar's templates) that the browser fills from the
-read API (`/v1/...`) with a small script of ours and uPlot (MIT, vendored in
-app/console_ui/static/vendor with its licence) for the charts. So the console shows what the
-API shows the same caller: its read rules, its masking, its filters and bounds; a
-replay is `/v1/replay` and the access record `/v1/access`, allowed to operators alone.
+Each page is a Jinja template the browser fills from the read API (`/v1/...`) with a
+small script of ours and uPlot (MIT, vendored in app/console_ui/static/vendor with its
+licence) for the charts: the console shows what the API shows the same caller (its read
+rules, masking, filters and bounds); a replay is `/v1/replay` and the access record
+`/v1/access`, allowed to operators alone. Nothing is fetched from the internet.
 
 Design: docs/console.md
 """
