@@ -12,7 +12,7 @@ import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import duckdb
 import pytest
@@ -21,7 +21,9 @@ from litestar.testing import TestClient
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.http.head import Recordline
-from app.query.access import MOST_WAITING_BYTES, AccessKeeper
+from app.query.access import MOST_WAITING_BYTES, AccessKeeper, AccessReads
+from app.query.page_token import PageTokens
+from app.store import Store
 from app.store.access import AccessLine, AccessQuery, page_of
 from app.store.duckdb.store import DuckDBStore
 from tests.auth.fake_google import PUSHER, FakeGoogle
@@ -332,3 +334,77 @@ def test_what_waits_is_bounded_by_what_the_process_holds_of_it() -> None:
         tracemalloc.stop()
     assert keeper.waiting > 1000
     assert held <= most * 1.1, f"{held:,} bytes held for a bound of {most:,}"
+
+
+class Recording(Refusing):
+    """A store keeping every line at once, recording the span each read asked."""
+
+    def __init__(self, lines: list[AccessLine]) -> None:
+        super().__init__()
+        self.refusing = False
+        self.lines = lines
+        self.spans: list[int] = []
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        self.spans.append(query.until - query.since)
+        return page_of(query, self.lines)
+
+
+async def test_a_page_reads_a_week_at_most_and_the_walk_reads_every_line_once() -> None:
+    day = 86_400_000_000
+    now = 1_790_000_000_000_000
+    # A line every 6 hours for 40 days, and five at one moment.
+    lines = [
+        AccessLine(
+            time=now - n * day // 4,
+            id=f"i-{n:04d}",
+            action="read",
+            principal=None,
+            status=200,
+            entry="{}",
+        )
+        for n in range(160)
+    ] + [
+        AccessLine(
+            time=now - 10 * day,
+            id=f"same-{n}",
+            action="read",
+            principal=None,
+            status=200,
+            entry="{}",
+        )
+        for n in range(5)
+    ]
+    store = Recording(lines)
+    reads = AccessReads(cast(Store, store), PageTokens("a-secret"), clock=lambda: now * 1000)
+    for limit in (500, 3):
+        store.spans.clear()
+        walked: list[str] = []
+        page = await reads.page(
+            since=None, until=None, action=None, principal=None, limit=limit, page_token=None
+        )
+        while True:
+            walked += [line.id for line in page.lines]
+            if page.next_page_token is None:
+                break
+            page = await reads.page(
+                since=None,
+                until=None,
+                action=None,
+                principal=None,
+                limit=limit,
+                page_token=page.next_page_token,
+            )
+        expected = [
+            line.id for line in page_of(AccessQuery(since=0, until=now + 1, limit=999), lines)
+        ]
+        assert walked == expected
+        # No read reached back more than a week.
+        assert max(store.spans) <= 7 * day + 1
+    # A week's lines with room to spare end their page with a token to the week before.
+    first = await reads.page(
+        since=None, until=None, action=None, principal=None, limit=500, page_token=None
+    )
+    # (7 days back from a minute past now: the lines of the last 6 days 18 hours.)
+    assert len(first.lines) == 28
+    assert first.next_page_token is not None

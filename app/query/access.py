@@ -28,9 +28,15 @@ import msgspec
 from app.errors import BadParameter, NotFound, StoreUnavailable
 from app.query.page_token import PageToken, PageTokens
 from app.query.served import served
-from app.records import MAX_MICROS, micros
+from app.records import DAY_MICROS, micros
 from app.store import Store
-from app.store.access import MOST_LINES, AccessLine, AccessQuery, KeepsAccess
+from app.store.access import (
+    ACCESS_RETENTION_DAYS,
+    MOST_LINES,
+    AccessLine,
+    AccessQuery,
+    KeepsAccess,
+)
 from app.store.backoff import Backoff
 from app.store.supervisor import LoopObserver
 
@@ -56,6 +62,11 @@ ACCESS_SHARE_LEAST_BYTES: Final = 64 * 1024
 LATE_SECONDS: Final = 60.0
 # A page of the record, unless the caller asks for fewer.
 DEFAULT_LINES: Final = 100
+# The time a page reads at most: a week of lines, some 700 MB at the busiest a store
+# keeps (100 MB a day), within RECORDLINE_QUERY_MAX_BYTES_BILLED's 2 GiB.
+WINDOW_MICROS: Final = 7 * 86_400_000_000
+# How far ahead of this instance's clock another's may have stamped a line.
+CLOCKS_AGREE_MICROS: Final = 60_000_000
 # Writes that failed in a row back off from the interval to this.
 BACKOFF_MAX_SECONDS: Final = 60.0
 
@@ -233,9 +244,13 @@ class AccessPage(msgspec.Struct, kw_only=True):
 class AccessReads:
     """`GET /v1/access`: one system's access record, newest first."""
 
-    def __init__(self, store: Store, tokens: PageTokens) -> None:
+    def __init__(self, store: Store, tokens: PageTokens, *, clock: Any = time.time_ns) -> None:
         self._store = store if isinstance(store, KeepsAccess) else None
         self._tokens = tokens
+        self._clock = clock
+
+    def _token(self, low: int, asked: str, time: int, line_id: str) -> str:
+        return _token_of(self._tokens, low, asked, time, line_id)
 
     @property
     def kept(self) -> bool:
@@ -266,35 +281,38 @@ class AccessReads:
             before: tuple[int, str] | None = (high, token.before_message_id)
             high += 1
         else:
-            low = 0 if since is None else _micros(since)
-            high = MAX_MICROS if until is None else _micros(until)
+            # No line is older than the record keeps, nor later than now (and the
+            # clocks of the instances that wrote them agree within seconds).
+            now = self._clock() // 1000 + CLOCKS_AGREE_MICROS
+            oldest = max(now - (ACCESS_RETENTION_DAYS + 1) * DAY_MICROS, 0)
+            low = oldest if since is None else max(_micros(since), oldest)
+            high = now if until is None else min(_micros(until), now)
             before = None
-            if high <= low:
+            if until is not None and since is not None and high <= low:
                 raise BadParameter("until", "must be later than since")
+        # A page reads one window of time at most, the newest of what is asked: what a
+        # read bills is bounded (BigQuery's, by the days it reaches) however old the
+        # record, and a window that holds fewer lines than asked ends the page with a
+        # token to the window before it.
+        start = max(low, high - WINDOW_MICROS)
         query = AccessQuery(
-            since=low,
+            since=start,
             until=high,
             before=before,
             action=action,
             principal=principal,
             limit=limit,
         )
-        lines = await self._store.access_page(query)
+        lines = await self._store.access_page(query) if high > start else []
         # Who read the record is on it too.
         served(len(lines), masked=False)
         next_token = None
         if len(lines) == limit:
             last = lines[-1]
-            next_token = self._tokens.encode(
-                PageToken(
-                    after_time=low,
-                    after_message_id=asked,
-                    until=last.time,
-                    listing="access",
-                    newest=True,
-                    before_message_id=last.id,
-                )
-            )
+            next_token = self._token(low, asked, last.time, last.id)
+        elif start > low:
+            # Every line of the window read: on from its start (before it, any id).
+            next_token = self._token(low, asked, start, "")
         return AccessPage(
             lines=[
                 AccessLineView(
@@ -304,6 +322,20 @@ class AccessReads:
             ],
             next_page_token=next_token,
         )
+
+
+def _token_of(tokens: PageTokens, low: int, asked: str, time: int, line_id: str) -> str:
+    """A page token going on before (`time`, `line_id`), no older than `low`."""
+    return tokens.encode(
+        PageToken(
+            after_time=low,
+            after_message_id=asked,
+            until=time,
+            listing="access",
+            newest=True,
+            before_message_id=line_id,
+        )
+    )
 
 
 def _asked(action: str | None, principal: str | None) -> str:

@@ -42,7 +42,10 @@ PARAMETERS: Final = frozenset({"since", "until", "action", "principal", "limit",
         "the system's own store as long as its rows: who (`principal`), the `action`, the "
         "request (`path`, `parameters`, a filter on a masked value by its keyed hash), "
         "`status`, `rows`, `bytes` and whether a mask showed them. A line is kept a few "
-        "seconds after its request ends. Operators only."
+        "seconds after its request ends. A page reads a week at most, the newest of what is "
+        "asked: one whose week holds fewer lines than `limit` ends short, even empty, with "
+        "a `next_page_token` to the week before, until `since` (without one, the 400 days "
+        "the record keeps). Operators only."
     ),
     tags=["access"],
     responses=problem_responses(

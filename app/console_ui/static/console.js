@@ -837,6 +837,23 @@ function access() {
     return await (await api(`${ROOT}/v1/access?${params}`)).json();
   }
 
+  // A page of the API reads a week at most: one that ends short (even empty) with a
+  // token goes on to the week before. Read on until 100 lines or the record's start,
+  // a year and a month of weeks at most.
+  async function lines(params) {
+    const found = [];
+    let answer;
+    for (let weeks = 0; weeks < 60; weeks += 1) {
+      answer = await page(params);
+      found.push(...answer.lines);
+      if (!answer.next_page_token || found.length >= 100) break;
+      params.delete("since");  // the token's
+      params.set("page_token", answer.next_page_token);
+      params.set("limit", String(100 - found.length));
+    }
+    return { lines: found, next_page_token: answer.next_page_token };
+  }
+
   // As the records' view: the filters' once their first page is answered; refused, the
   // lines shown (and the address) stay as they were.
   // The table is busy (`aria-busy`, as the page opens) until the latest read is answered.
@@ -848,7 +865,7 @@ function access() {
     params.set("limit", "100");
     table.setAttribute("aria-busy", "true");
     let answer;
-    try { answer = await page(params); } catch (error) {
+    try { answer = await lines(params); } catch (error) {
       if (mine === reads) { refused(error); table.removeAttribute("aria-busy"); }
       return;
     }
@@ -870,7 +887,7 @@ function access() {
     params.set("page_token", older);
     params.set("limit", "100");
     try {
-      const answer = await page(params);
+      const answer = await lines(params);
       if (mine !== reads) return;
       body.append(...answer.lines.map(accessRow));
       older = answer.next_page_token;
