@@ -19,6 +19,7 @@ from app.http.access import (
     MOST_CHARACTERS,
     MOST_FOLLOWING,
     MOST_PARAMETERS,
+    MOST_PATH,
     AccessRecord,
 )
 from app.http.head import Recordline
@@ -461,3 +462,13 @@ def test_summed_polls_are_written_a_minute_on_with_no_request_after_them(
         asyncio.run(poll_then_stop())
         ((line,),) = [records(caplog)]
     assert (line["requests"], line["rows"]) == (1, 1)
+
+
+def test_a_long_path_is_cut_in_its_line(
+    client: TestClient[Recordline], google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, "recordline.access"):
+        caplog.clear()
+        client.get("/v1/records/" + "p" * 5000, headers=token(google, ANALYST))
+        (line,) = records(caplog)
+    assert line["path"] == "/v1/records/" + "p" * (MOST_PATH - len("/v1/records/")) + "…"

@@ -38,6 +38,8 @@ log.setLevel(logging.INFO)
 # characters (a parameter is the caller's to make as long as a URL goes).
 MOST_PARAMETERS: Final = 16
 MOST_CHARACTERS: Final = 256
+# A path is cut at so many (a request's head may hold 16 KiB of one).
+MOST_PATH: Final = 1024
 # A client that left before it was answered (nginx's word for it).
 CLIENT_GONE: Final = 499
 # The parameters whose value is no one's to read: an opaque page token (it may carry
@@ -229,7 +231,7 @@ def line(
         "system": line_system.get() or system or None,
         "principal": principal,
         "method": "HEAD" if HEAD_REQUEST in scope else scope["method"],
-        "path": scope["path"] if shown is None else shown("path", scope["path"]),
+        "path": _cut(scope["path"] if shown is None else shown("path", scope["path"]), MOST_PATH),
         "parameters": parameters(scope.get("query_string", b""), shown),
         "status": status,
         "rows": served.rows,
@@ -257,5 +259,5 @@ def parameters(query: bytes, shown: Shown | None) -> list[list[str]]:
     return kept
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= MOST_CHARACTERS else text[:MOST_CHARACTERS] + "…"
+def _cut(text: str, most: int = MOST_CHARACTERS) -> str:
+    return text if len(text) <= most else text[:most] + "…"
