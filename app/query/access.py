@@ -98,7 +98,6 @@ class AccessKeeper:
         self._waiting: deque[tuple[int, int, bytes, str, str | None, int]] = deque()
         self._bytes = 0
         self.dropped = 0
-        self.kept = 0
         self._full = asyncio.Event()
         self._failing: str | None = None
         self._backoff = Backoff(KEEP_EVERY_SECONDS, BACKOFF_MAX_SECONDS)
@@ -193,7 +192,6 @@ class AccessKeeper:
                 await self._store.keep_access(batch)
             for _ in batch:
                 self._bytes -= len(self._waiting.popleft()[2]) + HELD_PER_LINE
-            self.kept += len(batch)
 
     async def close(self, within: float) -> None:
         """Write what waits, within `within` seconds; what is left is said and lost
@@ -250,11 +248,17 @@ class AccessReads:
         self._clock = clock
 
     def _token(self, low: int, asked: str, time: int, line_id: str) -> str:
-        return _token_of(self._tokens, low, asked, time, line_id)
-
-    @property
-    def kept(self) -> bool:
-        return self._store is not None
+        """A page token going on before (`time`, `line_id`), no older than `low`."""
+        return self._tokens.encode(
+            PageToken(
+                after_time=low,
+                after_message_id=asked,
+                until=time,
+                listing="access",
+                newest=True,
+                before_message_id=line_id,
+            )
+        )
 
     async def page(
         self,
@@ -322,20 +326,6 @@ class AccessReads:
             ],
             next_page_token=next_token,
         )
-
-
-def _token_of(tokens: PageTokens, low: int, asked: str, time: int, line_id: str) -> str:
-    """A page token going on before (`time`, `line_id`), no older than `low`."""
-    return tokens.encode(
-        PageToken(
-            after_time=low,
-            after_message_id=asked,
-            until=time,
-            listing="access",
-            newest=True,
-            before_message_id=line_id,
-        )
-    )
 
 
 def _asked(action: str | None, principal: str | None) -> str:
