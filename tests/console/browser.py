@@ -8,10 +8,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from recordline_dev.devstack import wait_until_ready
+from recordline_dev.processes import free_port, stop_group
 
 # Debian's Chromium, as scripts/install-browser.sh installs it.
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -52,6 +57,23 @@ def serve(folder: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
         )
     wait_until_ready(f"http://127.0.0.1:{port}/readyz", timeout=60, process=process)
     return process
+
+
+@contextmanager
+def served(folder: Path, pushes: int, **settings: str) -> Iterator[str]:
+    """`recordline serve` on `folder` with `settings` until the block ends, its records
+    `r-0`, `r-1`, … (`data` {"n": n}) pushed `pushes` of them first: the service's URL."""
+    port = free_port()
+    process = serve(folder, port, **settings)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=url) as client:
+            for n in range(pushes):
+                push = envelope(f"m-{n}", {"id": f"r-{n}", "data": {"n": n}}, {})
+                assert client.post("/pubsub/push", json=push).status_code == 204
+        yield url
+    finally:
+        stop_group(process, timeout=15)
 
 
 def shot(page: Any, name: str) -> None:

@@ -8,7 +8,6 @@ back with Older, and sees a principal, a path and a parameter holding markup as 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -17,9 +16,9 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
-from recordline_dev.processes import free_port, stop_group
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
-from tests.console.browser import envelope, serve
+from tests.console.browser import served
+from tests.waiting import until_blocking
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +34,6 @@ MARKUP_NAME = "<img src=x onerror=alert(1)>"
 MARKUP_VALUE = "<script>alert(2)</script>"
 # How long a line may take to be kept after its request (about 2 s), with room to spare.
 KEPT_WITHIN = 20.0
-POLL_MS = 200
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +48,16 @@ def service(
     browser: Any, google: FakeGoogle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("access")
-    port = free_port()
-    process = serve(
+    with served(
         folder,
-        port,
+        1,
         RECORDLINE_READ_AUDIENCE=READ_AUDIENCE,
         RECORDLINE_READ_PRINCIPALS=f"{READER},{FILLER}",
         RECORDLINE_EXPORT_PRINCIPALS=EXPORTER,
         RECORDLINE_OPERATOR_PRINCIPALS=OPERATOR,
         RECORDLINE_OIDC_CERTS_URL=google.certs_url,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url) as client:
-            push = envelope("m-0", {"id": "r-0", "data": {"n": 0}}, {})
-            assert client.post("/pubsub/push", json=push).status_code == 204
+    ) as url:
         yield url
-    finally:
-        stop_group(process, timeout=15)
 
 
 def bearer(google: FakeGoogle, who: str) -> dict[str, str]:
@@ -99,23 +89,37 @@ def as_who(browser: Any, google: FakeGoogle) -> Iterator[Callable[[str], Any]]:
     assert not errors, errors
 
 
-def read_until(page: Any, shown: Any) -> None:
-    """Read the page's filters again (its Read button, as an operator would) until
-    `shown` is on it: a line is kept a few seconds after its request. Each read is
-    judged once answered (the table no longer busy)."""
-    deadline = time.monotonic() + KEPT_WITHIN
-    while True:
-        expect(page.locator("#lines[aria-busy]")).to_have_count(0)
-        if shown.count():
-            return
-        assert time.monotonic() < deadline, f"not shown within {KEPT_WITHIN} s"
-        # Read again a moment on: nothing on the page tells when the line is kept.
-        page.wait_for_timeout(POLL_MS)
-        page.locator("#filters button[type=submit]").click()
+def read_until(
+    page: Any, shown: Any, kept: tuple[str, FakeGoogle, str, Callable[[dict[str, Any]], bool]]
+) -> None:
+    """Read the page's filters again (its Read button, as an operator would) once the
+    line `shown` stands for is kept (a few seconds after its request), and find it on
+    the page. Kept is asked of the API (`kept`: the service, its Google, the line's
+    principal and what picks the line out), as an operator waiting for it would."""
+    service, google, principal, picked = kept
+
+    def found() -> bool:
+        answer = httpx.get(
+            f"{service}/v1/access",
+            params={"principal": principal, "limit": "500"},
+            headers=bearer(google, OPERATOR),
+        )
+        return any(picked(line["line"]) for line in answer.json()["lines"])
+
+    until_blocking(found, timeout=KEPT_WITHIN, what="the line kept")
+    expect(page.locator("#lines[aria-busy]")).to_have_count(0)
+    page.locator("#filters button[type=submit]").click()
+    expect(page.locator("#lines[aria-busy]")).to_have_count(0)
+    expect(shown.first).to_be_visible()
+
+
+def asking(name: str, value: str) -> Callable[[dict[str, Any]], bool]:
+    """Picks out a line whose request asked `name` = `value`."""
+    return lambda line: [name, value] in line["parameters"]
 
 
 def test_an_operator_sees_the_export_a_reader_was_refused(
-    service: str, as_who: Callable[[str], Any]
+    service: str, google: FakeGoogle, as_who: Callable[[str], Any]
 ) -> None:
     reader = as_who(READER)
     reader.goto(f"{service}/console/records")
@@ -136,7 +140,7 @@ def test_an_operator_sees_the_export_a_reader_was_refused(
     expect(operator.locator("input[name=principal]")).to_have_value(READER)
     expect(operator.locator("input[name=since]")).to_have_value("1h")
     line = operator.locator("#lines tbody tr.row", has_text="producer=asked-anyway")
-    read_until(operator, line)
+    read_until(operator, line, (service, google, READER, asking("producer", "asked-anyway")))
     expect(line).to_have_count(1)
     cells = line.locator("td")
     expect(cells.nth(1)).to_have_text(READER)
@@ -161,7 +165,11 @@ def test_an_operator_sees_the_export_a_reader_was_refused(
     operator.select_option("select[name=action]", "read")
     operator.locator("#filters button[type=submit]").click()
     count = operator.locator("#lines tbody tr.row", has_text="GET /v1/counts/records")
-    read_until(operator, count)
+    read_until(
+        operator,
+        count,
+        (service, google, READER, lambda line: line["path"] == "/v1/counts/records"),
+    )
     expect(count.locator("td").nth(6)).to_have_text("1 counted")
     # A filter no line meets says so.
     operator.select_option("select[name=action]", "export")
@@ -211,7 +219,8 @@ def test_older_reads_on_by_the_page_s_token(
     operator = as_who(OPERATOR)
     operator.goto(f"{service}/console/access?principal={quote(FILLER)}")
     rows = operator.locator("#lines tbody tr.row")
-    read_until(operator, operator.locator("#lines tbody tr.row", has_text="n=129"))
+    newest = operator.locator("#lines tbody tr.row", has_text="n=129")
+    read_until(operator, newest, (service, google, FILLER, asking("n", "129")))
     expect(rows).to_have_count(100)
     # The first page is the newest: the last refusal first.
     expect(rows.first.locator("td").nth(4)).to_have_text("n=129")
@@ -242,13 +251,13 @@ def test_markup_in_a_line_shows_as_text(
     operator = as_who(OPERATOR)
     operator.goto(f"{service}/console/access?principal={quote(MARKUP_PRINCIPAL)}")
     by_stranger = operator.locator("#lines tbody tr.row", has_text="marked=1")
-    read_until(operator, by_stranger)
+    read_until(operator, by_stranger, (service, google, MARKUP_PRINCIPAL, asking("marked", "1")))
     expect(by_stranger.locator("td").nth(1)).to_have_text(MARKUP_PRINCIPAL.lower())
     expect(by_stranger.locator("td").nth(5)).to_have_text("403")
     assert_text_only(operator)
     operator.goto(f"{service}/console/access?action=export&principal={quote(READER)}")
     with_path = operator.locator("#lines tbody tr.row", has_text=MARKUP_VALUE)
-    read_until(operator, with_path)
+    read_until(operator, with_path, (service, google, READER, asking("q", MARKUP_VALUE)))
     expect(with_path.locator("td").nth(3)).to_have_text(f"GET /v1/export/{MARKUP_NAME}")
     expect(with_path.locator("td").nth(4)).to_have_text(f"q={MARKUP_VALUE}")
     with_path.click()

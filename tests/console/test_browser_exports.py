@@ -12,13 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from playwright.sync_api import expect
 
-from recordline_dev.processes import free_port, stop_group
 from tests.auth.fake_google import READ_AUDIENCE, FakeGoogle
-from tests.console.browser import envelope, serve
+from tests.console.browser import served
 
 pytestmark = pytest.mark.browser
 
@@ -38,24 +36,15 @@ def service(
     browser: Any, google: FakeGoogle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("exports")
-    port = free_port()
-    process = serve(
+    with served(
         folder,
-        port,
+        2,
         RECORDLINE_READ_AUDIENCE=READ_AUDIENCE,
         RECORDLINE_READ_PRINCIPALS=READER,
         RECORDLINE_EXPORT_PRINCIPALS=EXPORTER,
         RECORDLINE_OIDC_CERTS_URL=google.certs_url,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=url) as client:
-            for n in range(2):
-                push = envelope(f"m-{n}", {"id": f"r-{n}", "data": {"n": n}}, {})
-                assert client.post("/pubsub/push", json=push).status_code == 204
+    ) as url:
         yield url
-    finally:
-        stop_group(process, timeout=15)
 
 
 @pytest.fixture
