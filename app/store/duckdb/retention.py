@@ -59,37 +59,30 @@ class Retention:
         """Delete records and rejections older than the retention, and the access
         record's lines older than its own; how many rows went."""
         now = self.clock() // 1000
-        lines_before = now - ACCESS_RETENTION_DAYS * DAY_MICROS
-        if not self.days:
-
-            def lines() -> Expired:
-                self._expire_lines(lines_before)
-                return 0, []
-
-            await self.write(lines)
-            return 0
         before = now - self.days * DAY_MICROS
 
         def delete() -> Expired:
             con = self.connection()
+            # The access record's lines go after their own time, whatever the rows'.
+            con.execute(access.EXPIRE, {"before": now - ACCESS_RETENTION_DAYS * DAY_MICROS})
+            if not self.days:
+                return 0, []
             deleted = 0
             for statement in _EXPIRE_SQL:
                 row = con.execute(statement, {"before": before}).fetchone()
                 deleted += row[0] if row else 0
             con.execute(_EXPIRE_TYPED_SQL)
-            self._expire_lines(lines_before)
             return deleted, book.expire(con, before)
 
         deleted, idle = await self.write(delete)
+        if not self.days:
+            return 0
         # Producers' epochs not heard of within the retention go with their rows,
         # unless an append since (not applied yet) heard of them again.
         await self.ledger.forget(idle, before)
         if deleted:
             log.info("deleted %d rows older than the %d-day retention", deleted, self.days)
         return deleted
-
-    def _expire_lines(self, before: int) -> None:
-        self.connection().execute(access.EXPIRE, {"before": before})
 
     async def forever(self) -> None:
         """Expire every `every` seconds; a round that fails is logged, the next tries again."""
