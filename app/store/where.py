@@ -416,10 +416,85 @@ def time_value(text: str) -> int:
 # --- in memory ------------------------------------------------------------------------
 
 
-def matches(expression: Expression, row: Record | Rejection) -> bool:
-    """Whether `row` holds to `expression`: what every store's SQL keeps."""
-    memo: dict[str, Any] = {"members": _spellings(expression)}
+def matches(expression: Expression, row: Record | Rejection, keyed: Keyed | None = None) -> bool:
+    """Whether `row` holds to `expression`: what every store's SQL keeps. With `keyed`,
+    its conditions compare the keyed hash of the operand's value, read as a mask reads
+    a payload (`app.query.mask`): what a masked reader is shown there."""
+    memo: dict[str, Any] = {"members": _spellings(expression), "keyed": keyed}
     return _holds(expression, row, memo)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Keyed:
+    """Conditions that compare an operand's keyed hash (`hash`) rather than its value."""
+
+    conditions: frozenset[Condition]
+    hash: Callable[[Any], str]
+
+
+def relaxed(expression: Expression, loose: Callable[[Condition], bool]) -> Expression | None:
+    """An expression every row `expression` keeps holds to, with no condition `loose`
+    says is loose: each of those taken as true where that keeps more rows, as false
+    under a NOT. None where it keeps every row. What a store can be asked where some
+    conditions only the service can answer: the service then matches the rows it reads."""
+    found = _relaxed(expression, loose, positive=True)
+    return None if isinstance(found, bool) else found
+
+
+def _relaxed(
+    expression: Expression, loose: Callable[[Condition], bool], *, positive: bool
+) -> Expression | bool:
+    # True and False stand for a term that always or never holds: in a positive place
+    # a loose condition is True (never False), under a NOT False (never True).
+    match expression:
+        case Condition():
+            return positive if loose(expression) else expression
+        case Not(term):
+            inner = _relaxed(term, loose, positive=not positive)
+            return (not inner) if isinstance(inner, bool) else Not(inner)
+        case All(terms) | Any_(terms):
+            always = isinstance(expression, Any_)  # what decides it: a True in an OR
+            kept: list[Expression] = []
+            for term in terms:
+                found = _relaxed(term, loose, positive=positive)
+                if found is always:
+                    return always
+                if not isinstance(found, bool):
+                    kept.append(found)
+            if not kept:
+                return not always
+            return kept[0] if len(kept) == 1 else type(expression)(tuple(kept))
+    raise AssertionError(expression)
+
+
+def text(expression: Expression) -> str:
+    """`expression` written in the filter language: it parses back to itself."""
+    match expression:
+        case Condition(operand, op, values):
+            name = operand.root + "".join(f"[{_written(m)}]" for m in operand.path)
+            if op == "exists":
+                return f"EXISTS {name}"
+            said = [_written(v) for v in values]
+            if op == "in":
+                return f"{name} IN ({', '.join(said)})"
+            return f"{name} {_WORDS.get(op, op)} {said[0]}"
+        case Not(term):
+            return f"NOT ({text(term)})"
+        case All(terms) | Any_(terms):
+            joint = " AND " if isinstance(expression, All) else " OR "
+            return joint.join(f"({text(t)})" for t in terms)
+    raise AssertionError(expression)
+
+
+_WORDS: Final = {"prefix": "STARTS WITH", "suffix": "ENDS WITH", "contains": "CONTAINS"}
+
+
+def _written(value: Literal) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return msgspec.json.encode(value).decode()
 
 
 # By the expression's identity (an expression is hashed by walking it: a tail's every
@@ -515,8 +590,30 @@ def _value(operand: Operand, row: Record | Rejection, memo: dict[str, Any]) -> A
     return _MISSING if value is None else value
 
 
+def _shown(operand: Operand, row: Record | Rejection, memo: dict[str, Any]) -> Any:
+    """The operand's value as a mask reads the row (of a member sent twice, the last),
+    where the stores read the first: what a masked reader is shown its hash of."""
+    if operand.root != "data":
+        return _value(operand, row, memo)
+    if "shown" not in memo:
+        try:
+            memo["shown"] = msgspec.json.decode(getattr(row, "data", "null"))
+        except msgspec.DecodeError:
+            memo["shown"] = _MISSING
+    value = memo["shown"]
+    for member in operand.path:
+        value = value.get(member, _MISSING) if isinstance(value, dict) else _MISSING
+    return value
+
+
 def _condition(condition: Condition, row: Record | Rejection, memo: dict[str, Any]) -> bool:
-    value = _value(condition.operand, row, memo)
+    keyed: Keyed | None = memo["keyed"]
+    if keyed is not None and condition in keyed.conditions:
+        value = _shown(condition.operand, row, memo)
+        if value is not _MISSING:
+            value = keyed.hash(value)
+    else:
+        value = _value(condition.operand, row, memo)
     op = condition.op
     if op == "exists":
         return value is not _MISSING
