@@ -52,6 +52,7 @@ T = TypeVar("T")
 # collision of two values is then a 2^-64 chance at 2^32 values).
 PSEUDONYM_PREFIX: Final = "hmac:"
 _PSEUDONYM_HEX: Final = 32
+_PSEUDONYM: Final = re.compile(f"{PSEUDONYM_PREFIX}[0-9a-f]{{{_PSEUDONYM_HEX}}}")
 
 
 class MaskError(ValueError):
@@ -260,6 +261,8 @@ class Mask:
         text that quotes nothing (a reader sees it `quiet`)."""
         for condition in where.conditions(where.parse(expression)):
             operand = condition.operand
+            if self.keys(condition):
+                continue  # what the reader was shown: answered by the service (`keyed`)
             if operand.root in ("attributes", "producer"):
                 key = operand.path[0] if operand.path else PRODUCER_ATTRIBUTE
                 if self.masks_attribute(key):
@@ -283,6 +286,46 @@ class Mask:
                         "a reader compares it whole (=, !=, IN) with text that quotes none"
                     )
         return None
+
+    def keys(self, condition: where.Condition) -> bool:
+        """Whether `condition` compares what this mask shows by its keyed hash, whole,
+        with such hashes (`=`, `!=`, `IN`): an attribute, or a member at a path no other
+        rule masks part of. Such a question asks only which rows show a hash the reader
+        was shown (it stays joinable); the service answers it, never a store, which
+        does not hold the key."""
+        if condition.op not in ("=", "!=", "in") or not all(
+            isinstance(v, str) and _PSEUDONYM.fullmatch(v) for v in condition.values
+        ):
+            return False
+        operand = condition.operand
+        if operand.root in ("attributes", "producer"):
+            key = operand.path[0] if operand.path else PRODUCER_ATTRIBUTE
+            rule = self._attribute_rules.get(_attribute(key))
+            return rule is not None and rule.mode == "hash"
+        if operand.root != "data" or not operand.path:
+            return False
+        *above, last = operand.path
+        if any(_named(step, self.fields) for step in above) or any(
+            "." in step for step in operand.path
+        ):
+            return False  # inside a masked member, or steps a dot splits: not shown whole
+        rule = self._names.get(_composed(last))
+        path = tuple(_composed(step) for step in operand.path)
+        for masked, _ in self._paths:
+            shared = min(len(masked.steps), len(path))
+            if masked.steps[:shared] == path[:shared]:
+                if rule is not None or masked.steps != path:
+                    return False  # a path around it, inside it, or a name besides
+                rule = masked
+        return rule is not None and rule.mode == "hash"
+
+    def keyed(self, expression: where.Expression) -> where.Keyed | None:
+        """The conditions of `expression` the service answers by keyed hash (`keys`),
+        with the hash; None where there are none."""
+        found = frozenset(c for c in where.conditions(expression) if self.keys(c))
+        if not found or self._pseudonyms is None:
+            return None
+        return where.Keyed(found, self._pseudonyms.of)
 
     def _whole(self, op: str, texts: list[str]) -> bool:
         """Whether comparing a payload's text with `texts` by `op` tells a reader only
