@@ -381,7 +381,9 @@ class Follow:
         deadline = loop.time() + wait
         seen = live.version
         read = await shared.read(listing, cursor, limit, max_bytes, self.asked)
-        while not read.rows and not reader.ended(cursor, read.resume):
+        # (A read that kept none of the rows it read, full, is answered at once: its
+        # token goes on after them, `Reader.keyed_filter`.)
+        while not read.rows and not read.full and not reader.ended(cursor, read.resume):
             left = deadline - loop.time()
             if left <= 0 or (stop is not None and stop.done()):
                 break
@@ -436,9 +438,11 @@ class Follow:
                     if mode.done:
                         break
                     continue
-                del read
                 if mode.done:
                     break
+                if read.full:
+                    continue  # rows read and none kept (`Reader.keyed_filter`): read on
+                del read
                 # Nothing new: wait for rows here, where an idle follower holds
                 # the least (no read under way), and say it is alive now and then.
                 beat = quiet_since + HEARTBEAT_SECONDS

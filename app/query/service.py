@@ -49,6 +49,7 @@ from app.store import (
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
+from app.store.where import MAX_WHERE_BYTES, Expression, Keyed, matches, parse, relaxed, text
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -67,6 +68,10 @@ _NEWEST_SPAN_GROWTH = 60
 # after this many reads it ends with what it has, its token going on from there.
 _BACK_SPAN_GROWTH = 8
 _BACK_MAX_READS = 48
+# The store reads one read may make for a filter the service answers in part (a keyed
+# hash, `keyed_filter`) while each finds rows but none it keeps: past them it ends
+# empty, its token (or cursor) after the rows examined, so no request scans for long.
+KEYED_READS: Final = 10
 
 
 class RecordView(msgspec.Struct, kw_only=True, frozen=True, gc=False):
@@ -534,7 +539,8 @@ class Reader:
             if read.full and end - begin > 1:
                 # More rows than one read takes: rows are at its last row's time, so the
                 # newest lie between it and the end, looked for by halves.
-                low = read.rows[-1].ingest_time
+                # (The last the service kept of them, where it filters in part.)
+                low = read.rows[-1].ingest_time if read.rows else read.resume[0]
                 span = max(1, (end - low + 1) // 2)
                 continue
             found = [
@@ -569,7 +575,10 @@ class Reader:
                 # Before looking further back: where the oldest row below is, if any (one
                 # read, oldest first), so that no window reaches further.
                 floor_found = True
-                below = PageToken(floor, "", end, listing=listing.name, filter=cursor.filter)
+                # (By what the store is asked alone: a row it keeps may be older than
+                # the oldest the service's part of the filter keeps, never newer.)
+                asked = self.keyed_filter(cursor.filter)[0]
+                below = PageToken(floor, "", end, listing=listing.name, filter=asked)
                 first = await self.excerpt(listing, below, 1, self.page_bytes)
                 floor = first.rows[0].ingest_time if first.rows else end
         else:
@@ -648,7 +657,7 @@ class Reader:
         if read.rows:
             return page
         listing = read.listing
-        if waited and page.next_page_token is not None:
+        if waited and page.next_page_token is not None and not read.full:
             # A wait that found nothing gives the cursor back as it came: every
             # follower waiting at the tail asks the same URL, which a cache in front
             # can answer with one request to the service.
@@ -689,13 +698,34 @@ class Reader:
         shown = _RECORD_VIEW_FIELDS if encoded and listing.view is RecordView else ()
         if self.mask is not None:
             shown = ()  # a masked view is made of the record's fields
-        return await read_charged(
-            self._budget,
-            self._share,
-            max_bytes,
-            functools.partial(self._read, listing, cursor, limit, shown=shown),
-            functools.partial(self._excerpt_of, listing, cursor, limit),
-        )
+        reads = KEYED_READS if self.keyed_filter(cursor.filter)[2] is not None else 1
+        while True:
+            read = await read_charged(
+                self._budget,
+                self._share,
+                max_bytes,
+                functools.partial(self._read, listing, cursor, limit, shown=shown),
+                functools.partial(self._excerpt_of, listing, cursor, limit),
+            )
+            reads -= 1
+            if read.rows or not read.full or reads == 0:
+                return read
+            # Rows read, none kept by the service's part of the filter: read on.
+            cursor = msgspec.structs.replace(
+                cursor, after_time=read.resume[0], after_message_id=read.resume[1]
+            )
+            del read
+
+    def keyed_filter(
+        self, keep: RowFilter | None
+    ) -> tuple[RowFilter | None, Expression | None, Keyed | None]:
+        """`keep` as the store is asked it, and the expression the service matches each
+        row it reads with, where `keep` compares what this reader's mask shows by its
+        keyed hash (`Mask.keys`): the store holds no key, so it is asked a filter that
+        keeps every such row and more (`where.relaxed`). Else `keep`, None, None."""
+        if self.mask is None or keep is None or keep.where is None:
+            return keep, None, None
+        return _keyed_split(self.mask, keep)
 
     async def _excerpt_of(
         self,
@@ -717,6 +747,12 @@ class Reader:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
+        _, expression, keyed = self.keyed_filter(cursor.filter)
+        if keyed is not None:
+            assert expression is not None
+            # Of the rows the store read, those the whole filter keeps (what the reader
+            # is shown, hashed), the read full still: the next goes on after them all.
+            rows = [row for row in rows if matches(expression, row, keyed)]
         if rows and type(rows[0]) is Shown:
             views: list[Any] = [row.view for row in rows]
         elif listing.view is RecordView:
@@ -970,7 +1006,7 @@ class Reader:
             before_time=before,
             limit=limit,
             max_bytes=max_bytes,
-            filter=cursor.filter,
+            filter=self.keyed_filter(cursor.filter)[0],
         )
         return query, horizon
 
@@ -1022,6 +1058,12 @@ class Reader:
         if not 1 <= buckets <= MAX_BUCKETS:
             raise BadParameter("buckets", f"must be between 1 and {MAX_BUCKETS}")
         self.refuse_masked(filter)
+        if self.keyed_filter(filter)[2] is not None:
+            raise BadParameter(
+                "where",
+                "compares a keyed hash, which only pages, streams and exports answer "
+                "(the store counts, and holds no key): count without it",
+            )
         start = micros(since)
         if until is not None:
             end = micros(until)
@@ -1083,3 +1125,21 @@ class Reader:
         )
         served(1, masked=self.mask is not None)
         return found if self.mask is None else self.mask.view(found)
+
+
+@functools.lru_cache(maxsize=256)
+def _keyed_split(
+    mask: Mask, keep: RowFilter
+) -> tuple[RowFilter | None, Expression | None, Keyed | None]:
+    """`Reader.keyed_filter`, once for each mask and filter."""
+    assert keep.where is not None
+    expression = parse(keep.where)
+    keyed = mask.keyed(expression)
+    if keyed is None:
+        return keep, None, None
+    loose = relaxed(expression, keyed.conditions.__contains__)
+    said = None if loose is None else text(loose)
+    if said is not None and len(said.encode()) > MAX_WHERE_BYTES:
+        said = None  # written longer than the filter was: every row, the service matches
+    asked = msgspec.structs.replace(keep, where=said)
+    return (asked if asked else None), expression, keyed

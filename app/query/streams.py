@@ -264,7 +264,10 @@ class Streams:
         following = rows[keep].ingest_time if keep < len(rows) else None
         more = last.full or following is not None
         rows, views = rows[:keep], views[:keep]
-        if not rows:
+        if not rows and last.full:
+            # Rows read, none kept (`Reader.keyed_filter`): on after them, more to come.
+            up_to_date, after = False, last.resume
+        elif not rows:
             # Nothing new: the offset as it was asked with, the tail's.
             up_to_date, after = True, (cursor.after_time, cursor.after_message_id)
         elif not more:

@@ -281,13 +281,15 @@ class PageEvents:
         self.token, self.complete = page.next_page_token, page.complete_until
         if self.token is None:  # a bounded range, complete
             self.done = True
-        if not read.rows:
+        if not read.rows and not read.full:
             return None
         after_time, after_message_id = read.resume
         # The filter too: a filtered stream reads on among the rows it keeps.
         self.cursor = msgspec.structs.replace(
             self.cursor, after_time=after_time, after_message_id=after_message_id
         )
+        if not read.rows:
+            return None  # rows read and none kept (`Reader.keyed_filter`): read on after them
         return page_event(followers.encodings, page, self.select)
 
     def end(self, failed: RetryLater | None) -> bytes:

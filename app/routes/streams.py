@@ -314,9 +314,11 @@ async def read_stream(
     shared = shareable(request, followers)
     # Shared only among the followers that sent this offset and cursor together.
     waited = _TIMED_OUT[shared and listing.final]
-    if not chunk.rows:
+    if not chunk.rows and chunk.up_to_date:
         headers[UP_TO_DATE] = "true"
         return Response(b"", status_code=HTTP_204_NO_CONTENT, headers=headers | waited)
+    # (No rows and not up to date: rows read and none kept, `Reader.keyed_filter`; its
+    # offset goes on after them.)
     etag = _etag(chunk, chosen)
     # From `now`, where the rows start is the tail when the request came: a follower
     # asking that URL later must not be sent back to it, so it is kept as a 204 is.
