@@ -28,6 +28,7 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 from app.auth.guards import admitted_by_pass, proven_as
 from app.http.head import HEAD_REQUEST
 from app.query.served import SERVED, Served
+from app.store.access import ANYONE
 from app.telemetry.logs import line_system
 
 log = logging.getLogger("recordline.access")
@@ -194,7 +195,7 @@ def _write(entry: dict[str, Any], keeper: Keeper | None) -> None:
         _printable(entry["path"]),
         entry["status"],
         entry["rows"],
-        entry["principal"] or "anyone",  # a verified token's e-mail, or the service's words
+        entry["principal"] or ANYONE,  # a verified token's e-mail, or the service's words
         extra={"fields": {"access": entry}},
     )
     if keeper is not None:

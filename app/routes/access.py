@@ -66,7 +66,10 @@ async def access_record(
     principal: Annotated[
         str | None,
         Parameter(
-            description="Only lines of this principal, as a line names it",
+            description=(
+                "Only lines of this principal, as a line names it (`anyone`: lines of no "
+                "principal, where no guard named anyone)"
+            ),
             min_length=1,
             max_length=MOST_PRINCIPAL_CHARACTERS,
         ),

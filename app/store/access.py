@@ -22,6 +22,10 @@ MOST_LINES: Final = 500
 # How long every store keeps a line: an audit record's year and a month (Cloud Audit
 # Logs keep admin activity as long), whatever the store keeps of its rows.
 ACCESS_RETENTION_DAYS: Final = 400
+# Who a line of no principal names (no guard named anyone: no authentication, a token
+# that was not valid), as the log says it and `principal=` asks for it. A principal is
+# otherwise an e-mail, the push secret's holder or "read pass", never this word.
+ANYONE: Final = "anyone"
 
 
 class AccessLine(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +76,7 @@ def kept(query: AccessQuery, line: AccessLine) -> bool:
         query.since <= line.time < query.until
         and (query.before is None or key(line) < query.before)
         and (query.action is None or line.action == query.action)
-        and (query.principal is None or line.principal == query.principal)
+        and (query.principal is None or (line.principal or ANYONE) == query.principal)
     )
 
 

@@ -89,6 +89,7 @@ async def test_lines_are_kept_once_and_read_back_as_the_oracle_reads_them(store:
         AccessQuery(since=NOW - DAY // 2, until=NOW, action="export", limit=5),
         AccessQuery(since=0, until=NOW + 1, principal="é\"'\n<x>", limit=4),
         AccessQuery(since=0, until=NOW + 1, principal="nobody", limit=4),
+        AccessQuery(since=0, until=NOW + 1, principal="anyone", limit=4),
         AccessQuery(since=0, until=NOW + 1, before=(NOW - DAY, "instance-1-000100"), limit=9),
     ]
     for query in queries:

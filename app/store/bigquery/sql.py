@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Final, NamedTuple
 
 from app.records import Kind, Record, Rejection, Row, columns
+from app.store.access import ANYONE
 
 
 def select_list(row_type: type[Row], alias: str) -> str:
@@ -258,7 +259,7 @@ def access_page_sql(
     if action:
         conditions.append("a.action = @action")
     if principal:
-        conditions.append("a.principal = @principal")
+        conditions.append(f"COALESCE(a.principal, '{ANYONE}') = @principal")
     where = "\n    AND ".join(conditions)
     return f"""
 SELECT UNIX_MICROS(c.`time`) AS `time`, c.id, c.action, c.principal, c.status, c.entry

@@ -12,7 +12,7 @@ from typing import Any, Final
 import duckdb
 import pyarrow as pa
 
-from app.store.access import AccessLine, AccessQuery
+from app.store.access import ANYONE, AccessLine, AccessQuery
 
 TABLE: Final = "access_record"
 DDL: Final = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -45,7 +45,7 @@ FROM {TABLE}
 WHERE time >= make_timestamptz($since) AND time < make_timestamptz($until)
   AND ($before_time IS NULL OR (epoch_us(time), id) < ($before_time, $before_id))
   AND ($action IS NULL OR action = $action)
-  AND ($principal IS NULL OR principal = $principal)
+  AND ($principal IS NULL OR coalesce(principal, '{ANYONE}') = $principal)
 ORDER BY time DESC, id DESC
 LIMIT $limit"""
 EXPIRE: Final = f"DELETE FROM {TABLE} WHERE time < make_timestamptz($before)"
