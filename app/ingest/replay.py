@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
@@ -161,10 +161,10 @@ _decode_json = msgspec.json.Decoder().decode
 _decode_request = msgspec.json.Decoder(ReplayRequest).decode
 
 
-def check_body(body: bytes) -> None:
+def check_body(body: bytes, decode: Callable[[bytes], object] = _decode_request) -> None:
     """Raise BadRequest unless `body` is JSON the framework can decode into a request,
-    and InvalidBody, naming the field, unless it is a ReplayRequest as the OpenAPI
-    document describes it, without conversions.
+    and InvalidBody, naming the field, unless `decode` reads it (by default as a
+    ReplayRequest) as the OpenAPI document describes it, without conversions.
 
     The framework's decoder lets invalid UTF-8 inside a string and nesting past
     its recursion limit through as errors of its own: those are caught here first.
@@ -176,12 +176,16 @@ def check_body(body: bytes) -> None:
     except RecursionError:
         raise BadRequest("body is nested too deeply to read") from None
     try:
-        _decode_request(body)
+        decode(body)
     except msgspec.ValidationError as exc:
         # msgspec says where as "… - at `$.messages[0].dry_run`".
         reason, _, where = str(exc).rpartition(" - at `")
         if not reason:
             raise InvalidBody("$", str(exc)) from None
+        # Of a mapping's key, "… - at `key` in `$.attributes`": the mapping, its key.
+        key, marker, where = where.rpartition("in `")
+        if marker and key.startswith("key`"):
+            reason = f"a key: {reason}"
         raise InvalidBody(where.rstrip("`").removeprefix("$.") or "$", reason) from None
 
 
