@@ -40,6 +40,7 @@ from app.ingest.schemas import FETCH_SECONDS, Schemas, SchemaSource
 from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
 from app.ingest.signing import ProducerKeys
+from app.ingest.topic import Topic
 from app.lifespan import AppLoops, Lifespan, Loop
 from app.problems import Problems, describe_problem, problem_responses
 from app.process import StopBudget
@@ -60,7 +61,14 @@ from app.query.streams import Streams
 from app.routes.access import ACCESS_ROUTES
 from app.routes.console import console_router, template_config
 from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
-from app.routes.ingest import PUSH_PATH, REPLAY_ROUTES, PushPace, push_refusals, push_routes
+from app.routes.ingest import (
+    PUBLISH_ROUTES,
+    PUSH_PATH,
+    REPLAY_ROUTES,
+    PushPace,
+    push_refusals,
+    push_routes,
+)
 from app.routes.producers import PRODUCER_ROUTES
 from app.routes.query import READ_ROUTES, Paging
 from app.routes.read_pass import read_pass_routes
@@ -73,6 +81,7 @@ from app.routes.reads import (
 from app.routes.streams import STREAM_ROUTES
 from app.settings import (
     PUSH_RESERVE,
+    SYSTEM_TOPIC,
     QuerySettings,
     ServerSettings,
     Settings,
@@ -270,6 +279,12 @@ def create_app(
         followers=lambda: reads.paging.followers.open,
         held=lambda: budget.held,
     )
+    topic = Topic(
+        # In a cell, each system's: the template names it.
+        settings.schema.topic.replace(SYSTEM_TOPIC, settings.telemetry.system),
+        pushes.ingest,
+        emulator_host=settings.schema.emulator_host,
+    )
     lifespan = Lifespan(
         store,
         batcher,
@@ -285,6 +300,7 @@ def create_app(
         store_url=settings.store.url,
         signals=shared is None,
         keep_last=None if keeper is None else last_lines(access, keeper),
+        clients=(topic.close,),
     )
     problems = Problems(max_body_bytes=settings.server.max_body_bytes)
     exporting = (
@@ -311,6 +327,7 @@ def create_app(
         constants(
             readiness=readiness,
             replayer=Replay(pushes.ingest, observed),
+            topic=topic,
             access_reads=reads.access,
         )
         | reads.for_callers(auth),
@@ -752,6 +769,12 @@ def routers(
             route_handlers=REPLAY_ROUTES,
             guards=[*auth.replay_guards, same_origin, json_only],
             middleware=[*recorded("replay"), reads, *traced, *compressed],
+        ),
+        Router(
+            "/",
+            route_handlers=PUBLISH_ROUTES,
+            guards=[*auth.replay_guards, same_origin, json_only],
+            middleware=[*recorded("publish"), reads, *traced, *compressed],
         ),
         Router(
             "/",

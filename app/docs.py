@@ -315,6 +315,23 @@ class ReplayOperation(Operation):
 
 
 @dataclass
+class PublishOperation(Operation):
+    """POST /v1/publish: the message published leads to what became of it."""
+
+    def __post_init__(self) -> None:
+        _links(
+            self,
+            {
+                "message": Link(
+                    operation_ref=MESSAGE,
+                    parameters={"message_id": "$response.body#/message_id"},
+                    description="What became of the message once its push is answered",
+                )
+            },
+        )
+
+
+@dataclass
 class StreamOperation(Operation):
     """GET /v1/streams/{name}: a chunk as JSON, events with `live=sse`, and the answers
     a live or conditional read may get besides (204 at the long-poll's end, 304)."""

@@ -74,6 +74,9 @@ class Lifespan:
     loops: AppLoops
     budget: StopBudget
     store_url: str
+    # Clients of other services the app made as it ran, closed as it stops (the
+    # topic's publisher, made by an operator's first test message).
+    clients: tuple[Callable[[], Awaitable[None]], ...] = ()
     # Whether this app hears SIGTERM itself; a cell's systems hear it from the cell
     # (`stopping`), which installs one handler for them all.
     signals: bool = True
@@ -92,6 +95,8 @@ class Lifespan:
             if self.keep_last is not None:
                 stack.push_async_callback(self._keep_last, self.keep_last)
             stack.push_async_callback(self.schemas.close)
+            for close in self.clients:
+                stack.push_async_callback(close)
             # The batcher's loops run under the app's supervisor: it is closed after them.
             await self.loops.start(stack)
             await self.batcher.start(self.loops.supervisor)

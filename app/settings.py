@@ -150,6 +150,14 @@ SPANNER_URL = (
 _STORE_URL = rf"^(memory:|duckdb:.+|{BIGQUERY_URL})$"
 # host:port, the host a name, an IPv4 address or a bracketed IPv6 one.
 _HOST_PORT = r"^(|(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]{1,5})$"
+# A Pub/Sub topic's full name: a project's id (a domain-scoped one too), then the
+# topic's (a letter, then 2 to 254 of Pub/Sub's characters); in a cell, each system's
+# with SYSTEM_TOPIC standing for its name.
+SYSTEM_TOPIC: Final = "{system}"
+_TOPIC = (
+    r"^(|projects/[a-z][a-z0-9.:-]{4,61}/topics/(?:[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
+    r"|[A-Za-z0-9._~%+-]*\{system\}[A-Za-z0-9._~%+-]*))$"
+)
 _HTTP_URL = r"^https?://\S+$"
 _EMAIL = r"[^\s,:@]+@[^\s,:@]+"
 _EMAILS = rf"^\s*({_EMAIL}\s*(,\s*{_EMAIL}\s*)*)?,?\s*$"
@@ -438,9 +446,20 @@ class SchemaSettings(Section, frozen=True):
         Meta(pattern=_HOST_PORT),
         env(
             "PUBSUB_EMULATOR_HOST",
-            "`host:port` of a Pub/Sub emulator to fetch topic schemas from (plaintext, no "
-            "credentials) instead of Google's Schema API",
+            "`host:port` of a Pub/Sub emulator to fetch topic schemas from and publish "
+            "operators' test messages to (plaintext, no credentials) instead of Google's",
             accepts="`host:port`",
+        ),
+    ] = ""
+    topic: Annotated[
+        str,
+        Meta(pattern=_TOPIC),
+        env(
+            "RECORDLINE_TOPIC",
+            "The topic the system's push subscription reads: where an operator publishes a "
+            "test message (`POST /v1/publish`, the console); in a cell, `{system}` in it "
+            "stands for each system's name. Empty: nowhere (a 404 says so)",
+            accepts="`projects/PROJECT/topics/TOPIC` (`{system}` in TOPIC), or empty",
         ),
     ] = ""
     json_topic_schema: Annotated[

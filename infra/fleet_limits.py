@@ -99,6 +99,7 @@ SYSTEM_RULES: dict[str, SystemRule] = {
     "google_pubsub_topic.records": lambda c: 1,
     "google_pubsub_topic_iam_member.canary_publisher": lambda c: 1,
     "google_pubsub_topic_iam_member.dead_letter_publisher": lambda c: 1,
+    "google_pubsub_topic_iam_member.runtime_publishes_test_messages": lambda c: 1,
     "google_service_account.push": lambda c: 1,
     "google_service_account_iam_member.deployer_mints_smoke_tokens": lambda c: 1,
     "google_service_account_iam_member.pubsub_mints_push_token": lambda c: 1,

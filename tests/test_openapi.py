@@ -21,10 +21,12 @@ from litestar.testing import TestClient
 from app.asgi import create_app
 from app.docs import ASSETS
 from app.http.head import Recordline
+from app.ingest.topic import Topic
 from app.query.offsets import Offsets
 from app.records import MAX_ID_LENGTH
 from app.settings import DEFAULT_PAGE_TOKEN_SECRET, Settings
 from app.store.duckdb.store import DuckDBStore
+from recordline_dev.processes import free_port
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
 from tests.fakes import FaultyStore
@@ -44,6 +46,7 @@ class Service:
     client: TestClient[Recordline]
     store: FaultyStore
     google: FakeGoogle
+    app: Recordline
     document: dict[str, Any] = field(default_factory=dict)
 
     def token(self, email: str, audience: str = READ_AUDIENCE) -> dict[str, str]:
@@ -75,13 +78,17 @@ def serve(google: FakeGoogle) -> Iterator[Service]:
             "RECORDLINE_READ_PRINCIPALS": ANALYST,
             "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
             "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+            # A topic on a Pub/Sub nobody listens for: a test message is refused (503).
+            "RECORDLINE_TOPIC": TOPIC,
+            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
         }
     )
     store = FaultyStore(DuckDBStore(":memory:"))
     try:
-        with TestClient(create_app(settings, store=store)) as client:
+        app = create_app(settings, store=store)
+        with TestClient(app) as client:
             document = client.get("/docs/openapi.json").json()
-            yield Service(client, store, google, document)
+            yield Service(client, store, google, app, document)
     finally:
         google.stop()
 
@@ -138,6 +145,33 @@ case(R, "post", 415)(lambda s: s.client.post(R, content=b"{}", headers=s.token(O
 case(R, "post", 503, failing_reads)(
     lambda s: s.client.post(R, json=REPLAY, headers=s.token(OPERATOR))
 )
+# -- test messages -------------------------------------------------------------------
+PU = "/v1/publish"
+TOPIC = "projects/demo-project/topics/orders"
+TEST_MESSAGE = {"data": "eyJpZCI6ICIxIn0="}
+
+
+def no_topic(s: Service) -> None:
+    """A deployment naming no topic (RECORDLINE_TOPIC empty)."""
+    topic: Topic = s.app.litestar.dependencies["topic"].dependency()
+    topic.name = ""
+
+
+case(PU, "post", 400)(lambda s: s.client.post(PU, json={"data": "?"}, headers=s.token(OPERATOR)))
+case(PU, "post", 401)(lambda s: s.client.post(PU, json=TEST_MESSAGE))
+case(PU, "post", 403)(lambda s: s.client.post(PU, json=TEST_MESSAGE, headers=s.token(ANALYST)))
+case(PU, "post", 404, no_topic)(
+    lambda s: s.client.post(PU, json=TEST_MESSAGE, headers=s.token(OPERATOR))
+)
+case(PU, "post", 413)(
+    lambda s: s.client.post(
+        PU,
+        content=b"x" * (LIMIT + 1),
+        headers={**s.token(OPERATOR), "Content-Type": "application/json"},
+    )
+)
+case(PU, "post", 415)(lambda s: s.client.post(PU, content=b"{}", headers=s.token(OPERATOR)))
+case(PU, "post", 503)(lambda s: s.client.post(PU, json=TEST_MESSAGE, headers=s.token(OPERATOR)))
 # -- read passes (none configured here: 403) -----------------------------------------
 RP = "/v1/read-pass"
 

@@ -61,7 +61,9 @@ async def access_record(
     ] = None,
     action: Annotated[
         str | None,
-        Parameter(description="Only lines of this action", pattern="^(read|export|replay|pass)$"),
+        Parameter(
+            description="Only lines of this action", pattern="^(read|export|replay|publish|pass)$"
+        ),
     ] = None,
     principal: Annotated[
         str | None,

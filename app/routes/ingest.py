@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
+import msgspec
 from litestar import Litestar, Request, Response, post
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
@@ -19,7 +20,7 @@ from litestar.status_codes import HTTP_204_NO_CONTENT
 from litestar.types import AfterExceptionHookHandler, Scope
 
 from app.auth.browsers import foreign
-from app.docs import PushOperation, ReplayOperation
+from app.docs import PublishOperation, PushOperation, ReplayOperation
 from app.errors import (
     AmbiguousRequest,
     BadEnvelope,
@@ -29,6 +30,7 @@ from app.errors import (
     CrossSite,
     Forbidden,
     InvalidBody,
+    NotFound,
     QueueFull,
     RecordlineError,
     SchemaUnavailable,
@@ -49,6 +51,7 @@ from app.ingest.replay import (
     check_body,
 )
 from app.ingest.service import Ingest, PushObserver
+from app.ingest.topic import PublishAnswer, PublishRequest, Topic, TopicUnavailable
 from app.problems import Problems, problem_responses
 from app.query.served import told
 from app.telemetry import PushTraces, push_received
@@ -203,6 +206,13 @@ async def _readable_body(request: Request[Any, Any, Any]) -> None:
     check_body(await request.body())
 
 
+_decode_publish: Final = msgspec.json.Decoder(PublishRequest).decode
+
+
+async def _readable_publish(request: Request[Any, Any, Any]) -> None:
+    check_body(await request.body(), _decode_publish)
+
+
 @post(
     "/v1/replay",
     status_code=200,
@@ -245,6 +255,50 @@ async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay
     return answer
 
 
+@post(
+    "/v1/publish",
+    status_code=200,
+    summary="Publish a test message to the system's own topic (operators only)",
+    description=(
+        "The message data (base64) and attributes, as a publisher would send them. The "
+        "answer says what today's validation makes of it (`verdict`, and `reason` where it "
+        "would be rejected), then, unless `dry_run`, publishes it to the topic the system's "
+        "push subscription reads and gives Pub/Sub's `message_id`: it is delivered, and "
+        "stored or rejected, as every message is (`/v1/messages/{message_id}`). A message "
+        "the validation would reject is published all the same (its rejection is tested). "
+        "404 where the system names no topic; 503 `topic-unavailable` where Pub/Sub did "
+        "not take it. `note`, why, is kept with the message id in the access record."
+    ),
+    tags=["operations"],
+    operation_class=PublishOperation,
+    before_request=_readable_publish,
+    responses=problem_responses(
+        InvalidBody,
+        BadRequest,
+        AmbiguousRequest,
+        Unauthorized,
+        Forbidden,
+        CrossSite,
+        UnsupportedMediaType,
+        BodyTooLarge,
+        NotFound,
+        SchemaUnavailable,
+        TopicUnavailable,
+        TooManyReads,
+        CertsUnavailable,
+    ),
+)
+async def publish(data: JSONBody[PublishRequest], topic: NamedDependency[Topic]) -> PublishAnswer:
+    answer = await topic.publish(data)
+    told(
+        dry_run=answer.dry_run,
+        note=data.note,
+        topic=answer.topic,
+        messages=[[answer.message_id or "", answer.verdict]],
+    )
+    return answer
+
+
 def push_refusals(
     observer: PushObserver, problems: Problems
 ) -> AfterExceptionHookHandler[Exception]:
@@ -264,3 +318,4 @@ def push_refusals(
 
 # Called by operators, seldom: its one dependency is resolved in line.
 REPLAY_ROUTES = [replay]
+PUBLISH_ROUTES = [publish]

@@ -168,6 +168,9 @@ locals {
     RECORDLINE_CELL_MAX_SYSTEMS       = tostring(var.cell_max_systems)
     RECORDLINE_THROTTLES              = "${local.throttles_directory}/throttles.json"
     RECORDLINE_WRITE_DEADLINE_SECONDS = tostring(var.write_deadline_seconds)
+    # Each system's own topic (modules/system names it as the system), where its
+    # operators publish test messages.
+    RECORDLINE_TOPIC = "projects/${var.project_id}/topics/{system}"
     # The service's own URL too: the uptime check's token names it (uptime.tf).
     RECORDLINE_READ_AUDIENCE            = "${local.read_audience},${local.cell_url}"
     RECORDLINE_QUERY_MAX_BYTES_BILLED   = tostring(var.query_max_bytes_billed)

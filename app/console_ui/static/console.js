@@ -440,6 +440,67 @@ function records() {
   if ($("#export")) $("#export").addEventListener("submit", (event) => { event.preventDefault(); download(event.submitter.value); });
   filtersFromAddress(form, [...RECORD_FILTERS, "select"]);
   read();
+  if ($("#publish")) publishing($("#publish"));
+}
+
+// An operator's test message (`POST /v1/publish`): its payload (UTF-8 text) and
+// attributes checked against today's validation (a dry run, nothing published), then
+// published to the system's own topic with a note; what became of it once its push was
+// answered is read from `/v1/messages/{id}`, for up to a minute.
+function publishing(details) {
+  const data = details.querySelector("[name=data]"), attributes = details.querySelector("[name=attributes]");
+  const note = details.querySelector("[name=note]"), said = $("#publish-said");
+  const check = $("#publish-check"), send = $("#publish-send");
+
+  function body(dryRun) {
+    let parsed;
+    try { parsed = JSON.parse(attributes.value); } catch (error) { throw new Error(`attributes are not JSON: ${error.message}`); }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)
+        || Object.values(parsed).some((value) => typeof value !== "string")) {
+      throw new Error('attributes are an object of strings, {"name": "value"}');
+    }
+    let binary = "";
+    for (const byte of new TextEncoder().encode(data.value)) binary += String.fromCharCode(byte);
+    return { data: btoa(binary), attributes: parsed, dry_run: dryRun, note: note.value.trim() || null };
+  }
+
+  async function asked(dryRun) {
+    return await (await api(`${ROOT}/v1/publish`, {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body(dryRun)),
+    })).json();
+  }
+
+  const verdict = (answer) => answer.verdict === "stored"
+    ? "today's validation would store it"
+    : `today's validation would reject it: ${answer.reason}`;
+
+  for (const input of [data, attributes]) input.addEventListener("input", () => { send.disabled = true; said.textContent = ""; });
+  check.addEventListener("click", async () => {
+    send.disabled = true;
+    try {
+      const answer = await asked(true);
+      said.textContent = `To ${answer.topic}: ${verdict(answer)}.`;
+      send.disabled = false;
+    } catch (error) { said.textContent = error.message; }
+  });
+  send.addEventListener("click", async () => {
+    send.disabled = true;
+    let answer;
+    try { answer = await asked(false); } catch (error) { said.textContent = error.message; return; }
+    const id = answer.message_id;
+    said.textContent = `Published as ${id} (${verdict(answer)}); waiting for its push…`;
+    for (let tries = 0; tries < 60; tries += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      try {
+        const found = await (await api(`${ROOT}/v1/messages/${encodeURIComponent(id)}`)).json();
+        said.textContent = found.status === "stored"
+          ? `Published as ${id}: stored as record ${found.record.id}.`
+          : `Published as ${id}: ${found.status}${found.reason ? `: ${found.reason}` : ""}.`;
+        return;
+      } catch (error) { if (error.status !== 404) { said.textContent = error.message; return; } }
+    }
+    said.textContent = `Published as ${id}: not delivered within a minute (the push subscription's backlog, or its retry).`;
+  });
 }
 
 // An export of what the filters keep, read as it streams (its progress shown), then saved.

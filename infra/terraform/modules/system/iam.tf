@@ -35,6 +35,15 @@ resource "google_pubsub_schema_iam_member" "runtime_reads_schema" {
   member  = local.runtime_member
 }
 
+# Publishes an operator's test message (POST /v1/publish, the console) to this system's
+# own topic alone: roles/pubsub.publisher holds pubsub.topics.publish and nothing more.
+resource "google_pubsub_topic_iam_member" "runtime_publishes_test_messages" {
+  project = var.project_id
+  topic   = google_pubsub_topic.records.name
+  role    = "roles/pubsub.publisher"
+  member  = local.runtime_member
+}
+
 # This system's pushes reach the cell's service as its push account: Cloud Run's
 # invoker check, then the system's own guard (its audience and account).
 resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
