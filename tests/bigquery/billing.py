@@ -160,11 +160,26 @@ def partition_id(layout: Layout, key: PartitionKey) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Reach:
+    """What one reference to a table read of it: its blocks (write-optimized ones
+    included) and partitions, each of how many the table holds. Nothing is billed by
+    it; it says why a scan bills what it bills."""
+
+    table: str
+    blocks: int
+    of_blocks: int
+    partitions: int
+    of_partitions: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Bill:
     bytes_processed: int
     bytes_billed: int
     # Bytes read per table reference, as (table, bytes), in query order.
     scans: tuple[tuple[str, int], ...] = ()
+    # What each reference to a stored table read of it, in query order.
+    reaches: tuple[Reach, ...] = ()
 
     @property
     def dollars(self) -> float:
@@ -570,6 +585,11 @@ class BillingModel:
         self._cache[table] = (key, found)
         return found
 
+    def block_sizes(self, table: str, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """The rows of each block `table` is stored in (each stored row counted as the
+        rows it stands for), write-optimized ones included."""
+        return [len(block.rows) * self.row_weight for block in self.storage(table, rows)]
+
     def forget(self, table: str) -> None:
         """Lay the table out again at the next bill: rows of it changed in place."""
         self._cache.pop(table, None)
@@ -615,6 +635,7 @@ class BillingModel:
         """
         tree = _substitute(_qualified(sql, json.dumps(schema, sort_keys=True)), params)
         scans: list[tuple[str, int]] = []
+        reaches: list[Reach] = []
         for scope in traverse_scope(tree):
             for alias, source in scope.sources.items():
                 if not isinstance(source, exp.Table):
@@ -630,8 +651,9 @@ class BillingModel:
                 referenced = _covering(_referenced(scope, alias), kinds)
                 types = _column_types(schema, source)
                 filters = _filters(scope, alias, self._evaluate)
-                scanned = self._scan(table, tables(table), referenced, filters, types)
+                scanned, reach = self._scan(table, tables(table), referenced, filters, types)
                 scans.append((table, scanned))
+                reaches.append(reach)
         per_table: dict[str, int] = {}
         for table, scanned in scans:
             per_table[table] = per_table.get(table, 0) + scanned
@@ -639,6 +661,7 @@ class BillingModel:
             bytes_processed=sum(per_table.values()),
             bytes_billed=billed(per_table),
             scans=tuple(scans),
+            reaches=tuple(reaches),
         )
 
     def _scan(
@@ -648,11 +671,14 @@ class BillingModel:
         referenced: set[Path],
         filters: Mapping[str, _Range],
         types: Mapping[str, exp.DataType],
-    ) -> int:
+    ) -> tuple[int, Reach]:
+        """Bytes one reference to `table` reads, and the blocks and partitions it read."""
         layout = self.layouts.get(table, Layout())
         total = 0
         partition_filter = filters.get(layout.partition) if layout.partition else None
-        for block in self.storage(table, rows):
+        stored = self.storage(table, rows)
+        read: list[_Block] = []
+        for block in stored:
             if (
                 partition_filter is not None
                 and block.partition is not None
@@ -661,8 +687,16 @@ class BillingModel:
                 continue
             if block.clustered and not self._block_survives(block, layout, filters):
                 continue
+            read.append(block)
             total += sum(self._size(block, path, types) for path in referenced)
-        return total * self.row_weight
+        reach = Reach(
+            table,
+            blocks=len(read),
+            of_blocks=len(stored),
+            partitions=len({b.partition for b in read}),
+            of_partitions=len({b.partition for b in stored}),
+        )
+        return total * self.row_weight, reach
 
     @staticmethod
     def _size(block: _Block, path: Path, types: Mapping[str, exp.DataType]) -> int:

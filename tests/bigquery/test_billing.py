@@ -142,6 +142,23 @@ def test_time_clustering_prunes_inside_a_day() -> None:
     assert scanned(bill(m, hour, data, a=T0 + 60 * MINUTE, b=T0 + 120 * MINUTE)) <= 2 * 100 * 16
 
 
+def test_a_bill_says_which_blocks_and_partitions_each_reference_read() -> None:
+    # Ten days of 1,000 rows, each day cut into ten blocks of 100 sorted by ts: a day's
+    # first hour reads one block of one partition; a filter on k, which the table is
+    # not clustered by, one block of every partition (it prunes nothing).
+    data = {"events": rows(10, 1000)}
+    m = model(Layout(partition="ts", clustering=("ts",)), now=LONG_AGO, block_rows=100)
+    hour = bill(m, RANGE, data, a=T0 + 3 * DAY, b=T0 + 3 * DAY + 60 * MINUTE)
+    (reach,) = hour.reaches
+    assert (reach.table, reach.blocks, reach.of_blocks) == ("events", 1, 100)
+    assert (reach.partitions, reach.of_partitions) == (1, 10)
+    (everything,) = bill(m, "SELECT n FROM `p.d.events` WHERE k = @k", data, k="k005").reaches
+    assert (everything.blocks, everything.partitions) == (100, 10)
+    # A self-join: one reach a reference.
+    join = "SELECT a.n FROM `p.d.events` AS a JOIN `p.d.events` AS b ON a.m = b.m"
+    assert [r.blocks for r in bill(m, join, data).reaches] == [100, 100]
+
+
 def test_search_index_prunes_indexed_blocks_but_reads_rows_not_yet_indexed() -> None:
     data = {"events": rows(2, 1000)}
     layout = Layout(partition="ts", clustering=("ts",), search_index=frozenset({"m"}))
