@@ -451,8 +451,8 @@ def verdicts(stream: Stream, found: dict[str, Found]) -> list[tuple[str, str, bo
     out.append(
         (
             "both questions on one table, each at most 1/20 (their product at most 1/400)",
-            f"{best}: {share(day)} and {share(customer)}; the product is at least "
-            f"{share(least)} on any one table",
+            f"{best}: {share(day)} and {share(customer)}; no layout's blocks let the "
+            f"product under {share(least)}",
             day <= 1 / 20 and customer <= 1 / 20,
         )
     )
