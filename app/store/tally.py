@@ -144,12 +144,14 @@ class Tally:
         *,
         copies: Mapping[SequenceKey, Sequence[Copy]],
         stored_before: Set[str],
+        rejected_before: Set[str] = frozenset(),
         now: int,
         digest: Callable[[int], bytes],
     ) -> Settled:
         """The verdict on each of `rows`, in order, as one batch: `copies` are the
         messages held under the seen sequences among them, `stored_before` which of
-        their message ids are stored already, `digest` the digest of a row of the batch
+        their message ids are stored already (as records or rejections),
+        `rejected_before` which as rejections alone, `digest` the digest of a row of the batch
         by its position (asked only of rows under a seen sequence, and of the rows of
         the batch stored under it before them)."""
         batch = _Batch(self._epochs, now)
@@ -217,6 +219,15 @@ class Tally:
                 known = copies.get(key, _NO_COPIES)
                 mine = held.get(key, ())
                 if again or any(c.message_id == message_id for c in known):
+                    if is_record and message_id in rejected_before:
+                        if message_id not in ids_in_batch:
+                            # Kept as a rejection under this sequence, stored now (fixed
+                            # and replayed under its id): the epoch counts it stored, once;
+                            # the hour counts the store (its rejection stays in its own).
+                            entry.rejected = max(0, entry.rejected - 1)
+                            entry.stored += 1
+                            stored += 1
+                        ids_in_batch[message_id] = index
                     verdicts.append("again")
                     continue
                 this = digest(index)

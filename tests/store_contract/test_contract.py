@@ -759,6 +759,35 @@ async def test_the_ledger_names_the_gaps_until_they_close(store: Store) -> None:
     assert (entry.contiguous, entry.gaps, entry.stored, entry.rejected) == (8, [], 8, 1)
 
 
+async def test_a_rejection_fixed_and_stored_under_its_id_is_counted_stored_once(
+    store: Store,
+) -> None:
+    """A message rejected as sent, then fixed and replayed under its message id (a
+    record now): the epoch counts it stored, not rejected, and never twice."""
+    if store.completeness is None:
+        return
+    since = stamp() - HOUR
+    await store.append(
+        [sequenced("f-0", 0), sequenced("f-1", 1, rejected=True), sequenced("f-2", 2)]
+    )
+    (entry,) = await epochs(store)
+    assert (entry.contiguous, entry.stored, entry.rejected) == (2, 2, 1)
+    # The fix, stored under its message id; then the same replay again, and the
+    # rejection delivered again as it came.
+    assert list(await store.append([sequenced("f-1", 1)])) == [None]
+    await store.append([sequenced("f-1", 1)])
+    await store.append([sequenced("f-1", 1, rejected=True)])
+    await store.barrier()
+    assert await store.seen(["f-1"]) == {"f-1": "stored"}
+    (entry,) = await epochs(store)
+    assert (entry.contiguous, entry.gaps, entry.stored, entry.rejected) == (2, [], 3, 0)
+    assert (entry.duplicates, entry.conflicts) == (0, 0)
+    audit = await store.completeness.audit(since, stamp() + HOUR, cutoff=stamp(), limit=10)
+    # Each hour says what happened in it: the rejection, then the store.
+    assert sum(h.stored for h in audit.hours) == 3
+    assert sum(h.rejected for h in audit.hours) == 1
+
+
 async def test_a_new_epoch_says_where_the_last_one_ended_and_an_old_one_is_a_zombie(
     store: Store,
 ) -> None:

@@ -71,13 +71,15 @@ class Sequencer:
         # message or a copy of one: what is held under those sequences decides, in one read.
         seen = ledger.tally.seen_rows(settling)
         stored_before: set[str] = set()
+        rejected_before: set[str] = set()
         copies: dict[SequenceKey, list[Copy]] = {}
         if seen:
-            stored_before, copies = await self._held(seen)
+            stored_before, rejected_before, copies = await self._held(seen)
         settled = ledger.tally.settle(
             settling,
             copies=copies,
             stored_before=stored_before,
+            rejected_before=rejected_before,
             now=self.clock() // 1000,
             digest=lambda index: message_digest(rows[index]),
         )
@@ -111,24 +113,31 @@ class Sequencer:
 
     async def _held(
         self, rows: Sequence[Sequenced]
-    ) -> tuple[set[str], dict[SequenceKey, list[Copy]]]:
-        """Which of these rows' messages are stored (a record or a rejection), and the
-        messages held under their sequences, with their digests. The journaled frames not
+    ) -> tuple[set[str], set[str], dict[SequenceKey, list[Copy]]]:
+        """Which of these rows' messages are stored (a record or a rejection), which as
+        rejections alone, and the messages held under their sequences, with their
+        digests. The journaled frames not
         applied yet are looked at first: a frame leaves them only once it is in DuckDB,
         so nothing is missed between the two looks."""
         wanted = {r.message_id for r in rows}
         keys = {(s.producer, s.epoch, s.sequence) for s, *_ in rows if s is not None}
         stored = set[str]()
+        records = set[str]()
         ids: dict[SequenceKey, set[str]] = {}
         for entry in self.journaled():
             stored.update(r.message_id for r in entry.rows if r.message_id in wanted)
+            records.update(
+                r.message_id for r in entry.rows if r.message_id in wanted and isinstance(r, Record)
+            )
             if entry.ledger is not None:
                 for held in entry.ledger.copies:
                     if held[:3] in keys:
                         ids.setdefault(held[:3], set()).add(held[3])
-        rest = wanted - stored
+        rest = wanted - records
         if rest:
-            stored |= set(await self.seen(sorted(rest)))
+            states = await self.seen(sorted(rest))
+            stored |= set(states)
+            records |= {m for m, state in states.items() if state == "stored"}
         for key, found in (await self.database.read(lambda cur: book.held_ids(cur, keys))).items():
             ids.setdefault(key, set()).update(found)
         # The messages themselves, where they are: journaled, or in DuckDB.
@@ -150,4 +159,4 @@ class Sequencer:
             ]
             for key, found in ids.items()
         }
-        return stored, copies
+        return stored, stored - records, copies

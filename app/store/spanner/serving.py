@@ -560,6 +560,7 @@ class SpannerServing:
             settling,
             copies=copies,
             stored_before={message_id for _, message_id in existing},
+            rejected_before=_rejected_alone(existing),
             now=time.time_ns() // 1000,
             digest=lambda index: message_digest(rows[index]),
         )
@@ -945,3 +946,9 @@ def _table(row: Record | Rejection) -> str:
 
 def _fields(row: Row) -> dict[str, Any]:
     return {name: getattr(row, name) for name in row.__struct_fields__}
+
+
+def _rejected_alone(existing: dict[tuple[str, str], Record | Rejection]) -> set[str]:
+    """The message ids `existing` holds as rejections and not as records."""
+    records = {m for (_, m), row in existing.items() if isinstance(row, Record)}
+    return {m for (_, m), row in existing.items() if isinstance(row, Rejection)} - records
