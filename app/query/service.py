@@ -698,7 +698,8 @@ class Reader:
         shown = _RECORD_VIEW_FIELDS if encoded and listing.view is RecordView else ()
         if self.mask is not None:
             shown = ()  # a masked view is made of the record's fields
-        reads = KEYED_READS if self.keyed_filter(cursor.filter)[2] is not None else 1
+        keyed = self.mask is not None and self.keyed_filter(cursor.filter)[2] is not None
+        reads = KEYED_READS if keyed else 1
         while True:
             read = await read_charged(
                 self._budget,
@@ -747,7 +748,9 @@ class Reader:
             # A full page can never change: its rows are final, and it says it is
             # complete up to its last row, so every answer to it is the same.
             horizon = max(cursor.after_time, rows[-1].ingest_time)
-        _, expression, keyed = self.keyed_filter(cursor.filter)
+        _, expression, keyed = (
+            (None, None, None) if self.mask is None else self.keyed_filter(cursor.filter)
+        )
         if keyed is not None:
             assert expression is not None
             # Of the rows the store read, those the whole filter keeps (what the reader
@@ -1006,7 +1009,7 @@ class Reader:
             before_time=before,
             limit=limit,
             max_bytes=max_bytes,
-            filter=self.keyed_filter(cursor.filter)[0],
+            filter=cursor.filter if self.mask is None else self.keyed_filter(cursor.filter)[0],
         )
         return query, horizon
 
