@@ -2,9 +2,10 @@
 and attributes as the filter language writes operands (`id`, `data.customer.id`,
 `data["x y"]`, `attributes.origin`), read by its grammar (`app.store.where.operands`).
 
-A projection changes which fields a row shows, never which rows, their order or the
-cursors: it is made of the page a read without it makes (masked first for a reader),
-when that page is encoded. A path keeps the nested shape; one a row lacks is absent.
+A projection changes which fields a row shows, never which rows or their order: made
+of a page (masked first) as it is encoded, whose read leaves unread a `data` or
+`attributes` it shows none of (`fields`; the page may end elsewhere, its cursor after
+its last row). A path keeps the nested shape; one a row lacks is absent.
 
 Design: docs/reading.md#choosing-fields
 """
@@ -70,6 +71,12 @@ class Selection:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_tree", _tree_of(self.entries))
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The fields of a row it shows any of (whole or a path inside): a read needs
+        no other (`Reader.page`'s `fields`)."""
+        return frozenset(self._tree)
 
     def row(self, view: Any) -> dict[str, Any]:
         """`view` (a RecordView or RejectionView) with only what is selected: its fields

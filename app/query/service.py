@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from typing import Any, Final, Generic, Literal, TypeVar, cast
 
@@ -39,6 +39,7 @@ from app.records import (
 from app.store import (
     MAX_BUCKETS,
     READ_ROUTE,
+    UNSHOWN_COLUMNS,
     CountQuery,
     PageQuery,
     Shown,
@@ -49,7 +50,16 @@ from app.store import (
 from app.store.copies import LaterCopies
 from app.store.filters import RowFilter
 from app.store.live import Live
-from app.store.where import MAX_WHERE_BYTES, Expression, Keyed, matches, parse, relaxed, text
+from app.store.where import (
+    MAX_WHERE_BYTES,
+    Expression,
+    Keyed,
+    matches,
+    parse,
+    reads,
+    relaxed,
+    text,
+)
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -169,6 +179,15 @@ def record_views(rows: list[Record]) -> list[RecordView]:
 
 # A record's view's fields, in order: what a store that makes the views is asked for.
 _RECORD_VIEW_FIELDS: Final = tuple(RecordView.__struct_fields__)
+
+
+def shown_of(fields: Collection[str]) -> tuple[str, ...]:
+    """What a read of records showing `fields` of each (a projection's) asks a store to
+    show (`PageQuery.shown`): the view's fields without `data` or `attributes` where
+    `fields` holds neither; nothing where it holds both, as nothing would be left out."""
+    named = tuple(f for f in _RECORD_VIEW_FIELDS if f in fields or f not in UNSHOWN_COLUMNS)
+    return () if named == _RECORD_VIEW_FIELDS else named
+
 
 # What the process keeps of records' encoded views at most (`EncodedViews`), counted as
 # their JSON, their message id (`sys.getsizeof`: a push may send 1 KiB of it, held by
@@ -485,14 +504,18 @@ class Reader:
         page_token: str | None,
         max_bytes: int | None = None,
         filter: RowFilter | None = None,
+        fields: Collection[str] | None = None,
     ) -> AnyPage:
         """One page of a list, in ingest order; records and rejections page alike, of at
         most `limit` rows and `max_bytes` of them (by default `page_bytes`). With a
-        `filter`, of the rows it keeps (a token carries it to the next page). A page that
-        waits for rows is a follower's (`app.query.follow`)."""
+        `filter`, of the rows it keeps (a token carries it to the next page). With
+        `fields`, the caller shows those fields of each row alone (a projection): a
+        record's `data` or `attributes` it does not show may be left unread, empty in the
+        page's views (`PageQuery.shown`). A page that waits for rows is a follower's
+        (`app.query.follow`)."""
         cursor = self.cursor(listing, since, until, limit, page_token, filter=filter)
         budget = self.page_bytes if max_bytes is None else max_bytes
-        read = await self.excerpt(listing, cursor, limit, budget)
+        read = await self.excerpt(listing, cursor, limit, budget, fields=fields)
         return self.page_of(read, waited=False, first=page_token is None)
 
     async def newest_page(
@@ -504,12 +527,14 @@ class Reader:
         limit: int,
         page_token: str | None,
         filter: RowFilter | None = None,
+        fields: Collection[str] | None = None,
     ) -> AnyPage:
         """One page of a list newest first: its newest `limit` rows (and `page_bytes` of
         them) before `until` or the read horizon, none older than `since`; its token
         reads on to older rows. Read through the list's own pages, forwards, in windows
         back from the ceiling: every store serves it as it serves a page. It is complete
-        up to its ceiling, where a follower of newer rows starts (`since`)."""
+        up to its ceiling, where a follower of newer rows starts (`since`). `fields` as
+        `page` takes them."""
         cursor = self.cursor(listing, since, until, limit, page_token, filter=filter, newest=True)
         await self._store.barrier()
         horizon = self.horizon()
@@ -535,7 +560,7 @@ class Reader:
             begin = max(end - span, low)
             window = PageToken(begin, "", end, listing=listing.name, filter=cursor.filter)
             # As many rows as a read takes: a page of a few rows is found in one read.
-            read = await self.excerpt(listing, window, MAX_LIMIT, self.page_bytes)
+            read = await self.excerpt(listing, window, MAX_LIMIT, self.page_bytes, fields=fields)
             if read.full and end - begin > 1:
                 # More rows than one read takes: rows are at its last row's time, so the
                 # newest lie between it and the end, looked for by halves.
@@ -550,7 +575,7 @@ class Reader:
             ]
             if read.full:
                 # All in one microsecond, more than a read takes: the newest are read last.
-                found, held = await self._whole_window(listing, read, found, top, limit)
+                found, held = await self._whole_window(listing, read, found, top, limit, fields)
                 reads += held  # their charge lasts while the page holds their rows
             elif found:
                 reads.append(read)  # its charge lasts while the page holds its rows
@@ -579,7 +604,7 @@ class Reader:
                 # the oldest the service's part of the filter keeps, never newer.)
                 asked = self.keyed_filter(cursor.filter)[0]
                 below = PageToken(floor, "", end, listing=listing.name, filter=asked)
-                first = await self.excerpt(listing, below, 1, self.page_bytes)
+                first = await self.excerpt(listing, below, 1, self.page_bytes, fields=fields)
                 floor = first.rows[0].ingest_time if first.rows else end
         else:
             more = end > floor
@@ -612,6 +637,7 @@ class Reader:
         found: list[tuple[Any, Any]],
         top: tuple[int, str],
         limit: int,
+        fields: Collection[str] | None = None,
     ) -> tuple[list[tuple[Any, Any]], list[Excerpt[AnyPage]]]:
         """The rest of a one-microsecond window after its first `read`: its rows before
         `top`, the newest `limit` and one more at most (so that a page of `limit` knows
@@ -625,7 +651,7 @@ class Reader:
             cursor = PageToken(
                 *read.resume, cursor.until, listing=listing.name, filter=cursor.filter
             )
-            read = await self.excerpt(listing, cursor, MAX_LIMIT, self.page_bytes)
+            read = await self.excerpt(listing, cursor, MAX_LIMIT, self.page_bytes, fields=fields)
             for row, view in zip(read.rows, read.views, strict=True):
                 if (row.ingest_time, row.message_id) < top:
                     kept.append((row, view, read))
@@ -688,16 +714,18 @@ class Reader:
         max_bytes: int,
         *,
         encoded: bool = False,
+        fields: Collection[str] | None = None,
     ) -> Excerpt[AnyPage]:
         """The read after `cursor` as the store has it now, of at most `limit` rows and
         `max_bytes` of them (the first row whatever its size; fewer bytes while the
         budget has less room): what both protocols page. Charged to the budget
         (`app.query.charged`) until nothing made of it is held any more. For a reader that only
         encodes the views (`encoded`), a record's view may be its JSON as the store made
-        it (`PageQuery.shown`), a `msgspec.Raw` encoded as the view would be."""
-        shown = _RECORD_VIEW_FIELDS if encoded and listing.view is RecordView else ()
-        if self.mask is not None:
-            shown = ()  # a masked view is made of the record's fields
+        it (`PageQuery.shown`), a `msgspec.Raw` encoded as the view would be. For one that
+        shows only `fields` of each row, a record's `data` or `attributes` outside them
+        (and outside what the service's part of the filter reads) may be empty in its
+        view, never read."""
+        shown = self._shown(listing, cursor.filter, encoded=encoded, fields=fields)
         keyed = self.mask is not None and self.keyed_filter(cursor.filter)[2] is not None
         reads = KEYED_READS if keyed else 1
         while True:
@@ -727,6 +755,30 @@ class Reader:
         if self.mask is None or keep is None or keep.where is None:
             return keep, None, None
         return _keyed_split(self.mask, keep)
+
+    def _shown(
+        self,
+        listing: Listing[Any],
+        keep: RowFilter | None,
+        *,
+        encoded: bool,
+        fields: Collection[str] | None,
+    ) -> tuple[str, ...]:
+        """What a read asks the store to show of each record (`PageQuery.shown`): the
+        view without `data` or `attributes` where neither `fields` nor the service's
+        part of the filter `keep` (`keyed_filter`, matched on the rows read) reads it
+        (the rest is its key, times and names, which every page reads); the whole view
+        for a reader that only encodes it, nothing masked from it (a masked view is
+        made of the record's fields); else nothing asked."""
+        if listing.view is not RecordView:
+            return ()
+        if fields is not None:
+            expression = self.keyed_filter(keep)[1]
+            matched = [c for c in UNSHOWN_COLUMNS if reads(expression, c)]
+            named = shown_of({*fields, *matched})
+            if named:
+                return named
+        return _RECORD_VIEW_FIELDS if encoded and self.mask is None else ()
 
     async def _excerpt_of(
         self,
@@ -800,7 +852,12 @@ class Reader:
             query = msgspec.structs.replace(query, shown=shown)
         page = await self._store.page(listing.kind, query)
         rows = page.rows
-        if shown and self._encoded is not None and rows and type(rows[0]) is not Shown:
+        if (
+            shown == _RECORD_VIEW_FIELDS
+            and self._encoded is not None
+            and rows
+            and type(rows[0]) is not Shown
+        ):
             # Records nothing is masked from, only encoded: as their JSON, made once.
             rows = self._encoded.of(self._store, rows)
         if page.complete_until is not None:

@@ -466,7 +466,13 @@ async def _paged(
                 "stream): follow oldest first from a page's `complete_until` as `since`",
             )
         newest = await reader.newest_page(
-            listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
+            listing,
+            since=start,
+            until=end,
+            limit=limit,
+            page_token=page_token,
+            filter=keep,
+            fields=None if chosen is None else chosen.fields,
         )
         # Never kept by a cache: its first page changes as rows come.
         return answer(request, newest, full=False, final=False, followers=followers, select=chosen)
@@ -505,8 +511,15 @@ async def _paged(
         async with until_gone(request, followers, seat) as follow:
             page = await follow.page(listing, cursor, limit, wait=wait, first=page_token is None)
     else:
+        # What the page shows alone is read (a follower's read above is shared, whole).
         page = await reader.page(
-            listing, since=start, until=end, limit=limit, page_token=page_token, filter=keep
+            listing,
+            since=start,
+            until=end,
+            limit=limit,
+            page_token=page_token,
+            filter=keep,
+            fields=None if chosen is None else chosen.fields,
         )
     full = complete(page, limit)
     rows = page.records if isinstance(page, RecordsPage) else page.rejections

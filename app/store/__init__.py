@@ -16,6 +16,7 @@ import msgspec
 from app.records import Record, Rejection
 from app.store.pages import MAX_BUCKETS as MAX_BUCKETS
 from app.store.pages import ROW_BYTES as ROW_BYTES
+from app.store.pages import UNSHOWN_COLUMNS as UNSHOWN_COLUMNS
 from app.store.pages import CountQuery as CountQuery
 from app.store.pages import Page as Page
 from app.store.pages import PageQuery as PageQuery

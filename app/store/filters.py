@@ -23,7 +23,7 @@ from msgspec import Meta
 
 from app.errors import BadParameter
 from app.records import MAX_ID_LENGTH, Record, Rejection
-from app.store.where import MAX_WHERE_BYTES, Expression, matches, parse
+from app.store.where import MAX_WHERE_BYTES, Expression, matches, parse, reads
 from app.typed.mapping import Field, Mode, Type
 
 # Conditions one filter may hold: a console's or a script's few, never a query language.
@@ -93,6 +93,13 @@ class RowFilter(msgspec.Struct, array_like=True, frozen=True):
         return bool(
             self.attributes or self.record_id or self.message_id or self.fields or self.where
         )
+
+    def reads(self, column: str, listing: str = "records") -> bool:
+        """Whether checking a row reads its JSON column `column` (`data`, `attributes`):
+        a page must read it whatever a reader shows of it."""
+        if column == "attributes" and self.attributes:
+            return True
+        return reads(self.expression(listing), column)
 
     def expression(self, listing: str) -> Expression | None:
         """The `where` expression, parsed for `listing`; None without one."""

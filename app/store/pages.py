@@ -20,6 +20,11 @@ from app.store.filters import RowFilter
 # A page is of one table's rows: records, or rejections.
 R = TypeVar("R", Record, Rejection)
 
+# The columns a page may leave unread where a reader shows none of them
+# (`PageQuery.shown`): a record's payload and attributes, its largest by far; the rest
+# are its key, times and names, which every page reads.
+UNSHOWN_COLUMNS: Final = ("data", "attributes")
+
 # What a row takes in an answer besides its payload and attributes (its ids, times and
 # names, once encoded), about: rows of tiny payloads count too.
 ROW_BYTES: Final = 320
@@ -130,11 +135,25 @@ class PageQuery(msgspec.Struct, kw_only=True, frozen=True):
     # then full: it resumes after its last row. The reader cuts the page to its budget
     # whatever the store returns (`within`); a store that cannot stop early ignores it.
     max_bytes: int | None = None
-    # With names (of a record's columns), a store may return each record as a `Shown`: a
-    # JSON object of those columns in that order, as msgspec encodes a struct of them (a
-    # time in RFC 3339 in UTC, a JSON column as it is kept), so that a reader far behind
-    # is not made a Python object a row. A store that cannot ignores it.
+    # With names (of a record's columns, in its view's order), what a reader shows of each
+    # record. Where they name both `data` and `attributes` (the whole view), a store may
+    # return each record as a `Shown`: a JSON object of those columns in that order, as
+    # msgspec encodes a struct of them (a time in RFC 3339 in UTC, a JSON column as it is
+    # kept), so that a reader far behind is not made a Python object a row. Where they
+    # leave one out (`left_out`: a projection, `select=`, shows no part of it), a store
+    # need not read it: each Record it returns may hold it as empty text, and counts as
+    # such (`row_bytes`), so that a page cut by `max_bytes` may hold more rows than
+    # without it, and resumes after its last as any page does. A store that can do
+    # neither ignores it: the reader shows what it asked for of whole records.
     shown: tuple[str, ...] = ()
+
+    @property
+    def left_out(self) -> tuple[str, ...]:
+        """The JSON columns (`data`, `attributes`) `shown` leaves out, which a store need
+        not read: none without `shown`."""
+        if not self.shown:
+            return ()
+        return tuple(c for c in UNSHOWN_COLUMNS if c not in self.shown)
 
     def answer(self, rows: list[R], end: int | None = None, *, full: bool | None = None) -> Page[R]:
         """The page of `rows`, the rows the store examined (see `resume`)."""

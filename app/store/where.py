@@ -355,7 +355,15 @@ def conditions(expression: Expression) -> Iterator[Condition]:
 
 def reads_data(expression: Expression | None) -> bool:
     """Whether `expression` reads a payload's `data` (which matching decodes)."""
-    return expression is not None and any(c.operand.root == "data" for c in conditions(expression))
+    return reads(expression, "data")
+
+
+def reads(expression: Expression | None, column: str) -> bool:
+    """Whether `expression` reads the column `column` (`attributes` for `producer` too)."""
+    if expression is None:
+        return False
+    roots = {column, "producer"} if column == "attributes" else {column}
+    return any(c.operand.root in roots for c in conditions(expression))
 
 
 def _check(condition: Condition, listing: str | None) -> None:

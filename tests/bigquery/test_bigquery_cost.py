@@ -3,27 +3,35 @@ layout Terraform declares: a read's bytes follow its answer, not the table."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from app.asgi import create_app
-from app.records import TABLES, Record, columns
+from app.query.page_token import PageTokens
+from app.query.select import selection_of
+from app.query.service import RECORDS, Reader, RecordView
+from app.records import TABLES, Record, columns, moment
 from app.settings import QuerySettings, Settings
 from app.store import PageQuery
 from app.store.bigquery.store import BigQueryStore
+from app.store.filters import AttributeIs, RowFilter
 from tests.bigquery.billing import MIB, BillingModel
 from tests.bigquery.conftest import DATASET, PROJECT
 from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 from tests.bigquery.stream import DAY, NOW, SECOND, Stream, make_stream
 from tests.conftest import envelope, served, unsettled
+from tests.test_select import project
 
 Factory = Callable[..., Any]
 KINDS = {t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()}
 TABLE_PATH = f"projects/{PROJECT}/datasets/{DATASET}/tables"
+VIEW_FIELDS = [f.name for f in msgspec.structs.fields(RecordView)]
 
 
 def load(
@@ -257,3 +265,109 @@ async def test_listing_rejections_is_billed_by_its_own_route(
     )
     assert found is not None, metrics
     assert float(found[1]) == billed >= 10 * MIB
+
+
+async def billed_page(
+    reader: Reader, jobs: FakeBigQueryJobs, text: str | None, **asked: Any
+) -> tuple[dict[str, Any], int, list[str]]:
+    """A page from a day back as the API answers it (projected by `text`, its read told
+    of the fields shown), what its queries billed, and the page queries' SQL."""
+    selection = None if text is None else selection_of(text, VIEW_FIELDS)
+    before = len(jobs.queries)
+    page = await reader.page(
+        RECORDS,
+        since=moment(NOW - DAY),
+        until=None,
+        limit=50,
+        page_token=None,
+        fields=None if selection is None else selection.fields,
+        **asked,
+    )
+    answer = page if selection is None else selection.page(page)
+    sent = jobs.queries[before:]
+    pages = [q.sql for q in sent if "previous_copy" in q.sql]
+    return json.loads(msgspec.json.encode(answer)), sum(billed_by(jobs, before)), pages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("keep", "leaves"),
+    [
+        (None, ("data", "attributes")),
+        # A filter reads what it checks, whatever the page shows: the attributes here.
+        (RowFilter(attributes=(AttributeIs("googclient_traceparent", "x"),)), ("data",)),
+        (RowFilter(where="data.amount > 0"), ("attributes",)),
+    ],
+    ids=["unfiltered", "attribute=", "where= on data"],
+)
+async def test_a_projection_bills_less_than_the_same_page_without_it(
+    store: BigQueryStore,
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    keep: RowFilter | None,
+    leaves: tuple[str, ...],
+) -> None:
+    # Two days of 100 msg/s, each stored row standing for 3,000: a page a day back scans
+    # settled blocks, billed by the columns its query names.
+    load(write_fake, jobs_fake, make_stream(100, 2, stored_per_day=2_880), block_rows=100_000)
+    reader = Reader(
+        store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), clock=lambda: NOW * 1000
+    )
+    whole, whole_bill, whole_sql = await billed_page(reader, jobs_fake, None, filter=keep)
+    assert whole["records"] or keep is not None
+    for text in ("id", "id,timestamp"):
+        shown, bill, sql = await billed_page(reader, jobs_fake, text, filter=keep)
+        # The same rows, each the projection of the row read whole, behind the same token.
+        entries = [(name, ()) for name in text.split(",")]
+        assert shown["records"] == [project(r, entries) for r in whole["records"]]
+        assert shown["next_page_token"] == whole["next_page_token"]
+        # The page's queries name no column the page leaves out, and bill less.
+        assert sql
+        assert whole_sql
+        for column in leaves:
+            assert all(f"`{column}`" not in q for q in sql), (column, sql)
+            assert all(f"`{column}`" in q for q in whole_sql)
+        assert bill < whole_bill, (bill, whole_bill)
+        if keep is None:
+            # `data` and `attributes` are most of a row: about a third of it is left.
+            assert bill < whole_bill / 2, (bill, whole_bill)
+
+
+@pytest.mark.slow
+async def test_a_projected_page_ends_on_its_own_bytes_and_resumes_after_its_last_row(
+    store: BigQueryStore, write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # Pages of 20 rows, or 7 KiB of them: whole rows (about 630 bytes as counted) end on
+    # their bytes, rows of `id` alone on `limit`. Both walks meet every row once, in order.
+    load(write_fake, jobs_fake, make_stream(100, 1, stored_per_day=2_880), block_rows=100_000)
+    reader = Reader(
+        store,
+        pending_horizon=lambda: 2**62,
+        tokens=PageTokens("s"),
+        clock=lambda: NOW * 1000,
+        page_bytes=7 * 1024,
+    )
+    selection = selection_of("id,message_id", VIEW_FIELDS)
+    assert selection is not None
+    walks: dict[str, list[list[dict[str, Any]]]] = {}
+    for name, fields in (("whole", None), ("projected", selection.fields)):
+        token, pages = None, []
+        for _ in range(50):
+            page = await reader.page(
+                RECORDS,
+                since=None if token else moment(NOW - 3600 * SECOND),
+                until=None if token else moment(NOW - 1800 * SECOND),
+                limit=20,
+                page_token=token,
+                fields=fields,
+            )
+            pages.append([selection.row(view) for view in page.records])
+            token = page.next_page_token
+            if token is None:
+                break
+        walks[name] = pages
+    rows = {name: [r for page in pages for r in page] for name, pages in walks.items()}
+    assert rows["projected"] == rows["whole"]
+    assert len(rows["whole"]) == len({r["message_id"] for r in rows["whole"]}) == 60
+    assert max(map(len, walks["whole"])) < 20 == max(map(len, walks["projected"]))
+    assert len(walks["projected"]) < len(walks["whole"])

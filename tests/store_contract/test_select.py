@@ -1,20 +1,28 @@
-"""The Store contract for `select=`: on every store, a projected read is the in-memory
-projection of the same read without one (tests/test_select.py's `project`), page by
-page, the same rows behind the same cursors, over payloads of every JSON shape the
-filter language's contract stores (tests/store_contract/test_where.py)."""
+"""The Store contract for `select=`: on every store, a projected walk of pages holds the
+rows of the walk without one, each as the in-memory projection of it (tests/test_select.py's
+`project`), over payloads of every JSON shape the filter language's contract stores
+(tests/store_contract/test_where.py).
+
+A projected page is read with the fields it shows (`Reader.page`'s `fields`): a store may
+leave a record's `data` or `attributes` unread where none of it is shown, and count its
+rows without it, so that a page cut by its bytes may end elsewhere than without one. Its
+cursor resumes after its last row all the same: no row is skipped or met twice, and where
+no byte bound cuts a page (the default budget here), the pages and tokens are the same."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
 
 from app.query.page_token import PageTokens
-from app.query.select import selection_of
-from app.query.service import RECORDS, Reader, RecordView
+from app.query.select import Selection, selection_of
+from app.query.service import PAGE_BYTES, RECORDS, Reader, RecordView
 from app.store import Store
+from app.store.filters import AttributeIs, RowFilter
 from tests.store_contract.test_where import stored
 from tests.test_select import project
 
@@ -38,36 +46,113 @@ SHAPES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("data", ("flag",)),
         ("data", ("missing",)),
     ],
+    "id,attributes.region": [("id", ()), ("attributes", ("region",))],
 }
+# A page's bytes small enough that pages of whole rows (about 430 bytes each here) end
+# on their bytes, before `limit`, where those of a projection without `data` or
+# `attributes` may not.
+SMALL_PAGE_BYTES = 2_000
+# Filters that read what a projection leaves out (the attributes, the payload) or not.
+KEEPS = {
+    "attribute=region:eu": RowFilter(attributes=(AttributeIs("region", "eu"),)),
+    "where=data.n > 0": RowFilter(where="data.n > 0"),
+    "where=id = 'id-1' OR attributes.region = 'us'": RowFilter(
+        where="id = 'id-1' OR attributes.region = 'us'"
+    ),
+}
+
+
+async def walk(
+    reader: Reader,
+    selection: Selection | None,
+    since: int,
+    until: int,
+    keep: RowFilter | None = None,
+) -> list[dict[str, Any]]:
+    """Each page of a walk from `since` to `until` by its tokens, as the JSON it is
+    answered with: projected by `selection`, whose fields alone the read is told of."""
+    start, end = (datetime.fromtimestamp(t / 1e6, UTC) for t in (since, until))
+    token: str | None = None
+    pages = []
+    for _ in range(100):
+        bounds = {"since": None, "until": None} if token else {"since": start, "until": end}
+        page = await reader.page(
+            RECORDS,
+            limit=7,
+            page_token=token,
+            filter=None if token else keep,
+            fields=None if selection is None else selection.fields,
+            **bounds,
+        )
+        answer = page if selection is None else selection.page(page)
+        pages.append(json.loads(msgspec.json.encode(answer)))
+        token = page.next_page_token
+        if token is None:
+            return pages
+    raise AssertionError("the walk did not end")
+
+
+def rows_of(pages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [row for page in pages for row in page["records"]]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("text", list(SHAPES))
-async def test_select_projects_every_store_s_pages_as_memory_projects_them(
+async def test_a_projected_walk_holds_the_rows_of_the_walk_without_it(
     store: Store, text: str
 ) -> None:
     rows, since, until = await stored(store)
-    reader = Reader(store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"))
     selection = selection_of(text, FIELDS)
     assert selection is not None
-    start, end = (datetime.fromtimestamp(t / 1e6, UTC) for t in (since, until))
-    token: str | None = None
-    seen: list[str] = []
-    shown: list[dict[str, object]] = []
-    for _ in range(100):
-        bounds = {"since": None, "until": None} if token else {"since": start, "until": end}
-        page = await reader.page(RECORDS, limit=7, page_token=token, **bounds)
-        whole = json.loads(msgspec.json.encode(page))
-        projected = json.loads(selection.encoded(selection.page(page)))
-        assert projected["records"] == [project(r, SHAPES[text]) for r in whole["records"]]
-        assert projected["next_page_token"] == whole["next_page_token"]
-        assert projected["complete_until"] == whole["complete_until"]
-        seen += [r["message_id"] for r in whole["records"]]
-        shown += projected["records"]
-        token = page.next_page_token
-        if token is None:
-            break
-    assert seen == [r.message_id for r in rows]
+    for page_bytes in (PAGE_BYTES, SMALL_PAGE_BYTES):
+        reader = Reader(
+            store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), page_bytes=page_bytes
+        )
+        whole = await walk(reader, None, since, until)
+        projected = await walk(reader, selection, since, until)
+        assert [r["message_id"] for r in rows_of(whole)] == [r.message_id for r in rows]
+        # Every row once, in order, each the projection of the row read whole.
+        assert rows_of(projected) == [project(r, SHAPES[text]) for r in rows_of(whole)]
+        if page_bytes == PAGE_BYTES:
+            # No page ends on its bytes: the same pages and tokens, and the same times
+            # but the last's (complete up to the read horizon, a later one the later read).
+            assert [p["records"] for p in projected] == [
+                [project(r, SHAPES[text]) for r in p["records"]] for p in whole
+            ]
+            assert [p["next_page_token"] for p in projected] == [
+                p["next_page_token"] for p in whole
+            ]
+            assert [p["complete_until"] for p in projected[:-1]] == [
+                p["complete_until"] for p in whole[:-1]
+            ]
+        else:
+            assert len(whole) > len(rows) // 7 + 1, "no page of whole rows ended on its bytes"
     # Paths into the payload tell rows apart: some hold what others lack.
     if "data." in text:
+        shown = rows_of(projected)
         assert 0 < sum("data" in row for row in shown) < len(shown)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(KEEPS))
+async def test_a_filter_keeps_the_same_rows_whatever_the_projection_leaves_out(
+    store: Store, name: str
+) -> None:
+    # The filter reads what a projection of `id` alone leaves out: a store that leaves
+    # it unread for the page's rows must still read it for the filter.
+    rows, since, until = await stored(store)
+    keep = KEEPS[name]
+    kept = [r.message_id for r in rows if keep.matches(r)]
+    assert 0 < len(kept) < len(rows)
+    for text in ("id", "id,data.n", "attributes.region"):
+        selection = selection_of(text, FIELDS)
+        assert selection is not None
+        entries = [(e.field, e.path) for e in selection.entries]
+        for page_bytes in (PAGE_BYTES, SMALL_PAGE_BYTES):
+            reader = Reader(
+                store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), page_bytes=page_bytes
+            )
+            whole = rows_of(await walk(reader, None, since, until, keep))
+            projected = rows_of(await walk(reader, selection, since, until, keep))
+            assert [r["message_id"] for r in whole] == kept
+            assert projected == [project(r, entries) for r in whole]

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
 from app.errors import BadParameter
-from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, row_of
-from app.store import CountQuery, Page, PageQuery, R
+from app.records import CLOCK_SKEW_MICROS, DAY_MICROS, Record, Rejection, column_names, row_of
+from app.store import UNSHOWN_COLUMNS, CountQuery, Page, PageQuery, R
 from app.store.bigquery.queries import QueryRunner, QueryValue, Rows
 from app.store.bigquery.sql import (
     Statements,
@@ -85,6 +85,19 @@ def _with(params: Params, values: dict[str, QueryValue]) -> Params:
     return both
 
 
+# Where each JSON column a page may leave out is among a record's columns.
+_AT: Final = {name: at for at, name in enumerate(column_names(Record)) if name in UNSHOWN_COLUMNS}
+
+
+def _filled(row: tuple[Any, ...], unshown: tuple[str, ...]) -> tuple[Any, ...]:
+    """A row of a page whose `unshown` columns were not selected, with each as empty
+    text where a record's columns hold it (the reader shows none of it)."""
+    values = list(row)
+    for name in sorted(unshown, key=_AT.__getitem__):
+        values.insert(_AT[name], "")
+    return tuple(values)
+
+
 def _day(micros: int) -> str:
     """The id of the day partition holding `micros`: YYYYMMDD, UTC."""
     return datetime.fromtimestamp(micros // 1_000_000, tz=UTC).strftime("%Y%m%d")
@@ -123,13 +136,29 @@ class Pager:
     async def records(self, query: PageQuery) -> Page[Record]:
         sql: str = self._sql.page
         params: Params = self._page_params
-        if query.filter:
-            conditions, copies, values = await self._conditions(Record, query.filter, "c")
-            sql = page_sql(self._sql.records_table, conditions, copies)
-            params = _with(params, values)
+        # The columns the reader shows none of (`PageQuery.shown`): never returned, and
+        # not read at all unless the filter reads them.
+        unshown = query.left_out
+        keep = query.filter
+        unread = tuple(c for c in unshown if not (keep and keep.reads(c)))
+        if keep or unshown:
+            conditions, copies, values = "", "", dict[str, QueryValue]()
+            if keep:
+                conditions, copies, values = await self._conditions(Record, keep, "c")
+                params = _with(params, values)
+            sql = page_sql(
+                self._sql.records_table,
+                conditions,
+                copies,
+                unshown=unshown,
+                unread=unread,
+                typed=bool(keep and keep.fields),
+            )
         query, found, end = await self._scan_or_jump(
             query, sql, params, "records", self._sql.first_row
         )
+        if unshown:
+            found = [_filled(row, unshown) for row in found]
         candidates = [row_of(Record, row[:-1]) for row in found]
         hidden = await self._hidden(candidates, [row[-1] for row in found], query.after_time)
         records = [r for r in candidates if r.message_id not in hidden]

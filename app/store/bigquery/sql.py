@@ -17,11 +17,14 @@ from app.records import Kind, Record, Rejection, Row, columns
 from app.store.access import ANYONE
 
 
-def select_list(row_type: type[Row], alias: str) -> str:
+def select_list(row_type: type[Row], alias: str, unshown: tuple[str, ...] = ()) -> str:
     # Timestamps come back as int microseconds and JSON as its text, which is
-    # what a Record holds: no datetime or dict is built per row.
+    # what a Record holds: no datetime or dict is built per row. Columns in
+    # `unshown` are left out (the reader fills them in: `paging.py`).
     out = []
     for column in columns(row_type):
+        if column.name in unshown:
+            continue
         name = f"{alias}.`{column.name}`"
         match column.kind:
             case Kind.TIMESTAMP:
@@ -33,7 +36,15 @@ def select_list(row_type: type[Row], alias: str) -> str:
     return ", ".join(out)
 
 
-def page_sql(records: str, conditions: str = "", copies: str = "") -> str:
+def page_sql(
+    records: str,
+    conditions: str = "",
+    copies: str = "",
+    *,
+    unshown: tuple[str, ...] = (),
+    unread: tuple[str, ...] = (),
+    typed: bool = False,
+) -> str:
     # One scan of [reach, end): constant bounds on ingest_time, the partition
     # and first clustering column, so only the blocks of that range are read.
     # A message's first copy is the one with the smallest ingest_time (then
@@ -44,11 +55,19 @@ def page_sql(records: str, conditions: str = "", copies: str = "") -> str:
     # can tell which rows' look-back reaches before the scan. A filter's
     # `conditions` hold for the first copy shown (a later copy that differs is
     # hidden all the same); `copies` are those every copy of a message shares
-    # (its message_id), which may prune the scan itself.
+    # (its message_id), which may prune the scan itself. On demand, BigQuery
+    # bills each column a query references: a projection's page returns none
+    # of the columns it does not show (`unshown`), and its scan names each
+    # column it reads, `unread` ones (shown by none, read by no condition) not
+    # among them, nor `fields` unless a condition reads a typed field (`typed`).
+    scanned = "r.*"
+    if unread:
+        named = [f"r.`{c.name}`" for c in columns(Record) if c.name not in unread]
+        scanned = ", ".join([*named, "r.`fields`"] if typed else named)
     return f"""
-SELECT {select_list(Record, "c")}, UNIX_MICROS(c.previous_copy) AS previous_copy
+SELECT {select_list(Record, "c", unshown)}, UNIX_MICROS(c.previous_copy) AS previous_copy
 FROM (
-  SELECT r.*, LAG(r.ingest_time) OVER (
+  SELECT {scanned}, LAG(r.ingest_time) OVER (
     PARTITION BY r.message_id ORDER BY r.ingest_time, r.publish_time, r.trace_id, r.subscription
   ) AS previous_copy
   FROM {records} AS r

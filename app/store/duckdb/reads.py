@@ -108,7 +108,10 @@ class DuckDBReads:
             found = await self.database.read(lambda cur: cur.execute(sql, params).fetchall())
             return query.answer([row_of(kind, r) for r in found])
         max_bytes, size = query.max_bytes, payload_size(kind)
-        if kind is Record and query.shown and not query.filter:
+        # Records as their JSON where the reader shows the whole view; a projection's
+        # page (leaving `data` or `attributes` out) is read as without it: DuckDB reads
+        # the payload of the rows a page returns alone, and bills nothing.
+        if kind is Record and query.shown and not query.left_out and not query.filter:
             shown = await self.database.read(
                 lambda cur: read_shown(cur, query.shown, {**params, "max_bytes": max_bytes})
             )

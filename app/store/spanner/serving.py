@@ -150,8 +150,13 @@ class SchemaMismatch(Misconfigured):
     """The database's schema is not the one the service reads and writes."""
 
 
-def _select_list(row_type: type[Row]) -> str:
+def _select_list(row_type: type[Row], unshown: tuple[str, ...] = ()) -> str:
+    """Every column of `row_type`, those in `unshown` as empty text, never read (a
+    projection's page shows none of them: `PageQuery.shown`)."""
+
     def expr(name: str, kind: Kind) -> str:
+        if name in unshown:
+            return f"'' AS `{name}`"
         return f"UNIX_MICROS(`{name}`)" if kind is Kind.TIMESTAMP else f"`{name}`"
 
     return ", ".join(expr(c.name, c.kind) for c in columns(row_type))
@@ -172,11 +177,14 @@ def _taken(rows: Any, kind: type[R], max_bytes: int | None) -> tuple[list[R], bo
     return found, False
 
 
-def _page_sql(table: str, row_type: type[Row], conditions: str = "") -> str:
+def _page_sql(
+    table: str, row_type: type[Row], conditions: str = "", unshown: tuple[str, ...] = ()
+) -> str:
     # Every shard's range of the time index, merged in key order; a filter's
-    # conditions are checked on each row of the range.
+    # conditions are checked on each row of the range. A column a reader shows none of
+    # (`unshown`) is not fetched from the table for the rows the page returns.
     return f"""
-SELECT {_select_list(row_type)}
+SELECT {_select_list(row_type, unshown)}
 FROM {table}@{{FORCE_INDEX={time_index(table)}}}
 WHERE shard BETWEEN 0 AND {SHARDS - 1}
   AND ingest_time >= @after_time AND ingest_time < @before_time
@@ -187,11 +195,11 @@ LIMIT @limit
 
 
 def _filtered(
-    table: str, row_type: type[Row], keep: RowFilter
+    table: str, row_type: type[Row], keep: RowFilter, unshown: tuple[str, ...] = ()
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """The page SQL keeping the rows `keep` matches, its values and their types."""
     conditions, values, types = _conditions(row_type, keep)
-    return _page_sql(table, row_type, conditions), values, types
+    return _page_sql(table, row_type, conditions, unshown), values, types
 
 
 def _conditions(row_type: type[Row], keep: RowFilter) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -711,9 +719,13 @@ class SpannerServing:
     ) -> list[R]:
         table = _TABLE_OF[kind]
         sql, values, types = self._page_sql[table], dict[str, Any](), _PAGE_TYPES
+        # What a projection shows none of is left unread (a record's alone is asked for).
+        unshown = query.left_out if kind is Record else ()
         if query.filter:
-            sql, values, conditions = _filtered(table, kind, query.filter)
+            sql, values, conditions = _filtered(table, kind, query.filter, unshown)
             types = _PAGE_TYPES | conditions
+        elif unshown:
+            sql = _page_sql(table, kind, unshown=unshown)
         read_at = moment(max(query.before_time, now - _OLDEST_READ_MICROS, read_after))
         found: list[R] = []
         with self._calls.database().snapshot(read_timestamp=read_at, multi_use=True) as snapshot:
