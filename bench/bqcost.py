@@ -17,8 +17,9 @@ message_id); the SQL the store ran before, on the layout it had then
 Prints bytes billed and dollars per call, p50/p95 latency against the fake
 (a fake: the ratios mean something, the milliseconds little), the dollars a
 follower polling every 5 s costs a day, what the look-up behind a replay batch
-of 100 messages bills (one query, against one or two per message), and the
-targets:
+of 100 messages bills (one query, against one or two per message), what a page
+of 1,000 records a day back bills projected (`select=id,timestamp`, its query
+told of the fields shown) against the same page without it, and the targets:
 - a tail poll and a lookup at 30 days within 1.5x of the same at 1 day;
 - lookups within 2x of the 10 MiB minimum at 30 days of 1,000 msg/s;
 - one follower at 100 msg/s <= $5 a day.
@@ -34,9 +35,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import bigquery
 
+from app.query.service import shown_of
 from app.records import TABLES, Record, columns
 from app.settings import QuerySettings, StoreSettings
 from app.store import PageQuery
@@ -197,6 +200,31 @@ def calls(stream: Stream, store: BigQueryStore | Before) -> dict[str, Callable[[
     }
 
 
+# A projection whose page reads neither `data` nor `attributes`, as the reader asks it.
+PROJECTION = "id,timestamp"
+
+
+async def projected_page(
+    store: BigQueryStore, jobs: FakeBigQueryJobs, stream: Stream
+) -> dict[str, Measured]:
+    """A page of 1,000 records a day back (its limit scaled as `calls` scales it), without
+    a projection and with PROJECTION's: the same rows, each query billed."""
+    limit = max(1, -(-1000 // stream.weight))
+    asked = PageQuery(
+        after_time=NOW - DAY, after_message_id="", before_time=NOW - SETTLE, limit=limit
+    )
+    projected = msgspec.structs.replace(asked, shown=shown_of(PROJECTION.split(",")))
+    found: dict[str, Measured] = {}
+    rows = {}
+    for name, query in (("without", asked), ("projected", projected)):
+        found[name] = await measure(jobs, lambda q=query: store.page(Record, q), 1)
+        page = await store.page(Record, query)
+        rows[name] = [(r.message_id, r.id, r.timestamp) for r in page.rows]
+    if rows["projected"] != rows["without"]:
+        raise AssertionError("a projected page holds other rows than the page without it")
+    return found
+
+
 async def replay_lookups(
     store: BigQueryStore, jobs: FakeBigQueryJobs, stream: Stream
 ) -> dict[str, Measured]:
@@ -275,6 +303,8 @@ async def run_rate(rate: int, days_list: list[int], repeat: int) -> dict[tuple[s
                 results[("weight", days)] = stream.weight
                 for how, found in (await replay_lookups(store, fakes["design"], stream)).items():
                     results[(f"replay|{how}", days)] = found
+                for how, found in (await projected_page(store, fakes["design"], stream)).items():
+                    results[(f"projection|{how}", days)] = found
             finally:
                 await store.close()
                 await settled.close()
@@ -396,6 +426,28 @@ def main(argv: list[str]) -> int:
         one_by_one = results[("replay|one by one", last)].billed
         print(
             f"one by one / batched: {one_by_one / results[('replay|batched', last)].billed:,.0f}x"
+        )
+        print(
+            f"\na page of 1,000 records a day back, `select={PROJECTION}` against the same "
+            "page without it (the same rows):"
+        )
+        lines = []
+        for days in days_list:
+            without = results[("projection|without", days)]
+            projected = results[("projection|projected", days)]
+            lines.append(
+                [
+                    f"{days} d",
+                    size(without.billed),
+                    size(projected.billed),
+                    f"{projected.billed / without.billed:.2f}",
+                ]
+            )
+        print(
+            markdown(
+                ["data", "without: billed", f"select={PROJECTION}: billed", "projected / without"],
+                lines,
+            )
         )
         first = days_list[0]
         for call in (TAIL, "/v1/records/{id}", "/v1/messages/{id} stored"):
