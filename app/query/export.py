@@ -164,6 +164,10 @@ class Export:
         self._clock = clock
         # Every field, in the view's order: a row's line is its view's JSON as it is.
         self._whole = tuple(c.name for c in columns) == fields
+        # The fields the columns read (a page's read need not read a record's `data`
+        # or `attributes` outside them), in the view's order; every field when whole.
+        named = dict.fromkeys(c.field for c in columns)
+        self.fields = fields if self._whole else tuple(f for f in fields or named if f in named)
 
     def head(self) -> bytes:
         if self.format is Format.JSONL:
@@ -179,7 +183,7 @@ class Export:
             return [_encode(view) + b"\n" for view in views]
         lines = []
         for view in views:
-            row = _row(view)
+            row = _row(view, self.fields)
             if self.format is Format.JSONL:
                 lines.append(_encode({c.name: c.value(row) for c in self.columns}) + b"\n")
             else:
@@ -300,17 +304,19 @@ FORMULA_STARTS: Final = frozenset("=+-@")
 _INVISIBLE: Final = frozenset({"Cc", "Cf"})
 
 
-def _row(view: Any) -> Any:
-    """`view` as JSON values. A record's data is stored as sent where the contract
-    carries it, unread: a number no decoder here holds (beyond a float, an integer of
-    thousands of digits) leaves it as its text, so that the row, and the export, go on."""
+def _row(view: Any, fields: tuple[str, ...]) -> Any:
+    """`view`'s `fields` as JSON values (a page read for them alone may hold no other's
+    value). A record's data is stored as sent where the contract carries it, unread: a
+    number no decoder here holds (beyond a float, an integer of thousands of digits)
+    leaves it as its text, so that the row, and the export, go on."""
+    values = {name: getattr(view, name) for name in fields}
     try:
-        return _decode(_encode(view))
+        return _decode(_encode(values))
     except msgspec.DecodeError:
-        data = getattr(view, "data", None)
+        data = values.get("data")
         if not isinstance(data, msgspec.Raw):
             raise
-        return _decode(_encode(msgspec.structs.replace(view, data=bytes(data).decode())))
+        return _decode(_encode(values | {"data": bytes(data).decode()}))
 
 
 def _cell(value: Any) -> str:

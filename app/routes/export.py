@@ -175,13 +175,22 @@ async def export_rows(
             # (At the last time every store holds, no later one: an empty range.)
             end = moment(min(micros(start) + 1, MAX_MICROS))
     token = reader.token(listing, since=start, until=end, page_token=page_token, filter=keep)
-    # The first page is read before the response begins: a refusal is a status.
+    # The first page is read before the response begins: a refusal is a status. Each is
+    # read for the fields the columns show (a record's `data` or `attributes` left
+    # unread where none is).
     first = await reader.page(
-        listing, since=None, until=None, limit=export.first_limit(), page_token=token
+        listing,
+        since=None,
+        until=None,
+        limit=export.first_limit(),
+        page_token=token,
+        fields=export.fields,
     )
 
     async def read(after: str, limit: int) -> Any:
-        return await reader.page(listing, since=None, until=None, limit=limit, page_token=after)
+        return await reader.page(
+            listing, since=None, until=None, limit=limit, page_token=after, fields=export.fields
+        )
 
     walk = Walk(read, reader.token_after)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

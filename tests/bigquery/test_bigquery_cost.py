@@ -371,3 +371,34 @@ async def test_a_projected_page_ends_on_its_own_bytes_and_resumes_after_its_last
     assert len(rows["whole"]) == len({r["message_id"] for r in rows["whole"]}) == 60
     assert max(map(len, walks["whole"])) < 20 == max(map(len, walks["projected"]))
     assert len(walks["projected"]) < len(walks["whole"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parameter", ["select", "columns"])
+async def test_an_export_of_some_fields_bills_less_than_the_same_export_whole(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs, parameter: str
+) -> None:
+    # Half an hour of settled rows exported as JSON Lines, whole and as two fields: each
+    # page of the second reads neither `data` nor `attributes`.
+    load(write_fake, jobs_fake, make_stream(100, 1, stored_per_day=2_880), block_rows=100_000)
+    bounds = {
+        "since": moment(NOW - 3600 * SECOND).isoformat(),
+        "until": moment(NOW - 1800 * SECOND).isoformat(),
+        "format": "jsonl",
+    }
+    async with served(create_app(operator_settings(write_fake, jobs_fake))) as client:
+        before = len(jobs_fake.queries)
+        whole = await client.get("/v1/export/records", params=bounds)
+        whole_bill = sum(billed_by(jobs_fake, before))
+        before = len(jobs_fake.queries)
+        chosen = await client.get(
+            "/v1/export/records", params=bounds | {parameter: "id,ingest_time"}
+        )
+        bill = sum(billed_by(jobs_fake, before))
+    assert whole.status_code == chosen.status_code == 200
+    rows = [json.loads(line) for line in whole.text.splitlines()]
+    assert len(rows) == 60
+    assert [json.loads(line) for line in chosen.text.splitlines()] == [
+        {"id": r["id"], "ingest_time": r["ingest_time"]} for r in rows
+    ]
+    assert bill < whole_bill / 2, (bill, whole_bill)
