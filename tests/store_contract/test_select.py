@@ -18,8 +18,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from app.query.mask import MASKED, Mask
 from app.query.page_token import PageTokens
-from app.query.select import Selection, selection_of
+from app.query.select import Selection, refuse_masked, selection_of
 from app.query.service import PAGE_BYTES, RECORDS, Reader, RecordView
 from app.store import Store
 from app.store.filters import AttributeIs, RowFilter
@@ -156,3 +157,32 @@ async def test_a_filter_keeps_the_same_rows_whatever_the_projection_leaves_out(
             projected = rows_of(await walk(reader, selection, since, until, keep))
             assert [r["message_id"] for r in whole] == kept
             assert projected == [project(r, entries) for r in whole]
+
+
+@pytest.mark.slow
+async def test_a_masked_reader_s_projection_is_that_of_its_masked_walk(store: Store) -> None:
+    # What a projection shows around a masked member is masked inside, whatever the
+    # store left unread of what it does not show.
+    rows, since, until = await stored(store)
+    mask = Mask(fields=["er"], attributes=["region"])
+    reader = Reader(
+        store,
+        pending_horizon=lambda: 2**62,
+        tokens=PageTokens("s"),
+        page_bytes=SMALL_PAGE_BYTES,
+        mask=mask,
+    )
+    whole = rows_of(await walk(reader, None, since, until))
+    assert [r["message_id"] for r in whole] == [r.message_id for r in rows]
+    assert {json.dumps(r["attributes"].get("region")) for r in whole} == {json.dumps(MASKED)}
+    deep = [r["data"].get("deep") for r in whole if isinstance(r["data"], dict)]
+    held = [d for d in deep if isinstance(d, dict) and "er" in d]
+    assert held
+    assert all(d["er"] == MASKED for d in held)
+    for text in ("id", "id,data.deep", "attributes", 'data.n,attributes["k it"]'):
+        selection = selection_of(text, FIELDS)
+        assert selection is not None
+        refuse_masked(selection, mask)
+        entries = [(e.field, e.path) for e in selection.entries]
+        projected = rows_of(await walk(reader, selection, since, until))
+        assert projected == [project(r, entries) for r in whole], text
