@@ -24,9 +24,10 @@ from app.asgi import create_app
 from app.http.head import Recordline
 from app.query.events import ENCODED_BYTES, Encodings
 from app.query.select import MAX_ENTRIES, selection_of
-from app.query.service import RecordsPage, RecordView
+from app.query.service import RecordsPage, RecordView, shown_of
 from app.records import moment
 from app.routes.follow import page_body
+from app.store import UNSHOWN_COLUMNS
 from tests.conftest import served, settings
 from tests.fakes import FaultyStore
 from tests.rows import shown_record
@@ -372,6 +373,14 @@ def test_a_projected_page_is_the_projection_of_the_whole_page(
         json.loads(selection.encoded(selection.rows(msgspec.json.encode(views))))
         == (projected["records"])
     )
+    # A page read for the fields it shows (`shown_of`) may hold what the store left
+    # unread empty: it projects alike.
+    shown = shown_of(selection.fields)
+    unread = {name: msgspec.Raw(b"") for name in UNSHOWN_COLUMNS if shown and name not in shown}
+    assert not unread or set(unread).isdisjoint(name for name, _ in entries)
+    narrowed = [msgspec.structs.replace(v, **unread) for v in views]
+    narrowed_page = RecordsPage(narrowed, "t", datetime(2024, 4, 27, tzinfo=UTC))
+    assert json.loads(selection.encoded(selection.page(narrowed_page))) == projected
 
 
 async def test_every_read_of_rows_documents_select(client: httpx.AsyncClient) -> None:
