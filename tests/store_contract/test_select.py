@@ -186,3 +186,33 @@ async def test_a_masked_reader_s_projection_is_that_of_its_masked_walk(store: St
         entries = [(e.field, e.path) for e in selection.entries]
         projected = rows_of(await walk(reader, selection, since, until))
         assert projected == [project(r, entries) for r in whole], text
+
+
+@pytest.mark.slow
+async def test_a_projected_walk_newest_first_holds_the_rows_of_the_walk_without_it(
+    store: Store,
+) -> None:
+    rows, since, until = await stored(store)
+    selection = selection_of("id,message_id", FIELDS)
+    assert selection is not None
+    start, end = (datetime.fromtimestamp(t / 1e6, UTC) for t in (since, until))
+    reader = Reader(
+        store, pending_horizon=lambda: 2**62, tokens=PageTokens("s"), page_bytes=SMALL_PAGE_BYTES
+    )
+    walks = []
+    for fields in (None, selection.fields):
+        token: str | None = None
+        seen: list[dict[str, Any]] = []
+        for _ in range(100):
+            bounds = {"since": None, "until": None} if token else {"since": start, "until": end}
+            page = await reader.newest_page(
+                RECORDS, limit=7, page_token=token, fields=fields, **bounds
+            )
+            seen += [selection.row(view) for view in page.records]
+            token = page.next_page_token
+            if token is None:
+                break
+        walks.append(seen)
+    whole, projected = walks
+    assert [r["message_id"] for r in whole] == [r.message_id for r in reversed(rows)]
+    assert projected == whole
