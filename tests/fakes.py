@@ -10,6 +10,8 @@ import random
 from collections.abc import Sequence
 from typing import cast
 
+import msgspec
+
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
 from app.store import (
@@ -71,6 +73,20 @@ class WrappedStore:
 
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         return await self.inner.seen(message_ids)
+
+
+class LeavesUnread(WrappedStore):
+    """A store that reads no column a page's reader shows none of (`PageQuery.left_out`),
+    as BigQuery's and Spanner's pages do: each record it returns holds it empty, whatever
+    the store underneath read (an embedded one reads every column)."""
+
+    async def page(self, kind: type[R], query: PageQuery) -> Page[R]:
+        page = await self.inner.page(kind, query)
+        if kind is not Record or not query.left_out:
+            return page
+        empty = dict.fromkeys(query.left_out, "")
+        rows = [msgspec.structs.replace(row, **empty) for row in page.rows]
+        return msgspec.structs.replace(page, rows=rows)
 
 
 class FaultyStore(WrappedStore):

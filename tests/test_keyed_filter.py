@@ -30,7 +30,7 @@ from app.records import Record
 from app.store.duckdb.store import DuckDBStore
 from app.store.filters import RowFilter
 from tests.conftest import served, settings
-from tests.fakes import FaultyStore
+from tests.fakes import FaultyStore, LeavesUnread
 from tests.test_select import events_of
 from tests.waiting import until
 
@@ -316,3 +316,34 @@ async def test_a_hash_filter_asks_nothing_a_reader_was_not_shown(
     )
     assert whole.status_code == 200
     assert whole.json()["records"] == []
+
+
+async def test_a_projection_reads_what_the_service_matches_a_hash_in() -> None:
+    # On a store that leaves unread what a page shows none of, a page of `id` alone with
+    # a filter on a hash reads the payload (or the attributes) all the same: the service
+    # matches the hash on each row it reads, the store never does.
+    loaded = settings(
+        RECORDLINE_PUSH_TOKEN=SECRET,
+        RECORDLINE_MASK_FIELDS="customer.email:hash,secret",
+        RECORDLINE_MASK_ATTRIBUTES="client-ip:hash",
+    )
+    async with served(create_app(loaded, store=LeavesUnread(DuckDBStore(":memory:")))) as client:
+        for n in range(COUNT):
+            answer = await client.post("/pubsub/push", params={"token": SECRET}, json=push_body(n))
+            assert answer.status_code == 204, answer.text
+        shown = await everything(client)
+        hashed, ip = email(shown[3]), shown[2]["attributes"]["client-ip"]
+        for where, keeps in (
+            (f"data.customer.email = '{hashed}'", lambda r: email(r) == hashed),
+            (f"attributes[\"client-ip\"] = '{ip}'", lambda r: r["attributes"]["client-ip"] == ip),
+        ):
+            wanted = [{"id": r["id"]} for r in shown if keeps(r)]
+            assert wanted
+            rows, _ = await walk(client, where, select="id")
+            assert rows == wanted, where
+            newest, _ = await walk(client, where, select="id", order="newest")
+            assert newest == wanted[::-1], where
+            export = await client.get(
+                "/v1/export/records", params={"format": "jsonl", "where": where, "select": "id"}
+            )
+            assert [json.loads(line) for line in export.text.splitlines()] == wanted, where
