@@ -21,7 +21,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -150,6 +150,13 @@ _KINDS |= {"TIMESTAMP": Kind.TIMESTAMP, "JSON": Kind.JSON}
 # The tables Terraform creates with the columns of a row of app/records.py: every one
 # the service queries, partitioned and clustered as bigquery.tf lays it out.
 TABLES = BIGQUERY_TABLES
+# …and those whose columns are Pub/Sub's, hand-written beside them (the dead-letter
+# subscription's `dead_letters`): every fake holds them as Terraform creates them,
+# empty until a test writes rows (`write.tables[path]`, or the Storage Write API).
+SCHEMAS = BIGQUERY_TF.parent / "schemas"
+HAND_WRITTEN: dict[str, list[dict[str, Any]]] = {
+    "dead_letters": json.loads((SCHEMAS / "dead_letters.json").read_text())
+}
 # The row's place in its table, in the copy a DML statement runs on.
 _ROW = "__row"
 
@@ -224,8 +231,14 @@ class FakeBigQueryJobs:
         self.dataset = dataset
         self.billing = billing or BillingModel(
             layouts=LAYOUTS,
-            kinds={t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()},
+            kinds={
+                **{t: {c.name: c.kind for c in columns(r)} for t, r in TABLES.items()},
+                **{t: _kinds(fields) for t, fields in HAND_WRITTEN.items()},
+            },
         )
+        for table, fields in HAND_WRITTEN.items():
+            if self._path(table) not in write.schemas:
+                write.define(self._path(table), fields)
         self.queries: list[ReceivedQuery] = []
         self._lock = threading.Lock()
         self._db: tuple[tuple[object, ...], duckdb.DuckDBPyConnection] | None = None
@@ -396,11 +409,7 @@ class FakeBigQueryJobs:
                 return 409, _error(409, "duplicate", f"Already Exists: Table {name}")
             self.created[name] = body
             self.write.define(full, body["schema"]["fields"])
-            self.billing.kinds[name] = {
-                f["name"]: _KINDS[f["type"]]
-                for f in body["schema"]["fields"]
-                if f["type"] in _KINDS and f.get("mode") != "REPEATED"
-            }
+            self.billing.kinds[name] = _kinds(body["schema"]["fields"])
         return self.table(f"{path.split('?', 1)[0]}/{name}", None, None)
 
     def delete_table(self, path: str) -> tuple[int, dict[str, Any]]:
@@ -653,9 +662,10 @@ class FakeBigQueryJobs:
         return self.billing.bill(sql, params, self._rows, schema)
 
     def _created_fields(self) -> dict[str, list[dict[str, Any]]]:
-        """The columns of each table made through `tables.insert` that still exists."""
+        """The columns of each table made through `tables.insert` that still exists, and
+        of each hand-written one."""
         found = {}
-        for table in list(self.created):
+        for table in [*HAND_WRITTEN, *self.created]:
             schema = self.write.schemas.get(self._path(table))
             if schema is not None:
                 found[table] = schema.fields
@@ -741,7 +751,11 @@ class FakeBigQueryJobs:
             for table in (*TABLES, *created):
                 self._fill(con, table)
             _partitions_view(
-                con, f'"{self.project}"."{self.dataset}"', stored.__getitem__, self.billing.layouts
+                con,
+                f'"{self.project}"."{self.dataset}"',
+                self._rows,
+                self.billing.layouts,
+                tables=[*TABLES, *HAND_WRITTEN],
             )
             if self._db is not None:
                 self._db[1].close()
@@ -790,6 +804,15 @@ def _as_bigquery_reads(node: sqlglot.exp.Expression) -> sqlglot.exp.Expression:
             this=node.copy(), expressions=[sqlglot.exp.Literal.string("null")]
         )
     return node
+
+
+def _kinds(fields: list[dict[str, Any]]) -> dict[str, Kind]:
+    """A table's columns as the billing model sizes them, from its schema's fields."""
+    return {
+        f["name"]: _KINDS[f["type"]]
+        for f in fields
+        if f["type"] in _KINDS and f.get("mode") != "REPEATED"
+    }
 
 
 def _duckdb_type(field: dict[str, Any]) -> str:
@@ -886,6 +909,8 @@ def _partitions_view(
     dataset: str,
     rows: Callable[[str], list[dict[str, Any]]],
     layouts: dict[str, Layout],
+    *,
+    tables: Collection[str] = TABLES,
 ) -> None:
     """The dataset's INFORMATION_SCHEMA.PARTITIONS: rows per partition of each table, by
     its partition column (`__NULL__`, `__UNPARTITIONED__` as BigQuery names them)."""
@@ -894,7 +919,7 @@ def _partitions_view(
         "(table_name VARCHAR, partition_id VARCHAR, total_rows BIGINT)"
     )
     counts: dict[tuple[str, str], int] = {}
-    for table in TABLES:
+    for table in tables:
         layout = layouts.get(table, DEFAULT_LAYOUT)
         for row in rows(table):
             if layout.partition is None:

@@ -45,6 +45,9 @@ MUTANTS = os.environ.get("RECORDLINE_CONTRACT_MUTANT")
 if MUTANTS:
     STORES = [f"mutant:{name}" for name in MUTANTS.split(",")]
     EXACT_DATA = set(STORES)
+# The Storage Write fake behind a test's BigQuery store (with a serving tier too), for
+# writing what no store writes: Pub/Sub's own rows (`dead_letters`).
+WRITE_FAKE = pytest.StashKey[FakeBigQueryWrite]()
 # Mutants that failed a contract test already: one failure is all a mutant must show
 # (tests/store_contract/test_mutants.py), so its later tests are skipped.
 _FAILED_MUTANTS: set[str] = set()
@@ -88,6 +91,7 @@ async def make(
         jobs = FakeBigQueryJobs(write, project=PROJECT, dataset=DATASET)
         jobs.start()
         stack.callback(jobs.stop)
+        request.node.stash[WRITE_FAKE] = write
 
     def build(retention_days: int = 0) -> Store:
         match kind:

@@ -293,6 +293,65 @@ LIMIT @limit
 """.strip()
 
 
+def dead_letters_sql(dead_letters: str, *, before: bool = False) -> str:
+    # One scan of [since, until) of `publish_time`, the partition column: the days that
+    # range reaches are read, each whole (clustering on message_id prunes no time), every
+    # column a row has. The subscription writes at least once: one row per key
+    # (publish_time, message_id or ''), the least by subscription, attributes and data
+    # (NULL first), as `app.store.dead_letters.page_of` reads them. A row is kept while
+    # what the rows before it hold (data's bytes, attributes' characters) is under
+    # @most_bytes, the first whatever it holds: a page of Pub/Sub's largest messages is
+    # cut in BigQuery, not sent whole to be cut here.
+    conditions = [
+        "d.publish_time >= TIMESTAMP_MICROS(@since)",
+        "d.publish_time < TIMESTAMP_MICROS(@until)",
+    ]
+    if before:
+        conditions += [
+            "d.publish_time <= TIMESTAMP_MICROS(@before_time)",
+            "(d.publish_time < TIMESTAMP_MICROS(@before_time) "
+            "OR COALESCE(d.message_id, '') < @before_id)",
+        ]
+    where = "\n      AND ".join(conditions)
+    return f"""
+SELECT UNIX_MICROS(p.publish_time) AS publish_time, p.message_id, p.subscription_name, p.data,
+  p.attributes
+FROM (
+  SELECT c.*, SUM(COALESCE(LENGTH(c.data), 0) + COALESCE(LENGTH(c.attributes), 0)) OVER (
+    ORDER BY c.publish_time DESC, c.key_id DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+  ) AS before_bytes
+  FROM (
+    SELECT d.publish_time, d.message_id, d.subscription_name, d.data, d.attributes,
+      COALESCE(d.message_id, '') AS key_id,
+      ROW_NUMBER() OVER (
+        PARTITION BY d.publish_time, COALESCE(d.message_id, '')
+        ORDER BY d.subscription_name, d.attributes, d.data
+      ) AS copy
+    FROM {dead_letters} AS d
+    WHERE {where}
+  ) AS c
+  WHERE c.copy = 1
+) AS p
+WHERE p.before_bytes IS NULL OR p.before_bytes < @most_bytes
+ORDER BY p.publish_time DESC, p.key_id DESC
+LIMIT @limit
+""".strip()
+
+
+def newest_partition_sql(partitions: str) -> str:
+    # Partition metadata: the newest day before a page's that holds rows, for the price
+    # of the 10 MiB minimum instead of a scan of every day between (`__NULL__` and
+    # `__UNPARTITIONED__` sort after every day's id, so no bound takes them).
+    return f"""
+SELECT MAX(p.partition_id) AS partition_id
+FROM {partitions} AS p
+WHERE p.table_name = @table
+  AND p.partition_id >= @from_day
+  AND p.partition_id < @before_day
+  AND p.total_rows > 0
+""".strip()
+
+
 # The readiness probe: it references no table, so BigQuery bills it nothing.
 CHECK_SQL: Final = "SELECT 1"
 
@@ -304,6 +363,8 @@ class Statements(NamedTuple):
     records_table: str
     rejected_table: str
     access_table: str
+    dead_letters_table: str
+    newest_partition: str
     page: str
     earlier_copies: str
     first_row: str
@@ -325,6 +386,8 @@ class Statements(NamedTuple):
             records_table=records,
             rejected_table=rejected,
             access_table=table("access_record"),
+            dead_letters_table=table("dead_letters"),
+            newest_partition=newest_partition_sql(table("INFORMATION_SCHEMA.PARTITIONS")),
             page=page_sql(records),
             earlier_copies=earlier_copies_sql(records),
             first_row=first_row_sql(records),

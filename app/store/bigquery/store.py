@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import google.auth
@@ -56,7 +58,7 @@ from app.store.bigquery.paging import Pager
 from app.store.bigquery.proto import RowEncoder
 from app.store.bigquery.queries import QueryRunner, QueryValue
 from app.store.bigquery.schema import created_schema
-from app.store.bigquery.sql import CHECK_SQL, Statements, access_page_sql
+from app.store.bigquery.sql import CHECK_SQL, Statements, access_page_sql, dead_letters_sql
 from app.store.bigquery.storage_write import DEFAULT_MAX_IN_FLIGHT, StorageWriter
 from app.store.bigquery.stream import OffsetStream
 from app.store.bigquery.typed import (
@@ -68,6 +70,7 @@ from app.store.bigquery.typed import (
     write_path_field,
 )
 from app.store.copies import message_states
+from app.store.dead_letters import DeadLetter, DeadLetterQuery, day_of
 from app.store.live import Live
 from app.store.producers import Completeness
 from app.store.supervisor import LoopObserver, Supervisor
@@ -91,6 +94,9 @@ END_OF_TIME: Final = MAX_MICROS  # 9999-12-31T23:59:59.999999Z, BigQuery's last
 TYPED_WAIT_SECONDS: Final = 4.0
 # How long the layout of `records` may stay unread before readiness says so.
 _LAYOUT_SECONDS: Final = 5.0
+# Rows written in the last half hour (write-optimized storage) may not be counted in
+# partition metadata yet: days that held the last hour are read, whatever it says.
+_METADATA_LAG_MICROS: Final = 3_600_000_000
 
 
 class BigQueryOptions(msgspec.Struct, frozen=True, kw_only=True):
@@ -743,6 +749,64 @@ class BigQueryStore:
             )
             for time, id_, action, principal, status, entry in await self._queries.run(sql, params)
         ]
+
+    # Dead letters
+
+    async def dead_letter_page(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        """One query of `dead_letters` (`sql.dead_letters_sql`), which Pub/Sub's BigQuery
+        subscription writes: billed for the days its bounds reach, whole, and capped as a
+        page's; not cached, so that a dead letter replayed is read again as it is."""
+        if query.limit <= 0 or query.since >= query.until:
+            return []
+        params: dict[str, QueryValue] = {
+            "since": query.since,
+            "until": query.until,
+            "limit": query.limit,
+            "most_bytes": query.most_bytes,
+        }
+        if query.before is not None:
+            params["before_time"], params["before_id"] = query.before
+        sql = dead_letters_sql(self._sql.dead_letters_table, before=query.before is not None)
+        return [
+            DeadLetter(
+                publish_time=publish_time,
+                message_id=message_id,
+                subscription_name=subscription_name,
+                data=data,
+                attributes=attributes,
+            )
+            for publish_time, message_id, subscription_name, data, attributes in (
+                await self._queries.run(sql, params)
+            )
+        ]
+
+    async def newest_dead_letter_day(self, since: int, before: int) -> int | None:
+        """The newest day before `before` whose partition of `dead_letters` holds rows,
+        from partition metadata (the 10 MiB minimum); a day that held the last hour is
+        answered whatever the metadata says (its newest rows may not be counted yet)."""
+        lagging = day_of(_now_micros() - _METADATA_LAG_MICROS)
+        if day_of(since) <= lagging < before:
+            return lagging
+        if since >= before:
+            return None
+        params: dict[str, QueryValue] = {
+            "table": "dead_letters",
+            "from_day": _day_id(since),
+            "before_day": _day_id(before),
+        }
+        ((newest,),) = await self._queries.run(self._sql.newest_partition, params)
+        if newest is None:
+            return None
+        return int(datetime.strptime(newest, "%Y%m%d").replace(tzinfo=UTC).timestamp()) * 1_000_000
+
+
+def _now_micros() -> int:
+    return time.time_ns() // 1000
+
+
+def _day_id(micros: int) -> str:
+    """The id of the day partition holding `micros`: YYYYMMDD, UTC."""
+    return datetime.fromtimestamp(day_of(micros) // 1_000_000, tz=UTC).strftime("%Y%m%d")
 
 
 class WatermarkWriter:

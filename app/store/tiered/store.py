@@ -37,6 +37,7 @@ from app.store import (
 from app.store.access import AccessLine, AccessQuery
 from app.store.bigquery.store import BigQueryStore, WatermarkWriter
 from app.store.copies import differing
+from app.store.dead_letters import DeadLetter, DeadLetterQuery
 from app.store.filters import RowFilter
 from app.store.observers import NO_OBSERVERS, StoreObservers
 from app.store.producers import Completeness
@@ -330,6 +331,16 @@ class TieredStore:
 
     async def access_page(self, query: AccessQuery) -> list[AccessLine]:
         return await self.analytics.access_page(query)
+
+    # -- dead letters ------------------------------------------------------------------
+
+    # Pub/Sub writes them to BigQuery's `dead_letters` (its subscription on the
+    # dead-letter topic), whatever serves the rows: read there.
+    async def dead_letter_page(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        return await self.analytics.dead_letter_page(query)
+
+    async def newest_dead_letter_day(self, since: int, before: int) -> int | None:
+        return await self.analytics.newest_dead_letter_day(since, before)
 
     # -- reading ---------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""Dead letters on BigQuery: `dead_letters`, as Pub/Sub's subscription on the
+dead-letter topic writes it, read a page at a time by a query that bills the days its
+bounds reach (the table is partitioned by day on `publish_time`, clustered on
+`message_id`: bigquery.tf), and the newest day holding any found in partition metadata
+for BigQuery's minimum."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from app.settings import QuerySettings
+from app.store.bigquery.store import BigQueryStore
+from app.store.dead_letters import DeadLetter, DeadLetterQuery, day_of, page_of
+from tests.bigquery.billing import MIB, BillingModel
+from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+
+DAY = 86_400_000_000
+NOW = 1_780_000_000_000_000
+TABLE = f"projects/{PROJECT}/datasets/{DATASET}/tables/dead_letters"
+
+
+def dead_letter(time: int, n: int) -> DeadLetter:
+    """A dead letter of about a kilobyte, with the attributes Pub/Sub adds."""
+    attributes = {
+        "CloudPubSubDeadLetterSourceSubscription": "orders-push",
+        "CloudPubSubDeadLetterSourceSubscriptionProject": "p",
+        "CloudPubSubDeadLetterSourceDeliveryCount": "32",
+    }
+    return DeadLetter(
+        publish_time=time,
+        message_id=f"{17_000_000_000 + n}",
+        subscription_name="projects/p/subscriptions/orders-dead-letters-bigquery",
+        data=json.dumps({"id": f"order-{n}", "pad": "x" * 800}).encode(),
+        attributes=json.dumps(attributes),
+    )
+
+
+def written(write_fake: FakeBigQueryWrite, letters: list[DeadLetter]) -> None:
+    write_fake.tables[TABLE] = [{f: getattr(x, f) for f in x.__struct_fields__} for x in letters]
+
+
+async def test_a_page_bills_the_day_it_reads(
+    make_store: Callable[..., Any], write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    # The whole table is past the default cap (2 GiB), which refuses it: raised here.
+    store: BigQueryStore = await make_store(QuerySettings(max_bytes_billed=1 << 40))
+    # 30 days of dead letters, a row standing for 2,000 of about a kilobyte: some
+    # 100 MiB a day, an outage's.
+    letters = [
+        dead_letter(NOW - day * DAY - n * 60_000_000, day * 1000 + n)
+        for day in range(30)
+        for n in range(50)
+    ]
+    written(write_fake, letters)
+    jobs_fake.billing = BillingModel(
+        layouts=LAYOUTS,
+        kinds=jobs_fake.billing.kinds,
+        row_weight=2_000,
+        clock=lambda: NOW / 1e6 + 86_400,
+    )
+
+    async def billed(query: DeadLetterQuery) -> int:
+        before = len(jobs_fake.queries)
+        assert await store.dead_letter_page(query) == page_of(query, letters)
+        (bill,) = [q.bill for q in jobs_fake.queries[before:]]
+        assert bill is not None
+        return bill.bytes_billed
+
+    whole = await billed(DeadLetterQuery(since=0, until=NOW + 1, limit=50))
+    one_day = await billed(DeadLetterQuery(since=day_of(NOW), until=NOW + 1, limit=50))
+    # Its bounds prune the other days' partitions; the whole table bills every one.
+    assert whole > 30 * 90 * MIB
+    assert 90 * MIB < one_day < whole // 25
+    # The cursor is a bound too: from the tenth day back, the days from there on.
+    older = await billed(
+        DeadLetterQuery(since=0, until=NOW + 1, before=(NOW - 10 * DAY, ""), limit=50)
+    )
+    assert older < whole * 21 // 30
+    # Partition metadata says which day holds dead letters for BigQuery's minimum.
+    before = len(jobs_fake.queries)
+    assert await store.newest_dead_letter_day(0, day_of(NOW - 12 * DAY)) == day_of(NOW - 13 * DAY)
+    (metadata,) = [q.bill for q in jobs_fake.queries[before:]]
+    assert metadata is not None
+    assert metadata.bytes_billed == 10 * MIB
