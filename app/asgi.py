@@ -36,6 +36,7 @@ from app.ingest.batcher import Batcher, BatchLimits
 from app.ingest.payload import Payloads
 from app.ingest.pubsub_schemas import PubSubSchemas
 from app.ingest.replay import Replay
+from app.ingest.replay import refusal as replay_refusal
 from app.ingest.schemas import FETCH_SECONDS, Schemas, SchemaSource
 from app.ingest.service import Ingest, PushObserver
 from app.ingest.shape import FieldPaths
@@ -51,6 +52,7 @@ from app.query.access import (
     AccessReads,
 )
 from app.query.canary import PROBE_SECONDS, CanaryProbe
+from app.query.dead_letters import DeadLetterReads
 from app.query.follow import Followers
 from app.query.mask import Mask, MaskError, Pseudonyms
 from app.query.offsets import Offsets
@@ -60,6 +62,7 @@ from app.query.service import EncodedViews, Reader
 from app.query.streams import Streams
 from app.routes.access import ACCESS_ROUTES
 from app.routes.console import console_router, template_config
+from app.routes.dead_letters import DEAD_LETTER_ROUTES
 from app.routes.export import EXPORT_PATH, EXPORT_ROUTES
 from app.routes.ingest import (
     PUBLISH_ROUTES,
@@ -329,6 +332,7 @@ def create_app(
             replayer=Replay(pushes.ingest, observed),
             topic=topic,
             access_reads=reads.access,
+            dead_letter_reads=reads.dead_letters,
         )
         | reads.for_callers(auth),
         lifespan=[auth.lifespan, access.lifespan, lifespan],
@@ -506,6 +510,8 @@ class ReadSide:
     mask: Mask | None = None
     # The access record as operators read it.
     access: AccessReads | None = None
+    # The dead letters as operators read them.
+    dead_letters: DeadLetterReads | None = None
 
     def for_callers(self, auth: Auth) -> dict[str, Provide]:
         """The `reader`, `paging` and `producers` dependencies: the masked ones for a
@@ -602,6 +608,7 @@ class ReadSide:
             metric_producer=pseudonyms.of if masked_producers is not None else str,
             mask=mask if mask else None,
             access=AccessReads(store, tokens),
+            dead_letters=DeadLetterReads(store, observed, tokens, refusal=replay_refusal),
         )
 
 
@@ -757,10 +764,11 @@ def routers(
             guards=[*auth.read_guards, same_origin],
             middleware=[*recorded("pass"), *traced],
         ),
-        # The access record names every reader: an operator's, as a replay is.
+        # The access record names every reader, and a dead letter is a payload whole,
+        # never masked: an operator's, as a replay is.
         Router(
             "/",
-            route_handlers=ACCESS_ROUTES,
+            route_handlers=[*ACCESS_ROUTES, *DEAD_LETTER_ROUTES],
             guards=auth.replay_guards,
             middleware=[*recorded("read"), reads, *traced, *compressed],
         ),

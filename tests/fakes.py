@@ -25,6 +25,7 @@ from app.store import (
     Store,
 )
 from app.store.access import AccessLine, AccessQuery, KeepsAccess
+from app.store.dead_letters import DeadLetter, DeadLetterQuery, newest_day_of, page_of
 from app.store.producers import Completeness, LedgerAudit, ProducerEntries, Worst
 
 # Delays of their own: the module's shared generator is the tests' (Hypothesis seeds it).
@@ -154,6 +155,26 @@ class FaultyStore(WrappedStore):
             self.appending -= len(rows)
         self.appends.append(len(rows))
         return outcomes
+
+
+class DeadLetteredStore(FaultyStore):
+    """A FaultyStore that reads dead letters too: `dead_letters`, as BigQuery's
+    `dead_letters` would hold them, read as the contract's oracle reads them (which
+    BigQuery's store is held to), failing while `failing_reads` is set."""
+
+    def __init__(self, inner: Store, dead_letters: Sequence[DeadLetter] = ()) -> None:
+        super().__init__(inner)
+        self.dead_letters = list(dead_letters)
+
+    async def dead_letter_page(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return page_of(query, self.dead_letters)
+
+    async def newest_dead_letter_day(self, since: int, before: int) -> int | None:
+        if self.failing_reads:
+            raise StoreUnavailable("injected: reads fail")
+        return newest_day_of(since, before, self.dead_letters)
 
 
 class FaultyCompleteness:

@@ -29,7 +29,7 @@ from app.store.duckdb.store import DuckDBStore
 from recordline_dev.processes import free_port
 from tests.auth.fake_google import PUSH_AUDIENCE, PUSHER, READ_AUDIENCE, FakeGoogle
 from tests.conftest import envelope
-from tests.fakes import FaultyStore
+from tests.fakes import DeadLetteredStore, FaultyStore
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 4096
@@ -66,8 +66,8 @@ def unverifiable() -> Iterator[Service]:
     yield from serve(google)
 
 
-def serve(google: FakeGoogle) -> Iterator[Service]:
-    settings = Settings.load(
+def settings_of(google: FakeGoogle) -> Settings:
+    return Settings.load(
         {
             "RECORDLINE_STORE": "memory:",
             "RECORDLINE_MAX_BODY_BYTES": str(LIMIT),
@@ -83,7 +83,12 @@ def serve(google: FakeGoogle) -> Iterator[Service]:
             "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{free_port()}",
         }
     )
-    store = FaultyStore(DuckDBStore(":memory:"))
+
+
+def serve(google: FakeGoogle) -> Iterator[Service]:
+    settings = settings_of(google)
+    # It reads dead letters too, as BigQuery does (none, unless a test gives some).
+    store = DeadLetteredStore(DuckDBStore(":memory:"))
     try:
         app = create_app(settings, store=store)
         with TestClient(app) as client:
@@ -316,6 +321,22 @@ case(A, "get", 400)(lambda s: s.client.get(A, params={"limit": 0}, headers=s.tok
 case(A, "get", 401)(lambda s: s.client.get(A))
 case(A, "get", 403)(lambda s: s.client.get(A, headers=s.token(ANALYST)))
 case(A, "get", 503, failing_reads)(lambda s: s.client.get(A, headers=s.token(OPERATOR)))
+# -- dead letters ----------------------------------------------------------------
+D = "/v1/dead-letters"
+
+
+def on_duckdb(s: Service, path: str) -> httpx.Response:
+    """`path` asked, as an operator, of the same service on DuckDB alone, whose store
+    reads no dead letters."""
+    with TestClient(create_app(settings_of(s.google), store=DuckDBStore(":memory:"))) as client:
+        return client.get(path, headers=s.token(OPERATOR))
+
+
+case(D, "get", 400)(lambda s: s.client.get(D, params={"limt": 1}, headers=s.token(OPERATOR)))
+case(D, "get", 401)(lambda s: s.client.get(D))
+case(D, "get", 403)(lambda s: s.client.get(D, headers=s.token(ANALYST)))
+case(D, "get", 404)(lambda s: on_duckdb(s, D))
+case(D, "get", 503, failing_reads)(lambda s: s.client.get(D, headers=s.token(OPERATOR)))
 # -- open routes -----------------------------------------------------------------
 case("/problems/{name}", "get", 400)(lambda s: s.client.get("/problems/" + "p" * 100))
 case("/problems/{name}", "get", 404)(lambda s: s.client.get("/problems/no-such-thing"))

@@ -13,7 +13,6 @@ Design: docs/operations.md#replaying-dead-letters
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import dataclasses
 import os
@@ -46,6 +45,7 @@ from app.ingest.replay import (
 )
 from app.records import TIME_FORMS, rfc3339
 from app.settings import Settings
+from app.store.dead_letters import replayed
 
 if TYPE_CHECKING:  # imported where used: `--help` must not pay for them (~0.2 s)
     import httpx
@@ -55,12 +55,6 @@ OUTCOMES: tuple[Outcome, ...] = typing.get_args(Outcome)
 REFUSED = "refused"
 # Pulls wait at most this long for messages; an empty pull ends the replay.
 PULL_SECONDS = 10.0
-# Dead-letter forwarding keeps the original's publish time, and the
-# subscription that gave up on it, in these attributes.
-SOURCE_PUBLISH_TIME = "CloudPubSubDeadLetterSourceTopicPublishTime"
-SOURCE_PROJECT = "CloudPubSubDeadLetterSourceSubscriptionProject"
-SOURCE_SUBSCRIPTION = "CloudPubSubDeadLetterSourceSubscription"
-
 
 # Where a cell's system's dead letters wait to be replayed (modules/system/pubsub.tf).
 REPLAY_SUBSCRIPTION = "{system}-dead-letter-replay"
@@ -413,18 +407,9 @@ def _release(subscriber: Any, subscription: str, ack_ids: list[str]) -> None:
 
 def _as_delivered(message: Any) -> dict[str, Any]:
     """A pulled message as the replay endpoint takes it: id, publish time, attributes, data."""
-    attributes = dict(message.attributes)
-    published = attributes.get(SOURCE_PUBLISH_TIME) or rfc3339(message.publish_time)
-    project, subscription = attributes.get(SOURCE_PROJECT), attributes.get(SOURCE_SUBSCRIPTION)
-    return {
-        "message_id": message.message_id,
-        "publish_time": published,
-        "attributes": attributes,
-        "data": base64.b64encode(message.data).decode(),
-        "subscription": (
-            f"projects/{project}/subscriptions/{subscription}" if project and subscription else None
-        ),
-    }
+    return replayed(
+        message.message_id, rfc3339(message.publish_time), message.data, dict(message.attributes)
+    )
 
 
 def subscriber_client() -> Any:

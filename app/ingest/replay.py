@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -187,6 +187,21 @@ def check_body(body: bytes, decode: Callable[[bytes], object] = _decode_request)
         if marker and key.startswith("key`"):
             reason = f"a key: {reason}"
         raise InvalidBody(where.rstrip("`").removeprefix("$.") or "$", reason) from None
+
+
+def refusal(message: Mapping[str, Any]) -> str | None:
+    """Why `POST /v1/replay` would refuse `message` as one of its messages, as its 400
+    says it (`publish_time: …`); None where it takes it."""
+    try:
+        body = msgspec.json.encode({"messages": [message]})
+    except (TypeError, msgspec.EncodeError) as exc:
+        return str(exc)
+    try:
+        check_body(body)
+        _pushed(0, _decode_request(body).messages[0])
+    except BadRequest as exc:
+        return str(exc.detail).removeprefix("messages[0].")
+    return None
 
 
 def _pushed(index: int, replayed: ReplayMessage) -> PushedMessage:

@@ -1,24 +1,19 @@
-"""A system's dead letters as a store reads them: the messages Pub/Sub gave up on, which
-its BigQuery subscription on the dead-letter topic writes to the dataset's
-`dead_letters` table (Terraform: modules/system/pubsub.tf, bigquery.tf), read back
-newest first for operators to see and redrive (`GET /v1/dead-letters`, the console's
-Dead letters page).
-
-The table's columns are Pub/Sub's, not ours (schemas/dead_letters.json): every one may
-be NULL, `data` is any bytes and `attributes` any text. A row is read as it is; what it
-holds is judged where it is shown (app.query.dead_letters). Rows are ordered by their
-key, (`publish_time`, `message_id` or ""), newest first: the subscription writes at
-least once, so one row is read for each key. A row without a publish time has no
-place in that order and is never read. Stores that hold no dead letters (DuckDB, the
-memory store) do not implement `ReadsDeadLetters`.
+"""A system's dead letters as a store reads them: the rows Pub/Sub's BigQuery
+subscription on the dead-letter topic writes to `dead_letters` (Terraform's
+modules/system), newest first by (`publish_time`, `message_id` or ""), one row a key
+(the subscription writes at least once), for operators to see and redrive. Every column
+may be NULL, `data` any bytes, `attributes` any text: a row is read as it is, and judged
+where it is shown (app.query.dead_letters). A row of no publish time is never read.
+Stores that hold none (DuckDB, the memory store) do not implement `ReadsDeadLetters`.
 
 Design: docs/operations.md#replaying-dead-letters
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final, Protocol, runtime_checkable
+import base64
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -29,6 +24,13 @@ MOST_DEAD_LETTERS: Final = 500
 # …and at most so many bytes of their data and attributes (a larger one alone), as a
 # page of records holds 4 MiB of rows: a dead letter may be Pub/Sub's largest message.
 PAGE_BYTES: Final = 4 * 1024 * 1024
+# Dead-letter forwarding keeps the original's publish time, the subscription that gave
+# up on it (and that subscription's project), and how many deliveries it was given, in
+# these attributes.
+SOURCE_PUBLISH_TIME: Final = "CloudPubSubDeadLetterSourceTopicPublishTime"
+SOURCE_PROJECT: Final = "CloudPubSubDeadLetterSourceSubscriptionProject"
+SOURCE_SUBSCRIPTION: Final = "CloudPubSubDeadLetterSourceSubscription"
+SOURCE_DELIVERY_COUNT: Final = "CloudPubSubDeadLetterSourceDeliveryCount"
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -129,3 +131,27 @@ def newest_day_of(since: int, before: int, letters: Iterable[DeadLetter]) -> int
     `newest_dead_letter_day` may not answer earlier than."""
     times = [x.publish_time for x in letters if since <= x.publish_time < before]
     return day_of(max(times)) if times else None
+
+
+def source_subscription(attributes: Mapping[str, str]) -> str | None:
+    """The subscription a dead letter was given up by, `projects/P/subscriptions/S`, as
+    its attributes name it (None where they name no project and subscription)."""
+    project, subscription = attributes.get(SOURCE_PROJECT), attributes.get(SOURCE_SUBSCRIPTION)
+    return f"projects/{project}/subscriptions/{subscription}" if project and subscription else None
+
+
+def replayed(
+    message_id: str, publish_time: str, data: bytes, attributes: Mapping[str, str]
+) -> dict[str, Any]:
+    """A dead letter as `POST /v1/replay` takes it (one of its `messages`): its own id,
+    data and attributes, the original's publish time where forwarding kept it (else its
+    own, `publish_time`), and the subscription that gave up on it. What `recordline
+    replay dead-letters` sends of each message it pulls, and the console of each row
+    of `dead_letters`."""
+    return {
+        "message_id": message_id,
+        "publish_time": attributes.get(SOURCE_PUBLISH_TIME) or publish_time,
+        "attributes": dict(attributes),
+        "data": base64.b64encode(data).decode(),
+        "subscription": source_subscription(attributes),
+    }
