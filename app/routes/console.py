@@ -1,11 +1,11 @@
-"""The operator console at /console: records, rejections, producers, the access record
-(operators only) and health in the browser, served by the service itself (no build step).
+"""The operator console at /console: records, rejections, dead letters and the access
+record (operators only), producers and health in the browser, served by the service.
 
 Each page is a Jinja template the browser fills from the read API (`/v1/...`) with a
-small script of ours and uPlot (MIT, vendored in app/console_ui/static/vendor with its
-licence) for the charts: the console shows what the API shows the same caller (its read
-rules, masking, filters and bounds); a replay is `/v1/replay` and the access record
-`/v1/access`, allowed to operators alone. Nothing is fetched from the internet.
+small script of ours and uPlot (MIT, vendored in app/console_ui/static/vendor) for the
+charts, nothing fetched from the internet: it shows what the API shows the same caller
+(read rules, masking, filters, bounds); a replay (`/v1/replay`), the dead letters
+(`/v1/dead-letters`) and the access record (`/v1/access`) are operators' alone.
 
 Design: docs/console.md
 """
@@ -34,10 +34,10 @@ from app.settings import system_path
 CONSOLE_PATH: Final = "/console"
 UI: Final = Path(__file__).resolve().parent.parent / "console_ui"
 # The pages, in the order the navigation shows them.
-PAGES: Final = ("records", "rejections", "producers", "access", "health")
+PAGES: Final = ("records", "rejections", "dead-letters", "producers", "access", "health")
 # The pages of operators alone, as the API they read is: no other caller is shown their
 # link, and one who opens them anyway is refused as the API refuses them.
-OPERATOR_PAGES: Final = frozenset({"access"})
+OPERATOR_PAGES: Final = frozenset({"dead-letters", "access"})
 # Sent with every page and asset: scripts and styles of the console's own files only
 # (it has none inline; its icon is an empty `data:` one), in no frame of another page,
 # never sniffed as another type, and its address told to no other site.

@@ -11,11 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 from app.settings import QuerySettings
+from app.store.bigquery.schema import created_schema
 from app.store.bigquery.store import BigQueryStore
 from app.store.dead_letters import DeadLetter, DeadLetterQuery, day_of, page_of
 from tests.bigquery.billing import MIB, BillingModel
 from tests.bigquery.conftest import DATASET, PROJECT
-from tests.bigquery.fake_jobs import LAYOUTS, FakeBigQueryJobs
+from tests.bigquery.dead_letters import DeadLetterRow, append, row_of
+from tests.bigquery.fake_jobs import LAYOUTS, SCHEMAS, FakeBigQueryJobs
 from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 
 DAY = 86_400_000_000
@@ -86,3 +88,27 @@ async def test_a_page_bills_the_day_it_reads(
     (metadata,) = [q.bill for q in jobs_fake.queries[before:]]
     assert metadata is not None
     assert metadata.bytes_billed == 10 * MIB
+
+
+def test_the_tests_dead_letter_rows_are_terraforms() -> None:
+    # The rows the tests write (as Pub/Sub's subscription writes them) have the columns
+    # Terraform creates the table with, each of its type and NULLABLE.
+    terraform = json.loads((SCHEMAS / "dead_letters.json").read_text())
+    made = created_schema(DeadLetterRow)
+    assert [(c["name"], c["type"], c["mode"]) for c in made] == [
+        (c["name"], c["type"], c["mode"]) for c in terraform
+    ]
+
+
+async def test_dead_letters_appended_through_the_storage_write_api_read_back_as_written(
+    make_store: Callable[..., Any], write_fake: FakeBigQueryWrite
+) -> None:
+    store: BigQueryStore = await make_store()
+    letters = [
+        dead_letter(NOW - 1, 1),
+        DeadLetter(publish_time=NOW - 2, data=b"\xff\x00", attributes="not json"),
+        DeadLetter(publish_time=NOW - 3),
+    ]
+    await append(write_fake.address, TABLE, [row_of(x) for x in letters])
+    query = DeadLetterQuery(since=0, until=NOW + 1)
+    assert await store.dead_letter_page(query) == letters

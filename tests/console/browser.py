@@ -42,14 +42,22 @@ def sequenced(producer: str, seq: int) -> dict[str, str]:
     return {"recordline-producer": producer, "recordline-epoch": "1", "recordline-seq": str(seq)}
 
 
-def serve(folder: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
-    """`recordline serve` on loopback on `folder`'s DuckDB file with `settings` (and no
-    push token unless they name one), once ready."""
+def serve(
+    folder: Path, port: int, *, store: str | None = None, **settings: str
+) -> subprocess.Popen[bytes]:
+    """`recordline serve` on loopback on `folder`'s DuckDB file (or `store`) with
+    `settings` (and no push token unless they name one), once ready."""
     env = {**os.environ, "RECORDLINE_LOG_FORMAT": "json"}
     env.pop("RECORDLINE_PUSH_TOKEN", None)
     with (folder / "service.log").open("ab") as log:
         process = subprocess.Popen(
-            [*SERVE, "--port", str(port), "--store", f"duckdb://{folder / 'records.duckdb'}"],
+            [
+                *SERVE,
+                "--port",
+                str(port),
+                "--store",
+                store or f"duckdb://{folder / 'records.duckdb'}",
+            ],
             env={**env, **settings},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -60,11 +68,14 @@ def serve(folder: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
 
 
 @contextmanager
-def served(folder: Path, pushes: int, **settings: str) -> Iterator[str]:
-    """`recordline serve` on `folder` with `settings` until the block ends, its records
-    `r-0`, `r-1`, … (`data` {"n": n}) pushed `pushes` of them first: the service's URL."""
+def served(
+    folder: Path, pushes: int, *, store: str | None = None, **settings: str
+) -> Iterator[str]:
+    """`recordline serve` on `folder` (or `store`) with `settings` until the block ends,
+    its records `r-0`, `r-1`, … (`data` {"n": n}) pushed `pushes` of them first (message
+    ids `m-0`, `m-1`, …): the service's URL."""
     port = free_port()
-    process = serve(folder, port, **settings)
+    process = serve(folder, port, store=store, **settings)
     url = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=url) as client:

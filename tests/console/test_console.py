@@ -89,6 +89,27 @@ def test_the_access_record_is_offered_to_operators_alone() -> None:
                 assert_protected(refused.headers)
 
 
+def test_the_dead_letters_are_offered_to_operators_alone_beside_the_rejections() -> None:
+    """The Dead letters page follows Rejections in an operator's navigation, and is
+    refused to anyone else as `/v1/dead-letters` refuses them; on the memory store,
+    which reads none, the page is served and its API says where they are (404)."""
+    operator = {"Authorization": f"Bearer {SECRET}"}
+    assert PAGES.index("dead-letters") == PAGES.index("rejections") + 1
+    assert "dead-letters" in OPERATOR_PAGES
+    with TestClient(create_app(settings(RECORDLINE_PUSH_TOKEN=SECRET))) as client:
+        opened = client.get("/console/dead-letters", headers=operator)
+        assert opened.status_code == 200
+        assert '<a href="dead-letters" aria-current="page">Dead letters</a>' in opened.text
+        assert 'id="note"' in opened.text
+        assert 'id="replay"' in opened.text
+        assert 'href="dead-letters"' not in client.get("/console/rejections").text
+        for headers in ({}, {"Authorization": "Bearer not-the-secret"}):
+            refused = client.get("/console/dead-letters", headers=headers)
+            api = client.get("/v1/dead-letters", headers=headers)
+            assert refused.status_code == api.status_code == 401, refused.text
+        assert client.get("/v1/dead-letters", headers=operator).status_code == 404
+
+
 def test_a_page_that_does_not_exist_is_a_404_problem(client: TestClient) -> None:  # type: ignore[type-arg]
     for path in ("/console/secrets", "/console/records/deeper", "/console/static/none.js"):
         answer = client.get(path)

@@ -28,13 +28,14 @@ function row(cells) {
 async function api(path, options) {
   const answer = await fetch(path, options);
   if (!answer.ok) {
-    let detail = answer.statusText, parameter = null;
+    let detail = answer.statusText, parameter = null, field = null;
     try {
       const problem = await answer.json();
       detail = problem.detail || detail;
       parameter = typeof problem.parameter === "string" ? problem.parameter : null;
+      field = typeof problem.field === "string" ? problem.field : null;
     } catch (_) { /* not JSON */ }
-    throw Object.assign(new Error(`${answer.status}: ${detail}`), { status: answer.status, parameter });
+    throw Object.assign(new Error(`${answer.status}: ${detail}`), { status: answer.status, parameter, field });
   }
   return answer;
 }
@@ -960,6 +961,239 @@ function access() {
   read();
 }
 
+// -- dead letters -----------------------------------------------------------------
+
+// The dead letters (`/v1/dead-letters`, an operator's), newest first, 100 at a time: a
+// page of the API reads a day, so each read goes on through the days until 100 (Older
+// reads on by the last token). An operator selects some and replays them through
+// `POST /v1/replay` under their own message ids, with a note saying why, each outcome
+// shown. Every value a dead letter holds is shown as text, whatever it holds.
+const DEAD_LETTER_FILTERS = ["since", "until"];
+// What a cell or a detail shows of a value at most: a dead letter may be 10 MB.
+const SHOWN_AT_MOST = 100_000;
+// A replay request's messages and JSON at most (RECORDLINE_MAX_BODY_BYTES is 14 MiB by
+// default; one larger message goes alone).
+const REPLAY_AT_MOST = 100, REPLAY_BYTES = 8 * 1024 * 1024;
+const OUTCOME_WORDS = { stored: "stored", rejected: "rejected again", already_stored: "already stored", refused: "refused as it stands" };
+
+function shownText(value) {
+  const text = String(value);
+  return text.length > SHOWN_AT_MOST ? `${text.slice(0, SHOWN_AT_MOST)}… (${(text.length - SHOWN_AT_MOST).toLocaleString()} characters more)` : text;
+}
+
+// A dead letter as the view says to replay it: its id, the original's publish time
+// where Pub/Sub kept it (else its own), data, attributes and the subscription that
+// gave up on it (`recordline replay dead-letters` sends the same).
+function redriven(letter) {
+  return {
+    message_id: letter.message_id,
+    publish_time: letter.source_publish_time || letter.publish_time,
+    data: letter.data, attributes: letter.attributes || {},
+    ...(letter.source_subscription ? { subscription: letter.source_subscription } : {}),
+  };
+}
+
+function letterState(letter) {
+  if (letter.stored) return "stored since";
+  if (letter.unreplayable) return `cannot be replayed: ${letter.unreplayable}`;
+  return "not stored";
+}
+
+function letterDetail(letter) {
+  const list = element("dl");
+  const facts = [
+    ["message id", letter.message_id ?? "none (NULL)"], ["dead-lettered", letter.publish_time],
+    ["first published", letter.source_publish_time ?? "not said"],
+    ["source subscription", letter.source_subscription ?? "not said"],
+    ["deliveries", letter.delivery_count ?? "not said"],
+    ["written by", letter.subscription_name ?? "not said"], ["state", letterState(letter)],
+  ];
+  for (const [name, value] of facts) list.append(element("dt", name), element("dd", shownText(value)));
+  const cell = element("td", undefined, { colspan: "7" });
+  let attributes;
+  if (letter.attributes) attributes = JSON.stringify(letter.attributes, null, 2);
+  else if (letter.attributes_text !== null) attributes = `not a JSON object of strings: ${letter.attributes_text}`;
+  else attributes = "none (NULL)";
+  let data;
+  if (letter.data === null) data = "none (NULL)";
+  else if (letter.text !== null) data = letter.text;
+  else data = `not UTF-8 text; base64: ${letter.data}`;
+  cell.append(
+    list,
+    element("h3", "attributes"), element("pre", shownText(attributes), { class: "letter-attributes" }),
+    element("h3", "data"), element("pre", shownText(data), { class: "letter-data" }),
+  );
+  const tr = element("tr", undefined, { class: "detail" });
+  tr.append(cell);
+  return tr;
+}
+
+function deadLetters() {
+  const form = $("#filters"), table = $("#letters"), body = $("#letters tbody"), more = $("#more");
+  const replay = $("#replay"), note = $("#note"), all = $("#all"), chosen = $("#chosen");
+  let filters = null, older = null, reads = 0, shown = [];
+  const selected = new Set();
+
+  function said() {
+    chosen.textContent = selected.size ? `${selected.size} selected` : "";
+    replay.disabled = !selected.size || !note.value.trim();
+    replay.title = selected.size && !note.value.trim() ? "say why first" : "";
+  }
+
+  function letterRow(letter) {
+    const box = element("input", undefined, { type: "checkbox", class: "pick", "aria-label": `select ${letter.message_id ?? "a dead letter of no id"}` });
+    box.disabled = Boolean(letter.unreplayable);
+    box.addEventListener("click", (event) => event.stopPropagation());
+    box.addEventListener("change", () => {
+      if (box.checked) selected.add(letter); else selected.delete(letter);
+      said();
+    });
+    let payload;
+    if (letter.data === null) payload = "—";
+    else if (letter.text !== null) payload = letter.text.slice(0, 500);
+    else payload = `base64: ${letter.data.slice(0, 500)}`;
+    const tr = row([
+      box, letter.publish_time, letter.message_id ?? "—", letter.source_subscription ?? "—",
+      letter.delivery_count ?? "—", letterState(letter), payload,
+    ]);
+    tr.className = "row";
+    tr.children[5].className = "state";
+    tr.children[6].className = "payload";
+    if (letter.message_id !== null) tr.dataset.messageId = letter.message_id;
+    tr.addEventListener("click", () => {
+      const open = tr.nextSibling && tr.nextSibling.classList && tr.nextSibling.classList.contains("detail");
+      if (open) tr.nextSibling.remove(); else tr.after(letterDetail(letter));
+    });
+    return { tr, box, letter };
+  }
+
+  function show(letters, append) {
+    const made = letters.map(letterRow);
+    if (append) { shown.push(...made); body.append(...made.map((m) => m.tr)); } else {
+      shown = made;
+      selected.clear();
+      body.replaceChildren(...made.map((m) => m.tr));
+    }
+    all.checked = false;
+    said();
+  }
+
+  async function page(params) {
+    return await (await api(`${ROOT}/v1/dead-letters?${params}`)).json();
+  }
+
+  // Read on through the days until 100 dead letters or their end, 60 pages at most.
+  async function letters(params) {
+    const found = [];
+    let answer;
+    for (let pages = 0; pages < 60; pages += 1) {
+      answer = await page(params);
+      found.push(...answer.dead_letters);
+      if (!answer.next_page_token || found.length >= 100) break;
+      params.delete("since");
+      params.delete("until");  // the token's
+      params.set("page_token", answer.next_page_token);
+      params.set("limit", String(100 - found.length));
+    }
+    return { dead_letters: found, next_page_token: answer.next_page_token };
+  }
+
+  async function read(event) {
+    if (event) event.preventDefault();
+    const mine = reads += 1;
+    const asked = filterParams(form, DEAD_LETTER_FILTERS);
+    const params = new URLSearchParams(asked);
+    params.set("limit", "100");
+    table.setAttribute("aria-busy", "true");
+    let answer;
+    try { answer = await letters(params); } catch (error) {
+      if (mine === reads) { refused(error); table.removeAttribute("aria-busy"); }
+      return;
+    }
+    if (mine !== reads) return;
+    filters = asked;
+    filtersToAddress(filters);
+    refused(null);
+    show(answer.dead_letters, false);
+    status(answer.dead_letters.length ? "" : `No dead letter${filters.toString() ? " in this range" : ""}.`);
+    older = answer.next_page_token;
+    more.hidden = !older;
+    table.removeAttribute("aria-busy");
+  }
+
+  more.addEventListener("click", async () => {
+    const mine = reads;
+    const params = new URLSearchParams({ page_token: older, limit: "100" });
+    try {
+      const answer = await letters(params);
+      if (mine !== reads) return;
+      show(answer.dead_letters, true);
+      older = answer.next_page_token;
+      more.hidden = !older;
+    } catch (error) { status(error.message); }
+  });
+
+  all.addEventListener("change", () => {
+    for (const { box, letter } of shown) {
+      if (box.disabled || letter.stored) continue;
+      box.checked = all.checked;
+      if (all.checked) selected.add(letter); else selected.delete(letter);
+    }
+    said();
+  });
+  note.addEventListener("input", said);
+
+  // The selected in requests of 100 messages and 8 MiB at most; a message the service
+  // refuses as it stands (a 400 naming it) is said and the rest sent again.
+  async function redrive(letters, why) {
+    const results = [];
+    let pending = letters.map(redriven);
+    while (pending.length) {
+      const batch = [];
+      let bytes = 0;
+      for (const message of pending) {
+        const size = JSON.stringify(message).length;
+        if (batch.length && (batch.length === REPLAY_AT_MOST || bytes + size > REPLAY_BYTES)) break;
+        batch.push(message);
+        bytes += size;
+      }
+      try {
+        const answer = await replayed({ messages: batch, note: why });
+        results.push(...answer.results);
+        pending = pending.slice(batch.length);
+      } catch (error) {
+        const one = error.status === 400 && error.field && error.field.match(/^messages\[(\d+)\]/);
+        if (!one || Number(one[1]) >= batch.length) throw error;
+        const [gone] = pending.splice(Number(one[1]), 1);
+        results.push({ message_id: gone.message_id, outcome: "refused", reason: error.message });
+      }
+    }
+    return results;
+  }
+
+  replay.addEventListener("click", async () => {
+    const why = note.value.trim();
+    if (!selected.size || !why) return;
+    replay.disabled = true;
+    try {
+      const results = await redrive([...selected], why);
+      $("#outcomes tbody").replaceChildren(...results.map((r) => {
+        const tr = row([r.message_id, OUTCOME_WORDS[r.outcome] || r.outcome, r.reason || ""]);
+        tr.dataset.outcome = r.outcome;
+        return tr;
+      }));
+      $("#outcomes").hidden = false;
+      await read();  // each dead letter's state as it is now
+      const counts = new Map();
+      for (const r of results) counts.set(r.outcome, (counts.get(r.outcome) || 0) + 1);
+      status(`Replayed ${results.length}: ${[...counts].map(([o, n]) => `${n} ${OUTCOME_WORDS[o] || o}`).join(", ")}.`);
+    } catch (error) { status(error.message); said(); }
+  });
+  form.addEventListener("submit", read);
+  filtersFromAddress(form, DEAD_LETTER_FILTERS);
+  read();
+}
+
 // -- health -----------------------------------------------------------------------
 
 // Prometheus text: each sample's name, labels (as text) and value.
@@ -1038,5 +1272,5 @@ async function health() {
 }
 
 window.addEventListener("DOMContentLoaded", () => {
-  ({ records, rejections, producers, access, health })[document.body.dataset.page]();
+  ({ records, rejections, "dead-letters": deadLetters, producers, access, health })[document.body.dataset.page]();
 });
