@@ -203,7 +203,7 @@ def test_a_reader_is_shown_no_access_page_and_refused_it(
     operator = as_who(OPERATOR)
     operator.goto(f"{service}/console/records")
     expect(operator.locator("header nav a")).to_have_text(
-        ["Records", "Rejections", "Producers", "Access", "Health"]
+        ["Records", "Rejections", "Dead letters", "Producers", "Access", "Health"]
     )
 
 
