@@ -135,13 +135,15 @@ def test_each_dead_letter_is_shown_whatever_it_holds(
         letter(6, time=NOW - 6, attributes=json.dumps({SOURCE_DELIVERY_COUNT: "many"})),
         letter(7, time=NOW - 7, attributes=json.dumps({**SOURCE, SOURCE_PUBLISH_TIME: "soon"})),
         letter(8, time=NOW - 8, message_id="//"),
+        letter(9, time=NOW - 9, attributes=json.dumps({SOURCE_DELIVERY_COUNT: "9" * 40})),
+        letter(10, time=NOW - 10, message_id="x" * 5000),
     ]
     answer = client.get(D)
     assert answer.status_code == 200, answer.text
     page = answer.json()
     shown = {v["message_id"]: v for v in page["dead_letters"]}
     assert [v["message_id"] for v in page["dead_letters"]] == [
-        "dl-1", "dl-2", "dl-3", "dl-4", None, "dl-6", "dl-7", "//",
+        "dl-1", "dl-2", "dl-3", "dl-4", None, "dl-6", "dl-7", "//", "dl-9", "x" * 5000,
     ]  # fmt: skip
     first = shown["dl-1"]
     assert base64.b64decode(first["data"]) == store.dead_letters[0].data
@@ -175,6 +177,9 @@ def test_each_dead_letter_is_shown_whatever_it_holds(
     assert shown["dl-6"]["delivery_count"] is None
     assert shown["dl-7"]["unreplayable"].startswith("publish_time")
     assert shown["//"]["unreplayable"].startswith("message_id")
+    # A count past any number a reader takes whole, and an id past any a look-up takes.
+    assert shown["dl-9"]["delivery_count"] is None
+    assert shown["x" * 5000]["unreplayable"].startswith("message_id")
     assert page["next_page_token"] is None
 
 

@@ -12,6 +12,7 @@ Design: docs/operations.md#replaying-dead-letters
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -22,7 +23,7 @@ import msgspec
 from app.errors import BadParameter, NotFound
 from app.query.page_token import PageToken, PageTokens
 from app.query.served import served
-from app.records import DAY_MICROS, MAX_ID_LENGTH, MAX_MICROS, micros, moment
+from app.records import DAY_MICROS, MAX_ID_LENGTH, MAX_MICROS, micros, moment, unaddressable
 from app.store import READ_ROUTE, Store
 from app.store.dead_letters import (
     PAGE_BYTES,
@@ -169,7 +170,10 @@ class DeadLetterReads:
         return DeadLettersPage(dead_letters=await self._views(letters), next_page_token=next_token)
 
     async def _views(self, letters: list[DeadLetter]) -> list[DeadLetterView]:
-        ids = sorted({x.message_id for x in letters if x.message_id})
+        # Only an id a message may be stored under can be stored since.
+        ids = sorted(
+            {x.message_id for x in letters if x.message_id and not unaddressable(x.message_id)}
+        )
         states = {}
         if ids:
             route = READ_ROUTE.set("/v1/dead-letters")
@@ -206,7 +210,7 @@ def view(letter: DeadLetter, *, stored: bool, refusal: Refusal = _takes_all) -> 
         attributes=attributes,
         attributes_text=letter.attributes if attributes is None else None,
         source_subscription=source_subscription(given),
-        delivery_count=int(count) if count.isascii() and count.isdigit() else None,
+        delivery_count=int(count) if _COUNT.fullmatch(count) else None,
         source_publish_time=given.get(SOURCE_PUBLISH_TIME),
         subscription_name=letter.subscription_name,
         stored=stored,
@@ -215,6 +219,8 @@ def view(letter: DeadLetter, *, stored: bool, refusal: Refusal = _takes_all) -> 
 
 
 _decode_attributes = msgspec.json.Decoder(dict[str, str]).decode
+# A delivery count as Pub/Sub writes it: digits, within what JSON readers take whole.
+_COUNT = re.compile(r"[0-9]{1,15}")
 
 
 def _attributes(text: str | None) -> dict[str, str] | None:
