@@ -268,8 +268,10 @@ class Streams:
             # Rows read, none kept (`Reader.keyed_filter`): on after them, more to come.
             up_to_date, after = False, last.resume
         elif not rows:
-            # Nothing new: the offset as it was asked with, the tail's.
-            up_to_date, after = True, (cursor.after_time, cursor.after_message_id)
+            # Nothing new: the offset its last read began at, the tail's: as it was asked
+            # with, or past the rows read before it and none kept (`Reader.keyed_filter`),
+            # which the next chunk would otherwise read again, never moving on.
+            up_to_date, after = True, (last.cursor.after_time, last.cursor.after_message_id)
         elif not more:
             # Every row before the horizon is here: the next starts after the last
             # row's microsecond (a time alone, however many rows shared it).
