@@ -560,7 +560,11 @@ class Reader:
             begin = max(end - span, low)
             window = PageToken(begin, "", end, listing=listing.name, filter=cursor.filter)
             # As many rows as a read takes: a page of a few rows is found in one read.
-            read = await self.excerpt(listing, window, MAX_LIMIT, self.page_bytes, fields=fields)
+            # One store read a window whatever the filter: one that read rows and kept
+            # none (`keyed_filter`) is looked into by halves as one too full to read.
+            read = await self.excerpt(
+                listing, window, MAX_LIMIT, self.page_bytes, fields=fields, reads=1
+            )
             if read.full and end - begin > 1:
                 # More rows than one read takes: rows are at its last row's time, so the
                 # newest lie between it and the end, looked for by halves.
@@ -715,6 +719,7 @@ class Reader:
         *,
         encoded: bool = False,
         fields: Collection[str] | None = None,
+        reads: int = KEYED_READS,
     ) -> Excerpt[AnyPage]:
         """The read after `cursor` as the store has it now, of at most `limit` rows and
         `max_bytes` of them (the first row whatever its size; fewer bytes while the
@@ -724,10 +729,11 @@ class Reader:
         it (`PageQuery.shown`), a `msgspec.Raw` encoded as the view would be. For one that
         shows only `fields` of each row, a record's `data` or `attributes` outside them
         (and outside what the service's part of the filter reads) may be empty in its
-        view, never read."""
+        view, never read. Where the service filters in part (`keyed_filter`), up to
+        `reads` store reads while each finds rows and keeps none."""
         shown = self._shown(listing, cursor.filter, encoded=encoded, fields=fields)
-        keyed = self.mask is not None and self.keyed_filter(cursor.filter)[2] is not None
-        reads = KEYED_READS if keyed else 1
+        if self.mask is None or self.keyed_filter(cursor.filter)[2] is None:
+            reads = 1
         while True:
             read = await read_charged(
                 self._budget,
