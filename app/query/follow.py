@@ -440,9 +440,15 @@ class Follow:
                     continue
                 if mode.done:
                     break
-                if read.full:
-                    continue  # rows read and none kept (`Reader.keyed_filter`): read on
+                full = read.full
                 del read
+                if full:
+                    # Rows read and none kept (`Reader.keyed_filter`): read on, saying it
+                    # is alive as while it waits, so that no proxy cuts a busy stream.
+                    if loop.time() >= quiet_since + HEARTBEAT_SECONDS:
+                        yield HEARTBEAT
+                        quiet_since = loop.time()
+                    continue
                 # Nothing new: wait for rows here, where an idle follower holds
                 # the least (no read under way), and say it is alive now and then.
                 beat = quiet_since + HEARTBEAT_SECONDS
