@@ -617,9 +617,13 @@ def _shown(operand: Operand, row: Record | Rejection, memo: dict[str, Any]) -> A
 def _condition(condition: Condition, row: Record | Rejection, memo: dict[str, Any]) -> bool:
     keyed: Keyed | None = memo["keyed"]
     if keyed is not None and condition in keyed.conditions:
-        value = _shown(condition.operand, row, memo)
-        if value is not _MISSING:
-            value = keyed.hash(value)
+        # Hashed once a row for each operand, however many conditions compare it.
+        hashed: dict[Operand, Any] = memo.setdefault("hashed", {})
+        operand = condition.operand
+        if operand not in hashed:
+            value = _shown(operand, row, memo)
+            hashed[operand] = value if value is _MISSING else keyed.hash(value)
+        value = hashed[operand]
     else:
         value = _value(condition.operand, row, memo)
     op = condition.op
