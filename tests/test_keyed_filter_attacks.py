@@ -439,9 +439,13 @@ async def test_defect_an_event_stream_reading_rows_it_keeps_none_of_says_it_is_a
 ) -> None:
     # More rows Alice is not in than the stream reads in its 2 s (200,000: a page of
     # one row is 10 store reads of one row): nothing comes, and a heartbeat says the stream is
-    # alive every interval (0.2 s here; 15 s in service), as it does at the tail, so
+    # alive every interval (0.05 s here; 15 s in service), as it does at the tail, so
     # that no proxy takes a stream busy reading for an idle one and cuts it.
-    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.2)
+    if not isinstance(store.inner, DuckDBStore):
+        # The loop is the service's whatever the store; the emulator takes too long to
+        # be given more rows than a stream reads in its 2 s.
+        pytest.skip("the serving tier's emulator stores too few rows a second")
+    monkeypatch.setattr(follow, "HEARTBEAT_SECONDS", 0.05)
     shown = (await client.get("/v1/records", params={"limit": 1})).json()["records"][0]
     start = micros(datetime.fromisoformat(shown["ingest_time"])) + 1
     rows = [record(1000 + n, start + n, "bob") for n in range(200_000)]
@@ -460,7 +464,7 @@ async def test_defect_an_event_stream_reading_rows_it_keeps_none_of_says_it_is_a
     paging = await app.litestar.dependencies["paging"](operator=False)
     ended = paging.reader._tokens.decode(end["next_page_token"])
     assert ended.after_time < rows[-1].ingest_time
-    assert answer.text.count(": heartbeat") >= 2, answer.text[-500:]
+    assert answer.text.count(": heartbeat") >= 5, answer.text[-500:]
 
 
 async def test_every_surface_answers_a_hash_and_refuses_a_value(
