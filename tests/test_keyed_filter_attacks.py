@@ -371,6 +371,7 @@ def app(store: FaultyStore) -> Recordline:
     loaded = settings(
         RECORDLINE_PUSH_TOKEN=SECRET,
         RECORDLINE_MASK_FIELDS="customer.email:hash",
+        RECORDLINE_MASK_ATTRIBUTES="client-ip:hash",
         RECORDLINE_STREAM_SECONDS="2",
     )
     return create_app(loaded, store=store)
@@ -560,3 +561,34 @@ def test_defect_a_row_is_hashed_once_for_each_operand_however_often_it_is_compar
     counting = type(keyed)(keyed.conditions, counted)
     assert matches(expression, record(1, 1, "bob"), counting)
     assert hashed == ["v1"]
+
+
+async def test_a_rejection_is_found_by_the_hash_of_an_attribute_it_shows(
+    client: httpx.AsyncClient,
+) -> None:
+    for n, ip in enumerate(["10.0.0.7", "10.0.0.8", "10.0.0.7"]):
+        body = {
+            "message": {
+                "data": base64.b64encode(b"{not json").decode(),
+                "messageId": f"bad-{n}",
+                "publishTime": "2024-04-27T12:00:01Z",
+                "attributes": {"client-ip": ip},
+            },
+            "subscription": "projects/p/subscriptions/s",
+        }
+        answer = await client.post("/pubsub/push", params={"token": SECRET}, json=body)
+        assert answer.status_code in (200, 204), answer.text
+    shown = (await client.get("/v1/rejections")).json()["rejections"]
+    assert "10.0.0.7" not in json.dumps(shown)
+    hashed = {r["message_id"]: r["attributes"]["client-ip"] for r in shown}
+    wanted = [m for m, h in hashed.items() if h == hashed["bad-0"]]
+    assert wanted == ["bad-0", "bad-2"]
+    found = await client.get(
+        "/v1/rejections", params={"where": f"attributes[\"client-ip\"] = '{hashed['bad-0']}'"}
+    )
+    assert found.status_code == 200, found.text
+    assert [r["message_id"] for r in found.json()["rejections"]] == wanted
+    refused = await client.get(
+        "/v1/rejections", params={"where": "attributes[\"client-ip\"] = '10.0.0.7'"}
+    )
+    assert refused.status_code == 403, refused.text
