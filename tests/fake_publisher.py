@@ -1,0 +1,99 @@
+"""A fake of Pub/Sub's Publisher API: Publish only, over real gRPC.
+
+The service's own client (google-cloud-pubsub's PublisherAsyncClient) reaches it as it
+reaches an emulator, through `PUBSUB_EMULATOR_HOST`. It stands in where the emulator
+cannot: a test needs Pub/Sub to refuse on cue, to hold a call unanswered, and to say
+what it was asked.
+
+Run alone, to be paused (SIGSTOP) as a process:
+    python -m tests.fake_publisher --port 0   # prints its host:port, then serves
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+from google.pubsub_v1.types import PublishRequest, PublishResponse
+
+SERVICE = "google.pubsub.v1.Publisher"
+_Request: Any = PublishRequest.pb()
+_Response: Any = PublishResponse.pb()
+
+
+class FakePublisher:
+    """Answers each Publish with message ids `1`, `2`, …; `failing` a status to fail
+    with instead, `holding` to answer nothing until released."""
+
+    def __init__(self) -> None:
+        # (topic, data, attributes) of each message published.
+        self.published: list[tuple[str, bytes, dict[str, str]]] = []
+        self.calls = 0
+        self.failing: tuple[grpc.StatusCode, str] | None = None
+        self.holding = False
+        self.address = ""
+        self._server: grpc.aio.Server | None = None
+        self._release = asyncio.Event()
+
+    async def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Publish": grpc.unary_unary_rpc_method_handler(
+                    self._publish,
+                    request_deserializer=_Request.FromString,
+                    response_serializer=_Response.SerializeToString,
+                )
+            },
+        )
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((handler,))
+        bound = self._server.add_insecure_port(f"{host}:{port}")
+        await self._server.start()
+        self.address = f"{host}:{bound}"
+        return self.address
+
+    def hold(self) -> None:
+        """Answer nothing from now on, until `release`."""
+        self.holding = True
+        self._release.clear()
+
+    def release(self) -> None:
+        self.holding = False
+        self._release.set()
+
+    async def stop(self) -> None:
+        self._release.set()
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+
+    async def _publish(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        self.calls += 1
+        if self.holding:
+            await self._release.wait()
+        if self.failing is not None:
+            await context.abort(*self.failing)
+        ids = []
+        for message in request.messages:
+            self.published.append((request.topic, message.data, dict(message.attributes)))
+            ids.append(str(len(self.published)))
+        return _Response(message_ids=ids)
+
+
+async def _main(port: int) -> None:
+    fake = FakePublisher()
+    print(await fake.start(port), flush=True)
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+    await stopped.wait()
+    await fake.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(_main(parser.parse_args().port))
