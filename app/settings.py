@@ -151,12 +151,12 @@ _STORE_URL = rf"^(memory:|duckdb:.+|{BIGQUERY_URL})$"
 # host:port, the host a name, an IPv4 address or a bracketed IPv6 one.
 _HOST_PORT = r"^(|(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):[0-9]{1,5})$"
 # A Pub/Sub topic's full name: a project's id (a domain-scoped one too), then the
-# topic's (a letter, then 2 to 254 of Pub/Sub's characters); in a cell, each system's
-# with SYSTEM_TOPIC standing for its name.
+# topic's (a letter, then 2 to 254 of Pub/Sub's characters, never `goog` first); in a
+# cell, each system's with SYSTEM_TOPIC standing for its name (a letter first too).
 SYSTEM_TOPIC: Final = "{system}"
 _TOPIC = (
-    r"^(|projects/[a-z][a-z0-9.:-]{4,61}/topics/(?:[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
-    r"|[A-Za-z0-9._~%+-]*\{system\}[A-Za-z0-9._~%+-]*))$"
+    r"^(|projects/[a-z][a-z0-9.:-]{4,61}/topics/(?!goog)(?:[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
+    r"|(?:[A-Za-z][A-Za-z0-9._~%+-]*)?\{system\}[A-Za-z0-9._~%+-]*))$"
 )
 _HTTP_URL = r"^https?://\S+$"
 _EMAIL = r"[^\s,:@]+@[^\s,:@]+"
@@ -457,8 +457,9 @@ class SchemaSettings(Section, frozen=True):
         env(
             "RECORDLINE_TOPIC",
             "The topic the system's push subscription reads: where an operator publishes a "
-            "test message (`POST /v1/publish`, the console); in a cell, `{system}` in it "
-            "stands for each system's name. Empty: nowhere (a 404 says so)",
+            "test message (`POST /v1/publish`, the console); in a cell it names each system's "
+            "own, `{system}` in it standing for the system's name. Empty: nowhere (a 404 "
+            "says so)",
             accepts="`projects/PROJECT/topics/TOPIC` (`{system}` in TOPIC), or empty",
         ),
     ] = ""
@@ -1462,7 +1463,22 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             }
         )
         _refuse_shared_masked(settings.query)
+        _refuse_shared_topic(settings)
         return settings
+
+
+def _refuse_shared_topic(settings: Settings) -> None:
+    """A cell's systems each publish their operators' test messages to the topic
+    RECORDLINE_TOPIC names: without `{system}` that is one topic for them all, read by
+    one system, and another system's operator would publish into it."""
+    topic = settings.schema.topic
+    if settings.cell.name and topic and SYSTEM_TOPIC not in topic:
+        raise SettingsError(
+            f"RECORDLINE_TOPIC={topic!r} names one topic for every system of the cell: "
+            "each system's operator would publish there. Name each system's own with "
+            f"{SYSTEM_TOPIC} (projects/PROJECT/topics/{SYSTEM_TOPIC}), or leave it empty",
+            var="RECORDLINE_TOPIC",
+        )
 
 
 def _refuse_shared_masked(query: QuerySettings) -> None:
