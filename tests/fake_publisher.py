@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -97,3 +100,27 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     asyncio.run(_main(parser.parse_args().port))
+
+
+@contextlib.contextmanager
+def in_thread() -> Iterator[FakePublisher]:
+    """A FakePublisher on an event loop of its own thread (for a test that blocks, or a
+    service in another process): its attributes are set from the test's thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fake-publisher", daemon=True)
+    thread.start()
+    fake = FakePublisher()
+    asyncio.run_coroutine_threadsafe(_started(fake), loop).result(30)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+async def _started(fake: FakePublisher) -> None:
+    # Its event is made on the loop that waits on it.
+    fake._release = asyncio.Event()
+    await fake.start()
