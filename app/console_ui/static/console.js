@@ -475,8 +475,12 @@ function publishing(details) {
     ? "today's validation would store it"
     : `today's validation would reject it: ${answer.reason}`;
 
+  // Each publish's own: a poll of an earlier one stops once another is asked for, so
+  // what the page says is of the latest.
+  let latest = 0;
   for (const input of [data, attributes]) input.addEventListener("input", () => { send.disabled = true; said.textContent = ""; });
   check.addEventListener("click", async () => {
+    latest += 1;
     send.disabled = true;
     try {
       const answer = await asked(true);
@@ -485,20 +489,27 @@ function publishing(details) {
     } catch (error) { said.textContent = error.message; }
   });
   send.addEventListener("click", async () => {
+    const mine = ++latest;
     send.disabled = true;
     let answer;
-    try { answer = await asked(false); } catch (error) { said.textContent = error.message; return; }
+    try { answer = await asked(false); } catch (error) { if (mine === latest) said.textContent = error.message; return; }
+    if (mine !== latest) return;
     const id = answer.message_id;
     said.textContent = `Published as ${id} (${verdict(answer)}); waiting for its push…`;
     for (let tries = 0; tries < 60; tries += 1) {
       await new Promise((resolve) => setTimeout(resolve, 1000));
+      if (mine !== latest) return;
       try {
         const found = await (await api(`${ROOT}/v1/messages/${encodeURIComponent(id)}`)).json();
+        if (mine !== latest) return;
         said.textContent = found.status === "stored"
           ? `Published as ${id}: stored as record ${found.record.id}.`
           : `Published as ${id}: ${found.status}${found.reason ? `: ${found.reason}` : ""}.`;
         return;
-      } catch (error) { if (error.status !== 404) { said.textContent = error.message; return; } }
+      } catch (error) {
+        if (mine !== latest) return;
+        if (error.status !== 404) { said.textContent = error.message; return; }
+      }
     }
     said.textContent = `Published as ${id}: not delivered within a minute (the push subscription's backlog, or its retry).`;
   });
