@@ -22,6 +22,10 @@ from typing import Any
 import grpc
 from google.pubsub_v1.types import PublishRequest, PublishResponse
 
+from tests.fake_schema_api import SERVICE as SCHEMA_SERVICE
+from tests.fake_schema_api import FakeSchemaApi, _Schema
+from tests.fake_schema_api import _Request as _SchemaRequest
+
 SERVICE = "google.pubsub.v1.Publisher"
 _Request: Any = PublishRequest.pb()
 _Response: Any = PublishResponse.pb()
@@ -40,6 +44,10 @@ class FakePublisher:
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._release = asyncio.Event()
+        # The Schema API beside it, as the emulator serves both; answering after
+        # `schema_delay` seconds.
+        self.schemas = FakeSchemaApi()
+        self.schema_delay = 0.0
 
     async def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
         handler = grpc.method_handlers_generic_handler(
@@ -52,8 +60,18 @@ class FakePublisher:
                 )
             },
         )
+        schemas = grpc.method_handlers_generic_handler(
+            SCHEMA_SERVICE,
+            {
+                "GetSchema": grpc.unary_unary_rpc_method_handler(
+                    self._get_schema,
+                    request_deserializer=_SchemaRequest.FromString,
+                    response_serializer=_Schema.SerializeToString,
+                )
+            },
+        )
         self._server = grpc.aio.server()
-        self._server.add_generic_rpc_handlers((handler,))
+        self._server.add_generic_rpc_handlers((handler, schemas))
         bound = self._server.add_insecure_port(f"{host}:{port}")
         await self._server.start()
         self.address = f"{host}:{bound}"
@@ -73,6 +91,10 @@ class FakePublisher:
         if self._server is not None:
             await self._server.stop(grace=None)
             self._server = None
+
+    async def _get_schema(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await asyncio.sleep(self.schema_delay)  # a slow API, as the test set it
+        return await self.schemas._get_schema(request, context)
 
     async def _publish(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         self.calls += 1

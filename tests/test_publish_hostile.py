@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app.asgi import create_app
-from app.ingest import topic
+from app.ingest import schemas, topic
 from app.settings import Settings
 from app.store.duckdb.store import DuckDBStore
 from recordline_dev.devstack import wait_until_ready
@@ -515,3 +515,29 @@ def test_a_stop_mid_publish_ends_within_cloud_runs_grace(tmp_path: Path, paused:
         assert took < 10, (took, log.read_text()[-2000:])
     finally:
         stop_group(service, timeout=15)
+
+
+async def test_a_slow_schema_and_a_silent_pubsub_end_the_publish_within_its_five_seconds(
+    pubsub: FakePublisher,
+) -> None:
+    """The check reads the schema the attributes name (up to FETCH_SECONDS), then the
+    publish waits on Pub/Sub: the operator's call ends within the 5 s said, not their sum."""
+    schema = {"type": "record", "name": "T", "fields": [{"name": "id", "type": "string"}]}
+    name = "projects/demo-project/schemas/orders"
+    pubsub.schemas.add(name, "r1", "AVRO", json.dumps(schema))
+    pubsub.schema_delay = schemas.FETCH_SECONDS * 0.9
+    pubsub.hold()
+    attributes = {
+        "googclient_schemaname": name,
+        "googclient_schemarevisionid": "r1",
+        "googclient_schemaencoding": "JSON",
+    }
+    async with secret_service(pubsub) as http:
+        began = time.monotonic()
+        answer = await http.post(
+            "/v1/publish", json={**GOOD, "attributes": attributes}, headers=OPERATOR_SECRET
+        )
+        took = time.monotonic() - began
+        assert pubsub.calls == 1  # the check passed, and Pub/Sub was asked
+        assert answer.status_code == 503, answer.text
+        assert took < topic.PUBLISH_SECONDS + 1.5, took
