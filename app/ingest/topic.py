@@ -104,6 +104,9 @@ class Topic:
                 "this system names no topic to publish to (RECORDLINE_TOPIC, which "
                 "Terraform sets to the system's own)"
             )
+        # One deadline for the whole call: the check (which may read a topic schema
+        # the attributes name) and Pub/Sub's answer together.
+        deadline = asyncio.get_running_loop().time() + self._timeout
         try:
             data = binascii.a2b_base64(request.data, strict_mode=True)
         except ValueError:  # not base64 (binascii.Error), or not even ASCII
@@ -127,22 +130,27 @@ class Topic:
         )
         if request.dry_run:
             return answer
-        message_id = await self._published(data, request.attributes)
+        message_id = await self._published(data, request.attributes, deadline)
         return msgspec.structs.replace(answer, message_id=message_id)
 
-    async def _published(self, data: bytes, attributes: dict[str, str]) -> str:
+    async def _published(self, data: bytes, attributes: dict[str, str], deadline: float) -> str:
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline):
                 client = await self._open()
                 from google.pubsub_v1.types import PubsubMessage  # imported by _open
 
                 message = PubsubMessage(data=data, attributes=attributes)
                 answer = await client.publish(
-                    topic=self.name, messages=[message], retry=None, timeout=self._timeout
+                    topic=self.name,
+                    messages=[message],
+                    retry=None,
+                    timeout=max(deadline - loop.time(), 0.001),
                 )
         except TimeoutError:
             raise TopicUnavailable(
-                f"{self.name} did not answer within {self._timeout:g} s; nothing was published"
+                f"{self.name} did not answer within {self._timeout:g} s of the publish; "
+                "nothing was published"
             ) from None
         except InvalidArgument as exc:
             # What Pub/Sub refuses of the message itself (an attribute named `goog…`, a
