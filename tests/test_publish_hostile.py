@@ -541,3 +541,43 @@ async def test_a_slow_schema_and_a_silent_pubsub_end_the_publish_within_its_five
         assert pubsub.calls == 1  # the check passed, and Pub/Sub was asked
         assert answer.status_code == 503, answer.text
         assert took < topic.PUBLISH_SECONDS + 1.5, took
+
+
+async def test_a_refused_publish_is_told_and_logged_as_a_publish(
+    pubsub: FakePublisher, google: FakeGoogle, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever may not publish is told they may not publish (not replay), and the log
+    line an alert reads says which was refused."""
+    oidc = {
+        "RECORDLINE_STORE": "memory:",
+        "RECORDLINE_PUSH_AUDIENCE": PUSH_AUDIENCE,
+        "RECORDLINE_PUSH_SERVICE_ACCOUNTS": PUSHER,
+        "RECORDLINE_OIDC_CERTS_URL": google.certs_url,
+        "RECORDLINE_TOPIC": TOPIC,
+        "PUBSUB_EMULATOR_HOST": pubsub.address,
+    }
+    operators = {
+        **oidc,
+        "RECORDLINE_READ_AUDIENCE": READ_AUDIENCE,
+        "RECORDLINE_READ_PRINCIPALS": ANALYST,
+        "RECORDLINE_OPERATOR_PRINCIPALS": OPERATOR,
+    }
+    secret = {"RECORDLINE_STORE": "memory:", "RECORDLINE_PUSH_TOKEN": SECRET}
+    secret |= {"RECORDLINE_TOPIC": TOPIC, "PUBSUB_EMULATOR_HOST": pubsub.address}
+    for environ, headers in (
+        (operators, token(google, ANALYST)),  # a reader
+        (secret, {}),  # no token where the push secret is the operator's
+        (oidc, {}),  # no operator can be told here at all
+    ):
+        app = create_app(Settings.load(environ), store=DuckDBStore(":memory:"))
+        async with served(app) as http:
+            caplog.clear()
+            answer = await http.post("/v1/publish", json=GOOD, headers=headers)
+            assert answer.status_code in (401, 403), answer.text
+            detail = answer.json()["detail"]
+            assert "replay" not in detail.lower(), detail
+            assert "publish" in detail.lower(), detail
+            refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+            assert refusals, caplog.text
+            assert not any("replay" in line for line in refusals), refusals
+    assert pubsub.calls == 0
