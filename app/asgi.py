@@ -781,7 +781,7 @@ def routers(
         Router(
             "/",
             route_handlers=PUBLISH_ROUTES,
-            guards=[*auth.replay_guards, same_origin, json_only],
+            guards=[*auth.publish_guards, same_origin, json_only],
             middleware=[*recorded("publish"), reads, *traced, *compressed],
         ),
         Router(

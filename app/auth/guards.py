@@ -45,6 +45,12 @@ PROVEN_AS: Final = "recordline.principal"
 # Who a guard admitted by the push secret as a bearer token, where no identity is checked.
 SHARED_SECRET_HOLDER: Final = "holder of RECORDLINE_PUSH_TOKEN"  # noqa: S105 - a name, not a secret
 NO_CREDENTIALS: Final = Credentials(None, None)
+# Why an operator's write (a replay, a test message's publish) is refused to everyone:
+# no operator can be told.
+OPERATORS_UNKNOWN: Final = (
+    "{what} needs RECORDLINE_READ_AUDIENCE and RECORDLINE_OPERATOR_PRINCIPALS on a "
+    "service that authenticates pushes or is bound beyond loopback."
+)
 # Why `/metrics` beyond loopback answers no one: no operator can be told.
 METRICS_REFUSAL: Final = (
     "/metrics beyond loopback is for operators: it needs RECORDLINE_READ_AUDIENCE and "
@@ -69,6 +75,7 @@ class Auth:
         export: ExportAccess | None = None,
         metrics: ReadAccess | SecretAccess | None = None,
         metrics_refusal: str | None = None,
+        publish: ReadAccess | SecretAccess | None = None,
     ) -> None:
         self._push = push
         # Where exporting is a permission of its own; None: every reader exports.
@@ -82,6 +89,8 @@ class Auth:
         self._owns_certs = owns_certs
         self._operate = operate
         self._replay_refusal = replay_refusal
+        # The same operators, told and logged of a publish (`publish_guards`).
+        self._publish = publish if publish is not None else operate
         # `/metrics` beyond loopback: operators alone, or refused (None and None: open).
         self._metrics = metrics
         self._metrics_refusal = metrics_refusal
@@ -122,6 +131,7 @@ class Auth:
         read: ReadAccess | None = None
         export: ExportAccess | None = None
         operate: ReadAccess | SecretAccess | None = None
+        publish: ReadAccess | SecretAccess | None = None
         metrics: ReadAccess | SecretAccess | None = None
         replay_refusal = None
         if certs is not None and auth.read_audience:
@@ -147,6 +157,12 @@ class Auth:
                 what="replay",
                 setting="RECORDLINE_OPERATOR_PRINCIPALS",
             )
+            publish = ReadAccess(
+                verifier=verifier,
+                principals=operators,
+                what="publish",
+                setting="RECORDLINE_OPERATOR_PRINCIPALS",
+            )
             metrics = ReadAccess(
                 verifier=verifier,
                 principals=operators,
@@ -157,15 +173,13 @@ class Auth:
             # No Google identity to check (the emulator's setup): replay takes the
             # secret that configured the service, as a bearer token.
             operate = SecretAccess(auth.push_token)
+            publish = SecretAccess(auth.push_token, what="publish")
             metrics = SecretAccess(auth.push_token, what="read /metrics")
         elif push is not None or not is_loopback(host):
             # Once anything is authenticated, a same-host proxy must not make replay an
             # unauthenticated write: only the loopback dev service, with no
             # authentication at all, replays for anyone who can reach it.
-            replay_refusal = (
-                "Replay needs RECORDLINE_READ_AUDIENCE and RECORDLINE_OPERATOR_PRINCIPALS on a "
-                "service that authenticates pushes or is bound beyond loopback."
-            )
+            replay_refusal = OPERATORS_UNKNOWN.format(what="Replay")
         if read is None and auth.public_reads:
             log.warning(
                 "READS ARE PUBLIC (RECORDLINE_PUBLIC_READS): /v1 needs no token here, and only an "
@@ -188,6 +202,7 @@ class Auth:
             certs=certs,
             operate=operate,
             replay_refusal=replay_refusal,
+            publish=publish,
             owns_certs=shared is None,
             passes=None if passes is None else PassAccess(passes, ReadPasses.path_prefix(settings)),
             export=export,
@@ -338,6 +353,15 @@ class Auth:
         """Operators only (or the push secret where no Google identity is checked);
         with no authentication at all, loopback callers only."""
         return _operator_guards(self._operate, self._replay_refusal, "replay")
+
+    @property
+    def publish_guards(self) -> list[Guard]:
+        """`replay_guards`' operators, for a test message (`POST /v1/publish`): a refusal
+        says, and its log line names, a publish."""
+        refusal = self._replay_refusal and OPERATORS_UNKNOWN.format(
+            what="Publishing a test message"
+        )
+        return _operator_guards(self._publish, refusal, "publish")
 
 
 def _operator_guards(
