@@ -218,12 +218,14 @@ class Tally:
                         held.setdefault(copy[:3], []).append(ids_in_batch[copy[3]])
                 known = copies.get(key, _NO_COPIES)
                 mine = held.get(key, ())
-                if again or any(c.message_id == message_id for c in known):
-                    if is_record and message_id in rejected_before:
+                held_here = any(c.message_id == message_id for c in known)
+                if again or held_here:
+                    if is_record and held_here and message_id in rejected_before:
                         if message_id not in ids_in_batch:
-                            # Kept as a rejection under this sequence, stored now (fixed
-                            # and replayed under its id): the epoch counts it stored, once;
-                            # the hour counts the store (its rejection stays in its own).
+                            # Kept as a rejection under this very sequence, stored now
+                            # (fixed and replayed under its id): the epoch counts it stored,
+                            # once; the hour counts the store (its rejection stays in its
+                            # own). Under another sequence it is counted as ever.
                             entry.rejected = max(0, entry.rejected - 1)
                             entry.stored += 1
                             stored += 1
