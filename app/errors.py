@@ -317,6 +317,17 @@ class RetryLater(RecordlineError):
         self.headers = {"Retry-After": str(retry_after)}
 
 
+class TopicUnavailable(RetryLater):
+    """The system's topic did not take the test message (Pub/Sub refused or did not
+    answer in time, or there are no credentials): nothing was published. Publish again;
+    a refusal names what Pub/Sub said (a missing `roles/pubsub.publisher` grant, a topic
+    deleted)."""
+
+    title = "Topic unavailable"
+    problem = "topic-unavailable"
+    cause = "topic"
+
+
 class StoreUnavailable(RetryLater):
     """The store did not take or answer the request; nothing was stored.
 

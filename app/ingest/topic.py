@@ -23,7 +23,7 @@ from google.api_core.exceptions import GoogleAPICallError, InvalidArgument
 from google.auth.exceptions import GoogleAuthError
 from msgspec import Meta
 
-from app.errors import InvalidBody, NotFound, RetryLater
+from app.errors import InvalidBody, NotFound, TopicUnavailable
 from app.ingest.envelope import MAX_DATA_BYTES, PushAttributes, PushedMessage
 from app.ingest.replay import MAX_NOTE_CHARACTERS
 from app.records import Rejection
@@ -71,17 +71,6 @@ class PublishAnswer(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
     # Pub/Sub's id of the message published; none for a dry run.
     message_id: str | None = None
     dry_run: bool = False
-
-
-class TopicUnavailable(RetryLater):
-    """The system's topic did not take the test message (Pub/Sub refused or did not
-    answer in time, or there are no credentials): nothing was published. Publish again;
-    a refusal names what Pub/Sub said (a missing `roles/pubsub.publisher` grant, a topic
-    deleted)."""
-
-    title = "Topic unavailable"
-    problem = "topic-unavailable"
-    cause = "topic"
 
 
 class Topic:

@@ -38,6 +38,7 @@ from app.errors import (
     StoreUnavailable,
     TooManyReads,
     TooMuchInFlight,
+    TopicUnavailable,
     Unauthorized,
     UnsupportedMediaType,
     WriteTimeout,
@@ -51,7 +52,7 @@ from app.ingest.replay import (
     check_body,
 )
 from app.ingest.service import Ingest, PushObserver
-from app.ingest.topic import PublishAnswer, PublishRequest, Topic, TopicUnavailable
+from app.ingest.topic import PublishAnswer, PublishRequest, Topic
 from app.problems import Problems, problem_responses
 from app.query.served import told
 from app.telemetry import PushTraces, push_received
