@@ -42,6 +42,7 @@ from app.ingest.envelope import (
     MAX_DELIVERY_ATTEMPT,
     MAX_SUBSCRIPTION,
 )
+from app.ingest.replay import MAX_NOTE_CHARACTERS
 from app.records import ID_PATTERN, MAX_ID_LENGTH
 
 DOCS_PATH = "/docs"
@@ -314,11 +315,53 @@ class ReplayOperation(Operation):
         )
 
 
+def _attributes_schema() -> Schema:
+    """A message's attributes, as a push may carry them."""
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        max_properties=MAX_ATTRIBUTES,
+        property_names=Schema(type=OpenAPIType.STRING, max_length=MAX_ATTRIBUTE_KEY),
+        additional_properties=Schema(type=OpenAPIType.STRING, max_length=MAX_ATTRIBUTE_VALUE),
+    )
+
+
+def publish_request_schema() -> Schema:
+    """POST /v1/publish's body, as app.ingest.topic.PublishRequest takes it: no member
+    besides these (a misspelt `dry_run` is refused, never published)."""
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        required=["data"],
+        properties={
+            "data": Schema(type=OpenAPIType.STRING, description="The message data, base64"),
+            "attributes": _attributes_schema(),
+            "dry_run": Schema(
+                type=OpenAPIType.BOOLEAN,
+                description="Say what today's validation makes of it; publish nothing",
+            ),
+            "note": Schema(
+                one_of=[
+                    Schema(type=OpenAPIType.STRING, max_length=MAX_NOTE_CHARACTERS),
+                    Schema(type=OpenAPIType.NULL),
+                ],
+                description="Why, in the operator's words: kept with the message id in the "
+                "access record",
+            ),
+        },
+        additional_properties=False,
+    )
+
+
 @dataclass
 class PublishOperation(Operation):
-    """POST /v1/publish: the message published leads to what became of it."""
+    """POST /v1/publish: its body has no member besides its own (the struct refuses
+    any other, which the generated schema would allow); the message published leads to
+    what became of it."""
 
     def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            content={"application/json": OpenAPIMediaType(schema=publish_request_schema())},
+        )
         _links(
             self,
             {
