@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,7 +120,12 @@ def test_the_service_does_what_its_openapi_document_says(
     document = httpx.get(f"{url}/docs/openapi.json", timeout=30).json()
     operations = sum(len(methods) for methods in document["paths"].values())
     assert f"Tested: {operations}" in said, said[-4000:]
-    assert "Missing test data" not in said, said[-4000:]
+    # Every operation reaches the service's logic, but two that this deployment answers
+    # 404 by design: the embedded store keeps no dead letters (Pub/Sub's subscription
+    # does), and a service naming no topic publishes no test message.
+    missing = re.search(r"Missing test data: .*?\n\n((?:\s+- .+\n)+)", said)
+    named = set(re.findall(r"- (\S+ \S+)", missing[1])) if missing else set()
+    assert named <= {"GET /v1/dead-letters", "POST /v1/publish"}, said[-4000:]
     for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
         assert f"{phase} (in" in said, (phase, said[-4000:])
     assert "API Links:" in said, said[-4000:]
