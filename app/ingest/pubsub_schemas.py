@@ -29,8 +29,20 @@ _SCOPES = ("https://www.googleapis.com/auth/pubsub",)
 
 
 def _imported() -> None:
-    """The client library imported (in a thread, by the first fetch)."""
+    """The client library imported (in a thread, by the first call)."""
     import google.pubsub_v1  # noqa: F401
+
+
+async def pubsub_credentials(emulator_host: str) -> Any:
+    """What a Pub/Sub client is made with: Application Default Credentials, or None for
+    an emulator; with the client library imported. Each off the event loop (they read
+    files, may ask the metadata server, and take a tenth of the service's start-up), so
+    the pushes and reads in flight need not wait. GoogleAuthError where there are none."""
+    credentials = None
+    if not emulator_host:
+        credentials, _ = await asyncio.to_thread(google.auth.default, scopes=_SCOPES)
+    await asyncio.to_thread(_imported)
+    return credentials
 
 
 def _made(emulator_host: str, credentials: Any) -> SchemaServiceAsyncClient:
@@ -85,16 +97,10 @@ class PubSubSchemas:
         async with self._opening:
             if self._client is not None:
                 return self._client
-            credentials = None
-            if not self._emulator_host:
-                try:
-                    # Blocking: it reads files and may ask the metadata server.
-                    credentials, _ = await asyncio.to_thread(google.auth.default, scopes=_SCOPES)
-                except GoogleAuthError as exc:
-                    raise SchemaUnavailable(f"no credentials for the Schema API: {exc}") from None
-            # The library's first import, some hundred milliseconds, in a thread: the
-            # pushes and reads in flight need not wait for it.
-            await asyncio.to_thread(_imported)
+            try:
+                credentials = await pubsub_credentials(self._emulator_host)
+            except GoogleAuthError as exc:
+                raise SchemaUnavailable(f"no credentials for the Schema API: {exc}") from None
             self._client = _made(self._emulator_host, credentials)
             return self._client
 

@@ -16,7 +16,6 @@ import binascii
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
-import google.auth
 import grpc
 import msgspec
 from google.api_core.exceptions import GoogleAPICallError, InvalidArgument
@@ -25,6 +24,7 @@ from msgspec import Meta
 
 from app.errors import InvalidBody, NotFound, TopicUnavailable
 from app.ingest.envelope import MAX_DATA_BYTES, PushAttributes, PushedMessage
+from app.ingest.pubsub_schemas import pubsub_credentials
 from app.ingest.replay import MAX_NOTE_CHARACTERS
 from app.records import Rejection
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 PUBLISH_SECONDS: Final = 5.0
 # What a dry run's message is called while today's validation reads it.
 CHECKED_ID: Final = "recordline-test-message"
-_SCOPES: Final = ("https://www.googleapis.com/auth/pubsub",)
 
 
 class PublishRequest(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -154,14 +153,10 @@ class Topic:
         async with self._opening:
             if self._client is not None:
                 return self._client
-            credentials = None
-            if not self._emulator_host:
-                try:
-                    # Blocking: it reads files and may ask the metadata server.
-                    credentials, _ = await asyncio.to_thread(google.auth.default, scopes=_SCOPES)
-                except GoogleAuthError as exc:
-                    raise TopicUnavailable(f"no credentials for Pub/Sub: {exc}") from None
-            await asyncio.to_thread(_imported)
+            try:
+                credentials = await pubsub_credentials(self._emulator_host)
+            except GoogleAuthError as exc:
+                raise TopicUnavailable(f"no credentials for Pub/Sub: {exc}") from None
             self._client = _made(self._emulator_host, credentials)
             return self._client
 
@@ -169,11 +164,6 @@ class Topic:
         if self._client is not None:
             await self._client.transport.close()  # type: ignore[no-untyped-call]
             self._client = None
-
-
-def _imported() -> None:
-    """The client library imported (in a thread, by the first publish)."""
-    import google.pubsub_v1  # noqa: F401
 
 
 def _made(emulator_host: str, credentials: Any) -> PublisherAsyncClient:
