@@ -75,6 +75,9 @@ class WrappedStore:
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         return await self.inner.seen(message_ids)
 
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        return await self.inner.rejections(message_ids)
+
 
 class LeavesUnread(WrappedStore):
     """A store that reads no column a page's reader shows none of (`PageQuery.left_out`),

@@ -35,6 +35,11 @@ if TYPE_CHECKING:
 # What became of a Pub/Sub message: stored as a record, or rejected.
 MessageState = Literal["stored", "rejected"]
 
+# A rejection a replay compares its message with holds at most this much data: a
+# payload an operator edits by hand, and 100 of them (a replay's most) are 6.4 MiB
+# held at once, one push body's worth; a larger one is replayed uncompared.
+COMPARED_BYTES = 64 * 1024
+
 
 class MessageStatus(msgspec.Struct, kw_only=True, frozen=True):
     """What happened to one Pub/Sub message."""
@@ -158,6 +163,12 @@ class Store(Protocol):
         Replay asks it for a whole batch, where `message` would cost a query
         (a billed one on BigQuery) per message.
         """
+
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        """Each of these messages' rejection as kept (its first, where it was rejected
+        on several deliveries) whose data is at most COMPARED_BYTES, in one read: what
+        a replay compares the message it is handed with, to say what an edit changed.
+        A message never rejected, or whose data is larger, is absent."""
 
 
 @runtime_checkable

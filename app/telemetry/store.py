@@ -64,6 +64,7 @@ READ_METHODS = {
     "latest": _LATEST_ROUTE,
     "message": _MESSAGE_ROUTE,
     "seen": _REPLAY_ROUTE,
+    "rejections": _REPLAY_ROUTE,
 }
 
 
@@ -146,6 +147,12 @@ class ObservedStore:
             states = await self.inner.seen(message_ids)
             span.set_attribute("db.response.returned_rows", len(states))
             return states
+
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        with self._query("rejections", _REPLAY_ROUTE) as span:
+            found = await self.inner.rejections(message_ids)
+            span.set_attribute("db.response.returned_rows", len(found))
+            return found
 
     @contextmanager
     def _query(self, name: str, route: dict[str, str]) -> Iterator[Span]:

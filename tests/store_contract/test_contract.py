@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
 from app.asgi import create_app
 from app.errors import StoreUnavailable
 from app.records import Record, Rejection
-from app.store import MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
+from app.store import COMPARED_BYTES, MessageStatus, PageQuery, PublisherDuplicate, Store, row_bytes
 from app.store.producers import MAX_DECLARED_TAIL, MAX_EPOCHS, EpochEntry
 from tests.conftest import envelope, served, settings
 from tests.rows import defaulted
@@ -432,6 +433,24 @@ async def test_what_became_of_a_message(store: Store) -> None:
     states = await store.seen(["m-1", "m-2", "m-3", "never", "m-2"])
     assert states == {"m-1": "stored", "m-2": "rejected", "m-3": "stored"}
     assert await store.seen([]) == {}
+
+
+async def test_the_rejections_a_replay_compares_with(store: Store) -> None:
+    """Each message's rejection as kept, in one read: its bytes, attributes, publish time
+    and subscription as they came, the first of a message rejected on two deliveries;
+    none of a message never rejected, nor of one whose data is over COMPARED_BYTES."""
+    first = rejection("c-1", data=b'{"amount": "12"}', subscription="projects/p/subscriptions/s")
+    await store.append([first, rejection("c-big", data=b"x" * (COMPARED_BYTES + 1))])
+    await store.append([rejection("c-edge", data=b"y" * COMPARED_BYTES), record("c-stored")])
+    await store.append([rejection("c-1", data=b"second delivery")])
+    await store.barrier()
+    found = await store.rejections(["c-1", "c-big", "c-edge", "c-stored", "never", "c-1"])
+    assert sorted(found) == ["c-1", "c-edge"]
+    assert found["c-1"] == msgspec.structs.replace(
+        first, ingest_time=await stored_time(store, "c-1")
+    )
+    assert found["c-edge"].data == b"y" * COMPARED_BYTES
+    assert await store.rejections([]) == {}
 
 
 @pytest.mark.slow

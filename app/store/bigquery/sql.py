@@ -257,6 +257,20 @@ WHERE j.message_id IN UNNEST(@message_ids)
 """.strip()
 
 
+def compared_sql(rejected: str) -> str:
+    # What a replay compares with: each message's first rejection whose data is small
+    # enough, found through the search index on message_id (as `seen_sql`).
+    return f"""
+SELECT {select_list(Rejection, "j")}
+FROM {rejected} AS j
+WHERE j.message_id IN UNNEST(@message_ids)
+  AND BYTE_LENGTH(j.data) <= @most
+  AND j.ingest_time >= TIMESTAMP_MICROS(@not_before)
+  AND j.ingest_time < TIMESTAMP_MICROS(@before)
+QUALIFY ROW_NUMBER() OVER (PARTITION BY j.message_id ORDER BY j.ingest_time) = 1
+""".strip()
+
+
 def access_page_sql(
     access: str, *, before: bool = False, action: bool = False, principal: bool = False
 ) -> str:
@@ -375,6 +389,7 @@ class Statements(NamedTuple):
     rejected: str
     rejections: str
     seen: str
+    compared: str
 
     @classmethod
     def for_dataset(cls, project: str, dataset: str) -> Statements:
@@ -398,4 +413,5 @@ class Statements(NamedTuple):
             rejected=rejected_sql(rejected),
             rejections=rejections_sql(rejected),
             seen=seen_sql(records, rejected),
+            compared=compared_sql(rejected),
         )

@@ -41,6 +41,7 @@ from app.records import (
     row_of,
 )
 from app.store import (
+    COMPARED_BYTES,
     CountQuery,
     MessageState,
     MessageStatus,
@@ -698,6 +699,20 @@ class BigQueryStore:
             "before": before,
         }
         return message_states(await self._queries.run(self._sql.seen, params, tables=2))
+
+    async def rejections(
+        self, message_ids: Sequence[str], *, before: int = END_OF_TIME
+    ) -> dict[str, Rejection]:
+        if not message_ids:
+            return {}
+        params: dict[str, QueryValue] = {
+            "message_ids": sorted(set(message_ids)),
+            "most": COMPARED_BYTES,
+            "not_before": _ALL_TIME,
+            "before": before,
+        }
+        found = await self._queries.run(self._sql.compared, params)
+        return {r.message_id: r for r in (row_of(Rejection, row) for row in found)}
 
     # The access record
 

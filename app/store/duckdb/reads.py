@@ -14,11 +14,12 @@ from typing import Any
 import duckdb
 
 from app.records import Record, Rejection, row_of
-from app.store import CountQuery, MessageState, MessageStatus, Page, PageQuery, R
+from app.store import COMPARED_BYTES, CountQuery, MessageState, MessageStatus, Page, PageQuery, R
 from app.store.copies import message_states
 from app.store.duckdb.database import Database
 from app.store.duckdb.sql import (
     BOUNDED_PAGE_SQL,
+    COMPARED_REJECTIONS_SQL,
     LATEST_SQL,
     NEWEST_RECORDS_SQL,
     OLDER_RECORD_SQL,
@@ -173,3 +174,13 @@ class DuckDBReads:
         return message_states(
             await self.database.read(lambda cur: cur.execute(SEEN_SQL, params).fetchall())
         )
+
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        if not message_ids:
+            return {}
+        await self.applied_now()
+        params = {"ids": list(message_ids), "most": COMPARED_BYTES}
+        found = await self.database.read(
+            lambda cur: cur.execute(COMPARED_REJECTIONS_SQL, params).fetchall()
+        )
+        return {r.message_id: r for r in (row_of(Rejection, row) for row in found)}

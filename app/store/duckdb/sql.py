@@ -304,6 +304,12 @@ RECORDS_BY_MESSAGES_SQL = (
 REJECTIONS_BY_MESSAGES_SQL = (
     f"SELECT {_select_list(Rejection)} FROM rejected WHERE message_id IN (SELECT unnest($ids))"
 )
+# What a replay compares with (`Store.rejections`): a rejection whose data is small
+# enough to compare; the table keeps each message once.
+COMPARED_REJECTIONS_SQL = (
+    f"SELECT {_select_list(Rejection)} FROM rejected "
+    "WHERE message_id IN (SELECT unnest($ids)) AND octet_length(data) <= $most"
+)
 BOUNDED_PAGE_SQL: dict[type[Row], str] = {
     Record: _bounded_page_sql("records", Record),
     Rejection: _bounded_page_sql("rejected", Rejection),

@@ -256,6 +256,9 @@ class DuckDBStore:
     async def seen(self, message_ids: Sequence[str]) -> dict[str, MessageState]:
         return await self._reads.seen(message_ids)
 
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        return await self._reads.rejections(message_ids)
+
     async def keep_access(self, lines: Sequence[AccessLine]) -> None:
         await self._access.keep(lines)
 

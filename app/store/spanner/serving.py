@@ -38,6 +38,7 @@ from app.records import (
     rejected_record,
 )
 from app.store import (
+    COMPARED_BYTES,
     MessageState,
     MessageStatus,
     PageQuery,
@@ -934,6 +935,22 @@ class SpannerServing:
                     (m, state) for (m,) in key_rows(snapshot, deadline, table, ["message_id"], keys)
                 ]
         return message_states(found)
+
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        return await self._calls.call(self._rejections, message_ids)
+
+    def _rejections(self, deadline: Deadline, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        # By key, one row at a time off the stream: a larger one is dropped as it comes,
+        # so no more than one is held beyond what is kept.
+        keys = message_keys(set(message_ids))
+        self._count_reads(1)
+        found: dict[str, Rejection] = {}
+        with self._calls.database().snapshot() as snapshot:
+            for values in key_rows(snapshot, deadline, "rejected", NAMES["rejected"], keys):
+                rejection = stored_row(Rejection, values)
+                if len(rejection.data) <= COMPARED_BYTES:
+                    found[rejection.message_id] = rejection
+        return found
 
     # -- plumbing --------------------------------------------------------------
 

@@ -453,6 +453,16 @@ class TieredStore:
                     states[message_id] = state
         return states
 
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        self._ready()
+        found = await self.serving.rejections(message_ids)
+        rest = sorted({m for m in message_ids if m not in found})
+        if rest:
+            since = self.serving_since(self._now())
+            older = await self.analytics.rejections(rest, before=since)
+            found |= older
+        return found
+
 
 def _after(query: PageQuery, start: int, rows: Sequence[Record | Rejection]) -> PageQuery:
     """The query for what follows `start`, the cursor of a page that ended there holding
