@@ -150,6 +150,49 @@ async def test_the_cli_s_note_is_kept_with_what_each_message_became(
     assert exited.value.code == 2
 
 
+async def test_a_replay_says_what_an_edit_changed_and_the_access_record_keeps_it(
+    rejected_store: DuckDBStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each message replayed in place of a rejection is compared with it as kept: the
+    answer and the access line say the paths an edit changed (none for one sent as it
+    came); a message with no rejection to compare (a dead letter) says nothing."""
+
+    def sent(message_id: str, payload: bytes, **fields: Any) -> dict[str, Any]:
+        return {
+            "message_id": message_id,
+            "publish_time": "2024-04-27T12:00:01Z",
+            "data": base64.b64encode(payload).decode(),
+            "attributes": {"origin": "replay-test"},
+            "subscription": SUBSCRIPTION,
+            **fields,
+        }
+
+    messages = [
+        sent(
+            "m-fixed-1",
+            b'{"id": "r1", "data": 43, "fixed": true}',
+            attributes={"origin": "replay-test", "by": "oncall"},
+        ),
+        sent("m-fixed-2", b'{"id": "r2",\n "data": [1]}'),  # the same JSON, spaced
+        sent("m-bad", b'{"id": "r3", "data": 1}', publish_time="2024-04-27T12:00:02Z"),
+        sent("m-dead-letter", b'{"id": "r4", "data": 1}'),
+    ]
+    async with served(create_app(settings(), store=rejected_store)) as http:
+        with caplog.at_level(logging.INFO, "recordline.access"):
+            answered = await http.post("/v1/replay", json={"messages": messages, "note": "fix"})
+        lines = [r.fields["access"] for r in caplog.records if r.name == "recordline.access"]  # type: ignore[attr-defined]
+    assert answered.status_code == 200, answered.text
+    changed = {r["message_id"]: r.get("changed") for r in answered.json()["results"]}
+    assert changed == {
+        "m-fixed-1": ["data.data", "data.fixed (added)", "attributes.by (added)"],
+        "m-fixed-2": [],
+        "m-bad": ["data (text)", "publish_time"],
+        "m-dead-letter": None,
+    }
+    (line,) = [line for line in lines if line["action"] == "replay"]
+    assert line["changed"] == [[m, paths] for m, paths in changed.items() if paths is not None]
+
+
 async def test_only_rejections_whose_reason_matches_are_replayed(
     rejected_store: DuckDBStore,
 ) -> None:
@@ -462,6 +505,10 @@ class CountingStore(FaultyStore):
         self.lookups["seen"] += 1
         return await self.inner.seen(message_ids)
 
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        self.lookups["rejections"] += 1
+        return await self.inner.rejections(message_ids)
+
 
 def replayed(message_id: str, payload: bytes) -> dict[str, str]:
     data = base64.b64encode(payload).decode()
@@ -484,7 +531,8 @@ async def test_a_full_batch_costs_one_lookup_and_shares_its_appends(
     assert len(batch) == MAX_REPLAY_MESSAGES
     async with served(create_app(settings(), store=store)) as http:
         answer = (await http.post("/v1/replay", json={"messages": batch})).json()["results"]
-        assert store.lookups == Counter({"seen": 1})
+        # And one more for what the rejected ones were, to say what their edits changed.
+        assert store.lookups == Counter({"seen": 1, "rejections": 1})
         store.lookups.clear()
         # One group commit takes them all, not one append per message.
         assert sum(store.appends) == 97
@@ -511,7 +559,7 @@ async def test_a_full_batch_costs_one_lookup_and_shares_its_appends(
         assert Counter(r["outcome"] for r in again) == Counter(
             {"already_stored": 97, "rejected": 3}
         )
-        assert store.lookups == Counter({"seen": 1})
+        assert store.lookups == Counter({"seen": 1, "rejections": 1})
 
 
 async def test_seen_tells_stored_from_rejected_and_a_stored_copy_wins(

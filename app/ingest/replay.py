@@ -16,7 +16,7 @@ import asyncio
 import binascii
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import Meta
@@ -45,6 +45,8 @@ log = logging.getLogger("recordline.replay")
 MAX_REPLAY_MESSAGES = 100
 # What an operator may say of a replay, kept with it in the access record.
 MAX_NOTE_CHARACTERS = 500
+# What a replay says an edit changed, in paths: as many as the console shows.
+MOST_CHANGES = 20
 
 
 class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
@@ -89,6 +91,21 @@ class ReplayResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
     message_id: str
     outcome: Outcome
     reason: str | None = None
+    changed: (
+        Annotated[
+            list[str],
+            Meta(
+                description="What the message changes of its rejection as kept: the paths "
+                "of `data` and `attributes` that differ (`data.a.b`, `data.items[0]`, "
+                "`(added)`, `(removed)`, `data (text)` where either side is not JSON), "
+                "`publish_time` and `subscription`, at most "
+                f"{MOST_CHANGES} and then `…`; empty where nothing changed. Absent where "
+                "no rejection of it is kept to compare with (a dead letter, a message "
+                "never rejected) or its data is over 64 KiB"
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ReplayAnswer(msgspec.Struct, kw_only=True, frozen=True):
@@ -110,6 +127,9 @@ class Replay:
         messages = [_pushed(i, m) for i, m in enumerate(request.messages)]
         await self._store.barrier()  # a record replayed a moment ago is seen
         before = await self._store.seen([m.message_id for m in messages])
+        # What each rejected one was, to say what an edit changes (one more read).
+        rejected = sorted({m for m, state in before.items() if state == "rejected"})
+        kept = await self._store.rejections(rejected) if rejected else {}
         # By message id: a message id given twice in a batch is replayed once.
         answers: dict[str, ReplayResult] = {}
         storing: dict[str, Awaitable[tuple[Record | Rejection, RowOutcome]]] = {}
@@ -151,8 +171,69 @@ class Replay:
             if message.message_id in answered and result.outcome != "rejected":
                 result = _already(message.message_id)  # its first occurrence stored it
             answered.add(message.message_id)
+            original = kept.get(message.message_id)
+            if original is not None:
+                result = msgspec.structs.replace(result, changed=changes(original, message))
             results.append(result)
         return ReplayAnswer(results=results, dry_run=request.dry_run)
+
+
+def changes(original: Rejection, message: PushedMessage) -> list[str]:
+    """The paths at which `message` differs from the rejection it replays, as the
+    console says them: of `data` and `attributes` (JSON, member by member), then
+    `publish_time` and `subscription`; at most MOST_CHANGES, then "…"."""
+    found: list[str] = []
+    data = message.data if message.data is not None else message.raw_data
+    if data != original.data:
+        _differences(_json(original.data), _json(data), "data", found)
+    attributes = _json(original.attributes.encode())
+    if attributes is not _NOT_JSON:
+        _differences(attributes, dict(message.attributes), "attributes", found)
+    if message.publish_time != original.publish_time:
+        found.append("publish_time")
+    if message.subscription != original.subscription:
+        found.append("subscription")
+    return found[:MOST_CHANGES] + (["…"] if len(found) > MOST_CHANGES else [])
+
+
+_NOT_JSON: Final = object()
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return _decode_json(data)
+    except (msgspec.DecodeError, RecursionError):
+        return _NOT_JSON
+
+
+def _differences(before: Any, after: Any, path: str, found: list[str]) -> None:
+    """Into `found`, each path under `path` where `after` differs from `before`: walked
+    with a stack (a payload may nest deeper than Python recurses), in key order, and
+    no further than one past MOST_CHANGES."""
+    if before is _NOT_JSON or after is _NOT_JSON:
+        found.append(f"{path} (text)")
+        return
+    stack = [(path, before, after)]
+    while stack and len(found) <= MOST_CHANGES:
+        at, old, new = stack.pop()
+        if old is _GONE or new is _GONE:
+            found.append(f"{at} ({'added' if old is _GONE else 'removed'})")
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            keys = [*old, *(k for k in new if k not in old)]
+            named = [(f"{at}.{k}", k) for k in keys]
+        elif isinstance(old, list) and isinstance(new, list):
+            named = [(f"{at}[{i}]", i) for i in range(max(len(old), len(new)))]
+            old, new = dict(enumerate(old)), dict(enumerate(new))
+        else:
+            if old != new or type(old) is not type(new):
+                found.append(at)
+            continue
+        # Pushed in reverse, so that they are met in order.
+        stack += [(name, old.get(key, _GONE), new.get(key, _GONE)) for name, key in reversed(named)]
+
+
+_GONE: Final = object()  # a member one side has and the other has not
 
 
 _decode_json = msgspec.json.Decoder().decode

@@ -252,6 +252,8 @@ async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay
         dry_run=answer.dry_run,
         note=data.note,
         messages=[[result.message_id, result.outcome] for result in answer.results],
+        # What an edit changed, by path, of each message compared with its rejection.
+        changed=[[r.message_id, r.changed] for r in answer.results if r.changed is not None],
     )
     return answer
 

@@ -426,6 +426,12 @@ def test_a_rejection_fixed_in_the_browser_is_checked_replayed_and_recorded(
         (True, [["bad-3", "stored"]], "the producer left out its key"),
         (False, [["bad-3", "stored"]], "the producer left out its key"),
     ]
+    # What each edit changed, as the service compared it with the rejection kept.
+    assert [r["changed"] for r in replays[-3:]] == [
+        [["bad-3", ["data.data.n"]]],
+        [["bad-3", ["data.key (added)"]]],
+        [["bad-3", ["data.key (added)"]]],
+    ]
 
 
 def test_a_payload_nested_past_comparing_still_opens_to_be_fixed(service: str, page: Any) -> None:
