@@ -98,6 +98,7 @@ from app.store.open import open_store
 from app.store.producers import PRODUCER_ATTRIBUTE
 from app.store.supervisor import Supervisor
 from app.telemetry import Telemetry
+from app.telemetry.store import ObservedStore, observed_reads
 from app.typed.revisions import DeclaredSchemaError, Revisions
 
 log = logging.getLogger(__name__)
@@ -562,6 +563,12 @@ class ReadSide:
         query = settings.query
         secret = page_token_secret or query.page_token_secret
         tokens = PageTokens(secret)
+        # The access record's reads and dead letters', observed as the rows' are.
+        access_store, letter_store = (
+            observed_reads(store, observed)
+            if isinstance(observed, ObservedStore)
+            else (store, store)
+        )
 
         def made(mask: Mask | None = None) -> Reader:
             return Reader(
@@ -607,8 +614,8 @@ class ReadSide:
             masked_producers,
             metric_producer=pseudonyms.of if masked_producers is not None else str,
             mask=mask if mask else None,
-            access=AccessReads(store, tokens),
-            dead_letters=DeadLetterReads(store, observed, tokens, refusal=replay_refusal),
+            access=AccessReads(access_store, tokens),
+            dead_letters=DeadLetterReads(letter_store, observed, tokens, refusal=replay_refusal),
         )
 
 

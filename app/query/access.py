@@ -242,7 +242,9 @@ class AccessPage(msgspec.Struct, kw_only=True):
 class AccessReads:
     """`GET /v1/access`: one system's access record, newest first."""
 
-    def __init__(self, store: Store, tokens: PageTokens, *, clock: Any = time.time_ns) -> None:
+    def __init__(
+        self, store: Store | KeepsAccess, tokens: PageTokens, *, clock: Any = time.time_ns
+    ) -> None:
         self._store = store if isinstance(store, KeepsAccess) else None
         self._tokens = tokens
         self._clock = clock

@@ -96,7 +96,7 @@ class DeadLetterReads:
 
     def __init__(
         self,
-        store: Store,
+        store: Store | ReadsDeadLetters,
         observed: Store,
         tokens: PageTokens,
         *,

@@ -32,6 +32,8 @@ from app.store import (
     RowOutcome,
     Store,
 )
+from app.store.access import AccessLine, AccessQuery, KeepsAccess
+from app.store.dead_letters import DeadLetter, DeadLetterQuery, ReadsDeadLetters
 from app.telemetry.metrics import Metrics
 from app.telemetry.traces import QUERY_COST, QueryCost
 
@@ -41,6 +43,8 @@ _REJECTIONS_ROUTE = {"route": "/v1/rejections"}
 _LATEST_ROUTE = {"route": "/v1/records/{record_id}"}
 _MESSAGE_ROUTE = {"route": "/v1/messages/{message_id}"}
 _REPLAY_ROUTE = {"route": "/v1/replay"}
+_ACCESS_ROUTE = {"route": "/v1/access"}
+_DEAD_LETTERS_ROUTE = {"route": "/v1/dead-letters"}
 # The routes users read through: the read-latency SLO counts these (a test keeps
 # Terraform's list equal), not replay's look-ups, which are an operator's batch.
 READ_ROUTES = tuple(r["route"] for r in (_PAGE_ROUTE, _LATEST_ROUTE, _MESSAGE_ROUTE))
@@ -149,7 +153,7 @@ class ObservedStore:
             return states
 
     async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
-        with self._query("rejections", _REPLAY_ROUTE) as span:
+        with self._query("compared", _REPLAY_ROUTE) as span:
             found = await self.inner.rejections(message_ids)
             span.set_attribute("db.response.returned_rows", len(found))
             return found
@@ -179,3 +183,50 @@ class ObservedStore:
                 self._metrics.query_duration.record(time.perf_counter() - started, route)
                 if cost.bytes_billed:
                     self._metrics.query_bytes_billed.add(cost.bytes_billed, route)
+
+
+class ObservedAccess:
+    """A store's access record, its reads observed as the Store protocol's are: a span,
+    and `GET /v1/access`'s duration and bytes billed (a billed query on BigQuery)."""
+
+    def __init__(self, inner: KeepsAccess, observed: ObservedStore) -> None:
+        self._inner = inner
+        self._observed = observed
+
+    async def keep_access(self, lines: Sequence[AccessLine]) -> None:
+        await self._inner.keep_access(lines)
+
+    async def access_page(self, query: AccessQuery) -> list[AccessLine]:
+        with self._observed._query("access", _ACCESS_ROUTE) as span:
+            lines = await self._inner.access_page(query)
+            span.set_attribute("db.response.returned_rows", len(lines))
+            return lines
+
+
+class ObservedDeadLetters:
+    """A store's dead letters, their reads observed as the Store protocol's are:
+    `GET /v1/dead-letters`'s duration and bytes billed, the day's look-up with them."""
+
+    def __init__(self, inner: ReadsDeadLetters, observed: ObservedStore) -> None:
+        self._inner = inner
+        self._observed = observed
+
+    async def dead_letter_page(self, query: DeadLetterQuery) -> list[DeadLetter]:
+        with self._observed._query("dead_letters", _DEAD_LETTERS_ROUTE) as span:
+            letters = await self._inner.dead_letter_page(query)
+            span.set_attribute("db.response.returned_rows", len(letters))
+            return letters
+
+    async def newest_dead_letter_day(self, since: int, before: int) -> int | None:
+        with self._observed._query("dead_letter_days", _DEAD_LETTERS_ROUTE):
+            return await self._inner.newest_dead_letter_day(since, before)
+
+
+def observed_reads(
+    store: Store, observed: ObservedStore
+) -> tuple[Store | KeepsAccess, Store | ReadsDeadLetters]:
+    """What reads the access record and what reads dead letters, observed where `store`
+    keeps them (and `store` itself where it does not, so that each read says so)."""
+    access = ObservedAccess(store, observed) if isinstance(store, KeepsAccess) else store
+    letters = ObservedDeadLetters(store, observed) if isinstance(store, ReadsDeadLetters) else store
+    return access, letters

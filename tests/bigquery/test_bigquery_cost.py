@@ -402,3 +402,26 @@ async def test_an_export_of_some_fields_bills_less_than_the_same_export_whole(
         {"id": r["id"], "ingest_time": r["ingest_time"]} for r in rows
     ]
     assert bill < whole_bill / 2, (bill, whole_bill)
+
+
+async def test_the_access_record_and_dead_letters_are_billed_by_their_own_routes(
+    write_fake: FakeBigQueryWrite, jobs_fake: FakeBigQueryJobs
+) -> None:
+    """An operator's reads of the access record and of dead letters are queries billed
+    as a page's: counted in recordline.query.bytes_billed under their own routes."""
+    settings = operator_settings(write_fake, jobs_fake)
+    billed: dict[str, int] = {}
+    async with served(create_app(settings)) as client:
+        for path in ("/v1/access", "/v1/dead-letters"):
+            before = len(jobs_fake.queries)
+            assert (await client.get(path)).status_code == 200, path
+            billed[path] = sum(q.bill.bytes_billed for q in jobs_fake.queries[before:] if q.bill)
+        metrics = (await client.get("/metrics")).text
+    for path, bytes_billed in billed.items():
+        found = re.search(
+            rf'^recordline_query_bytes_billed_bytes_total\{{[^}}]*route="{path}"[^}}]*\}} (\S+)$',
+            metrics,
+            re.M,
+        )
+        assert found is not None, (path, metrics)
+        assert float(found[1]) == bytes_billed >= 10 * MIB
