@@ -3,7 +3,7 @@
 NAME: ingest | query | bqcost | cost | writer | auth | telemetry | instructions | e2e |
       stops | followers | outage | server | typedcost | devrate |
       typedingest | exporter | calls | producers | cell | storage | latest | durable |
-      access.
+      access | console.
 `python3 dev.py bench NAME --help` shows a benchmark's options.
 """
 
@@ -37,6 +37,7 @@ NAMES = (
     "latest",
     "durable",
     "access",
+    "console",
 )
 
 

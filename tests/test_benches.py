@@ -24,6 +24,7 @@ import pytest
 from recordline_dev.cache import NginxMissing, find_nginx
 from recordline_dev.devstack import find_emulator
 from recordline_dev.processes import EmulatorNotFound
+from tests.console.browser import CHROMIUM
 from tests.node import npm_package
 from tests.processes import ROOT
 from tests.spanner.emulator import find_emulator as find_spanner_emulator
@@ -86,6 +87,7 @@ BENCHES = [
         "emulator",
     ),
     ("cell --flood --slices 2 --slice-seconds 1", "worst flooded/unflooded p99", None),
+    ("console --rows 2000 --rounds 1 --pushes 1", "a push shown within a second", "browser"),
 ]
 
 
@@ -100,6 +102,8 @@ def needs(test: pytest.Item) -> None:
             find_nginx()
     except (EmulatorNotFound, FileNotFoundError, NginxMissing) as exc:
         pytest.skip(str(exc))
+    if test.get_closest_marker("browser") and not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-browser.sh")
     if test.get_closest_marker("wrk") and shutil.which("wrk") is None:
         pytest.skip("wrk is not installed: run scripts/install-wrk.sh")
     if test.get_closest_marker("node"):
