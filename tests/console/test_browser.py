@@ -434,6 +434,40 @@ def test_a_rejection_fixed_in_the_browser_is_checked_replayed_and_recorded(
     ]
 
 
+def test_a_producer_s_rejected_sequence_fixed_in_the_browser_is_counted_stored(
+    service: str, page: Any
+) -> None:
+    """A producer's sequence 1 rejected (its record id missing) is fixed in the browser:
+    stored under its message id and sequence, its producer's epoch counts it stored and
+    no longer rejected, the range it left closed."""
+    with httpx.Client(base_url=service) as client:
+        for n, payload in enumerate([{"key": "f-0"}, {"data": {"n": 1}}, {"key": "f-2"}]):
+            attributes = {**sequenced("fixer", n), "colour": "fixer"}
+            push = envelope(f"fx-{n}", payload, attributes)
+            assert client.post("/pubsub/push", json=push).status_code == 204
+    page.goto(f"{service}/console/producers")
+    row = page.locator("#producers tbody tr", has_text="fixer")
+    expect(row.locator("td").nth(2)).to_have_text("2")  # stored: 0 and 2
+    expect(row.locator("td").nth(3)).to_have_text("1")  # rejected: 1
+    page.goto(f"{service}/console/rejections?attribute=colour%3Afixer")
+    page.locator("#reasons tbody tr", has_text="`$.key` (the record id").click()
+    page.click("button[aria-label='fix fx-1']")
+    page.locator("textarea[aria-label='payload of fx-1']").fill('{"key": "f-1", "data": {"n": 1}}')
+    page.click("tr.editor .edit-check")
+    expect(page.locator("tr.editor .edit-verdict")).to_contain_text("would store it")
+    page.fill("input[aria-label='why fx-1 is fixed']", "the producer left out its key")
+    page.click("tr.editor .edit-replay")
+    expect(page.locator("#outcomes tbody tr")).to_contain_text("stored")
+    page.goto(f"{service}/console/producers")
+    row = page.locator("#producers tbody tr", has_text="fixer")
+    expect(row.locator("td").nth(2)).to_have_text("3")
+    expect(row.locator("td").nth(3)).to_have_text("0")
+    with httpx.Client(base_url=service) as client:
+        listed = client.get("/v1/producers").json()["producers"]
+    (fixer,) = [p for p in listed if p["producer"] == "fixer"]
+    assert fixer["missing"] == 0, fixer
+
+
 def test_a_payload_nested_past_comparing_still_opens_to_be_fixed(service: str, page: Any) -> None:
     """A publisher's payload nested deeper than the browser can walk: its editor still
     opens and checks it, and says it cannot tell what changed rather than failing."""
