@@ -248,6 +248,20 @@ def test_pages_walk_every_dead_letter_newest_first_a_day_at_a_time(
     assert sorted(v["message_id"] for v in found) == [f"3-{n:04d}" for n in range(100)]
 
 
+def test_pages_walk_on_past_dead_letters_of_long_ids_of_any_characters(
+    served: tuple[TestClient[Recordline], DeadLetteredStore],
+) -> None:
+    client, store = served
+    # Ids no look-up takes, of up to four bytes a character: each page ends at one, and
+    # its token still reads on (no token longer than a page token may be).
+    ids = ["é" * 1000, "\U0001f600" * 1024, "x" * 5000, "ü" * 2000 + "a", "dl-last"]
+    store.dead_letters = [
+        letter(n, time=NOW - n - 1, message_id=message_id) for n, message_id in enumerate(ids)
+    ]
+    found, _ = walk(client, {"limit": "1"})
+    assert [v["message_id"] for v in found] == ids
+
+
 def test_a_page_stops_at_4_mib_of_dead_letters(
     served: tuple[TestClient[Recordline], DeadLetteredStore],
 ) -> None:

@@ -118,9 +118,10 @@ class DeadLetterReads:
                 until=before,
                 listing=LISTING,
                 newest=True,
-                # A longer id is cut: what it passes over is what shares its first
-                # 1,024 characters and its microsecond.
-                before_message_id=letter_id[:MAX_ID_LENGTH],
+                # A longer id is cut, to what a token holds whatever its characters:
+                # what it passes over is what shares its first 1,024 bytes and its
+                # microsecond.
+                before_message_id=_cut(letter_id),
             )
         )
 
@@ -240,6 +241,16 @@ def _text(data: bytes | None) -> str | None:
         return data.decode()
     except UnicodeDecodeError:
         return None
+
+
+def _cut(message_id: str) -> str:
+    """`message_id`'s first MAX_ID_LENGTH bytes of UTF-8, whole characters: no more
+    than a page token (MAX_TOKEN_LENGTH characters of base64) holds beside the rest,
+    where as many characters of up to four bytes each would not fit."""
+    encoded = message_id.encode()
+    if len(encoded) <= MAX_ID_LENGTH:
+        return message_id
+    return encoded[:MAX_ID_LENGTH].decode(errors="ignore")
 
 
 def _micros(when: datetime) -> int:
