@@ -2,7 +2,8 @@
 dead-letter topic writes it, read a page at a time by a query that bills the days its
 bounds reach (the table is partitioned by day on `publish_time`, clustered on
 `message_id`: bigquery.tf), and the newest day holding any found in partition metadata
-for BigQuery's minimum."""
+for BigQuery's minimum; a table whose `data` is STRING (as the subscription may
+write it) read as its bytes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from app.query.dead_letters import view
 from app.settings import QuerySettings
 from app.store.bigquery.schema import created_schema
 from app.store.bigquery.store import BigQueryStore
@@ -112,3 +114,25 @@ async def test_dead_letters_appended_through_the_storage_write_api_read_back_as_
     await append(write_fake.address, TABLE, [row_of(x) for x in letters])
     query = DeadLetterQuery(since=0, until=NOW + 1)
     assert await store.dead_letter_page(query) == letters
+
+
+async def test_a_table_holding_data_as_string_reads_it_as_its_bytes(
+    make_store: Callable[..., Any], write_fake: FakeBigQueryWrite
+) -> None:
+    # Pub/Sub's BigQuery subscription writes `data` to a STRING column too, where the
+    # table was made so (by hand, not by Terraform): each is read as its UTF-8 bytes,
+    # and shown.
+    store: BigQueryStore = await make_store()
+    terraform = json.loads((SCHEMAS / "dead_letters.json").read_text())
+    write_fake.define(
+        TABLE, [{**c, "type": "STRING"} if c["name"] == "data" else c for c in terraform]
+    )
+    rows = [(NOW - 1, "1", "héllo <b>", "{}"), (NOW - 2, "2", None, None)]
+    write_fake.tables[TABLE] = [
+        {"subscription_name": None, "message_id": m, "publish_time": t, "data": d, "attributes": a}
+        for t, m, d, a in rows
+    ]
+    read = await store.dead_letter_page(DeadLetterQuery(since=0, until=NOW + 1))
+    assert [(x.message_id, x.data) for x in read] == [("1", "héllo <b>".encode()), ("2", None)]
+    shown = view(read[0], stored=False)
+    assert (shown.text, shown.unreplayable) == ("héllo <b>", None)

@@ -787,7 +787,9 @@ class BigQueryStore:
                 publish_time=publish_time,
                 message_id=message_id,
                 subscription_name=subscription_name,
-                data=data,
+                # Pub/Sub's subscription writes `data` to a STRING column too (a table
+                # made so by hand, not by Terraform): read as its bytes.
+                data=data.encode() if isinstance(data, str) else data,
                 attributes=attributes,
             )
             for publish_time, message_id, subscription_name, data, attributes in (
