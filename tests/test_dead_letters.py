@@ -122,6 +122,25 @@ def test_parameters_it_does_not_take_are_refused_400_naming_them(
     assert named in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        ("2099-01-01T00:00:00Z", "2099-01-02T00:00:00Z"),
+        ("1960-01-01T00:00:00Z", "1965-01-01T00:00:00Z"),
+        ("9999-12-31T23:59:58Z", "9999-12-31T23:59:59Z"),
+    ],
+)
+def test_a_range_wholly_in_the_future_or_before_the_epoch_holds_none(
+    served: tuple[TestClient[Recordline], DeadLetteredStore], since: str, until: str
+) -> None:
+    # `until` is later than `since`: the range is not refused, it holds no dead letter.
+    client, store = served
+    store.dead_letters = [letter(1), letter(2, time=0)]
+    answer = client.get(D, params={"since": since, "until": until})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"dead_letters": [], "next_page_token": None}
+
+
 def test_each_dead_letter_is_shown_whatever_it_holds(
     served: tuple[TestClient[Recordline], DeadLetteredStore],
 ) -> None:

@@ -147,7 +147,9 @@ class DeadLetterReads:
             low = 0 if since is None else _micros(since)
             high = now if until is None else min(_micros(until), now)
             before = None
-            if until is not None and since is not None and high <= low:
+            # As asked, not as bounded: a range wholly later than now, or before the
+            # epoch, holds none (an empty page), it is no range ending before it starts.
+            if until is not None and since is not None and until <= since:
                 raise BadParameter("until", "must be later than since")
         # One UTC day at most, the newest asked (that of the newest time a dead letter
         # may have: before the cursor, or at it where an id may be before its id):
