@@ -5,7 +5,9 @@ holds shown as text (markup, bytes that are no UTF-8, attributes that are no JSO
 columns, a payload of 300 KB); one that cannot be replayed as it stands cannot be
 selected; those selected are replayed with a note under their own message ids, each
 outcome shown (stored, rejected again with why, already stored) and the note kept in
-the access record. The view is fuzzed with Hypothesis too: whatever a row holds, the
+the access record; 500 selected go in requests of 100, each once, and a redrive an
+outage stops part way shows what it replayed before and why it stopped. The view is
+fuzzed with Hypothesis too: whatever a row holds, the
 page shows it as text, and no script of it runs."""
 
 from __future__ import annotations
@@ -236,3 +238,69 @@ def test_nothing_a_dead_letter_holds_breaks_the_page(
     expect(page.locator("tr.detail")).to_have_count(len(views))
     expect(page.locator("#letters tbody img, #letters tbody script")).to_have_count(0)
     assert page.title().endswith("dead-letters")
+
+
+# -- a bulk redrive ------------------------------------------------------------------
+
+
+def _bulk(page: Any, service: str, answer_replay: Any) -> tuple[list[list[str]], list[str]]:
+    """The page over 500 dead letters (the API's views of them, answered in its place),
+    each selected and replayed with a note; `answer_replay(n, messages)` answers the
+    n-th replay request. The message ids of each request, and every list read's query."""
+    letters = [letter(f"bulk-{n:03d}", record(f"b{n}"), 10 + n) for n in range(500)]
+    listing = msgspec.json.encode(
+        DeadLettersPage(dead_letters=[view(x, stored=False) for x in letters], next_page_token=None)
+    )
+    sent: list[list[str]] = []
+    reads: list[str] = []
+
+    def dead_letters(route: Any) -> None:
+        reads.append(route.request.url)
+        route.fulfill(status=200, content_type="application/json", body=listing)
+
+    def replay(route: Any) -> None:
+        messages = json.loads(route.request.post_data)["messages"]
+        sent.append([m["message_id"] for m in messages])
+        status, body = answer_replay(len(sent), messages)
+        route.fulfill(status=status, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/v1/dead-letters**", dead_letters)
+    page.route("**/v1/replay", replay)
+    page.goto(f"{service}/console/dead-letters")
+    expect(page.locator("#letters")).not_to_have_attribute("aria-busy", "true")
+    expect(page.locator("#letters tbody tr.row")).to_have_count(500)
+    page.locator("#all").check()
+    expect(page.locator("#chosen")).to_have_text("500 selected")
+    page.locator("#note").fill(NOTE)
+    page.locator("#replay").click()
+    return sent, reads
+
+
+def _stored(messages: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"message_id": m["message_id"], "outcome": "stored"} for m in messages]
+
+
+def test_500_selected_are_replayed_in_requests_of_100_each_once(page: Any, service: str) -> None:
+    sent, _ = _bulk(page, service, lambda n, m: (200, {"results": _stored(m), "dry_run": False}))
+    expect(page.locator("#outcomes tbody tr")).to_have_count(500)
+    expect(page.locator("#status")).to_have_text("Replayed 500: 500 stored.")
+    assert [len(x) for x in sent] == [100] * 5
+    assert sorted(i for x in sent for i in x) == [f"bulk-{n:03d}" for n in range(500)]
+
+
+def test_a_redrive_refused_part_way_shows_what_was_replayed_before(page: Any, service: str) -> None:
+    # The third request meets an outage: the 200 replayed before it are shown as they
+    # went, the status says how far it got and why it stopped, and the list is read
+    # again (what was stored says so); nothing more is sent.
+    unavailable = {"status": 503, "title": "Store unavailable", "detail": "store down"}
+
+    def answer(n: int, messages: list[dict[str, Any]]) -> tuple[int, Any]:
+        return (503, unavailable) if n == 3 else (200, {"results": _stored(messages)})
+
+    sent, reads = _bulk(page, service, answer)
+    expect(page.locator("#outcomes tbody tr")).to_have_count(200)
+    expect(page.locator("#status")).to_contain_text("Replayed 200 of 500: 200 stored")
+    expect(page.locator("#status")).to_contain_text("503: store down")
+    expect(page.locator("#letters")).not_to_have_attribute("aria-busy", "true")
+    assert len(reads) == 2
+    assert [len(x) for x in sent] == [100, 100, 100]

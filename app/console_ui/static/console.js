@@ -1155,7 +1155,9 @@ function deadLetters() {
   note.addEventListener("input", said);
 
   // The selected in requests of 100 messages and 8 MiB at most; a message the service
-  // refuses as it stands (a 400 naming it) is said and the rest sent again.
+  // refuses as it stands (a 400 naming it) is said and the rest sent again. Any other
+  // refusal stops it, thrown with the outcomes of the requests answered before it
+  // (`results`): those messages were replayed.
   async function redrive(letters, why) {
     const results = [];
     let pending = letters.map(redriven);
@@ -1174,7 +1176,7 @@ function deadLetters() {
         pending = pending.slice(batch.length);
       } catch (error) {
         const one = error.status === 400 && error.field && error.field.match(/^messages\[(\d+)\]/);
-        if (!one || Number(one[1]) >= batch.length) throw error;
+        if (!one || Number(one[1]) >= batch.length) throw Object.assign(error, { results });
         const [gone] = pending.splice(Number(one[1]), 1);
         results.push({ message_id: gone.message_id, outcome: "refused", reason: error.message });
       }
@@ -1182,23 +1184,31 @@ function deadLetters() {
     return results;
   }
 
+  // Each outcome shown and the list read again, all sent or not: a redrive stopped part
+  // way (an outage) says how far it got and why, what it replayed shown as it went.
   replay.addEventListener("click", async () => {
     const why = note.value.trim();
     if (!selected.size || !why) return;
     replay.disabled = true;
-    try {
-      const results = await redrive([...selected], why);
-      $("#outcomes tbody").replaceChildren(...results.map((r) => {
-        const tr = row([r.message_id, OUTCOME_WORDS[r.outcome] || r.outcome, r.reason || ""]);
-        tr.dataset.outcome = r.outcome;
-        return tr;
-      }));
-      $("#outcomes").hidden = false;
-      await read();  // each dead letter's state as it is now
-      const counts = new Map();
-      for (const r of results) counts.set(r.outcome, (counts.get(r.outcome) || 0) + 1);
-      status(`Replayed ${results.length}: ${[...counts].map(([o, n]) => `${n} ${OUTCOME_WORDS[o] || o}`).join(", ")}.`);
-    } catch (error) { status(error.message); said(); }
+    const asked = selected.size;
+    let results, stopped = null;
+    try { results = await redrive([...selected], why); } catch (error) {
+      results = error.results || [];
+      stopped = error;
+    }
+    $("#outcomes tbody").replaceChildren(...results.map((r) => {
+      const tr = row([r.message_id, OUTCOME_WORDS[r.outcome] || r.outcome, r.reason || ""]);
+      tr.dataset.outcome = r.outcome;
+      return tr;
+    }));
+    $("#outcomes").hidden = !results.length;
+    await read();  // each dead letter's state as it is now
+    const counts = new Map();
+    for (const r of results) counts.set(r.outcome, (counts.get(r.outcome) || 0) + 1);
+    const summary = [...counts].map(([o, n]) => `${n} ${OUTCOME_WORDS[o] || o}`).join(", ");
+    const done = `Replayed ${results.length}${stopped ? ` of ${asked}` : ""}${summary ? `: ${summary}` : ""}.`;
+    status(stopped ? `${done} Stopped by ${stopped.message}` : done);
+    said();
   });
   form.addEventListener("submit", read);
   filtersFromAddress(form, DEAD_LETTER_FILTERS);
