@@ -776,7 +776,7 @@ def routers(
         Router(
             "/",
             route_handlers=[*ACCESS_ROUTES, *DEAD_LETTER_ROUTES],
-            guards=auth.replay_guards,
+            guards=auth.operator_read_guards,
             middleware=[*recorded("read"), reads, *traced, *compressed],
         ),
         Router(

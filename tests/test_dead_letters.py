@@ -33,9 +33,12 @@ from app.store.dead_letters import (
     page_of,
 )
 from app.store.duckdb.store import DuckDBStore
+from tests.auth.fake_google import FakeGoogle
+from tests.auth.test_export_permission import ANALYST, OPERATOR, token
 from tests.conftest import settings as app_settings
 from tests.fakes import DeadLetteredStore
 from tests.fuzz.budget import EXAMPLES
+from tests.test_access_record import settings as operators_only
 
 DAY = 86_400_000_000
 NOW = time.time_ns() // 1000
@@ -88,6 +91,27 @@ def test_a_store_without_dead_letters_answers_404_saying_where_they_are() -> Non
     detail = answer.json()["detail"]
     assert "<system>-dead-letter-replay" in detail
     assert "recordline replay dead-letters" in detail
+
+
+@pytest.fixture(scope="module")
+def google() -> Iterator[FakeGoogle]:
+    fake = FakeGoogle().start()
+    yield fake
+    fake.stop()
+
+
+def test_a_reader_refused_is_told_it_is_the_dead_letters_they_may_not_read(
+    google: FakeGoogle,
+) -> None:
+    # Not an operator: refused 403 (no token: 401), told of what they asked, not of a
+    # replay they never tried.
+    with TestClient(create_app(operators_only(google))) as client:
+        read = client.get(D, headers=token(google, ANALYST))
+        anonymous = client.get(D)
+        operator = client.get(D, headers=token(google, OPERATOR))
+    assert (read.status_code, anonymous.status_code, operator.status_code) == (403, 401, 404)
+    assert "dead letters" in read.json()["detail"]
+    assert "replay" not in read.json()["detail"]
 
 
 def access_token() -> str:

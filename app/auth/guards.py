@@ -51,6 +51,9 @@ OPERATORS_UNKNOWN: Final = (
     "{what} needs RECORDLINE_READ_AUDIENCE and RECORDLINE_OPERATOR_PRINCIPALS on a "
     "service that authenticates pushes or is bound beyond loopback."
 )
+# What operators alone read, as a refusal names it: dead letters (a payload whole, never
+# masked) and the access record (every reader named).
+OPERATOR_READS: Final = "read the dead letters and the access record"
 # Why `/metrics` beyond loopback answers no one: no operator can be told.
 METRICS_REFUSAL: Final = (
     "/metrics beyond loopback is for operators: it needs RECORDLINE_READ_AUDIENCE and "
@@ -76,6 +79,7 @@ class Auth:
         metrics: ReadAccess | SecretAccess | None = None,
         metrics_refusal: str | None = None,
         publish: ReadAccess | SecretAccess | None = None,
+        operator_reads: ReadAccess | SecretAccess | None = None,
     ) -> None:
         self._push = push
         # Where exporting is a permission of its own; None: every reader exports.
@@ -91,6 +95,8 @@ class Auth:
         self._replay_refusal = replay_refusal
         # The same operators, told and logged of a publish (`publish_guards`).
         self._publish = publish if publish is not None else operate
+        # …and of a read of what operators alone read (`operator_read_guards`).
+        self._operator_reads = operator_reads if operator_reads is not None else operate
         # `/metrics` beyond loopback: operators alone, or refused (None and None: open).
         self._metrics = metrics
         self._metrics_refusal = metrics_refusal
@@ -132,6 +138,7 @@ class Auth:
         export: ExportAccess | None = None
         operate: ReadAccess | SecretAccess | None = None
         publish: ReadAccess | SecretAccess | None = None
+        operator_reads: ReadAccess | SecretAccess | None = None
         metrics: ReadAccess | SecretAccess | None = None
         replay_refusal = None
         if certs is not None and auth.read_audience:
@@ -163,6 +170,12 @@ class Auth:
                 what="publish",
                 setting="RECORDLINE_OPERATOR_PRINCIPALS",
             )
+            operator_reads = ReadAccess(
+                verifier=verifier,
+                principals=operators,
+                what=OPERATOR_READS,
+                setting="RECORDLINE_OPERATOR_PRINCIPALS",
+            )
             metrics = ReadAccess(
                 verifier=verifier,
                 principals=operators,
@@ -174,6 +187,7 @@ class Auth:
             # secret that configured the service, as a bearer token.
             operate = SecretAccess(auth.push_token)
             publish = SecretAccess(auth.push_token, what="publish")
+            operator_reads = SecretAccess(auth.push_token, what=OPERATOR_READS)
             metrics = SecretAccess(auth.push_token, what="read /metrics")
         elif push is not None or not is_loopback(host):
             # Once anything is authenticated, a same-host proxy must not make replay an
@@ -203,6 +217,7 @@ class Auth:
             operate=operate,
             replay_refusal=replay_refusal,
             publish=publish,
+            operator_reads=operator_reads,
             owns_certs=shared is None,
             passes=None if passes is None else PassAccess(passes, ReadPasses.path_prefix(settings)),
             export=export,
@@ -362,6 +377,15 @@ class Auth:
             what="Publishing a test message"
         )
         return _operator_guards(self._publish, refusal, "publish")
+
+    @property
+    def operator_read_guards(self) -> list[Guard]:
+        """`replay_guards`' operators, for what they alone read (`GET /v1/dead-letters`,
+        `GET /v1/access`): a refusal says, and its log line names, that read."""
+        refusal = self._replay_refusal and OPERATORS_UNKNOWN.format(
+            what="Reading the dead letters and the access record"
+        )
+        return _operator_guards(self._operator_reads, refusal, "operators' read")
 
 
 def _operator_guards(
