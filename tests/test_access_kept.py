@@ -156,6 +156,24 @@ def test_bad_parameters_are_refused_naming_them(
     assert answer.json()["parameter"] == parameter
 
 
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        ("2099-01-01T00:00:00Z", "2099-01-02T00:00:00Z"),
+        ("1960-01-01T00:00:00Z", "1965-01-01T00:00:00Z"),
+    ],
+)
+def test_a_range_wholly_in_the_future_or_older_than_the_record_holds_none(
+    client: TestClient[Recordline], google: FakeGoogle, since: str, until: str
+) -> None:
+    # `until` is later than `since`: the range is not refused, it holds no line.
+    answer = client.get(
+        "/v1/access", params={"since": since, "until": until}, headers=token(google, OPERATOR)
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["lines"] == []
+
+
 def test_readers_and_strangers_are_refused_the_record(
     client: TestClient[Recordline], google: FakeGoogle
 ) -> None:

@@ -294,7 +294,9 @@ class AccessReads:
             low = oldest if since is None else max(_micros(since), oldest)
             high = now if until is None else min(_micros(until), now)
             before = None
-            if until is not None and since is not None and high <= low:
+            # As asked, not as bounded: a range wholly later than now, or older than the
+            # record keeps, holds none (an empty page); it is no range ending before it starts.
+            if until is not None and since is not None and until <= since:
                 raise BadParameter("until", "must be later than since")
         # A page reads one window of time at most, the newest of what is asked: what a
         # read bills is bounded (BigQuery's, by the days it reaches) however old the
