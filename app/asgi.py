@@ -330,7 +330,9 @@ def create_app(
         ),
         constants(
             readiness=readiness,
-            replayer=Replay(pushes.ingest, observed),
+            replayer=Replay(
+                pushes.ingest, observed, hides=None if reads.mask is None else reads.mask.hides
+            ),
             topic=topic,
             access_reads=reads.access,
             dead_letter_reads=reads.dead_letters,

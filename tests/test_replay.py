@@ -193,6 +193,89 @@ async def test_a_replay_says_what_an_edit_changed_and_the_access_record_keeps_it
     assert line["changed"] == [[m, paths] for m, paths in changed.items() if paths is not None]
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "said"),
+    [
+        # A member a mask hides is said whole: the names inside it may be data.
+        (
+            {"customer": {"alice@example.org": 1}, "n": 1},
+            {"customer": {"bob@example.org": 1}, "n": 2},
+            ["data.customer", "data.n"],
+        ),
+        ({"order": {"card": {"4111": "x"}, "total": 1}}, {"order": {"card": {}}}, None),
+        ({"items": [{"customer": {"a": 1}}]}, {"items": [{"customer": {"b": 1}}]}, None),
+        # Unchanged whole, in another order; `true` is not 1, nor 1.0 1.
+        ({"customer": {"a": 1, "b": 2}}, {"customer": {"b": 2, "a": 1}}, []),
+        ({"customer": {"a": 1}}, {"customer": {"a": True}}, ["data.customer"]),
+        ({"flag": 1, "n": 1}, {"flag": True, "n": 1.0}, ["data.flag", "data.n"]),
+    ],
+)
+def test_what_an_edit_changed_never_names_inside_what_a_mask_hides(
+    before: dict[str, Any], after: dict[str, Any], said: list[str] | None
+) -> None:
+    from app.ingest.envelope import PushedMessage
+    from app.ingest.replay import changes
+    from app.query.mask import Mask
+
+    mask = Mask(["customer", "order.card"])
+    original = rejection("m-1", json.dumps(before).encode(), reason="r", ingest_time=1)
+    edited = PushedMessage(
+        message_id="m-1",
+        publish_time=original.publish_time,
+        data=json.dumps(after).encode(),
+        raw_data=b"",
+        attributes={"origin": "replay-test"},
+        subscription=original.subscription,
+    )
+    found = changes(original, edited, mask.hides)
+    if said is not None:
+        assert found == said
+    # No name a mask hides the inside of is ever said, whatever the edit.
+    assert not any(name in path for path in found for name in ("@", "4111", "[0].customer."))
+    unmasked = changes(original, edited)
+    assert len(unmasked) >= len(found)
+
+
+async def test_what_an_edit_changed_stops_at_a_masked_member_in_the_access_record(
+    rejected_store: DuckDBStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    edited = {
+        "message_id": "m-fixed-2",
+        "publish_time": "2024-04-27T12:00:01Z",
+        "data": base64.b64encode(b'{"id": "r2", "data": [2, 3]}').decode(),
+        "attributes": {"origin": "replay-test"},
+        "subscription": SUBSCRIPTION,
+    }
+    app = create_app(settings(RECORDLINE_MASK_FIELDS="data"), store=rejected_store)
+    async with served(app) as http:
+        with caplog.at_level(logging.INFO, "recordline.access"):
+            answered = await http.post("/v1/replay", json={"messages": [edited]})
+        lines = [r.fields["access"] for r in caplog.records if r.name == "recordline.access"]  # type: ignore[attr-defined]
+    assert answered.status_code == 200, answered.text
+    # Unmasked it would say data.data[0] and data.data[1] (added).
+    assert answered.json()["results"][0]["changed"] == ["data.data"]
+    (line,) = [line for line in lines if line["action"] == "replay"]
+    assert line["changed"] == [["m-fixed-2", ["data.data"]]]
+
+
+def test_what_an_edit_changed_is_found_however_deep_the_payload() -> None:
+    from app.ingest.envelope import PushedMessage
+    from app.ingest.replay import changes
+
+    deep = b"[" * 5_000 + b"1" + b"]" * 5_000
+    original = rejection("m-1", deep, reason="r", ingest_time=1)
+    edited = PushedMessage(
+        message_id="m-1",
+        publish_time=original.publish_time,
+        data=deep.replace(b"1", b"2"),
+        raw_data=b"",
+        attributes={"origin": "replay-test"},
+        subscription=original.subscription,
+    )
+    (said,) = changes(original, edited)
+    assert said.startswith("data") and said.endswith(("]", "(text)"))
+
+
 async def test_only_rejections_whose_reason_matches_are_replayed(
     rejected_store: DuckDBStore,
 ) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -116,9 +116,11 @@ class ReplayAnswer(msgspec.Struct, kw_only=True, frozen=True):
 class Replay:
     """Replays messages through `ingest`, asking `store` what each became before."""
 
-    def __init__(self, ingest: Ingest, store: Store) -> None:
+    def __init__(self, ingest: Ingest, store: Store, *, hides: Hides | None = None) -> None:
         self._ingest = ingest
         self._store = store
+        # What a mask hides, said whole in what an edit changed (the access record's).
+        self._hides = hides
 
     async def replay(self, request: ReplayRequest) -> ReplayAnswer:
         """One look-up for the whole batch, then every message to store in one
@@ -173,19 +175,21 @@ class Replay:
             answered.add(message.message_id)
             original = kept.get(message.message_id)
             if original is not None:
-                result = msgspec.structs.replace(result, changed=changes(original, message))
+                changed = changes(original, message, self._hides)
+                result = msgspec.structs.replace(result, changed=changed)
             results.append(result)
         return ReplayAnswer(results=results, dry_run=request.dry_run)
 
 
-def changes(original: Rejection, message: PushedMessage) -> list[str]:
+def changes(original: Rejection, message: PushedMessage, hides: Hides | None = None) -> list[str]:
     """The paths at which `message` differs from the rejection it replays, as the
     console says them: of `data` and `attributes` (JSON, member by member), then
-    `publish_time` and `subscription`; at most MOST_CHANGES, then "…"."""
+    `publish_time` and `subscription`; at most MOST_CHANGES, then "…". A member `hides`
+    says a mask hides is said whole, never a member inside it: its names may be data."""
     found: list[str] = []
     data = message.data if message.data is not None else message.raw_data
     if data != original.data:
-        _differences(_json(original.data), _json(data), "data", found)
+        _differences(_json(original.data), _json(data), "data", found, hides)
     attributes = _json(original.attributes.encode())
     if attributes is not _NOT_JSON:
         _differences(attributes, dict(message.attributes), "attributes", found)
@@ -196,7 +200,13 @@ def changes(original: Rejection, message: PushedMessage) -> list[str]:
     return found[:MOST_CHANGES] + (["…"] if len(found) > MOST_CHANGES else [])
 
 
+# What of a payload's path (its members' names from the root) a mask hides, if any.
+Hides = Callable[[Sequence[str]], str | None]
 _NOT_JSON: Final = object()
+
+
+def _sorted(value: Any) -> bytes:
+    return msgspec.json.encode(value, order="sorted")
 
 
 def _json(data: bytes) -> Any:
@@ -206,31 +216,46 @@ def _json(data: bytes) -> Any:
         return _NOT_JSON
 
 
-def _differences(before: Any, after: Any, path: str, found: list[str]) -> None:
+def _differences(
+    before: Any, after: Any, path: str, found: list[str], hides: Hides | None = None
+) -> None:
     """Into `found`, each path under `path` where `after` differs from `before`: walked
     with a stack (a payload may nest deeper than Python recurses), in key order, and
-    no further than one past MOST_CHANGES."""
+    no further than one past MOST_CHANGES; a member `hides` names is compared whole."""
     if before is _NOT_JSON or after is _NOT_JSON:
         found.append(f"{path} (text)")
         return
-    stack = [(path, before, after)]
+    stack: list[tuple[str, tuple[str, ...], Any, Any]] = [(path, (), before, after)]
     while stack and len(found) <= MOST_CHANGES:
-        at, old, new = stack.pop()
+        at, steps, old, new = stack.pop()
         if old is _GONE or new is _GONE:
             found.append(f"{at} ({'added' if old is _GONE else 'removed'})")
             continue
-        if isinstance(old, dict) and isinstance(new, dict):
+        whole = hides is not None and steps and hides(steps) is not None
+        if not whole and isinstance(old, dict) and isinstance(new, dict):
             keys = [*old, *(k for k in new if k not in old)]
-            named = [(f"{at}.{k}", k) for k in keys]
-        elif isinstance(old, list) and isinstance(new, list):
-            named = [(f"{at}[{i}]", i) for i in range(max(len(old), len(new)))]
+            named = [(f"{at}.{k}", (*steps, k), k) for k in keys]
+        elif not whole and isinstance(old, list) and isinstance(new, list):
+            named = [(f"{at}[{i}]", steps, i) for i in range(max(len(old), len(new)))]
             old, new = dict(enumerate(old)), dict(enumerate(new))
         else:
-            if old != new or type(old) is not type(new):
+            if _differ(old, new):
                 found.append(at)
             continue
         # Pushed in reverse, so that they are met in order.
-        stack += [(name, old.get(key, _GONE), new.get(key, _GONE)) for name, key in reversed(named)]
+        stack += [
+            (name, inside, old.get(key, _GONE), new.get(key, _GONE))
+            for name, inside, key in reversed(named)
+        ]
+
+
+def _differ(old: Any, new: Any) -> bool:
+    """Whether two JSON values differ: `true` from 1 and 1.0 from 1 too, as their JSON
+    does (members in any order)."""
+    try:
+        return bool(old != new) or _sorted(old) != _sorted(new)
+    except RecursionError:  # nested past comparing: said changed, as text would be
+        return True
 
 
 _GONE: Final = object()  # a member one side has and the other has not
