@@ -45,8 +45,10 @@ log = logging.getLogger("recordline.replay")
 MAX_REPLAY_MESSAGES = 100
 # What an operator may say of a replay, kept with it in the access record.
 MAX_NOTE_CHARACTERS = 500
-# What a replay says an edit changed, in paths: as many as the console shows.
+# What a replay says an edit changed, in paths: as many as the console shows, each
+# cut as the access record cuts a parameter (a deep or long-named member is said so).
 MOST_CHANGES = 20
+MOST_PATH_CHARACTERS = 256
 
 
 class ReplayMessage(msgspec.Struct, kw_only=True, frozen=True):
@@ -197,7 +199,8 @@ def changes(original: Rejection, message: PushedMessage, hides: Hides | None = N
         found.append("publish_time")
     if message.subscription != original.subscription:
         found.append("subscription")
-    return found[:MOST_CHANGES] + (["…"] if len(found) > MOST_CHANGES else [])
+    said = [p if len(p) <= MOST_PATH_CHARACTERS else f"{p[:MOST_PATH_CHARACTERS]}…" for p in found]
+    return said[:MOST_CHANGES] + (["…"] if len(said) > MOST_CHANGES else [])
 
 
 # What of a payload's path (its members' names from the root) a mask hides, if any.
