@@ -175,7 +175,7 @@ def _service_commands(add_parser: AddParser) -> argparse.ArgumentParser:
 
 
 def add_operator_commands(add_parser: AddParser) -> None:
-    """`export`, `restore`, `typed`, `audit` and `replay`: the operators' remedies and
+    """`export`, `restore`, `typed`, `audit`, `replay` and `tables`: the operators' remedies and
     checks, each of which a cell's job runs (`--system`: one system of the cell)."""
     from app.commands.target import add_system_argument
 
@@ -256,6 +256,13 @@ def add_operator_commands(add_parser: AddParser) -> None:
 
     replaying.add_arguments(replay)
 
+    tables = add_parser(
+        "tables", help="a system's tables of its own beside records: fill them, each day once"
+    )
+    from app.commands import tables as filling
+
+    filling.add_arguments(tables)
+
 
 def _main(argv: list[str] | None) -> int:
     parser = OneLineParser(prog=_typed_as(), description=__doc__)
@@ -304,6 +311,8 @@ def _main(argv: list[str] | None) -> int:
             return _audit(args)
         case "replay":
             return _replay(args)
+        case "tables":
+            return _tables(args)
         case "tail":
             return _tail(args)
         case "restore":
@@ -540,6 +549,23 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"recordline audit: {exc}", file=sys.stderr)
         return 2
     return auditing.run(args)
+
+
+def _tables(args: argparse.Namespace) -> int:
+    """`recordline tables fill` (app/commands/tables.py), for one system of a cell."""
+    from app.commands import tables as filling
+    from app.telemetry import configure_logging, google_project
+
+    settings = _settings(dict(os.environ))
+    if settings is None:
+        return 2
+    configure_logging(
+        "INFO",
+        settings.server.log_format,
+        project=google_project(settings),
+        system=settings.telemetry.system,
+    )
+    return filling.run(args, settings)
 
 
 def _tail(args: argparse.Namespace) -> int:

@@ -35,6 +35,12 @@ class Misconfigured(ValueError):
     Said in one line when it stops a start; never the answer to a request."""
 
 
+class FillFailed(Exception):
+    """A table of a system's own cannot be filled from `records` as it stands (it does
+    not exist, or cannot take `records`' columns): `recordline tables fill` says so in
+    one line and exits 1; never the answer to a request."""
+
+
 class RecordlineError(Exception):
     """Base of every error Recordline answers with a problem document."""
 

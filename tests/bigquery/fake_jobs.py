@@ -10,6 +10,18 @@ Every query is also billed by `tests.bigquery.billing` (its docstring states
 the model): the answer carries `totalBytesProcessed` and `totalBytesBilled`,
 and a query over the request's `maximumBytesBilled` fails as BigQuery fails
 it, with `bytesBilledLimitExceeded`.
+
+Jobs (`jobs.insert`, `jobs.get`) follow BigQuery's rules where a caller's correctness
+rests on them: a job id is used once in a project (inserting it again is answered 409
+`duplicate`, "Already Exists: Job …", whether the first one succeeded, failed or still
+runs), a job that fails keeps its id and says why in `status.errorResult`, and a DML
+`INSERT INTO t (cols) SELECT …` adds its rows to `t` at once, all or none. An INSERT is
+billed as BigQuery bills DML on on-demand pricing: what its SELECT reads, and the
+10 MB minimum for every table the statement names, the destination among them (BigQuery
+may bill the destination less; the fake never bills less than BigQuery). A test may make
+the next jobs fail (`job_failures`) or hold them running until it finishes them
+(`hold_jobs`, `finish`). Table functions Terraform makes (`records_unique`) are run as
+their body, rendered from the template Terraform renders, their arguments bound.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ import dataclasses
 import functools
 import json
 import re
+import string
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -33,7 +46,8 @@ import hcl2
 import pyarrow as pa
 import sqlglot
 
-from app.records import BIGQUERY_TABLES, Kind, columns
+from app.records import BIGQUERY_TABLES, CLOCK_SKEW_MICROS, Kind, columns
+from app.settings import QuerySettings
 from tests.bigquery.billing import (
     Bill,
     BillingModel,
@@ -159,6 +173,33 @@ HAND_WRITTEN: dict[str, list[dict[str, Any]]] = {
 }
 # The row's place in its table, in the copy a DML statement runs on.
 _ROW = "__row"
+SQL_TEMPLATES = BIGQUERY_TF.parent / "sql"
+
+
+def routine_body(name: str, project: str, dataset: str, **variables: object) -> str:
+    """A table function's body as Terraform renders it (modules/system/bigquery.tf's
+    templatefile) in `project`.`dataset`: `${records}` the table, the other `${…}` from
+    `variables`. Every `${…}` of the templates is a plain value (no directive)."""
+    text = (SQL_TEMPLATES / f"{name}.sql.tftpl").read_text()
+    values = {"records": f"`{project}.{dataset}.records`", **variables}
+    rendered = string.Template(text).safe_substitute({k: str(v) for k, v in values.items()})
+    body = "\n".join(line for line in rendered.splitlines() if not line.startswith("--"))
+    assert "${" not in body, f"{name}: a variable left unrendered"
+    return body
+
+
+def default_routines(project: str, dataset: str) -> dict[str, str]:
+    """The table functions every system's dataset has, for the service's defaults."""
+    window = int(QuerySettings().dedupe_window_seconds * 1_000_000)
+    return {
+        "records_unique": routine_body(
+            "records_unique",
+            project,
+            dataset,
+            window_micros=window,
+            clock_skew_micros=CLOCK_SKEW_MICROS,
+        )
+    }
 
 
 @dataclasses.dataclass
@@ -265,12 +306,25 @@ class FakeBigQueryJobs:
         # Tables made through `tables.insert` (their request bodies), by name, and
         # the names of those dropped since.
         self.created: dict[str, dict[str, Any]] = {}
+        # Each table's labels, by name.
+        self.labels: dict[str, dict[str, str]] = {}
         self.dropped: list[str] = []
         # DML statements applied.
         self.updates = 0
         # Query jobs inserted (`client.query`), by id: the job and its answer, each run
-        # to its end as it is inserted.
+        # to its end as it is inserted unless held.
         self.jobs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        # (reason, message) of the next jobs inserted: each fails as it runs (inserted,
+        # then DONE with that errorResult), changing nothing.
+        self.job_failures: list[tuple[str, str]] = []
+        # While set, a job inserted stays RUNNING until `finish` runs it; the held
+        # jobs' ids, in order.
+        self.hold_jobs = False
+        self.held: list[str] = []
+        # Every jobs.insert received: the job id, and the status answered.
+        self.job_inserts: list[tuple[str, int]] = []
+        # Table functions by name, as a call of one is run (see the module notes).
+        self.routines: dict[str, str] = default_routines(project, dataset)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.endpoint = ""
@@ -300,6 +354,9 @@ class FakeBigQueryJobs:
                 self._answer(status, answer)
 
             def do_GET(self) -> None:
+                if _TABLES.match(self.path.split("?", 1)[0]):
+                    self._answer(*fake.list_tables(self.path))
+                    return
                 if _JOB.match(self.path.split("?", 1)[0]) or _RESULTS.match(
                     self.path.split("?", 1)[0]
                 ):
@@ -362,7 +419,15 @@ class FakeBigQueryJobs:
         if self.table_latency:
             time.sleep(self.table_latency)
         with self._tables_lock:
-            if patch is not None:
+            if patch is not None and "schema" not in patch and "labels" in patch:
+                # Labels alone: each key set, or removed where null.
+                labels = self.labels.setdefault(match["table"], {})
+                for key, value in patch["labels"].items():
+                    if value is None:
+                        labels.pop(key, None)
+                    else:
+                        labels[key] = value
+            elif patch is not None:
                 self.table_patches.append(patch)
                 if self.table_failures:
                     status, reason = self.table_failures.pop(0)
@@ -394,8 +459,32 @@ class FakeBigQueryJobs:
             },
             "schema": {"fields": fields},
             "etag": etag,
+            "location": "US",
+            "labels": dict(self.labels.get(match["table"], {})),
             **laid_out,
         }
+
+    def list_tables(self, path: str) -> tuple[int, dict[str, Any]]:
+        """`tables.list` of the dataset: every table the fake holds, with its labels."""
+        match = _TABLES.match(path.split("?", 1)[0])
+        assert match is not None
+        prefix = f"projects/{match['project']}/datasets/{match['dataset']}/tables/"
+        names = sorted(p.removeprefix(prefix) for p in self.write.schemas if p.startswith(prefix))
+        listed = [
+            {
+                "kind": "bigquery#table",
+                "id": f"{match['project']}:{match['dataset']}.{name}",
+                "tableReference": {
+                    "projectId": match["project"],
+                    "datasetId": match["dataset"],
+                    "tableId": name,
+                },
+                "type": "TABLE",
+                "labels": dict(self.labels.get(name, {})),
+            }
+            for name in names
+        ]
+        return 200, {"kind": "bigquery#tableList", "tables": listed, "totalItems": len(listed)}
 
     def create_table(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """`tables.insert` of a table in the dataset (a backfill's staging table): its
@@ -408,8 +497,17 @@ class FakeBigQueryJobs:
             if full in self.write.schemas:
                 return 409, _error(409, "duplicate", f"Already Exists: Table {name}")
             self.created[name] = body
+            self.labels[name] = dict(body.get("labels") or {})
             self.write.define(full, body["schema"]["fields"])
             self.billing.kinds[name] = _kinds(body["schema"]["fields"])
+            partitioning = body.get("timePartitioning")
+            if partitioning is not None and name not in self.billing.layouts:
+                # Laid out as asked, as BigQuery lays it out: what prunes its reads.
+                self.billing.layouts[name] = Layout(
+                    partition=partitioning.get("field"),
+                    clustering=tuple((body.get("clustering") or {}).get("fields", ())),
+                    granularity=partitioning.get("type", "DAY"),
+                )
         return self.table(f"{path.split('?', 1)[0]}/{name}", None, None)
 
     def delete_table(self, path: str) -> tuple[int, dict[str, Any]]:
@@ -427,8 +525,10 @@ class FakeBigQueryJobs:
 
     def insert_job(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """`jobs.insert` of a query job (`client.query(sql)`): run as `jobs.query` runs
-        a query, at once; its answer kept for `jobs.getQueryResults`. A query refused
-        is refused here, as BigQuery refuses one it cannot parse."""
+        a query, at once unless held; its answer kept for `jobs.getQueryResults`. A job
+        id already used is refused (409 duplicate), as BigQuery refuses it for as long
+        as it keeps the job. A query refused is refused here, as BigQuery refuses one it
+        cannot parse, and its id is taken all the same."""
         match = _JOBS.match(path.split("?", 1)[0])
         assert match is not None
         query = (body.get("configuration") or {}).get("query")
@@ -439,30 +539,77 @@ class FakeBigQueryJobs:
             "jobId": (body.get("jobReference") or {}).get("jobId") or f"fake-{len(self.jobs)}",
             "location": "US",
         }
-        status, answer = self.handle(f"/bigquery/v2/projects/{match['project']}/queries", query)
-        if status != 200:
-            return status, answer
-        answer = {**answer, "jobReference": reference}
-        job = {
+        job_id = reference["jobId"]
+        job: dict[str, Any] = {
             "kind": "bigquery#job",
-            "id": f"{reference['projectId']}:US.{reference['jobId']}",
+            "id": f"{reference['projectId']}:US.{job_id}",
             "jobReference": reference,
             "configuration": body["configuration"],
-            "status": {"state": "DONE"},
-            "statistics": {
-                "query": {
-                    "totalBytesProcessed": answer.get("totalBytesProcessed", "0"),
-                    "totalBytesBilled": answer.get("totalBytesBilled", "0"),
-                    "cacheHit": False,
-                }
-            },
+            "status": {"state": "RUNNING"},
+            "statistics": {"query": {}},
         }
         with self._lock:
-            self.jobs[reference["jobId"]] = (job, answer)
-        return 200, job
+            if job_id in self.jobs:
+                self.job_inserts.append((job_id, 409))
+                message = f"Already Exists: Job {reference['projectId']}:US.{job_id}"
+                return 409, _error(409, "duplicate", message)
+            self.jobs[job_id] = (job, {"jobComplete": False, "jobReference": reference})
+            failure = self.job_failures.pop(0) if self.job_failures else None
+            held = self.hold_jobs and failure is None
+            if held:
+                self.held.append(job_id)
+            self.job_inserts.append((job_id, 200))
+        if held:
+            return 200, job
+        if failure is not None:
+            self._failed(job_id, *failure)
+            return 200, self.jobs[job_id][0]
+        status, answer = self._run_job(job_id)
+        return (status, answer) if status != 200 else (200, self.jobs[job_id][0])
+
+    def finish(self, job_id: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Run a held job (the first held, if none is named) to its end now."""
+        with self._lock:
+            job_id = job_id or self.held[0]
+            self.held.remove(job_id)
+        return self._run_job(job_id)
+
+    def _run_job(self, job_id: str) -> tuple[int, dict[str, Any]]:
+        """Run an inserted job's query, and keep the job DONE with its answer or error."""
+        job, _ = self.jobs[job_id]
+        reference = job["jobReference"]
+        query = job["configuration"]["query"]
+        status, answer = self.handle(
+            f"/bigquery/v2/projects/{reference['projectId']}/queries", query
+        )
+        if status != 200:
+            first = answer["error"]["errors"][0]
+            self._failed(job_id, first["reason"], first["message"])
+            return status, answer
+        answer = {**answer, "jobReference": reference}
+        statistics = {
+            "totalBytesProcessed": answer.get("totalBytesProcessed", "0"),
+            "totalBytesBilled": answer.get("totalBytesBilled", "0"),
+            "cacheHit": False,
+        }
+        if "numDmlAffectedRows" in answer:
+            statistics["numDmlAffectedRows"] = answer["numDmlAffectedRows"]
+        done = {**job, "status": {"state": "DONE"}, "statistics": {"query": statistics}}
+        with self._lock:
+            self.jobs[job_id] = (done, answer)
+        return 200, done
+
+    def _failed(self, job_id: str, reason: str, message: str) -> None:
+        """Keep the job DONE with an error: BigQuery keeps a failed job, and its id."""
+        with self._lock:
+            job, _ = self.jobs[job_id]
+            error = {"reason": reason, "message": message}
+            failed = {**job, "status": {"state": "DONE", "errorResult": error, "errors": [error]}}
+            self.jobs[job_id] = (failed, {"jobComplete": True, "jobReference": job["jobReference"]})
 
     def job(self, path: str) -> tuple[int, dict[str, Any]]:
-        """`jobs.get` (the job, done) or `jobs.getQueryResults` (its rows, all at once)."""
+        """`jobs.get` (the job as it stands) or `jobs.getQueryResults` (its rows, all at
+        once; not complete while it runs; its error if it failed)."""
         bare = path.split("?", 1)[0]
         found = _RESULTS.match(bare) or _JOB.match(bare)
         assert found is not None
@@ -471,6 +618,9 @@ class FakeBigQueryJobs:
             return 404, _error(404, "notFound", f"Not found: Job {found['job']}")
         job, answer = kept
         if _RESULTS.match(bare):
+            error = job["status"].get("errorResult")
+            if error is not None:
+                return 400, _error(400, error["reason"], error["message"])
             return 200, {**answer, "kind": "bigquery#getQueryResultsResponse"}
         return 200, job
 
@@ -493,6 +643,7 @@ class FakeBigQueryJobs:
             status, reason = self.failures.pop(0)
             return status, _error(status, reason, "injected failure")
         try:
+            sql = self._inlined(sql)
             sql = qualified(sql, match["project"], body.get("defaultDataset"))
             statement = _parsed(sql)
         except sqlglot.errors.SqlglotError as exc:
@@ -501,6 +652,8 @@ class FakeBigQueryJobs:
             return 400, _error(400, "invalid", str(exc))
         if isinstance(statement, sqlglot.exp.Update):
             return self._update(statement, sql, params, received, body.get("maximumBytesBilled"))
+        if isinstance(statement, sqlglot.exp.Insert):
+            return self._insert(statement, params, received, body.get("maximumBytesBilled"))
         try:
             bill = self.bill(sql, params)
         except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
@@ -602,6 +755,109 @@ class FakeBigQueryJobs:
             "totalBytesProcessed": str(bill.bytes_processed),
             "totalBytesBilled": str(bill.bytes_billed),
         }
+
+    def _insert(
+        self,
+        statement: sqlglot.exp.Insert,
+        params: dict[str, Any],
+        received: ReceivedQuery,
+        limit: str | None,
+    ) -> tuple[int, dict[str, Any]]:
+        """A DML `INSERT INTO t [(cols)] SELECT …`, as BigQuery runs one: its rows are
+        added at once (one transaction), each value to the column it is named for; a
+        column `t` lacks, or a count of values that differs, is refused. Billed what
+        its SELECT reads, and at least 10 MB for each table named, `t` among them."""
+        target = statement.this
+        table = target.this.name if isinstance(target, sqlglot.exp.Schema) else target.name
+        path = self._path(table)
+        if path not in self.write.schemas:
+            return 404, _error(404, "notFound", f"Not found: Table {self.dataset}.{table}")
+        fields = {f["name"]: f for f in self.write.schemas[path].fields}
+        named = (
+            [c.name for c in target.expressions]
+            if isinstance(target, sqlglot.exp.Schema)
+            else list(fields)
+        )
+        unknown = [c for c in named if c not in fields]
+        if unknown:
+            message = f"Column {unknown[0]} is not present in table {self.dataset}.{table}"
+            return 400, _error(400, "invalidQuery", message)
+        select = statement.expression.sql(dialect="bigquery")
+        try:
+            read = self.bill(select, params)
+            _, _, rows = self.run(select, params)
+        except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
+            return 400, _error(400, "invalidQuery", str(exc))
+        if rows and len(rows[0]) != len(named):
+            message = (
+                f"Inserted row has wrong column count; Has {len(rows[0])}, expected {len(named)}"
+            )
+            return 400, _error(400, "invalidQuery", message)
+        per_table: dict[str, int] = {}
+        for name, scanned in read.scans:
+            per_table[name] = per_table.get(name, 0) + scanned
+        per_table.setdefault(table, 0)
+        bill = Bill(
+            bytes_processed=sum(per_table.values()),
+            bytes_billed=billed(per_table),
+            scans=tuple(per_table.items()),
+        )
+        received.bill = bill
+        if limit is not None and bill.bytes_billed > int(limit):
+            message = (
+                f"Query exceeded limit for bytes billed: {int(limit)}. "
+                f"{bill.bytes_billed} or higher required."
+            )
+            return 400, _error(400, "bytesBilledLimitExceeded", message)
+        stored = [
+            {c: _stored_value(v, fields[c]) for c, v in zip(named, row, strict=True)}
+            for row in rows
+        ]
+        with self._tables_lock:
+            self.write.append_rows(path, stored)
+            self.billing.forget(table)
+        return 200, {
+            "kind": "bigquery#queryResponse",
+            "jobComplete": True,
+            "numDmlAffectedRows": str(len(stored)),
+            "dmlStats": {"insertedRowCount": str(len(stored))},
+            "queryId": f"fake-{len(self.queries)}",
+            "location": "US",
+            "cacheHit": False,
+            "totalBytesProcessed": str(bill.bytes_processed),
+            "totalBytesBilled": str(bill.bytes_billed),
+        }
+
+    def _inlined(self, sql: str) -> str:
+        """`sql` with each call of a table function (`ds.records_unique`(a, b) AS u) run
+        as its body, its arguments (`since`, `until`) bound to the call's."""
+        if not any(f"{name}`(" in sql for name in self.routines):
+            return sql
+        tree = sqlglot.parse_one(sql, read="bigquery")
+
+        def inline(node: sqlglot.exp.Expression) -> sqlglot.exp.Expression:
+            if not (
+                isinstance(node, sqlglot.exp.Table) and isinstance(node.this, sqlglot.exp.Anonymous)
+            ):
+                return node
+            body = self.routines.get(node.this.name.rsplit(".", 1)[-1])
+            if body is None:
+                return node
+            arguments = dict(zip(("since", "until"), node.this.expressions, strict=True))
+
+            def bind(inner: sqlglot.exp.Expression) -> sqlglot.exp.Expression:
+                if (
+                    isinstance(inner, sqlglot.exp.Column)
+                    and not inner.table
+                    and inner.name in arguments
+                ):
+                    return arguments[inner.name].copy()
+                return inner
+
+            bound = sqlglot.parse_one(body, read="bigquery").transform(bind)
+            return sqlglot.exp.Subquery(this=bound, alias=node.args.get("alias"))
+
+        return str(tree.transform(inline).sql(dialect="bigquery"))
 
     def _run_update(
         self, statement: sqlglot.exp.Update, sql: str, params: dict[str, Any]
@@ -868,6 +1124,14 @@ def _typed_value(value: Any, field: dict[str, Any]) -> Any:
             return date(1970, 1, 1) + timedelta(days=value)
         case _:
             return value
+
+
+def _stored_value(value: Any, field: dict[str, Any]) -> Any:
+    """A value a DuckDB query gave, in the form the write fake keeps for `field`: the
+    service's own TIMESTAMP columns come back without a zone (they are UTC)."""
+    if field["type"] == "TIMESTAMP" and isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return _wire_value(value, field)
 
 
 def _wire_value(value: Any, field: dict[str, Any]) -> Any:

@@ -484,6 +484,13 @@ class FakeBigQueryWrite:
             rows[index] = {**rows[index], **values}
         self.rows_changed += 1
 
+    def append_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Rows a DML INSERT the jobs fake ran added to a table (full path), all at once:
+        a reader sees all of them or none."""
+        self.tables[table] = [*self.tables[table], *rows]
+        self.row_counts[table] += len(rows)
+        self.rows_changed += 1
+
     def drop(self, table: str) -> None:
         """`tables.delete`: the table's schema and rows are gone."""
         self.schemas.pop(table, None)

@@ -1,0 +1,364 @@
+"""`recordline tables fill` (app/store/bigquery/fill.py) on the BigQuery fakes: each whole
+day of `records` copied once into a system's own table, its first copies only, its typed
+columns and copies right, whatever the fillers running at once, the jobs that failed or
+still run, the hint lost, and, behind the serving tier, never past the export watermark.
+
+The jobs fake holds BigQuery's rules here (tests/bigquery/fake_jobs.py): a job id is
+used once (409 duplicate), a failed job keeps its id, a DML INSERT adds its rows all at
+once, and `records_unique` runs as Terraform renders it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from google.cloud import bigquery
+
+from app.records import DAY_MICROS, Record
+from app.store.bigquery.fill import (
+    FILL_LABEL,
+    FILLED_THROUGH,
+    Filler,
+    FillOptions,
+    fill_sql,
+    job_id,
+)
+from app.store.bigquery.layout import COPY_DESCRIPTION, copy_of
+from app.store.bigquery.queries import QueryRunner
+from app.store.bigquery.schema import created_schema
+from tests.bigquery.conftest import DATASET, PROJECT
+from tests.bigquery.fake_jobs import FakeBigQueryJobs
+from tests.bigquery.fake_storage_write import FakeBigQueryWrite
+
+RECORDS = f"projects/{PROJECT}/datasets/{DATASET}/tables/records"
+WATERMARKS = f"projects/{PROJECT}/datasets/{DATASET}/tables/export_watermarks"
+TABLE = "records_by_customer"
+SECOND = 1_000_000
+HOUR = 3600 * SECOND
+DAY0 = 19_840  # 2024-04-27
+FIELDS = {
+    "name": "fields",
+    "type": "RECORD",
+    "mode": "NULLABLE",
+    "fields": [
+        {"name": "placed_on", "type": "DATE", "mode": "NULLABLE"},
+        {"name": "amount", "type": "INT64", "mode": "NULLABLE"},
+    ],
+}
+COPIES = [
+    {
+        "name": "customer",
+        "type": "STRING",
+        "mode": "NULLABLE",
+        "description": f"{COPY_DESCRIPTION}attributes.customer",
+    },
+    {
+        "name": "placed_on",
+        "type": "DATE",
+        "mode": "NULLABLE",
+        "description": f"{COPY_DESCRIPTION}fields.placed_on",
+    },
+]
+
+
+def row(message_id: str, ingest: int, publish: int | None = None, **more: Any) -> dict[str, Any]:
+    """A records row as the write fake stores it (TIMESTAMP µs, JSON text, DATE days)."""
+    n = int(message_id.rsplit("-", 1)[-1]) if message_id[-1].isdigit() else 0
+    return {
+        "message_id": message_id,
+        "publish_time": ingest - SECOND if publish is None else publish,
+        "ingest_time": ingest,
+        "id": f"id-{message_id}",
+        "timestamp": ingest - HOUR,
+        "data": json.dumps({"m": message_id}),
+        "attributes": json.dumps({"customer": f"c{n % 3}"}),
+        "subscription": "projects/p/subscriptions/records-push",
+        "delivery_attempt": 1,
+        "trace_id": f"{ingest:032x}",
+        "schema": None,
+        "fields": {"placed_on": DAY0 - n % 5, "amount": n},
+        **more,
+    }
+
+
+def stored_rows() -> list[dict[str, Any]]:
+    """Rows of three whole days and of the day not yet whole: a redelivered copy, an
+    attribute that is no string, a row without its typed field."""
+    rows = [
+        row(f"m-{d}-{i}", (DAY0 + d) * DAY_MICROS + i * HOUR) for d in range(4) for i in range(6)
+    ]
+    first = rows[2]
+    rows.append({**row("m-0-2", first["ingest_time"] + 5 * SECOND, publish=first["publish_time"])})
+    rows.append(row("odd-0", DAY0 * DAY_MICROS + 7 * HOUR, attributes='{"customer": 42}'))
+    rows.append(row("bare-0", DAY0 * DAY_MICROS + 8 * HOUR, fields=None))
+    return rows
+
+
+def define(write: FakeBigQueryWrite, jobs: FakeBigQueryJobs, *, widen_later: bool = False) -> None:
+    """`records` with typed columns, and the table of the system's own beside it, as
+    Terraform creates it (records' columns, its copies last, labelled to be filled);
+    `widen_later`: made before `records` had the typed field `amount`."""
+    write.define(RECORDS, [*created_schema(Record), FIELDS])
+    fields = FIELDS
+    if widen_later:
+        fields = {**FIELDS, "fields": FIELDS["fields"][:1]}
+    jobs.create_table(
+        f"/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables",
+        {
+            "tableReference": {"projectId": PROJECT, "datasetId": DATASET, "tableId": TABLE},
+            "schema": {"fields": [*created_schema(Record), fields, *COPIES]},
+            "timePartitioning": {"type": "MONTH", "field": "timestamp"},
+            "clustering": {"fields": ["customer", "ingest_time"]},
+            "labels": {FILL_LABEL: "records"},
+        },
+    )
+    for stored in stored_rows():
+        write.tables[RECORDS].append(stored)
+
+
+@pytest.fixture
+async def make_filler(jobs_fake: FakeBigQueryJobs) -> AsyncIterator[Callable[..., Filler]]:
+    runners: list[QueryRunner] = []
+
+    def make(now: int, *, clock: Callable[[], int] | None = None, **options: Any) -> Filler:
+        runner = QueryRunner(
+            PROJECT, timeout=10.0, max_bytes_billed=10 << 30, endpoint=jobs_fake.endpoint
+        )
+        runners.append(runner)
+        settings = {"call_seconds": 10.0, "wait_seconds": 10.0, **options}
+        return Filler(runner, DATASET, FillOptions(**settings), clock=clock or (lambda: now))
+
+    yield make
+    for runner in runners:
+        await runner.close()
+
+
+async def started(filler: Filler) -> Filler:
+    await filler._runner.start()
+    return filler
+
+
+def filled(write: FakeBigQueryWrite) -> list[dict[str, Any]]:
+    return write.rows(f"projects/{PROJECT}/datasets/{DATASET}/tables/{TABLE}")
+
+
+def days_of(rows: list[dict[str, Any]]) -> Counter[int]:
+    return Counter(r["ingest_time"] // DAY_MICROS for r in rows)
+
+
+def inserted(jobs: FakeBigQueryJobs) -> Counter[str]:
+    """Jobs inserted (answered 200), by day: YYYYMMDD."""
+    return Counter(name.rsplit("_", 2)[-2] for name, status in jobs.job_inserts if status == 200)
+
+
+# The end of the third day, as a day is whole on BigQuery alone: its end and the settle time.
+WHOLE_THREE = (DAY0 + 3) * DAY_MICROS + 16 * SECOND
+
+
+async def test_each_whole_day_is_copied_once_with_its_typed_columns_and_copies(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    define(write_fake, jobs_fake, widen_later=True)
+    filler = await started(make_filler(WHOLE_THREE))
+    assert await filler.tables() == [TABLE]
+
+    done = await filler.fill(TABLE)
+
+    assert done.copied == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert done.left is None
+    assert done.through == DAY0 + 2
+    rows = filled(write_fake)
+    # The three whole days' first copies; the redelivery and the fourth day are not there.
+    assert days_of(rows) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+    assert Counter(r["message_id"] for r in rows)["m-0-2"] == 1
+    by_id = {r["message_id"]: r for r in rows}
+    for name in ("m-0-1", "m-1-4", "m-2-5"):
+        source = next(r for r in stored_rows() if r["message_id"] == name)
+        n = int(name[-1])
+        copied = by_id[name]
+        assert {k: copied[k] for k in source} == source  # amount too: the table was widened
+        assert copied["customer"] == f"c{n % 3}"
+        assert copied["placed_on"] == DAY0 - n % 5
+    assert by_id["odd-0"]["customer"] is None  # an attribute that is no string
+    assert by_id["bare-0"]["placed_on"] is None
+    assert by_id["bare-0"]["fields"] is None
+    assert jobs_fake.labels[TABLE][FILLED_THROUGH] == "20240429"
+    # One job a day, billed what records_unique reads of it.
+    assert inserted(jobs_fake) == {"20240427": 1, "20240428": 1, "20240429": 1}
+    assert done.bytes_billed >= 3 * 2 * 10 * 1_000_000
+
+    # Run again, and again a day later with the hint lost: nothing more is copied.
+    assert (await filler.fill(TABLE)).copied == []
+    del jobs_fake.labels[TABLE][FILLED_THROUGH]
+    again = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+    assert again.copied == []
+    assert again.found == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert filled(write_fake) == rows
+    assert sum(inserted(jobs_fake).values()) == 3
+
+
+async def test_a_day_not_yet_whole_is_left_until_it_is(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    define(write_fake, jobs_fake)
+    settling = (DAY0 + 3) * DAY_MICROS + 10 * SECOND
+    done = await (await started(make_filler(settling))).fill(TABLE)
+    assert done.through == DAY0 + 1
+    assert days_of(filled(write_fake)).keys() == {DAY0, DAY0 + 1}
+
+    later = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+    assert later.copied == [DAY0 + 2]
+    assert days_of(filled(write_fake)).keys() == {DAY0, DAY0 + 1, DAY0 + 2}
+
+
+async def test_a_failed_job_is_followed_by_the_next_attempt(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    define(write_fake, jobs_fake)
+    jobs_fake.job_failures.append(("backendError", "Backend error. Job aborted."))
+    jobs_fake.job_failures.append(("backendError", "Backend error. Job aborted."))
+    filler = await started(make_filler(WHOLE_THREE))
+
+    done = await filler.fill(TABLE)
+
+    # The first day's attempts 0 and 1 failed (two a run); the run stops there.
+    assert done.copied == []
+    assert done.left is not None
+    assert "2 jobs failed" in done.left
+    assert filled(write_fake) == []
+    again = await filler.fill(TABLE)
+    assert again.copied == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert job_id(DATASET, TABLE, DAY0, 2) in jobs_fake.jobs
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+
+
+async def test_two_fillers_at_once_copy_each_day_once(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    define(write_fake, jobs_fake)
+    one, two = await started(make_filler(WHOLE_THREE)), await started(make_filler(WHOLE_THREE))
+
+    done = await asyncio.gather(one.fill(TABLE), two.fill(TABLE))
+
+    assert sorted(done[0].copied + done[1].copied) == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+    assert set(inserted(jobs_fake).values()) == {1}
+
+
+async def test_a_job_another_filler_inserted_first_is_waited_for_not_run_again(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    """A filler killed while its job ran, or one that inserted it between this one's
+    jobs.get and jobs.insert (409 duplicate): the job is found, waited for, not repeated."""
+    define(write_fake, jobs_fake)
+    columns = [c["name"] for c in [*created_schema(Record), FIELDS]]
+    copies = [copy_of(bigquery.SchemaField.from_api_repr(c)) for c in COPIES]
+    sql = fill_sql(PROJECT, DATASET, TABLE, columns, [c for c in copies if c], DAY0)
+    jobs_fake.hold_jobs = True
+    first = job_id(DATASET, TABLE, DAY0, 0)
+    status, _ = jobs_fake.insert_job(
+        f"/bigquery/v2/projects/{PROJECT}/jobs",
+        {
+            "jobReference": {"jobId": first},
+            "configuration": {"query": {"query": sql, "useLegacySql": False}},
+        },
+    )
+    assert status == 200
+    jobs_fake.hold_jobs = False
+
+    # The next run waits for it while it runs; it ends (here, as the run waits).
+    async def finishing(_: float) -> None:
+        if jobs_fake.held:
+            await asyncio.to_thread(jobs_fake.finish)
+
+    filler = await started(make_filler(WHOLE_THREE))
+    filler._sleep = finishing
+    done = await filler.fill(TABLE)
+
+    assert done.found == [DAY0]
+    assert done.copied == [DAY0 + 1, DAY0 + 2]
+    assert Counter(n for n, s in jobs_fake.job_inserts if n == first) == {first: 1}
+    # Found done: its rows are the other filler's, the day not copied twice.
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+
+
+async def test_a_job_still_running_is_left_to_the_next_run(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    define(write_fake, jobs_fake)
+    jobs_fake.hold_jobs = True
+    done = await (await started(make_filler(WHOLE_THREE, wait_seconds=0.01))).fill(TABLE)
+    assert done.left is not None
+    assert "still running" in done.left
+    assert done.through == DAY0 - 1
+    jobs_fake.hold_jobs = False
+    jobs_fake.finish()
+
+    later = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+
+    assert later.found == [DAY0]
+    assert later.copied == [DAY0 + 1, DAY0 + 2]
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+
+
+async def test_days_older_than_the_job_history_are_told_by_the_tables_rows(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    """The hint lost and BigQuery's job history forgotten (half a year on): the days the
+    table holds are not copied again; a day it lacks is."""
+    define(write_fake, jobs_fake)
+    await (await started(make_filler(DAY0 * DAY_MICROS + DAY_MICROS + 16 * SECOND))).fill(TABLE)
+    assert days_of(filled(write_fake)).keys() == {DAY0}
+    jobs_fake.jobs.clear()
+    del jobs_fake.labels[TABLE][FILLED_THROUGH]
+
+    later = await (await started(make_filler((DAY0 + 200) * DAY_MICROS))).fill(TABLE)
+
+    assert later.found == [DAY0]
+    assert DAY0 + 1 in later.copied
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6, DAY0 + 3: 6}
+
+
+async def test_behind_the_serving_tier_no_day_past_the_export_watermark(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    define(write_fake, jobs_fake)
+    now = (DAY0 + 5) * DAY_MICROS
+    filler = await started(make_filler(now, serving=True))
+    assert (await filler.fill(TABLE)).through is None  # no watermark yet: nothing is whole
+
+    watermark = (DAY0 + 1) * DAY_MICROS + 12 * HOUR
+    write_fake.tables[WATERMARKS].append(
+        {"table_name": "records", "watermark": watermark, "exported_at": now}
+    )
+    write_fake.tables[WATERMARKS].append(
+        {"table_name": "rejected", "watermark": now, "exported_at": now}
+    )
+    assert (await filler.fill(TABLE)).copied == [DAY0]
+
+    write_fake.tables[WATERMARKS].append(
+        {"table_name": "records", "watermark": (DAY0 + 3) * DAY_MICROS, "exported_at": now}
+    )
+    assert (await filler.fill(TABLE)).copied == [DAY0 + 1, DAY0 + 2]
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
