@@ -61,6 +61,7 @@ RECORDLINE_COMMANDS = (
     "export",
     "restore",
     "exporter",
+    "tables",
 )
 COMMANDS = (*RECORDLINE_COMMANDS, "test", "fuzz", "lint", "bench", "docs")
 LINT_HELP = """usage: python3 dev.py lint

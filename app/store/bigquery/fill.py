@@ -1,39 +1,9 @@
-"""Filling a system's tables of its own (`records_<name>`) from `records`, a whole day of
-`ingest_time` at a time, each day exactly once: `recordline tables fill`.
+"""Filling a system's tables of its own (`records_<name>`, labelled `recordline-fill =
+records`) from `records`, a whole day of `ingest_time` at a time, each day exactly once,
+through one DML job a day whose id is fixed: `recordline tables fill`. How, and why it
+is exactly once: `Filler`'s notes.
 
-A table Terraform declares beside `records` (a system's `tables`) has `records`' columns
-and copies of its own, last, each described `Recordline layout copy of SOURCE`
-(`layout.py`, as `records`' are), and the label `recordline-fill = records`. Each day of
-`ingest_time` that `records` holds whole is copied in ONE query job:
-
-    INSERT INTO records_<name> (columns…, copies…)
-    SELECT u.columns…, <each copy's value> FROM records_unique(day, day + 1) AS u
-
-`records_unique` keeps the first copy of each message, as the read API shows it (Terraform
-gives every dataset the function: modules/system/sql/records_unique.sql.tftpl). A day is
-whole once it ended longer ago than the store's settle time on BigQuery alone (every row
-stamped in it was acknowledged by then, `BigQueryStore.read_horizon`), and behind a
-serving tier once it is below `export_watermarks`' watermark for `records` (every row
-before it is in BigQuery, `app/store/tiered/exporter.py`).
-
-Exactly once rests on BigQuery's job ids: an id is used once in a project, and a DML job
-commits all its rows or none. A day's job id is fixed, `recordline_fill_<dataset>_<table>_
-<YYYYMMDD>_<attempt>`. For attempt 0, 1, …: `jobs.get`; not found: `jobs.insert` it
-(a 409 `duplicate` says another filler inserted it first: get it); DONE without error:
-the day is copied; DONE with an error: the next attempt; running: wait for it up to the
-run's deadline, else leave the day (and the days after it) to the next run. Two fillers at
-once insert one job between them; a filler killed mid-job leaves a job that the next run
-finds; a failed job copied nothing and its attempt's id is spent.
-
-BigQuery keeps a project's job history about 180 days: past that a job id is forgotten
-and could run again. So a day is checked by its job ids only within JOB_HISTORY_DAYS; an
-older day is copied already if the table holds any row of its `ingest_time` (its one
-job committed whole), which one query of the table's `ingest_time` column tells.
-
-The label `recordline-filled-through` (YYYYMMDD) says up to which day every day is
-copied, so that a run starts after it. It is a hint: a day after it is checked again by
-its job ids, and without it, or with one older than the job history, a run reads which days
-`records` holds rows of, and takes the old days' answer from the table's own rows.
+Design: docs/layouts.md#records-as-today-beside-tables-of-your-own
 """
 
 from __future__ import annotations
@@ -148,7 +118,42 @@ class FillOptions:
 
 
 class Filler:
-    """Fills the tables of one dataset labelled `recordline-fill = records`."""
+    """Fills the tables of one dataset labelled `recordline-fill = records`.
+
+    A table of the system's own beside `records` has `records`' columns
+    and copies of its own, last, each described `Recordline layout copy of SOURCE`
+    (`layout.py`, as `records`' are), and the label `recordline-fill = records`. Each day of
+    `ingest_time` that `records` holds whole is copied in ONE query job:
+
+        INSERT INTO records_<name> (columns…, copies…)
+        SELECT u.columns…, <each copy's value> FROM records_unique(day, day + 1) AS u
+
+    `records_unique` keeps the first copy of each message, as the read API shows it (Terraform
+    gives every dataset the function: modules/system/sql/records_unique.sql.tftpl). A day is
+    whole once it ended longer ago than the store's settle time on BigQuery alone (every row
+    stamped in it was acknowledged by then, `BigQueryStore.read_horizon`), and behind a
+    serving tier once it is below `export_watermarks`' watermark for `records` (every row
+    before it is in BigQuery, `app/store/tiered/exporter.py`).
+
+    Exactly once rests on BigQuery's job ids: an id is used once in a project, and a DML job
+    commits all its rows or none. A day's job id is fixed, `recordline_fill_<dataset>_<table>_
+    <YYYYMMDD>_<attempt>`. For attempt 0, 1, …: `jobs.get`; not found: `jobs.insert` it
+    (a 409 `duplicate` says another filler inserted it first: get it); DONE without error:
+    the day is copied; DONE with an error: the next attempt; running: wait for it up to the
+    run's deadline, else leave the day (and the days after it) to the next run. Two fillers at
+    once insert one job between them; a filler killed mid-job leaves a job that the next run
+    finds; a failed job copied nothing and its attempt's id is spent.
+
+    BigQuery keeps a project's job history about 180 days: past that a job id is forgotten
+    and could run again. So a day is checked by its job ids only within JOB_HISTORY_DAYS; an
+    older day is copied already if the table holds any row of its `ingest_time` (its one
+    job committed whole), which one query of the table's `ingest_time` column tells.
+
+    The label `recordline-filled-through` (YYYYMMDD) says up to which day every day is
+    copied, so that a run starts after it. It is a hint: a day after it is checked again by
+    its job ids, and without it, or with one older than the job history, a run reads which days
+    `records` holds rows of, and takes the old days' answer from the table's own rows.
+    """
 
     def __init__(
         self,
