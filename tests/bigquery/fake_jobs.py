@@ -643,7 +643,7 @@ class FakeBigQueryJobs:
             status, reason = self.failures.pop(0)
             return status, _error(status, reason, "injected failure")
         try:
-            sql = self._inlined(sql)
+            sql = self.inlined(sql)
             sql = qualified(sql, match["project"], body.get("defaultDataset"))
             statement = _parsed(sql)
         except sqlglot.errors.SqlglotError as exc:
@@ -828,7 +828,7 @@ class FakeBigQueryJobs:
             "totalBytesBilled": str(bill.bytes_billed),
         }
 
-    def _inlined(self, sql: str) -> str:
+    def inlined(self, sql: str) -> str:
         """`sql` with each call of a table function (`ds.records_unique`(a, b) AS u) run
         as its body, its arguments (`since`, `until`) bound to the call's."""
         if not any(f"{name}`(" in sql for name in self.routines):

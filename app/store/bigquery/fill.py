@@ -75,17 +75,34 @@ def copy_sql(copy: Copy, alias: str = "u") -> str:
 
 
 def fill_sql(
-    project: str, dataset: str, table: str, columns: Sequence[str], copies: Sequence[Copy], day: int
+    project: str,
+    dataset: str,
+    table: str,
+    columns: Sequence[str],
+    copies: Sequence[Copy],
+    day: int,
+    *,
+    unique: bool = True,
 ) -> str:
-    """The one statement that copies `day` (days since the epoch) into `table`."""
+    """The one statement that copies `day` (days since the epoch) into `table`: through
+    `records_unique`, which leaves out later copies (reading the dedupe window before the
+    day as well), or, where `records` holds none (`unique` False: behind a serving tier,
+    whose export appends each row once), the day's partition alone."""
     since, until = day * DAY_MICROS, (day + 1) * DAY_MICROS
     names = [*columns, *(c.column for c in copies)]
     values = [*(f"u.`{c}`" for c in columns), *(copy_sql(c) for c in copies)]
+    source = (
+        f"`{project}.{dataset}.records_unique`"
+        f"(TIMESTAMP_MICROS({since}), TIMESTAMP_MICROS({until})) AS u"
+        if unique
+        else f"`{project}.{dataset}.records` AS u\n"
+        f"WHERE u.ingest_time >= TIMESTAMP_MICROS({since}) "
+        f"AND u.ingest_time < TIMESTAMP_MICROS({until})"
+    )
     return (
         f"INSERT INTO `{project}.{dataset}.{table}` ({', '.join(f'`{n}`' for n in names)})\n"
         f"SELECT {', '.join(values)}\n"
-        f"FROM `{project}.{dataset}.records_unique`"
-        f"(TIMESTAMP_MICROS({since}), TIMESTAMP_MICROS({until})) AS u"
+        f"FROM {source}"
     )
 
 
@@ -331,7 +348,15 @@ class Filler:
         done: Filled,
     ) -> str | None:
         """Copy one day, once; None once it is copied, else why it is left."""
-        sql = fill_sql(self.project, self.dataset, table, columns, copies, day)
+        sql = fill_sql(
+            self.project,
+            self.dataset,
+            table,
+            columns,
+            copies,
+            day,
+            unique=not self._options.serving,
+        )
         attempt, tried, last_error = 0, 0, ""
         while True:
             name = job_id(self.dataset, table, day, attempt)
