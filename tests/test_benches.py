@@ -35,7 +35,7 @@ BENCHES = [
     ("query --rows 70000 --seconds 1 --ingest 50", "pages/s / 1 client", "wrk"),
     ("query --filters --rows 300 --rates 10", "billed what its ranges bill unfiltered", None),
     ("bqcost --rates 100 --days 1 --repeat 1", "follower-day at 100 msg/s", None),
-    ("bqcost --layouts --rate 1", "one table for both questions", None),
+    ("bqcost --layouts --rate 1 --days 7", "one table for both questions", None),
     ("storage --rows 2000", "logical / compressed", None),
     ("access --seconds 2", "ratio to the model's ACCESS_KEPT_LINE_BYTES", None),
     ("latest --ids 20", "answers that differ: 0", "emulator"),
