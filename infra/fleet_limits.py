@@ -58,6 +58,9 @@ class Cell:
     cdn: bool = False
     # Values its systems' file names rather than holds: schemas, long lists of principals.
     values: int = 0
+    # Tables of its own each system has beside `records` (a system's `tables`, filled
+    # hourly by the cell's fill job: fill.tf): none in the fleets here.
+    tables: int = 0
 
     @property
     def instances(self) -> int:
@@ -79,6 +82,11 @@ SYSTEM_RULES: dict[str, SystemRule] = {
     "google_bigquery_table.export_watermarks": lambda c: 1,
     "google_bigquery_table.records": lambda c: 1,
     "google_bigquery_table.rejected": lambda c: 1,
+    "google_bigquery_table.filled": lambda c: c.tables,
+    "google_bigquery_dataset_iam_member.fill_reads_metadata": lambda c: min(1, c.tables),
+    "google_bigquery_table_iam_member.fill_reads_records": lambda c: min(1, c.tables) * (1 + c.serving),
+    "google_bigquery_table_iam_member.fill_writes_tables": lambda c: c.tables,
+    "google_cloud_scheduler_job.fill": lambda c: min(1, c.tables),
     "google_bigquery_table_iam_member.exporter_writes_tables": lambda c: 3 * c.serving,
     "google_bigquery_table_iam_member.oncall_reads_dead_letters": lambda c: c.oncall,
     "google_bigquery_table_iam_member.operator_reads_exported": lambda c: 2 * c.serving,
@@ -126,11 +134,13 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_secret_manager_secret_iam_member.runtime_reads_page_token": lambda c: 1,
     "google_secret_manager_secret.systems": lambda c: 1,
     "google_secret_manager_secret_version.systems": lambda c: 1,
-    "google_secret_manager_secret_iam_member.reads_systems": lambda c: 3 + c.serving,
+    "google_secret_manager_secret_iam_member.reads_systems": lambda c: (
+        3 + c.serving + min(1, c.tables)
+    ),
     "google_secret_manager_secret.systems_values": lambda c: min(1, c.values),
     "google_secret_manager_secret_version.systems_values": lambda c: c.values,
     "google_secret_manager_secret_iam_member.reads_systems_values": lambda c: (
-        (2 + c.serving) * min(1, c.values)
+        (2 + c.serving + min(1, c.tables)) * min(1, c.values)
     ),
     "time_sleep.secrets_propagation": lambda c: 1,
     # The systems on-call has slowed: read by the runtime and on-call, added to by on-call.
@@ -157,6 +167,13 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_cloud_run_v2_job.export": lambda c: c.serving,
     "google_cloud_run_v2_job_iam_member.export_developers": lambda c: c.serving,
     "google_cloud_run_v2_job_iam_member.export_executors": lambda c: c.serving,
+    # The fill job, where a system has tables of its own (fill.tf).
+    "google_service_account.fill": lambda c: min(1, c.tables),
+    "google_service_account_iam_member.acts_as_fill": lambda c: 2 * min(1, c.tables),
+    "google_service_account_iam_member.scheduler_mints_fill_token": lambda c: min(1, c.tables),
+    "google_cloud_run_v2_job.fill": lambda c: min(1, c.tables),
+    "google_cloud_run_v2_job_iam_member.fill_developers": lambda c: min(1, c.tables),
+    "google_cloud_run_v2_job_iam_member.fill_executors": lambda c: 2 * min(1, c.tables),
     "google_cloud_run_v2_job.ops": lambda c: 1,
     "google_cloud_run_v2_job_iam_member.ops_developers": lambda c: 1,
     "google_cloud_run_v2_job_iam_member.ops_executors": lambda c: 1,
@@ -172,7 +189,7 @@ CELL_RULES: dict[str, SystemRule] = {
     "google_project_iam_custom_role.operator_restore_rows": lambda c: 1,
     "google_project_iam_custom_role.operator_undrop": lambda c: 1,
     "google_project_iam_member.operator_undrop": lambda c: 1,
-    "google_project_iam_member.cell_accounts": lambda c: 3 + 3 * c.serving,
+    "google_project_iam_member.cell_accounts": lambda c: 3 + 3 * c.serving + min(1, c.tables),
     "google_monitoring_metric_descriptor.workload": lambda c: DESCRIPTORS * c.own_project,
     "google_project_iam_member.own_project_apply": lambda c: 15 * c.own_project,
     "google_project_iam_member.own_project_plan": lambda c: 15 * c.own_project,

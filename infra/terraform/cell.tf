@@ -362,6 +362,7 @@ resource "google_secret_manager_secret_iam_member" "reads_systems_values" {
     for reader, member in merge(
       { runtime = google_service_account.runtime.member, operator = local.operator_member },
       { for pool, account in google_service_account.exporter : "exporter" => account.member },
+      { for cell, account in google_service_account.fill : "fill" => account.member },
     ) : reader => member if length(local.values_secret) > 0
   }
 
@@ -377,6 +378,7 @@ resource "google_secret_manager_secret_iam_member" "reads_systems" {
   for_each = merge(
     { runtime = google_service_account.runtime.member, operator = local.operator_member, deployer = local.deployer_member },
     { for pool, account in google_service_account.exporter : "exporter" => account.member },
+    { for cell, account in google_service_account.fill : "fill" => account.member },
   )
 
   project   = var.project_id

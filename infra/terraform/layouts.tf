@@ -59,64 +59,88 @@ locals {
     )
   }
 
-  # Each system's layout, its defaults filled in: today's, partitioned by day and
-  # clustered on ingest_time. A copy's type is its source's: STRING for an attribute,
-  # the typed field's own for a field ("" where the schema has no such field).
-  layouts = {
-    for k, v in local.systems : k => {
-      partition   = coalesce(try(v.layout.partition, null), "ingest_time")
-      granularity = coalesce(try(v.layout.granularity, null), "DAY")
-      clustering  = try(v.layout.clustering, null) == null ? ["ingest_time"] : v.layout.clustering
-      # Whether pages may read whole partitions (a clustering not led by ingest_time).
-      pages_read_whole_partitions = coalesce(try(v.layout.pages_read_whole_partitions, null), false)
+  # Every table a system lays out: its `records` (`layout`), by the system's name, and
+  # each table of its own (`tables`, records_NAME beside it), by "SYSTEM tables.NAME".
+  # Both are laid out, and checked, by what follows; a table of its own is never read
+  # by the read API, so what its clustering costs a page is no question there.
+  laid_out = merge(
+    { for k, v in local.systems : k => { system = k, named = "layout", layout = v.layout, paged = true } },
+    merge({}, [
+      for k, v in local.systems : {
+        for name, t in coalesce(v.tables, {}) : "${k} tables.${name}" => { system = k, named = "tables.${name}", layout = t, paged = false }
+      }
+    ]...),
+  )
+
+  # Each layout, its defaults filled in: today's, partitioned by day and clustered on
+  # ingest_time. A copy's type is its source's: STRING for an attribute, the typed
+  # field's own for a field ("" where the schema has no such field).
+  shapes = {
+    for key, s in local.laid_out : key => {
+      partition   = coalesce(try(s.layout.partition, null), "ingest_time")
+      granularity = coalesce(try(s.layout.granularity, null), "DAY")
+      clustering  = try(s.layout.clustering, null) == null ? ["ingest_time"] : s.layout.clustering
+      # Whether pages may read whole partitions (a clustering not led by ingest_time);
+      # a table no page reads may.
+      pages_read_whole_partitions = s.paged ? coalesce(try(s.layout.pages_read_whole_partitions, null), false) : true
       columns = {
-        for name, source in coalesce(try(v.layout.columns, null), {}) : name => {
+        for name, source in coalesce(try(s.layout.columns, null), {}) : name => {
           source = source
           type = (
             startswith(source, "attributes.") && length(source) > length("attributes.") ? "STRING"
-            : startswith(source, "fields.") ? lookup(local.typed_leaves[k], trimprefix(source, "fields."), "")
+            : startswith(source, "fields.") ? lookup(local.typed_leaves[s.system], trimprefix(source, "fields."), "")
             : ""
           )
         }
       }
     }
   }
-  # Every column of `records` a system's layout may name, by type.
+  # Each system's layout of `records`, and its tables of their own by name (without
+  # pages_read_whole_partitions, which concerns `records` alone).
+  layouts = { for k in keys(local.systems) : k => local.shapes[k] }
+  tables = {
+    for k, v in local.systems : k => {
+      for name in keys(coalesce(v.tables, {})) : name => {
+        for field, value in local.shapes["${k} tables.${name}"] : field => value if field != "pages_read_whole_partitions"
+      }
+    }
+  }
+  # Every column each layout may name, by type.
   layout_types = {
-    for k, l in local.layouts : k => merge(
+    for key, l in local.shapes : key => merge(
       local.layout_service_columns,
       { for name, c in l.columns : name => c.type },
     )
   }
 
-  # Why each system's layout cannot be, one reason a line; empty where it can.
-  layout_problems = {
-    for k, l in local.layouts : k => concat(
+  # Why each layout cannot be, one reason a line; empty where it can.
+  shape_problems = {
+    for key, l in local.shapes : key => concat(
       length(l.clustering) > 4 ? ["clustering names ${length(l.clustering)} columns, and BigQuery clusters a table by at most four"] : [],
       length(distinct(l.clustering)) == length(l.clustering) ? [] : ["clustering names a column twice"],
       contains(["DAY", "MONTH", "YEAR"], l.granularity) ? [] : ["granularity is ${l.granularity}, not DAY, MONTH or YEAR"],
       [
-        for c in [l.partition] : "partition is ${c}, which records does not have (ingest_time, timestamp, publish_time, or a name of layout.columns)"
-        if !contains(keys(local.layout_types[k]), c)
+        for c in [l.partition] : "partition is ${c}, which records does not have (ingest_time, timestamp, publish_time, or a name of ${local.laid_out[key].named}.columns)"
+        if !contains(keys(local.layout_types[key]), c)
       ],
       [
-        for c in [l.partition] : "partition is ${c}, a ${lookup(local.layout_types[k], c, "")} column: a table is partitioned by time only by a DATE or TIMESTAMP column"
-        if lookup(local.layout_types[k], c, "") != "" && !contains(local.layout_partitionable, lookup(local.layout_types[k], c, ""))
+        for c in [l.partition] : "partition is ${c}, a ${lookup(local.layout_types[key], c, "")} column: a table is partitioned by time only by a DATE or TIMESTAMP column"
+        if lookup(local.layout_types[key], c, "") != "" && !contains(local.layout_partitionable, lookup(local.layout_types[key], c, ""))
       ],
       [
-        for c in l.clustering : "clustering names ${c}, which records does not have (one of its columns ${join(", ", sort(keys(local.layout_service_columns)))}, or a name of layout.columns)"
-        if !contains(keys(local.layout_types[k]), c)
+        for c in l.clustering : "clustering names ${c}, which records does not have (one of its columns ${join(", ", sort(keys(local.layout_service_columns)))}, or a name of ${local.laid_out[key].named}.columns)"
+        if !contains(keys(local.layout_types[key]), c)
       ],
       [
-        for c in l.clustering : "clustering names ${c}, a ${lookup(local.layout_types[k], c, "")} column: BigQuery clusters by top-level columns of type ${join(", ", local.layout_clusterable)} only"
-        if lookup(local.layout_types[k], c, "") != "" && !contains(local.layout_clusterable, lookup(local.layout_types[k], c, ""))
+        for c in l.clustering : "clustering names ${c}, a ${lookup(local.layout_types[key], c, "")} column: BigQuery clusters by top-level columns of type ${join(", ", local.layout_clusterable)} only"
+        if lookup(local.layout_types[key], c, "") != "" && !contains(local.layout_clusterable, lookup(local.layout_types[key], c, ""))
       ],
       [
         for name, c in l.columns : "columns.${name} copies ${c.source}, which is neither attributes.KEY nor fields.PATH"
         if !startswith(c.source, "fields.") && c.type == ""
       ],
       [
-        for name, c in l.columns : "columns.${name} copies ${c.source}, and the system's schema makes no typed field ${trimprefix(c.source, "fields.")} (${length(local.typed_leaves[k]) == 0 ? "it has no typed columns" : "it has ${join(", ", sort(keys(local.typed_leaves[k])))}"})"
+        for name, c in l.columns : "columns.${name} copies ${c.source}, and the system's schema makes no typed field ${trimprefix(c.source, "fields.")} (${length(local.typed_leaves[local.laid_out[key].system]) == 0 ? "it has no typed columns" : "it has ${join(", ", sort(keys(local.typed_leaves[local.laid_out[key].system])))}"})"
         if startswith(c.source, "fields.") && c.type == ""
       ],
       [
@@ -136,8 +160,29 @@ locals {
       ],
       # Partition expiry deletes a partition by the date of its partitioning column: by
       # an event's own time, an event older than retention_days would be deleted as it
-      # landed (and one far in the future kept for ever).
+      # landed (and one far in the future kept for ever). A table of a system's own
+      # keeps its rows as long as `records` does (modules/system/bigquery.tf).
       var.retention_days > 0 && l.partition != "ingest_time" ? ["partition is ${l.partition} while retention_days is ${var.retention_days}: partitions expire by their column's date, so an event older than that would be deleted as it landed; keep rows forever (retention_days = 0) or partition by ingest_time"] : [],
+    )
+  }
+
+  # Why each system's layout, or a table of its own, cannot be: a table's reasons
+  # each after its name. A system has at most four tables of its own (each is every
+  # row again, filled and stored: docs/layouts.md), named as BigQuery and the fill's
+  # job ids take them (records_NAME; recordline_fill_<dataset>_records_NAME_<day>_<n>).
+  layout_problems = {
+    for k, v in local.systems : k => concat(
+      local.shape_problems[k],
+      flatten([
+        for name in sort(keys(coalesce(v.tables, {}))) : [
+          for p in local.shape_problems["${k} tables.${name}"] : "tables.${name}: ${p}"
+        ]
+      ]),
+      length(coalesce(v.tables, {})) > 4 ? ["tables declares ${length(v.tables)} tables, and a system has at most four of its own: each holds every row again, filled and stored"] : [],
+      [
+        for name in sort(keys(coalesce(v.tables, {}))) : "tables.${name} is no table name: 1 to 30 lower-case letters, digits and _, a letter first (the table is records_${name})"
+        if !can(regex("^[a-z][a-z0-9_]{0,29}$", name))
+      ],
     )
   }
 }

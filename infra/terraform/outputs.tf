@@ -24,6 +24,8 @@ output "deploy" {
     pool       = join("", values(google_cloud_run_v2_worker_pool.exporter)[*].name)
     export_job = join("", values(google_cloud_run_v2_job.export)[*].name)
     ops_job    = google_cloud_run_v2_job.ops.name
+    # Empty where no system has tables of its own (fill.tf).
+    fill_job = join("", values(google_cloud_run_v2_job.fill)[*].name)
     # What a canary exporter revision reads, and what every revision reads.
     canary_systems_setting = local.canary_setting
     systems_setting        = local.systems_setting

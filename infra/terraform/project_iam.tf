@@ -2,18 +2,25 @@
 # BigQuery query jobs (its reads and the exporter's settling run as jobs, which belong
 # to a project), spans and metrics. Two accounts a cell, so six members of the project's
 # policy a cell, whatever its number of systems (where one member a system made a
-# thousand-member binding).
+# thousand-member binding); and the fill account's query jobs (fill.tf), where it is.
 resource "google_project_iam_member" "cell_accounts" {
-  for_each = {
-    for pair in setproduct(
-      concat(["runtime"], length(local.exporter) > 0 ? ["exporter"] : []),
-      ["roles/bigquery.jobUser", "roles/cloudtrace.agent", "roles/monitoring.metricWriter"],
-    ) : "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
-  }
+  for_each = merge(
+    {
+      for pair in setproduct(
+        concat(["runtime"], length(local.exporter) > 0 ? ["exporter"] : []),
+        ["roles/bigquery.jobUser", "roles/cloudtrace.agent", "roles/monitoring.metricWriter"],
+      ) : "${pair[0]} ${pair[1]}" => { account = pair[0], role = pair[1] }
+    },
+    { for cell in keys(local.fill) : "fill roles/bigquery.jobUser" => { account = "fill", role = "roles/bigquery.jobUser" } },
+  )
 
   project = var.project_id
   role    = each.value.role
-  member  = each.value.account == "runtime" ? google_service_account.runtime.member : google_service_account.exporter[local.cell].member
+  member = {
+    runtime  = google_service_account.runtime.member
+    exporter = join("", values(google_service_account.exporter)[*].member)
+    fill     = join("", values(google_service_account.fill)[*].member)
+  }[each.value.account]
 }
 
 # The metric descriptors the cell's SLOs and dashboard name, made in a project of the

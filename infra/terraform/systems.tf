@@ -34,6 +34,7 @@ locals {
     canary_file      = null
     json_schema      = null
     layout           = null
+    tables           = null
     delete_marker    = null
   }
 }
@@ -75,6 +76,9 @@ module "system" {
   # and how it is partitioned and clustered (layouts.tf).
   typed_columns = local.typed_columns[each.key]
   layout        = local.layouts[each.key]
+  # Its tables of its own beside `records`, laid out as declared (layouts.tf) and filled
+  # hourly by the cell's fill job (fill.tf).
+  tables = local.tables[each.key]
   # What marks a record deleted for records_latest (null: nothing does).
   delete_marker = each.value.delete_marker
 
@@ -87,14 +91,20 @@ module "system" {
 
   # The cell it is in (cell.tf, exporter.tf, slos.tf).
   cell = {
-    name                  = local.cell
-    uri                   = google_cloud_run_v2_service.ingest.uri
-    ingest                = google_cloud_run_v2_service.ingest.name
-    location              = google_cloud_run_v2_service.ingest.location
-    url                   = local.cell_url
-    slo_service           = google_monitoring_custom_service.cell.service_id
-    runtime               = google_service_account.runtime.email
-    exporter              = join("", values(google_service_account.exporter)[*].email)
+    name        = local.cell
+    uri         = google_cloud_run_v2_service.ingest.uri
+    ingest      = google_cloud_run_v2_service.ingest.name
+    location    = google_cloud_run_v2_service.ingest.location
+    url         = local.cell_url
+    slo_service = google_monitoring_custom_service.cell.service_id
+    runtime     = google_service_account.runtime.email
+    exporter    = join("", values(google_service_account.exporter)[*].email)
+    # The fill account's e-mail, read from Terraform's own right to act as it: its
+    # Scheduler jobs are created once that grant is.
+    fill = join("", [
+      for key, grant in google_service_account_iam_member.acts_as_fill : element(split("/", grant.service_account_id), 3) if endswith(key, " terraform_apply")
+    ])
+    fill_job              = join("", values(local.fill))
     dedupe_window_seconds = local.dedupe_window_seconds
   }
 

@@ -931,6 +931,18 @@ variable "systems" {
       columns                     = optional(map(string))
       pages_read_whole_partitions = optional(bool)
     }))
+    # Tables of the system's own beside `records` (layouts.tf; docs/layouts.md, "Records
+    # as today, beside tables of your own"), by name: each is records_NAME in its
+    # dataset, laid out as `layout` lays out `records` and checked the same way (no
+    # pages_read_whole_partitions: the read API never reads them), and filled from
+    # `records` a whole day at a time by the cell's fill job, hourly (fill.tf). At most
+    # four; a name is 1 to 30 lower-case letters, digits and _, a letter first.
+    tables = optional(map(object({
+      partition   = optional(string)
+      granularity = optional(string)
+      clustering  = optional(list(string))
+      columns     = optional(map(string))
+    })))
     # What marks a record deleted, if anything does: a payload holding `value` at
     # `field` (a field path in `data`, as id_field names one). records_latest leaves out
     # an id whose newest version is such a payload; without it, nothing is deleted.

@@ -116,6 +116,7 @@ def deploy_output(
         "pool": f"{cell}-exporter" if serving else "",
         "export_job": f"{cell}-export" if serving else "",
         "ops_job": f"{cell}-ops",
+        "fill_job": "",
         "canary_systems_setting": CANARY_SETTING,
         "systems_setting": SYSTEMS_SETTING,
         "read_audience": f"{cell_url(cell)}/v1",

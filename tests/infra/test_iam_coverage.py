@@ -363,8 +363,18 @@ def test_the_apply_account_may_act_as_what_its_resources_run_as() -> None:
         "${google_service_account.exporter[each.key].email}",
         "${google_service_account.push.email}",
         "${local.environment_accounts.operator}",
+        "${google_service_account.fill[each.key].email}",
     }
+    # Each system's fill Scheduler job mints its tokens as the fill account, which the
+    # cell passes on from the apply account's grant on it (systems.tf).
+    (fill_schedule,) = _resources("google_cloud_scheduler_job")["fill"]["http_target"]
+    assert fill_schedule["oauth_token"][0]["service_account_email"] == "${each.value}"
     accounts = _resources("google_service_account_iam_member")
+    fill = accounts["acts_as_fill"]
+    assert "terraform_apply = local.apply_member" in fill["member"]
+    assert "iam.serviceAccounts.actAs" in _roles()[fill["role"]]
+    token = accounts["scheduler_mints_fill_token"]
+    assert "iam.serviceAccounts.getAccessToken" in _roles()[token["role"]]
     # The cell's (cell.tf, exporter.tf), as the apply account.
     runtime = accounts["acts_as_runtime"]
     assert runtime["service_account_id"] == "${google_service_account.runtime.name}"

@@ -361,10 +361,14 @@ def test_a_declared_json_schema_is_checked_the_same_way() -> None:
 
 
 def _records_schema(
-    typed_columns: str | None, copies: dict[str, dict[str, str]] | None = None
+    typed_columns: str | None,
+    copies: dict[str, dict[str, str]] | None = None,
+    *,
+    table: tuple[str, dict[str, dict[str, str]]] | None = None,
 ) -> list[dict[str, Any]]:
     """`records`' schema as the module composes it (local.records_schema), by terraform,
-    with a layout's `copies` (name: source and type)."""
+    with a layout's `copies` (name: source and type); or, given `table` (a name and its
+    copies), that table of the system's own's (google_bigquery_table.filled)."""
     require_terraform()
     (block,) = [
         b
@@ -378,12 +382,21 @@ def _records_schema(
         )
         Path(work, "main.tf").write_text(
             f'variable "typed_columns" {{\n  type = string\n}}\n'
-            f'variable "layout" {{\n  type = any\n}}\n{block}'
+            f'variable "layout" {{\n  type = any\n}}\n'
+            f'variable "tables" {{\n  type = any\n}}\n{block}'
         )
         value = "null" if typed_columns is None else json.dumps(typed_columns)
         layout = json.dumps({"columns": copies or {}})
-        Path(work, "values.tfvars").write_text(f"typed_columns = {value}\nlayout = {layout}\n")
-        return list(console(work, "jsondecode(local.records_schema)", var_file="values.tfvars"))
+        tables = json.dumps({} if table is None else {table[0]: {"columns": table[1]}})
+        Path(work, "values.tfvars").write_text(
+            f"typed_columns = {value}\nlayout = {layout}\ntables = {tables}\n"
+        )
+        expression = (
+            "jsondecode(local.records_schema)"
+            if table is None
+            else f'concat(local.service_schema, local.copy_columns["{table[0]}"])'
+        )
+        return list(console(work, expression, var_file="values.tfvars"))
 
 
 def test_records_is_created_with_the_service_columns_and_the_systems_typed_ones() -> None:

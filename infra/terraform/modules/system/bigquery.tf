@@ -45,18 +45,23 @@ resource "google_bigquery_dataset" "recordline" {
 # are the table's from its creation: a copy added to a table that exists is a change of
 # layout (docs/layouts.md#changing-a-layout).
 locals {
-  records_schema = jsonencode(concat(
+  # The service's columns, and each layout's copies as columns (`records`' under "",
+  # each table of the system's own under its name: fill.tf).
+  service_schema = concat(
     jsondecode(file("${path.module}/schemas/records.json")),
     var.typed_columns == null ? [] : [jsondecode(var.typed_columns)],
-    [
-      for name, column in var.layout.columns : {
+  )
+  copy_columns = {
+    for table, columns in merge({ "" = var.layout.columns }, { for name, t in var.tables : name => t.columns }) : table => [
+      for name, column in columns : {
         name        = name
         type        = column.type
         mode        = "NULLABLE"
         description = "Recordline layout copy of ${column.source}"
       }
-    ],
-  ))
+    ]
+  }
+  records_schema = jsonencode(concat(local.service_schema, local.copy_columns[""]))
 }
 
 resource "google_bigquery_table" "records" {
@@ -111,6 +116,49 @@ resource "google_bigquery_table" "rejected" {
 
   lifecycle {
     prevent_destroy = true
+  }
+}
+
+# The system's tables of its own (var.tables; docs/layouts.md, "Records as today, beside
+# tables of your own"): records_NAME, with `records`' columns as Terraform creates
+# `records` (the service's, the typed `fields`), then its own copies last, each
+# described as `records`' are, partitioned and clustered as declared (root layouts.tf
+# checks each at plan time as it checks `layout`). The label `recordline-fill = records`
+# marks it for `recordline tables fill`, which the cell's fill job runs hourly
+# (fill.tf): each whole day of `records`, once, in one DML job. Its partitions expire as
+# `records`' do: a day gone from `records` is gone from here the same day.
+#
+# What the fill changes is its own: it widens the schema to every column `records` has
+# gained (a release's, a schema revision's typed fields), and keeps up to which day it
+# filled in the label `recordline-filled-through`, a hint. So the schema shapes a new
+# table only, as for `records`, and the label is left alone: the provider's `labels`
+# manage only the labels named here, and ignore_changes says so for the hint besides.
+# A change of partitioning or of copies forces a new table, which prevent_destroy
+# refuses (docs/layouts.md#changing-a-layout): declare a new table instead.
+resource "google_bigquery_table" "filled" {
+  #checkov:skip=CKV_GCP_80:Encrypted at rest with Google-managed keys; the data carries no requirement for customer-managed keys.
+  for_each = var.tables
+
+  project             = var.project_id
+  dataset_id          = google_bigquery_dataset.recordline.dataset_id
+  table_id            = "records_${each.key}"
+  description         = "The rows of records (the first copy of each message), each whole day of ingest_time copied once by recordline tables fill, hourly; laid out for the analyst's own questions."
+  schema              = jsonencode(concat(local.service_schema, local.copy_columns[each.key]))
+  deletion_protection = true
+  labels = {
+    recordline-fill = "records"
+  }
+
+  time_partitioning {
+    type          = each.value.granularity
+    field         = each.value.partition
+    expiration_ms = each.value.partition == "ingest_time" ? local.partition_expiration_ms : null
+  }
+  clustering = each.value.clustering
+
+  lifecycle {
+    prevent_destroy = true
+    ignore_changes  = [schema, labels["recordline-filled-through"]]
   }
 }
 

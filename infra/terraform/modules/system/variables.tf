@@ -32,6 +32,8 @@ variable "cell" {
     slo_service           = string
     runtime               = string
     exporter              = string
+    fill                  = string
+    fill_job              = string
     dedupe_window_seconds = number
   })
   description = <<-EOT
@@ -39,8 +41,10 @@ variable "cell" {
     (its invoker grant); its deterministic URL (https://CELL-NUMBER.REGION.run.app,
     under which /systems/NAME/pubsub/push is this system's push audience); its SLO
     service; the e-mails of its runtime and exporter accounts (exporter empty when no
-    system of the cell has `serving`); and the dedupe window it runs with
-    (RECORDLINE_DEDUPE_WINDOW_SECONDS: this system's Spanner retention).
+    system of the cell has `serving`); the e-mail of its fill account and the name of
+    its fill job (both empty when no system of the cell has `tables`: root fill.tf);
+    and the dedupe window it runs with (RECORDLINE_DEDUPE_WINDOW_SECONDS: this system's
+    Spanner retention).
   EOT
 }
 
@@ -149,6 +153,19 @@ variable "layout" {
     }))
   })
   description = "How `records` is laid out (root layouts.tf, checked there at plan time): the column it is partitioned by and the unit (DAY, MONTH or YEAR), the columns it is clustered by, and the top-level copies of an attribute or typed field it is created with, by name (source attributes.KEY or fields.PATH, and type)."
+}
+
+variable "tables" {
+  type = map(object({
+    partition   = string
+    granularity = string
+    clustering  = list(string)
+    columns = map(object({
+      source = string
+      type   = string
+    }))
+  }))
+  description = "The system's tables of its own beside `records`, by name (root layouts.tf, checked there at plan time as `layout` is): each is records_NAME, laid out as a layout lays out `records`, and filled hourly by the cell's fill job (fill.tf). Empty: none."
 }
 
 variable "delete_marker" {
