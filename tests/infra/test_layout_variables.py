@@ -343,3 +343,99 @@ def test_a_clustering_not_led_by_ingest_time_is_meant_or_refused() -> None:
         "(docs/layouts.md#the-read-api-on-each-layout): cluster by ingest_time first, or set "
         "pages_read_whole_partitions = true to mean it"
     ]
+
+
+# --- tables of a system's own (records_NAME), filled hourly (fill.tf) ------------------
+
+
+def _tables_of(tables: str, *, retention: int = 0) -> tuple[list[str], dict[str, Any]]:
+    """The system's problems and its tables as the cell passes them to the module."""
+    system = f'{{ recordline = {{ json_schema = "schemas/orders.avsc", tables = {tables} }} }}'
+    found = _root_console(
+        "{ problems = local.layout_problems, tables = local.tables }",
+        system,
+        (("retention_days", str(retention)),),
+        _files(),
+    )
+    return found["problems"]["recordline"], found["tables"]["recordline"]
+
+
+def test_a_table_of_its_own_is_laid_out_and_refused_as_a_layout_is() -> None:
+    tables = """{
+      by_customer = { clustering = ["customer", "ingest_time"], columns = { customer = "attributes.customer" } }
+      by_event    = { partition = "timestamp", granularity = "MONTH", clustering = ["placed"] }
+    }"""
+    problems, chosen = _tables_of(tables)
+    # The same checks and reasons as `layout`'s, each after its table's name; no page of
+    # the read API reads a table of its own, so its clustering may lead with a customer.
+    assert problems == [
+        "tables.by_event: clustering names placed, which records does not have (one of its "
+        "columns delivery_attempt, id, ingest_time, message_id, publish_time, schema, "
+        "subscription, timestamp, trace_id, or a name of tables.by_event.columns)"
+    ]
+    assert chosen["by_customer"] == {
+        "partition": "ingest_time",
+        "granularity": "DAY",
+        "clustering": ["customer", "ingest_time"],
+        "columns": {"customer": {"source": "attributes.customer", "type": "STRING"}},
+    }
+    assert chosen["by_event"]["granularity"] == "MONTH"
+    # Retention is refused with an event-time table as with an event-time `records`.
+    problems, _ = _tables_of('{ by_event = { partition = "timestamp" } }', retention=30)
+    assert problems == [
+        "tables.by_event: partition is timestamp while retention_days is 30: partitions "
+        "expire by their column's date, so an event older than that would be deleted as it "
+        "landed; keep rows forever (retention_days = 0) or partition by ingest_time"
+    ]
+
+
+def test_at_most_four_tables_each_named_as_bigquery_and_the_fill_take_it() -> None:
+    five = "{ " + ", ".join(f"t{i} = {{}}" for i in range(5)) + " }"
+    problems, _ = _tables_of(five)
+    assert problems == [
+        "tables declares 5 tables, and a system has at most four of its own: each holds "
+        "every row again, filled and stored"
+    ]
+    problems, _ = _tables_of('{ "By-Customer" = {} }')
+    assert problems == [
+        "tables.By-Customer is no table name: 1 to 30 lower-case letters, digits and _, a "
+        "letter first (the table is records_By-Customer)"
+    ]
+    assert _tables_of("{}") == ([], {})
+
+
+def test_a_table_of_its_own_is_records_columns_then_its_copies_kept_and_filled() -> None:
+    from tests.infra.test_typed_columns import _records_schema
+
+    copies = {"customer": {"source": "attributes.customer", "type": "STRING"}}
+    # records' own columns as Terraform creates records, then the table's copies, which
+    # the fill knows by their description (app/store/bigquery/layout.py).
+    schema = _records_schema(None, {"other": copies["customer"]}, table=("by_customer", copies))
+    assert schema == [
+        *_records_schema(None),
+        {
+            "name": "customer",
+            "type": "STRING",
+            "mode": "NULLABLE",
+            "description": "Recordline layout copy of attributes.customer",
+        },
+    ]
+    tables = {
+        name: table
+        for block in _load(MODULE / "bigquery.tf")["resource"]
+        for name, table in block.get("google_bigquery_table", {}).items()
+    }
+    filled = tables["filled"]
+    assert filled["table_id"] == "records_${each.key}"
+    # The label the fill looks for (app/store/bigquery/fill.py).
+    from app.store.bigquery.fill import FILL_LABEL, FILL_SOURCE, FILLED_THROUGH
+
+    assert filled["labels"] == {FILL_LABEL: FILL_SOURCE}
+    (partitioning,) = filled["time_partitioning"]
+    assert partitioning["field"] == "${each.value.partition}"
+    assert filled["clustering"] == "${each.value.clustering}"
+    # What the fill changes (the schema it widens, its hint) no plan changes back.
+    assert filled["lifecycle"] == [
+        {"prevent_destroy": True, "ignore_changes": ["schema", f'${{labels["{FILLED_THROUGH}"]}}']}
+    ]
+    assert _module()["tables"] == "${local.tables[each.key]}"
