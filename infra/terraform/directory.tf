@@ -29,9 +29,13 @@ locals {
       pool_logs    = length(local.exporter) > 0 ? "resource.type=\"cloud_run_worker_pool\" resource.labels.worker_pool_name=\"${local.cell}-exporter\"" : ""
       exporter     = length(local.exporter) > 0 ? "${local.cell}-exporter@${var.project_id}.iam.gserviceaccount.com" : ""
       export_job   = length(local.exporter) > 0 ? "${local.cell}-export" : ""
-      instance     = contains(local.serving_systems, name) ? local.serving_instance[name] : ""
-      database     = contains(local.serving_systems, name) ? name : ""
-      dataset      = local.dataset_ids[name]
+      # The cell's fill job, and the system's hourly run of it, where it has tables of
+      # its own (fill.tf).
+      fill_job      = length(local.fill) > 0 ? "${local.cell}-fill" : ""
+      fill_schedule = contains(local.fill_systems, name) ? "${name}-fill" : ""
+      instance      = contains(local.serving_systems, name) ? local.serving_instance[name] : ""
+      database      = contains(local.serving_systems, name) ? name : ""
+      dataset       = local.dataset_ids[name]
       # Where it is: a query that names no table of it (UNDROP SCHEMA) runs there.
       dataset_location = var.dataset_location
       # The dataset's topic and subscriptions, and the canary's Scheduler job.
