@@ -1094,8 +1094,8 @@ variable "systems" {
   # than failing part-way through the apply. (The environment's plan checks every cell of
   # a project together: environment/cells.tf.)
   validation {
-    condition     = max(length(var.systems), 1) + 2 + (var.environment_project_id == "" || var.environment_project_id == var.project_id ? 5 : 0) <= var.service_account_quota
-    error_message = "More systems than the project's service-account quota holds: each system has one account, the cell two, the environment five in its own project. Raise the quota (https://cloud.google.com/iam/quotas: ask for 200 for a cell of 100 systems) and service_account_quota with it, or put the cell in a project of its own."
+    condition     = max(length(var.systems), 1) + 2 + (anytrue([for s in values(var.systems) : length(coalesce(s.tables, {})) > 0]) ? 1 : 0) + (var.environment_project_id == "" || var.environment_project_id == var.project_id ? 5 : 0) <= var.service_account_quota
+    error_message = "More systems than the project's service-account quota holds: each system has one account, the cell two (three with a fill job), the environment five in its own project. Raise the quota (https://cloud.google.com/iam/quotas: ask for 200 for a cell of 100 systems) and service_account_quota with it, or put the cell in a project of its own."
   }
 
   # A retired system's topics and dataset are still there (prevent_destroy kept them).
@@ -1110,7 +1110,8 @@ variable "service_account_quota" {
   description = <<-EOT
     Service accounts the cell's project may hold: 100 by default
     (https://cloud.google.com/iam/quotas, "Service accounts per project"), more once a
-    quota increase is granted. One account a system, two the cell, five the
+    quota increase is granted. One account a system, two the cell (three once a
+    system has tables of its own: the fill job's), five the
     environment's in its own project: 93 systems fit by default in the environment's
     project, 98 in a project of the cell's own; 200 holds a full cell.
   EOT

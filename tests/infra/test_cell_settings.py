@@ -445,6 +445,7 @@ def test_every_template_mounting_the_file_mounts_its_values_as_the_one_local_has
     }
     assert sorted(templates) == [
         "google_cloud_run_v2_job.export",
+        "google_cloud_run_v2_job.fill",
         "google_cloud_run_v2_job.ops",
         "google_cloud_run_v2_service.ingest",
         "google_cloud_run_v2_worker_pool.exporter",

@@ -97,6 +97,7 @@ def test_the_module_names_nothing_else_after_the_system() -> None:
         "-dead-letter-bigquery",
         "-dead-letter-replay",
         "-canary",
+        "-fill",  # its hourly run of the cell's fill job, where it has tables of its own
     }, derived
 
 
@@ -136,7 +137,7 @@ def test_everything_that_holds_messages_or_rows_is_never_destroyed_by_a_plan() -
         if rtype in HOLDING_DATA
         for name, body in named.items()
     }
-    assert len(found) == 13, sorted(found)
+    assert len(found) == 14, sorted(found)
     unprotected = [
         address
         for address, body in found.items()
@@ -247,7 +248,8 @@ def _accounts(directory: Path) -> list[str]:
 def test_a_cell_of_a_hundred_systems_fits_its_projects_service_accounts() -> None:
     # A project holds 100 service accounts unless a quota increase is granted
     # (https://cloud.google.com/iam/quotas): one a system (its push account), two a cell
-    # (its service's and its pool's), five the environment's where it shares the project.
+    # (its service's and its pool's; a third, its fill job's, once a system has tables of
+    # its own), five the environment's where it shares the project.
     assert _accounts(MODULE) == ["push"]
     cell = [
         name
@@ -255,7 +257,7 @@ def test_a_cell_of_a_hundred_systems_fits_its_projects_service_accounts() -> Non
         for block in _load(path).get("resource", [])
         for name in block.get("google_service_account", {})
     ]
-    assert sorted(cell) == ["exporter", "runtime"]
+    assert sorted(cell) == ["exporter", "fill", "runtime"]
     assert len(_accounts(TERRAFORM / "environment")) == 5
     # The plan refuses what would not fit, before creating any (the quota can be raised).
     names = [f"system-{n:03d}" for n in range(1, 94)]
