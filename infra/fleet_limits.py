@@ -84,7 +84,9 @@ SYSTEM_RULES: dict[str, SystemRule] = {
     "google_bigquery_table.rejected": lambda c: 1,
     "google_bigquery_table.filled": lambda c: c.tables,
     "google_bigquery_dataset_iam_member.fill_reads_metadata": lambda c: min(1, c.tables),
-    "google_bigquery_table_iam_member.fill_reads_records": lambda c: min(1, c.tables) * (1 + c.serving),
+    "google_bigquery_table_iam_member.fill_reads_records": lambda c: (
+        min(1, c.tables) * (1 + c.serving)
+    ),
     "google_bigquery_table_iam_member.fill_writes_tables": lambda c: c.tables,
     "google_cloud_scheduler_job.fill": lambda c: min(1, c.tables),
     "google_bigquery_table_iam_member.exporter_writes_tables": lambda c: 3 * c.serving,

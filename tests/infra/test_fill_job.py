@@ -17,7 +17,7 @@ from tests.infra.test_fleet import _root_console
 from tests.infra.test_iam_coverage import _roles
 from tests.infra.test_terraform import MODULE, _resources
 
-ORDERS = '{ recordline = {}, orders = { tables = { by_customer = {}, by_day = {} } } }'
+ORDERS = "{ recordline = {}, orders = { tables = { by_customer = {}, by_day = {} } } }"
 
 
 def _fill_locals(service: str, tables: list[str]) -> dict[str, Any]:

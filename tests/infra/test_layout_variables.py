@@ -362,7 +362,10 @@ def _tables_of(tables: str, *, retention: int = 0) -> tuple[list[str], dict[str,
 
 def test_a_table_of_its_own_is_laid_out_and_refused_as_a_layout_is() -> None:
     tables = """{
-      by_customer = { clustering = ["customer", "ingest_time"], columns = { customer = "attributes.customer" } }
+      by_customer = {
+        clustering = ["customer", "ingest_time"]
+        columns    = { customer = "attributes.customer" }
+      }
       by_event    = { partition = "timestamp", granularity = "MONTH", clustering = ["placed"] }
     }"""
     problems, chosen = _tables_of(tables)
