@@ -20,8 +20,10 @@ billed as BigQuery bills DML on on-demand pricing: what its SELECT reads, and th
 10 MB minimum for every table the statement names, the destination among them (BigQuery
 may bill the destination less; the fake never bills less than BigQuery). A test may make
 the next jobs fail (`job_failures`) or hold them running until it finishes them
-(`hold_jobs`, `finish`). Table functions Terraform makes (`records_unique`) are run as
-their body, rendered from the template Terraform renders, their arguments bound.
+(`hold_jobs`, `finish`), or another account's (`foreign_jobs`: jobs.get answers 403, as
+it does a holder of roles/bigquery.jobUser alone). Table functions Terraform makes
+(`records_unique`) are run as their body, rendered from the template Terraform renders,
+their arguments bound.
 """
 
 from __future__ import annotations
@@ -323,6 +325,9 @@ class FakeBigQueryJobs:
         self.held: list[str] = []
         # Every jobs.insert received: the job id, and the status answered.
         self.job_inserts: list[tuple[str, int]] = []
+        # Jobs another account inserted: a caller holding only roles/bigquery.jobUser
+        # gets 403 for each (jobs.get reads one's own jobs), though its id is taken.
+        self.foreign_jobs: set[str] = set()
         # Table functions by name, as a call of one is run (see the module notes).
         self.routines: dict[str, str] = default_routines(project, dataset)
         self._server: ThreadingHTTPServer | None = None
@@ -616,6 +621,12 @@ class FakeBigQueryJobs:
         kept = self.jobs.get(found["job"])
         if kept is None:
             return 404, _error(404, "notFound", f"Not found: Job {found['job']}")
+        if found["job"] in self.foreign_jobs:
+            message = (
+                f"Access Denied: Job {self.project}:US.{found['job']}: User does not have "
+                "bigquery.jobs.get permission for job"
+            )
+            return 403, _error(403, "accessDenied", message)
         job, answer = kept
         if _RESULTS.match(bare):
             error = job["status"].get("errorResult")

@@ -38,6 +38,7 @@ from tests.bigquery.fake_storage_write import FakeBigQueryWrite
 RECORDS = f"projects/{PROJECT}/datasets/{DATASET}/tables/records"
 WATERMARKS = f"projects/{PROJECT}/datasets/{DATASET}/tables/export_watermarks"
 TABLE = "records_by_customer"
+TABLE_PATH = f"projects/{PROJECT}/datasets/{DATASET}/tables/{TABLE}"
 SECOND = 1_000_000
 HOUR = 3600 * SECOND
 DAY0 = 19_840  # 2024-04-27
@@ -241,6 +242,41 @@ async def test_a_failed_job_is_followed_by_the_next_attempt(
     assert again.copied == [DAY0, DAY0 + 1, DAY0 + 2]
     assert job_id(DATASET, TABLE, DAY0, 2) in jobs_fake.jobs
     assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+
+
+async def test_a_day_another_account_filled_is_told_by_the_tables_rows(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    """A backfill run by a person takes the days' job ids, and the fill account, which
+    reads its own jobs alone, is refused them (403): a day whose rows the table holds is
+    copied (its one job committed whole); one it holds none of is left, saying why, never
+    copied again under the next attempt while that job may still run."""
+    define(write_fake, jobs_fake)
+    jobs_fake.job_failures.append(("backendError", "Backend error. Job aborted."))
+    person = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+    # The first day's attempt 0 failed, its attempt 1 copied it.
+    assert person.copied == [DAY0, DAY0 + 1, DAY0 + 2]
+    jobs_fake.foreign_jobs |= set(jobs_fake.jobs)
+    del jobs_fake.labels[TABLE][FILLED_THROUGH]
+
+    done = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+
+    assert done.found == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert done.left is None
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+
+    # A day of another account's job that holds no row yet (running, or failed): left.
+    write_fake.tables[TABLE_PATH] = [
+        r for r in filled(write_fake) if r["ingest_time"] // DAY_MICROS != DAY0 + 2
+    ]
+    del jobs_fake.labels[TABLE][FILLED_THROUGH]
+    left = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+    assert left.found == [DAY0, DAY0 + 1]
+    assert left.left is not None
+    assert "another account's" in left.left
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6}
 
 
 async def test_two_fillers_at_once_copy_each_day_once(

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from google.api_core.exceptions import Conflict, GoogleAPIError, NotFound, PreconditionFailed
+from google.api_core.exceptions import (
+    Conflict,
+    Forbidden,
+    GoogleAPIError,
+    NotFound,
+    PreconditionFailed,
+)
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
@@ -41,6 +47,10 @@ ATTEMPTS_PER_RUN: Final = 2
 # Waits between two reads of a running job grow to this (seconds).
 _MOST_POLL_SECONDS: Final = 10.0
 _NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _Foreign(Exception):
+    """A day's job id taken by a job this account may not read."""
 
 
 def job_id(dataset: str, table: str, day: int, attempt: int) -> str:
@@ -360,14 +370,26 @@ class Filler:
         attempt, tried, last_error = 0, 0, ""
         while True:
             name = job_id(self.dataset, table, day, attempt)
-            job = await self._get_job(name, location)
-            ours = False
-            if job is None:
-                if tried == ATTEMPTS_PER_RUN:
-                    return f"{_iso(day)}: {tried} jobs failed this run, the last {last_error}"
-                tried += 1
-                job, ours = await self._insert(name, sql, location)
-            job = await self._until_done(job, location)
+            try:
+                job = await self._get_job(name, location)
+                ours = False
+                if job is None:
+                    if tried == ATTEMPTS_PER_RUN:
+                        return f"{_iso(day)}: {tried} jobs failed this run, the last {last_error}"
+                    tried += 1
+                    job, ours = await self._insert(name, sql, location)
+                job = await self._until_done(job, location)
+            except _Foreign:
+                # Its one job committed all its rows or none: rows of the day say it did.
+                if day in await self._held_days(table, day, day + 1):
+                    done.found.append(day)
+                    return None
+                return (
+                    f"{_iso(day)}: job {name} is another account's, which this one may not "
+                    "read, and the table holds no row of the day: still running, or failed. "
+                    "Once it is done the day is found copied; if it failed, run `tables fill` "
+                    "again as that account (it takes the next attempt)"
+                )
             if job.state != "DONE":
                 return f"{_iso(day)}: job {name} still {job.state.lower()}, left to the next run"
             if job.error_result is None:
@@ -397,6 +419,10 @@ class Filler:
             )
         except NotFound:
             return None
+        except Forbidden:
+            # Its id is taken by a job this account may not read: another account's (a
+            # backfill run as a person, where the fill account reads its own jobs alone).
+            raise _Foreign(name) from None
         except GoogleAPIError as exc:
             raise StoreUnavailable(f"BigQuery jobs.get {name}: {exc}") from exc
         return job
