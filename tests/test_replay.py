@@ -277,6 +277,42 @@ def test_what_an_edit_changed_is_said_however_deep_the_payload() -> None:
         assert changes(original, edited) == [path]
 
 
+def test_what_an_edit_changed_costs_what_the_rejection_holds_not_the_edit() -> None:
+    """An edit far larger than its rejection (an array or object of a million members
+    where the rejection held one) is compared only as far as the changes said: its
+    added members are not each named before the first twenty are said."""
+    import tracemalloc
+
+    from app.ingest.envelope import PushedMessage
+    from app.ingest.replay import MOST_CHANGES, changes
+
+    wide = [
+        (b"[0]", b"[" + b"0," * 999_999 + b"0]", "data[1] (added)"),
+        (b"{}", b"{" + b",".join(b'"k%d":0' % n for n in range(300_000)) + b"}", "data.k0 (added)"),
+    ]
+    for before, after, first in wide:
+        original = rejection("m-1", before, reason="r", ingest_time=1)
+        edited = PushedMessage(
+            message_id="m-1",
+            publish_time=original.publish_time,
+            data=after,
+            raw_data=b"",
+            attributes={"origin": "replay-test"},
+            subscription=original.subscription,
+        )
+        tracemalloc.start()
+        try:
+            found = changes(original, edited)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert found[0] == first
+        assert len(found) == MOST_CHANGES + 1
+        # The edit decoded is ~8 MB (a list of a million) or ~30 MB (a dict of 300,000
+        # members); naming each member too held ten times that.
+        assert peak < 3 * len(after) + 40 * 2**20, peak
+
+
 async def test_only_rejections_whose_reason_matches_are_replayed(
     rejected_store: DuckDBStore,
 ) -> None:
