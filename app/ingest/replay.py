@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import msgspec
@@ -224,32 +224,56 @@ def _differences(
 ) -> None:
     """Into `found`, each path under `path` where `after` differs from `before`: walked
     with a stack (a payload may nest deeper than Python recurses), in key order, and
-    no further than one past MOST_CHANGES; a member `hides` names is compared whole."""
+    no further than one past MOST_CHANGES; a member `hides` names is compared whole.
+    Each container's members are named as they are met, not all at once: an edit may
+    hold a million members where its rejection held one, and the walk stops at the
+    first twenty-one of them."""
     if before is _NOT_JSON or after is _NOT_JSON:
         found.append(f"{path} (text)")
         return
-    stack: list[tuple[str, tuple[str, ...], Any, Any]] = [(path, (), before, after)]
+    stack: list[Iterator[_Step]] = [iter([(path, (), before, after)])]
     while stack and len(found) <= MOST_CHANGES:
-        at, steps, old, new = stack.pop()
+        step = next(stack[-1], None)
+        if step is None:
+            stack.pop()
+            continue
+        at, steps, old, new = step
         if old is _GONE or new is _GONE:
             found.append(f"{at} ({'added' if old is _GONE else 'removed'})")
             continue
         whole = hides is not None and steps and hides(steps) is not None
         if not whole and isinstance(old, dict) and isinstance(new, dict):
-            keys = [*old, *(k for k in new if k not in old)]
-            named = [(f"{at}.{k}", (*steps, k), k) for k in keys]
+            stack.append(_members(at, steps, old, new))
         elif not whole and isinstance(old, list) and isinstance(new, list):
-            named = [(f"{at}[{i}]", steps, i) for i in range(max(len(old), len(new)))]
-            old, new = dict(enumerate(old)), dict(enumerate(new))
-        else:
-            if _differ(old, new):
-                found.append(at)
-            continue
-        # Pushed in reverse, so that they are met in order.
-        stack += [
-            (name, inside, old.get(key, _GONE), new.get(key, _GONE))
-            for name, inside, key in reversed(named)
-        ]
+            stack.append(_elements(at, steps, old, new))
+        elif _differ(old, new):
+            found.append(at)
+
+
+# Where a walk is: the path said, the members' names from the root, the two values.
+_Step = tuple[str, tuple[str, ...], Any, Any]
+
+
+def _members(
+    at: str, steps: tuple[str, ...], old: dict[str, Any], new: dict[str, Any]
+) -> Iterator[_Step]:
+    """The members of two objects, the first's in its order, then those it lacks."""
+    for key, value in old.items():
+        yield f"{at}.{key}", (*steps, key), value, new.get(key, _GONE)
+    for key, value in new.items():
+        if key not in old:
+            yield f"{at}.{key}", (*steps, key), _GONE, value
+
+
+def _elements(at: str, steps: tuple[str, ...], old: list[Any], new: list[Any]) -> Iterator[_Step]:
+    """The elements of two arrays, by index (an index is no member's name)."""
+    for i in range(max(len(old), len(new))):
+        yield (
+            f"{at}[{i}]",
+            steps,
+            old[i] if i < len(old) else _GONE,
+            new[i] if i < len(new) else _GONE,
+        )
 
 
 def _differ(old: Any, new: Any) -> bool:
