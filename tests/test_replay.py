@@ -258,6 +258,42 @@ async def test_what_an_edit_changed_stops_at_a_masked_member_in_the_access_recor
     assert line["changed"] == [["m-fixed-2", ["data.data"]]]
 
 
+class EnvelopedStore(DuckDBStore):
+    """A rejection of the contract's shape, its record's data a member of the payload."""
+
+    async def start(self) -> None:
+        await super().start()
+        payload = b'{"id": "r9", "data": {"customer": {"email": {"alice@example.org": 1}}}}'
+        await self.append([rejection("m-env", payload, reason="bug", ingest_time=1)])
+
+
+async def test_what_an_edit_changed_hides_a_masked_path_wherever_the_payload_holds_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A masked path names members of a record's data, which the contract's payload holds
+    as its `data`: a rejection is shown with the path masked wherever it starts, and what
+    an edit of it changed says the masked member whole, never the names inside it."""
+    payload = b'{"id": "r9", "data": {"customer": {"email": {"bob@example.org": 1}}}}'
+    edited = {
+        "message_id": "m-env",
+        "publish_time": "2024-04-27T12:00:01Z",
+        "data": base64.b64encode(payload).decode(),
+        "attributes": {"origin": "replay-test"},
+        "subscription": SUBSCRIPTION,
+    }
+    app = create_app(
+        settings(RECORDLINE_MASK_FIELDS="customer.email"), store=EnvelopedStore(":memory:")
+    )
+    async with served(app) as http:
+        with caplog.at_level(logging.INFO, "recordline.access"):
+            answered = await http.post("/v1/replay", json={"messages": [edited], "dry_run": True})
+        lines = [r.fields["access"] for r in caplog.records if r.name == "recordline.access"]  # type: ignore[attr-defined]
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["results"][0]["changed"] == ["data.data.customer.email"]
+    (line,) = [line for line in lines if line["action"] == "replay"]
+    assert "example.org" not in json.dumps(line)
+
+
 def test_what_an_edit_changed_is_said_however_deep_the_payload() -> None:
     from app.ingest.envelope import PushedMessage
     from app.ingest.replay import changes
