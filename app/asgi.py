@@ -331,7 +331,9 @@ def create_app(
         constants(
             readiness=readiness,
             replayer=Replay(
-                pushes.ingest, observed, hides=None if reads.mask is None else reads.mask.hides
+                pushes.ingest,
+                observed,
+                hides=None if reads.mask is None else reads.mask.hides_in_payload,
             ),
             topic=topic,
             access_reads=reads.access,

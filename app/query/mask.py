@@ -235,9 +235,18 @@ class Mask:
         (A path a masked one lies inside is shown masked inside, as the row is.)"""
         return self._path_masked(path, around=False)
 
-    def _path_masked(self, path: Iterable[str], *, around: bool) -> str | None:
+    def hides_in_payload(self, path: Iterable[str]) -> str | None:
+        """As `hides`, of `path` from a message's payload root rather than a record's
+        data: a masked path is matched wherever it starts, as a rejection's payload is
+        shown (`_received`), since a payload may hold a record's data as a member (the
+        contract's `data`)."""
+        return self._path_masked(path, around=False, anywhere=True)
+
+    def _path_masked(
+        self, path: Iterable[str], *, around: bool, anywhere: bool = False
+    ) -> str | None:
         """A member of `path` a name masks, or a masked path it lies inside (or, `around`,
-        one that lies inside it)."""
+        one that lies inside it; `anywhere`, one starting at any of its steps)."""
         steps = list(path)
         named = next((step for step in steps if _named(step, self.fields)), None)
         if named is not None:
@@ -248,7 +257,8 @@ class Mask:
         )
         for rule, _ in self._paths:
             shared = min(len(rule.steps), len(composed)) if around else len(rule.steps)
-            if composed[:shared] == rule.steps[:shared]:
+            starts = range(len(composed) - shared + 1) if anywhere else (0,)
+            if any(composed[i : i + shared] == rule.steps[:shared] for i in starts):
                 return rule.text
         return None
 
