@@ -13,12 +13,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
 from app.cli import main
 from app.commands.replay import ReplayError, Service, replay_dead_letters, replay_rejected
+from app.errors import QueryTooCostly, StoreUnavailable
 from app.ingest.replay import MAX_REPLAY_MESSAGES
 from app.records import Rejection
 from app.settings import Settings
@@ -664,6 +666,43 @@ class CountingStore(FaultyStore):
     async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
         self.lookups["rejections"] += 1
         return await self.inner.rejections(message_ids)
+
+
+class UncomparedStore(FaultyStore):
+    """A store whose read of the rejections to compare with fails as `failure` says."""
+
+    def __init__(self, inner: DuckDBStore, failure: Exception) -> None:
+        super().__init__(inner)
+        self.failure = failure
+
+    async def rejections(self, message_ids: Sequence[str]) -> dict[str, Rejection]:
+        raise self.failure
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        StoreUnavailable("injected: the read timed out"),
+        QueryTooCostly("injected: over RECORDLINE_QUERY_MAX_BYTES_BILLED"),
+        msgspec.ValidationError("injected: a stored row that does not decode"),
+    ],
+)
+async def test_a_replay_whose_rejections_cannot_be_read_to_compare_is_replayed_uncompared(
+    rejected_store: DuckDBStore, failure: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What an edit changed is said beside a replay, never in its way: where the read of
+    the rejections fails (an outage, the cost cap, a row that does not decode) the
+    messages are replayed as before, said uncompared (no `changed`), and the log says why."""
+    store = UncomparedStore(rejected_store, failure)
+    batch = [replayed("m-fixed-1", b'{"id": "r1", "data": 43}')]
+    async with served(create_app(settings(), store=store)) as http:
+        with caplog.at_level(logging.WARNING, "recordline.replay"):
+            answered = await http.post("/v1/replay", json={"messages": batch})
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["results"] == [{"message_id": "m-fixed-1", "outcome": "stored"}]
+        assert (await http.get("/v1/messages/m-fixed-1")).json()["status"] == "stored"
+    said = [r.getMessage() for r in caplog.records if r.name == "recordline.replay"]
+    assert any("injected" in line for line in said)
 
 
 def replayed(message_id: str, payload: bytes) -> dict[str, str]:
