@@ -103,7 +103,7 @@ class ReplayResult(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True
                 "`publish_time` and `subscription`, at most "
                 f"{MOST_CHANGES} and then `…`; empty where nothing changed. Absent where "
                 "no rejection of it is kept to compare with (a dead letter, a message "
-                "never rejected) or its data is over 64 KiB"
+                "never rejected), its data is over 64 KiB, or the read of it failed (logged)"
             ),
         ]
         | None
@@ -133,7 +133,7 @@ class Replay:
         before = await self._store.seen([m.message_id for m in messages])
         # What each rejected one was, to say what an edit changes (one more read).
         rejected = sorted({m for m, state in before.items() if state == "rejected"})
-        kept = await self._store.rejections(rejected) if rejected else {}
+        kept = await self._kept(rejected) if rejected else {}
         # By message id: a message id given twice in a batch is replayed once.
         answers: dict[str, ReplayResult] = {}
         storing: dict[str, Awaitable[tuple[Record | Rejection, RowOutcome]]] = {}
@@ -181,6 +181,21 @@ class Replay:
                 result = msgspec.structs.replace(result, changed=changed)
             results.append(result)
         return ReplayAnswer(results=results, dry_run=request.dry_run)
+
+    async def _kept(self, message_ids: list[str]) -> dict[str, Rejection]:
+        """The rejections of `message_ids` to compare with, or none where the read fails
+        (an outage, the cost cap, a row that does not decode): what an edit changed is
+        said beside a replay, never in its way, so they are replayed uncompared."""
+        try:
+            return await self._store.rejections(message_ids)
+        except Exception as exc:  # each is logged; none stops the replay
+            log.warning(
+                "the rejections of %d messages could not be read to say what their edits "
+                "changed; replayed uncompared: %s",
+                len(message_ids),
+                exc,
+            )
+            return {}
 
 
 def changes(original: Rejection, message: PushedMessage, hides: Hides | None = None) -> list[str]:
