@@ -315,6 +315,35 @@ def test_what_an_edit_changed_is_said_however_deep_the_payload() -> None:
         assert changes(original, edited) == [path]
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "said"),
+    [
+        # Numbers a float cannot tell apart are stored as sent: an edit of one is said.
+        (b'{"amount": 1234567890.123456789}', b'{"amount": 1234567890.123456780}', ["data.amount"]),
+        (b'{"ratio": 0.1}', b'{"ratio": 0.10000000000000001}', ["data.ratio"]),
+        (b'{"big": 1e400, "n": 1}', b'{"big": 2e400, "n": 1}', ["data.big"]),
+        # The same number spelt otherwise, or spaced otherwise, is no change.
+        (b'{"ratio": 2.5e-3, "n": [1]}', b'{"ratio": 0.0025, "n": [ 1 ]}', []),
+    ],
+)
+def test_what_an_edit_changed_tells_numbers_apart_as_their_text_does(
+    before: bytes, after: bytes, said: list[str]
+) -> None:
+    from app.ingest.envelope import PushedMessage
+    from app.ingest.replay import changes
+
+    original = rejection("m-1", before, reason="r", ingest_time=1)
+    edited = PushedMessage(
+        message_id="m-1",
+        publish_time=original.publish_time,
+        data=after,
+        raw_data=b"",
+        attributes={"origin": "replay-test"},
+        subscription=original.subscription,
+    )
+    assert changes(original, edited) == said
+
+
 def test_what_an_edit_changed_costs_what_the_rejection_holds_not_the_edit() -> None:
     """An edit far larger than its rejection (an array or object of a million members
     where the rejection held one) is compared only as far as the changes said: its
