@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import decimal
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
@@ -229,7 +230,7 @@ def _sorted(value: Any) -> bytes:
 
 def _json(data: bytes) -> Any:
     try:
-        return _decode_json(data)
+        return _decode_compared(data)
     except (msgspec.DecodeError, RecursionError):
         return _NOT_JSON
 
@@ -304,6 +305,9 @@ _GONE: Final = object()  # a member one side has and the other has not
 
 
 _decode_json = msgspec.json.Decoder().decode
+# What an edit changed reads each number as the decimal its text spells, not the nearest
+# float: a payload is stored as sent, so 0.1 made 0.10000000000000001 is an edit.
+_decode_compared = msgspec.json.Decoder(float_hook=decimal.Decimal).decode
 # Strict, as the OpenAPI document reads: the framework converts its request bodies
 # leniently (`"dry_run": 0` would be false, a number a publish time).
 _decode_request = msgspec.json.Decoder(ReplayRequest).decode
