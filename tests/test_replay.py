@@ -380,6 +380,27 @@ def test_what_an_edit_changed_costs_what_the_rejection_holds_not_the_edit() -> N
         assert peak < 3 * len(after) + 40 * 2**20, peak
 
 
+def test_a_replay_s_access_line_holds_what_its_edits_changed_within_a_bound() -> None:
+    from app.ingest.replay import MOST_CHANGES, MOST_PATH_CHARACTERS, ReplayResult
+    from app.routes.ingest import MOST_CHANGED_CHARACTERS, changed_within
+
+    widest = ["d" * MOST_PATH_CHARACTERS + "…"] * MOST_CHANGES + ["…"]
+    results = [
+        ReplayResult(message_id=f"m-{n}", outcome="stored", changed=widest) for n in range(100)
+    ]
+    results += [
+        ReplayResult(message_id="m-same", outcome="stored", changed=[]),
+        ReplayResult(message_id="m-dead", outcome="stored"),  # none kept to compare
+    ]
+    said = changed_within(results)
+    assert [m for m, _ in said] == [*(f"m-{n}" for n in range(100)), "m-same"]
+    held = sum(len(p) for _, paths in said for p in paths)
+    assert held <= MOST_CHANGED_CHARACTERS + 100
+    assert said[0][1] == widest
+    assert said[-2][1] == ["…"]
+    assert said[-1][1] == []
+
+
 async def test_only_rejections_whose_reason_matches_are_replayed(
     rejected_store: DuckDBStore,
 ) -> None:

@@ -49,6 +49,7 @@ from app.ingest.replay import (
     Replay,
     ReplayAnswer,
     ReplayRequest,
+    ReplayResult,
     check_body,
 )
 from app.ingest.service import Ingest, PushObserver
@@ -253,7 +254,7 @@ async def replay(data: JSONBody[ReplayRequest], replayer: NamedDependency[Replay
         note=data.note,
         messages=[[result.message_id, result.outcome] for result in answer.results],
         # What an edit changed, by path, of each message compared with its rejection.
-        changed=[[r.message_id, r.changed] for r in answer.results if r.changed is not None],
+        changed=changed_within(answer.results),
     )
     return answer
 
@@ -300,6 +301,26 @@ async def publish(data: JSONBody[PublishRequest], topic: NamedDependency[Topic])
         messages=[[answer.message_id or "", answer.verdict]],
     )
     return answer
+
+
+# The characters of paths a replay's access line holds, all its messages' together: a
+# line is one log entry (Cloud Logging takes 256 KiB), where 100 messages' 21 paths of
+# 257 characters each would be over 500,000.
+MOST_CHANGED_CHARACTERS = 16_384
+
+
+def changed_within(results: list[ReplayResult]) -> list[list[Any]]:
+    """[message id, paths] of each message compared with its rejection, the paths said
+    until MOST_CHANGED_CHARACTERS are, then `…` for those of the messages after."""
+    said: list[list[Any]] = []
+    left = MOST_CHANGED_CHARACTERS
+    for result in results:
+        if result.changed is None:
+            continue
+        size = sum(len(path) for path in result.changed)
+        said.append([result.message_id, result.changed if size <= left else ["…"]])
+        left -= min(size, left)
+    return said
 
 
 def push_refusals(
