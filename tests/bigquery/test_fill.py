@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from google.cloud import bigquery
 
+from app.errors import FillFailed
 from app.records import DAY_MICROS, Record
 from app.store.bigquery.fill import (
     FILL_LABEL,
@@ -405,3 +406,21 @@ async def test_behind_the_serving_tier_no_day_past_the_export_watermark(
     fills = [q.sql for q in jobs_fake.queries if q.sql.startswith("INSERT")]
     assert len(fills) == 3
     assert not any("records_unique" in sql for sql in fills)
+
+
+async def test_a_table_not_labelled_to_be_filled_is_refused(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    """`--table records` (or any table Terraform did not mark to be filled) would copy
+    records into itself, every day again: refused before any job, saying why."""
+    define(write_fake, jobs_fake)
+    filler = await started(make_filler(WHOLE_THREE))
+    before = len(write_fake.tables[RECORDS])
+    jobs_fake.labels[TABLE][FILL_LABEL] = "other"
+    for name in ("records", TABLE):
+        with pytest.raises(FillFailed, match="not labelled recordline-fill=records"):
+            await filler.fill(name)
+    assert jobs_fake.job_inserts == []
+    assert len(write_fake.tables[RECORDS]) == before
