@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fill.add_argument(
         "--table",
         action="append",
-        help="only this table (repeatable; default: every table of the dataset labelled "
-        "recordline-fill=records)",
+        help="only this table, which must be labelled recordline-fill=records (repeatable; "
+        "default: every table of the dataset so labelled)",
     )
     fill.add_argument(
         "--wait",

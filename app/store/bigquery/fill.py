@@ -243,6 +243,12 @@ class Filler:
         done = Filled(table)
         until = await self.complete_until()
         target = await self._get_table(table)
+        if (target.labels or {}).get(FILL_LABEL) != FILL_SOURCE:
+            # `--table records` would copy records into itself, each day again.
+            raise FillFailed(
+                f"{self._id(table)} is not labelled {FILL_LABEL}={FILL_SOURCE}: not a table "
+                "of the system's own (Terraform labels each it declares)"
+            )
         records = await self._get_table("records")
         location = records.location
         hint = _day_of((target.labels or {}).get(FILLED_THROUGH, ""))
