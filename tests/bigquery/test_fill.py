@@ -424,3 +424,22 @@ async def test_a_table_not_labelled_to_be_filled_is_refused(
             await filler.fill(name)
     assert jobs_fake.job_inserts == []
     assert len(write_fake.tables[RECORDS]) == before
+
+
+async def test_a_hint_past_the_last_whole_day_is_not_trusted(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    """A hint edited to a later date (or set by a run whose clock ran ahead) would stop
+    every run at once, each saying the table is whole through that date: it is read as
+    no hint, each day asked by its job ids, and set right."""
+    define(write_fake, jobs_fake)
+    jobs_fake.labels[TABLE][FILLED_THROUGH] = "25000101"
+
+    done = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+
+    assert done.copied == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert done.through == DAY0 + 2
+    assert jobs_fake.labels[TABLE][FILLED_THROUGH] == "20240429"
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
