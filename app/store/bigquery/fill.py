@@ -178,7 +178,8 @@ class Filler:
 
     The label `recordline-filled-through` (YYYYMMDD) says up to which day every day is
     copied, so that a run starts after it. It is a hint: a day after it is checked again by
-    its job ids, and without it, or with one older than the job history, a run reads which days
+    its job ids, and without it (or with one after the last whole day, which no run set), or
+    with one older than the job history, a run reads which days
     `records` holds rows of, and takes the old days' answer from the table's own rows.
     """
 
@@ -252,6 +253,17 @@ class Filler:
         records = await self._get_table("records")
         location = records.location
         hint = _day_of((target.labels or {}).get(FILLED_THROUGH, ""))
+        if hint is not None and hint >= until:
+            # No run copies a day before it is whole: edited by hand, or set by a run whose
+            # clock ran ahead. Trusted, it would stop every run here, saying all is done.
+            log.warning(
+                "%s: %s says %s, after the last whole day %s: not trusted, every day asked",
+                self._id(table),
+                FILLED_THROUGH,
+                _iso(hint),
+                _iso(until - 1),
+            )
+            hint = None
         first = 0 if hint is None else hint + 1
         if first >= until:
             done.through = hint
@@ -274,7 +286,7 @@ class Filler:
                 break
         if through >= first:
             done.through = through
-            await self._hint(table, through)
+            await self._hint(table, through, until)
         else:
             done.through = hint
         return done
@@ -484,13 +496,14 @@ class Filler:
                 job = found
         return job
 
-    async def _hint(self, table: str, through: int) -> None:
-        """Set the hint, unless another run's says a later day; best effort."""
+    async def _hint(self, table: str, through: int, until: int) -> None:
+        """Set the hint, unless another run's says a later day (before `until`, the first
+        day not whole: a later one no run set); best effort."""
         seconds = self._options.call_seconds
         try:
             target = await self._get_table(table)
             now = _day_of((target.labels or {}).get(FILLED_THROUGH, ""))
-            if now is not None and now >= through:
+            if now is not None and through <= now < until:
                 return
             target.labels = {**(target.labels or {}), FILLED_THROUGH: _yyyymmdd(through)}
             await self._call(
