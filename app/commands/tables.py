@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-bytes-billed",
         type=int,
         default=50 * _GIB,
-        help="refuse a day's job that would bill more than this many bytes "
+        help="refuse a day's job, or the read of which days records holds, that would "
+        "bill more than this many bytes "
         "(default 50 GiB: a day at about 1,000 messages a second)",
     )
 
@@ -98,7 +99,8 @@ async def _fill(args: argparse.Namespace, settings: Settings) -> int:
     runner = QueryRunner(
         project,
         timeout=max(store.query_timeout_seconds, options.call_seconds),
-        max_bytes_billed=settings.query.max_bytes_billed,
+        # Its reads of records' ingest_time too: one cap for a run, raised by hand.
+        max_bytes_billed=args.max_bytes_billed,
         endpoint=store.bigquery_query_endpoint or None,
     )
     code = EXIT_DONE

@@ -26,7 +26,7 @@ from google.api_core.exceptions import (
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
 
-from app.errors import FillFailed, StoreUnavailable
+from app.errors import FillFailed, QueryTooCostly, StoreUnavailable
 from app.records import DAY_MICROS
 from app.store.bigquery.layout import Copy, copy_of
 from app.store.bigquery.queries import QueryRunner
@@ -235,7 +235,16 @@ class Filler:
         return int(watermark) // DAY_MICROS
 
     async def _query(self, sql: str) -> list[tuple[Any, ...]]:
-        return await self._runner.run(sql, {})
+        try:
+            return await self._runner.run(sql, {})
+        except QueryTooCostly:
+            # Which days records holds (every day since the hint; all of them on a first
+            # run, or the hint lost): refused the same way each run until one run by hand
+            # with a larger cap reads them, and sets the hint.
+            raise FillFailed(
+                f"reading which days records holds would bill more than --max-bytes-billed "
+                f"({self._options.max_bytes_billed} bytes): run it once by hand with more"
+            ) from None
 
     async def fill(self, table: str) -> Filled:
         """Copy every whole day not yet copied into `table`, in order; see the module notes."""
