@@ -463,3 +463,44 @@ async def test_a_scan_over_the_read_cap_is_a_table_left_saying_why(
     finally:
         await runner.close()
     assert jobs_fake.job_inserts == []
+
+
+async def test_a_job_of_another_table_under_the_days_id_is_not_the_days_copy(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    make_filler: Callable[..., Filler],
+) -> None:
+    """Job ids join the dataset and table with `_`, which both may hold: dataset `shop`
+    with `records_x_records_y` and dataset `shop_records_x` with `records_y` (systems
+    `shop` and `shop-records-x` of one cell, one project) name their days' jobs alike.
+    A job found under the day's id that inserts into another table copied nothing here:
+    the day takes its next attempt, never counted copied."""
+    define(write_fake, jobs_fake)
+    other = "records_other"
+    jobs_fake.create_table(
+        f"/bigquery/v2/projects/{PROJECT}/datasets/{DATASET}/tables",
+        {
+            "tableReference": {"projectId": PROJECT, "datasetId": DATASET, "tableId": other},
+            "schema": {"fields": [*created_schema(Record), FIELDS]},
+        },
+    )
+    columns = [c["name"] for c in [*created_schema(Record), FIELDS]]
+    status, _ = jobs_fake.insert_job(
+        f"/bigquery/v2/projects/{PROJECT}/jobs",
+        {
+            "jobReference": {"jobId": job_id(DATASET, TABLE, DAY0, 0)},
+            "configuration": {
+                "query": {
+                    "query": fill_sql(PROJECT, DATASET, other, columns, [], DAY0),
+                    "useLegacySql": False,
+                }
+            },
+        },
+    )
+    assert status == 200
+
+    done = await (await started(make_filler(WHOLE_THREE))).fill(TABLE)
+
+    assert done.copied == [DAY0, DAY0 + 1, DAY0 + 2]
+    assert job_id(DATASET, TABLE, DAY0, 1) in jobs_fake.jobs
+    assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
