@@ -110,10 +110,17 @@ def fill_sql(
         f"AND u.ingest_time < TIMESTAMP_MICROS({until})"
     )
     return (
-        f"INSERT INTO `{project}.{dataset}.{table}` ({', '.join(f'`{n}`' for n in names)})\n"
+        f"{_insert_into(project, dataset, table)}({', '.join(f'`{n}`' for n in names)})\n"
         f"SELECT {', '.join(values)}\n"
         f"FROM {source}"
     )
+
+
+def _insert_into(project: str, dataset: str, table: str) -> str:
+    """How a day's statement into `table` starts, and so how its job is told from the job
+    of another table under the same id (`job_id` joins names by `_`, which they hold:
+    dataset `shop` with `records_x_records_y`, and `shop_records_x` with `records_y`)."""
+    return f"INSERT INTO `{project}.{dataset}.{table}` "
 
 
 @dataclass
@@ -405,6 +412,17 @@ class Filler:
                         return f"{_iso(day)}: {tried} jobs failed this run, the last {last_error}"
                     tried += 1
                     job, ours = await self._insert(name, sql, location)
+                found = getattr(job, "query", None) or ""
+                if not found.startswith(_insert_into(self.project, self.dataset, table)):
+                    # Another table's job: it copied nothing here, and its id is spent.
+                    log.warning(
+                        "%s: %s: job %s is another table's, the day takes its next attempt",
+                        self._id(table),
+                        _iso(day),
+                        name,
+                    )
+                    attempt += 1
+                    continue
                 job = await self._until_done(job, location)
             except _Foreign:
                 # Its one job committed all its rows or none: rows of the day say it did.
