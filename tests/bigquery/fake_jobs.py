@@ -328,6 +328,10 @@ class FakeBigQueryJobs:
         # Jobs another account inserted: a caller holding only roles/bigquery.jobUser
         # gets 403 for each (jobs.get reads one's own jobs), though its id is taken.
         self.foreign_jobs: set[str] = set()
+        # Answers to the next `jobs.insert` calls, each refused before BigQuery keeps the
+        # job (its id still free), and to the next `tables.list` calls: (status, reason).
+        self.insert_refusals: list[tuple[int, str]] = []
+        self.list_failures: list[tuple[int, str]] = []
         # Table functions by name, as a call of one is run (see the module notes).
         self.routines: dict[str, str] = default_routines(project, dataset)
         self._server: ThreadingHTTPServer | None = None
@@ -473,6 +477,9 @@ class FakeBigQueryJobs:
         """`tables.list` of the dataset: every table the fake holds, with its labels."""
         match = _TABLES.match(path.split("?", 1)[0])
         assert match is not None
+        if self.list_failures:
+            status, reason = self.list_failures.pop(0)
+            return status, _error(status, reason, "injected failure")
         prefix = f"projects/{match['project']}/datasets/{match['dataset']}/tables/"
         names = sorted(p.removeprefix(prefix) for p in self.write.schemas if p.startswith(prefix))
         listed = [
@@ -545,6 +552,9 @@ class FakeBigQueryJobs:
             "location": "US",
         }
         job_id = reference["jobId"]
+        if self.insert_refusals:
+            status, reason = self.insert_refusals.pop(0)
+            return status, _error(status, reason, "injected refusal")
         job: dict[str, Any] = {
             "kind": "bigquery#job",
             "id": f"{reference['projectId']}:US.{job_id}",

@@ -10,6 +10,7 @@ once, and `records_unique` runs as Terraform renders it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections import Counter
@@ -504,3 +505,67 @@ async def test_a_job_of_another_table_under_the_days_id_is_not_the_days_copy(
     assert done.copied == [DAY0, DAY0 + 1, DAY0 + 2]
     assert job_id(DATASET, TABLE, DAY0, 1) in jobs_fake.jobs
     assert days_of(filled(write_fake)) == {DAY0: 8, DAY0 + 1: 6, DAY0 + 2: 6}
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    """`recordline tables ARGV…`'s arguments."""
+    from app.commands import tables as filling
+
+    parser = argparse.ArgumentParser()
+    filling.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_arguments_no_run_can_use_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """Exit 2, at once, before BigQuery is asked (its endpoint here answers nobody)."""
+    from app.commands import tables as filling
+    from app.settings import Settings
+
+    settings = Settings.load(
+        {
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "BIGQUERY_EMULATOR_HOST": "http://127.0.0.1:9",
+        }
+    )
+    for more in (
+        ["--wait=nan"],
+        ["--wait=inf"],
+        ["--wait=-1"],
+        ["--max-bytes-billed=0"],
+        ["--table=records_x`; DROP TABLE records; --"],
+        ["--table=records_by.customer"],
+    ):
+        args = parsed("fill", f"--table={TABLE}", *more)
+        assert filling.run(args, settings) == filling.EXIT_USAGE, more
+        assert "recordline tables fill: " in capsys.readouterr().err
+
+
+async def test_bigquery_refusing_or_not_answering_ends_in_a_documented_exit(
+    write_fake: FakeBigQueryWrite,
+    jobs_fake: FakeBigQueryJobs,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """tables.list not answering: exit 4, one line; a day's jobs.insert refused before
+    BigQuery kept the job: exit 1 naming the day and BigQuery's answer. Never a
+    traceback (an exception the command does not know)."""
+    from app.commands import tables as filling
+    from app.settings import Settings
+
+    define(write_fake, jobs_fake)
+    settings = Settings.load(
+        {
+            "RECORDLINE_STORE": f"bigquery://{PROJECT}/{DATASET}",
+            "BIGQUERY_EMULATOR_HOST": jobs_fake.endpoint,
+        }
+    )
+    args = parsed("fill")
+    jobs_fake.list_failures.append((403, "accessDenied"))
+    assert await filling._fill(args, settings) == filling.EXIT_UNAVAILABLE
+    assert "BigQuery unavailable" in capsys.readouterr().err
+
+    jobs_fake.insert_refusals.append((400, "invalid"))
+    assert await filling._fill(args, settings) == filling.EXIT_LEFT
+    said = capsys.readouterr().err
+    assert f"{DATASET}.{TABLE}: left 2024-04-27: jobs.insert " in said
+    assert "injected refusal" in said
+    assert "Traceback" not in said
