@@ -30,6 +30,9 @@ EXIT_LEFT: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNAVAILABLE: Final = 4
 _GIB: Final = 1 << 30
+# The longest a run waits for one day's job (and BigQuery lets it run): the fill job's
+# run lasts 55 minutes (infra/terraform/fill.tf).
+_MOST_WAIT: Final = 3300.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--wait",
         type=float,
         default=600.0,
-        help="seconds to wait for one day's job before leaving it to the next run "
+        help="seconds (1 to 3300) to wait for one day's job before leaving it to the next run "
         "(BigQuery stops the job then too; default 600)",
     )
     fill.add_argument(
@@ -77,9 +80,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if args.wait <= 0 or args.max_bytes_billed <= 0:
-        print(f"{prog}: --wait and --max-bytes-billed must be positive", file=sys.stderr)
+    # NaN passes `<= 0`, and infinity no job timeout takes.
+    if not 1 <= args.wait <= _MOST_WAIT or args.max_bytes_billed <= 0:
+        print(
+            f"{prog}: --wait is seconds from 1 to {_MOST_WAIT:g}, and --max-bytes-billed "
+            "must be positive",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
+    from app.store.bigquery.fill import TABLE_NAME
+
+    for table in args.table or ():
+        if not TABLE_NAME.match(table):
+            print(f"{prog}: --table={table!r} is not a table's name", file=sys.stderr)
+            return EXIT_USAGE
     return asyncio.run(_fill(args, settings))
 
 

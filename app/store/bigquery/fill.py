@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from google.api_core.exceptions import (
+    ClientError,
     Conflict,
     Forbidden,
     GoogleAPIError,
     NotFound,
     PreconditionFailed,
+    RetryError,
 )
 from google.cloud import bigquery
 from google.cloud.bigquery.retry import DEFAULT_RETRY
@@ -46,11 +48,16 @@ JOB_HISTORY_DAYS: Final = 170
 ATTEMPTS_PER_RUN: Final = 2
 # Waits between two reads of a running job grow to this (seconds).
 _MOST_POLL_SECONDS: Final = 10.0
-_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What a table's name is, as BigQuery names one (and as a job id and SQL take it).
+TABLE_NAME: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}\Z")
 
 
 class _Foreign(Exception):
     """A day's job id taken by a job this account may not read."""
+
+
+class _Refused(Exception):
+    """A day's job refused as it was inserted, and not kept: nothing ran."""
 
 
 def job_id(dataset: str, table: str, day: int, attempt: int) -> str:
@@ -222,11 +229,16 @@ class Filler:
     async def tables(self) -> list[str]:
         """The dataset's tables the filler fills, by name."""
         seconds = self._options.call_seconds
-        listed = await self._call(
-            lambda c: list(
-                c.list_tables(f"{self.project}.{self.dataset}", retry=self._retry, timeout=seconds)
+        try:
+            listed = await self._call(
+                lambda c: list(
+                    c.list_tables(
+                        f"{self.project}.{self.dataset}", retry=self._retry, timeout=seconds
+                    )
+                )
             )
-        )
+        except GoogleAPIError as exc:
+            raise StoreUnavailable(f"BigQuery tables.list: {exc}") from exc
         return sorted(t.table_id for t in listed if (t.labels or {}).get(FILL_LABEL) == FILL_SOURCE)
 
     async def complete_until(self) -> int:
@@ -255,7 +267,7 @@ class Filler:
 
     async def fill(self, table: str) -> Filled:
         """Copy every whole day not yet copied into `table`, in order; see the module notes."""
-        if not _NAME.match(table):
+        if not TABLE_NAME.match(table):
             raise FillFailed(f"{table!r} is not a table's name")
         done = Filled(table)
         until = await self.complete_until()
@@ -424,6 +436,8 @@ class Filler:
                     attempt += 1
                     continue
                 job = await self._until_done(job, location)
+            except _Refused as exc:
+                return f"{_iso(day)}: {exc}"
             except _Foreign:
                 # Its one job committed all its rows or none: rows of the day say it did.
                 if day in await self._held_days(table, day, day + 1):
@@ -502,13 +516,15 @@ class Filler:
             if found is None:
                 raise StoreUnavailable(f"BigQuery said {name} exists, then not") from None
             return found, False
-        except GoogleAPIError:
+        except GoogleAPIError as exc:
             # Refused as it was inserted (a query BigQuery cannot run): the job, if
             # BigQuery kept it, says why; if not, nothing ran and the next run tries it.
             found = await self._get_job(name, location)
-            if found is None:
-                raise
-            return found, True
+            if found is not None:
+                return found, True
+            if isinstance(exc, ClientError) and not isinstance(exc, RetryError):
+                raise _Refused(f"jobs.insert {name} refused: {exc}") from exc
+            raise StoreUnavailable(f"BigQuery jobs.insert {name}: {exc}") from exc
 
     async def _until_done(self, job: bigquery.QueryJob, location: str | None) -> bigquery.QueryJob:
         """The job once DONE, or as it stands when the run's wait for it is over."""
