@@ -27,10 +27,11 @@ from app.store.bigquery.fill import (
     FILLED_THROUGH,
     Filler,
     FillOptions,
+    copy_sql,
     fill_sql,
     job_id,
 )
-from app.store.bigquery.layout import COPY_DESCRIPTION, copy_of
+from app.store.bigquery.layout import COPY_DESCRIPTION, Copy, copy_of
 from app.store.bigquery.queries import QueryRunner
 from app.store.bigquery.schema import created_schema
 from tests.bigquery.conftest import DATASET, PROJECT
@@ -569,3 +570,31 @@ async def test_bigquery_refusing_or_not_answering_ends_in_a_documented_exit(
     assert f"{DATASET}.{TABLE}: left 2024-04-27: jobs.insert " in said
     assert "injected refusal" in said
     assert "Traceback" not in said
+
+
+@pytest.mark.parametrize(
+    ("copy", "why"),
+    [
+        # After SQL's unquoting the path is $."a"."b": member b of member a, another value.
+        (Copy("c", 'a"."b', (), "STRING"), "attribute"),
+        (Copy("c", "a\\b", (), "STRING"), "attribute"),
+        # A newline no quoted SQL string holds: every day's job refused, for ever.
+        (Copy("c", "a\nb", (), "STRING"), "attribute"),
+        # A description edited by hand: out of the quoted name, into the statement.
+        (Copy("c", None, ("placed_on`, (SELECT 1) AS `x",), "DATE"), "field"),
+    ],
+)
+def test_a_copy_no_statement_can_name_is_refused_before_any_job(copy: Copy, why: str) -> None:
+    with pytest.raises(FillFailed, match=f"copies {why}"):
+        fill_sql(PROJECT, DATASET, TABLE, ["message_id"], [copy], DAY0)
+
+
+def test_an_attributes_key_with_quotes_and_dots_is_read_as_one_member() -> None:
+    import sqlglot
+
+    key = "it's.a \u00e9 key"
+    sql = copy_sql(Copy("c", key, (), "STRING"))
+    # The JSONPaths as BigQuery reads its quoted strings (backslash escapes undone).
+    tokens = sqlglot.Dialect.get_or_raise("bigquery").tokenize(sql)
+    paths = {t.text for t in tokens if t.token_type.name == "STRING" and t.text.startswith("$")}
+    assert paths == {f'$."{key}"'}
