@@ -82,12 +82,23 @@ def copy_sql(copy: Copy, alias: str = "u") -> str:
     JSON string (NULL where absent or of another kind, as the service writes it); a
     typed field's value at its path under `fields`."""
     if copy.attribute is not None:
-        key = copy.attribute.replace("\\", "\\\\").replace('"', '\\"').replace("'", "\\'")
-        path = f"'$.\"{key}\"'"
+        if not copy.attribute or any(c in copy.attribute for c in '"\\') or not (
+            copy.attribute.isprintable()
+        ):
+            # BigQuery's JSONPath quotes a member in `"` and escapes nothing inside it
+            # (app/store/where.py): `a"."b` would read member b of member a.
+            raise FillFailed(
+                f"{copy.column} copies attribute {copy.attribute!r}, which no JSONPath "
+                'names: a key holding `"`, `\\` or a control character'
+            )
+        path = "'$.\"" + copy.attribute.replace("'", "\\'") + "\"'"
         return (
             f"IF(STARTS_WITH(TO_JSON_STRING(JSON_QUERY({alias}.attributes, {path})), '\"'), "
             f"JSON_VALUE({alias}.attributes, {path}), NULL)"
         )
+    if not all(TABLE_NAME.match(name) for name in copy.field):
+        # A description edited by hand: a backtick would end the quoted name.
+        raise FillFailed(f"{copy.column} copies field {'.'.join(copy.field)!r}, no column path")
     return ".".join([alias, "`fields`", *(f"`{name}`" for name in copy.field)])
 
 
