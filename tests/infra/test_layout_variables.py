@@ -442,3 +442,20 @@ def test_a_table_of_its_own_is_records_columns_then_its_copies_kept_and_filled()
         {"prevent_destroy": True, "ignore_changes": ["schema", f'${{labels["{FILLED_THROUGH}"]}}']}
     ]
     assert _module()["tables"] == "${local.tables[each.key]}"
+
+
+def test_a_tables_copy_of_an_attribute_no_jsonpath_names_is_refused() -> None:
+    """The fill reads an attribute by a quoted JSONPath member, which escapes nothing:
+    `a"."b` would be read as member b of member a, and a control character would make
+    every day's job refused (app/store/bigquery/fill.py copy_sql). `records`' own copies
+    are written by the service from the key itself, and may hold them."""
+    problems, _ = _tables_of(
+        r'{ by_quote = { columns = { c = "attributes.a\".\"b", d = "attributes.it\u0027s.ok" } } }'
+    )
+    assert problems == [
+        'tables.by_quote: columns.c copies attributes.a"."b, a key holding ", \\ or a control '
+        "character, which the fill's JSONPath cannot name"
+    ]
+    problems, _ = _tables_of(r'{ by_slash = { columns = { c = "attributes.a\\b" } } }')
+    assert len(problems) == 1
+    assert _problems(r'{ columns = { c = "attributes.a\".\"b" } }') == []
