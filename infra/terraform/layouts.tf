@@ -147,6 +147,13 @@ locals {
         for name, c in l.columns : "columns.${name} copies ${c.source}, a ${c.type} field, which BigQuery can neither partition nor cluster by"
         if c.type != "" && !contains(local.layout_clusterable, c.type)
       ],
+      # The fill reads an attribute of a table of the system's own by a quoted JSONPath
+      # member, which escapes nothing (app/store/bigquery/fill.py); `records`' copies are
+      # written from the key itself.
+      [
+        for name, c in l.columns : "columns.${name} copies ${c.source}, a key holding \", \\ or a control character, which the fill's JSONPath cannot name"
+        if !local.laid_out[key].paged && startswith(c.source, "attributes.") && can(regex("[\"\\\\[:cntrl:]]", trimprefix(c.source, "attributes.")))
+      ],
       [
         for name, c in l.columns : "columns.${name} takes the name of a column of the service's own"
         if contains(local.layout_reserved, lower(name))
