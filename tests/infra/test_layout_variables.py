@@ -459,3 +459,16 @@ def test_a_tables_copy_of_an_attribute_no_jsonpath_names_is_refused() -> None:
     problems, _ = _tables_of(r'{ by_slash = { columns = { c = "attributes.a\\b" } } }')
     assert len(problems) == 1
     assert _problems(r'{ columns = { c = "attributes.a\".\"b" } }') == []
+
+
+
+def test_a_table_named_as_a_function_of_the_dataset_is_refused() -> None:
+    """records_unique and records_latest are the dataset's table functions (modules/system
+    /bigquery.tf): a table of the same name beside them is refused."""
+    problems, _ = _tables_of("{ unique = {}, latest = {} }")
+    assert problems == [
+        "tables.latest is records_latest, the name of the dataset's table function: name it "
+        "otherwise",
+        "tables.unique is records_unique, the name of the dataset's table function: name it "
+        "otherwise",
+    ]
