@@ -190,6 +190,12 @@ locals {
         for name in sort(keys(coalesce(v.tables, {}))) : "tables.${name} is no table name: 1 to 30 lower-case letters, digits and _, a letter first (the table is records_${name})"
         if !can(regex("^[a-z][a-z0-9_]{0,29}$", name))
       ],
+      # The dataset's table functions (modules/system/bigquery.tf), which the analyst
+      # and the fill call by name.
+      [
+        for name in sort(keys(coalesce(v.tables, {}))) : "tables.${name} is records_${name}, the name of the dataset's table function: name it otherwise"
+        if contains(["unique", "latest"], name)
+      ],
     )
   }
 }
