@@ -37,8 +37,9 @@ class Misconfigured(ValueError):
 
 class FillFailed(Exception):
     """A table of a system's own cannot be filled from `records` as it stands (it does
-    not exist, is not labelled to be filled, or cannot take `records`' columns): `recordline tables fill` says so in
-    one line and exits 1; never the answer to a request."""
+    not exist, is not labelled to be filled, or cannot take `records`' columns):
+    `recordline tables fill` says so in one line and exits 1; never the answer to a
+    request."""
 
 
 class RecordlineError(Exception):

@@ -461,7 +461,6 @@ def test_a_tables_copy_of_an_attribute_no_jsonpath_names_is_refused() -> None:
     assert _problems(r'{ columns = { c = "attributes.a\".\"b" } }') == []
 
 
-
 def test_a_table_named_as_a_function_of_the_dataset_is_refused() -> None:
     """records_unique and records_latest are the dataset's table functions (modules/system
     /bigquery.tf): a table of the same name beside them is refused."""

@@ -82,8 +82,10 @@ def copy_sql(copy: Copy, alias: str = "u") -> str:
     JSON string (NULL where absent or of another kind, as the service writes it); a
     typed field's value at its path under `fields`."""
     if copy.attribute is not None:
-        if not copy.attribute or any(c in copy.attribute for c in '"\\') or not (
-            copy.attribute.isprintable()
+        if (
+            not copy.attribute
+            or any(c in copy.attribute for c in '"\\')
+            or not copy.attribute.isprintable()
         ):
             # BigQuery's JSONPath quotes a member in `"` and escapes nothing inside it
             # (app/store/where.py): `a"."b` would read member b of member a.
