@@ -163,7 +163,10 @@ def test_the_longest_message_id_push_takes_is_looked_up_and_replayed(
         },
     )
     assert replayed.status_code == 200, replayed.text
-    assert replayed.json()["results"] == [{"message_id": longest, "outcome": "stored"}]
+    # Compared with its rejection under that id: its data, and no subscription given.
+    assert replayed.json()["results"] == [
+        {"message_id": longest, "outcome": "stored", "changed": ["data", "subscription"]}
+    ]
     assert client.get(f"/v1/messages/{longest}").json()["status"] == "stored"
 
 

@@ -119,7 +119,8 @@ async def killed_and_resumed(
         assert follower.shapes == {frozenset(select.split(","))}
     others = pushers[:-1]
     await until(
-        lambda: all_list(others, everything, where), what="every other instance to list them"
+        lambda: all_list(others, everything, where, acknowledged),
+        what="every other instance to list them",
     )
 
 
@@ -141,8 +142,12 @@ async def listed(
     raise AssertionError(f"a listing not complete through {through} in 100 pages")
 
 
-async def all_list(clients: list[httpx.AsyncClient], rows: list[str], where: str | None) -> bool:
-    return all([await listed(client, where) == rows for client in clients])
+async def all_list(
+    clients: list[httpx.AsyncClient], rows: list[str], where: str | None, through: datetime
+) -> bool:
+    """Whether each client lists `rows`, page after page until complete `through` (a
+    filtered page may end short of it, on a busy machine as on an idle one)."""
+    return all([await listed(client, where, through) == rows for client in clients])
 
 
 @pytest.fixture

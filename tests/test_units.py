@@ -225,7 +225,7 @@ def test_help_lists_the_commands_in_one_order_whatever_the_run(dev_tools: bool) 
         )
         listings.add(done.stdout)
     assert len(listings) == 1, listings
-    commands = "serve,exporter,schema,config,sql,export,restore,typed,audit,replay,tail"
+    commands = "serve,exporter,schema,config,sql,export,restore,typed,audit,replay,tables,tail"
     assert f"{{{commands}{',dev,publish' if dev_tools else ''}}}" in listings.pop()
 
 
