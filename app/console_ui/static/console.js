@@ -903,42 +903,60 @@ function accessRow(entry) {
 }
 
 function access() {
-  const form = $("#filters"), table = $("#lines"), body = $("#lines tbody"), more = $("#more");
+  const body = $("#lines tbody");
+  const read = pagedList({
+    path: "/v1/access", key: "lines", carried: ["since"], filterNames: ACCESS_FILTERS,
+    table: $("#lines"),
+    show: (lines, appended) => {
+      if (appended) body.append(...lines.map(accessRow)); else body.replaceChildren(...lines.map(accessRow));
+    },
+    empty: (filters) => `No line in the access record${filters.toString() ? " for these filters" : ""} yet.`,
+  });
+  read();
+}
+
+// A list the API pages newest first, a stretch of time a page (a week of the access
+// record, a day of dead letters): a page that ends short (even empty) with a token goes
+// on to the stretch before. Each read goes on until 100 rows or the list's start, 60
+// pages at most (a year and a month of weeks); **Older** (#more) reads on by the last
+// token, which carries the parameters named `carried`. As the records' view: the
+// filters' once their first page is answered; refused, the rows shown (and the address)
+// stay as they were; the table is busy (`aria-busy`, as the page opens) until the
+// latest read is answered. `show(rows, appended)` puts rows in the table; `empty(filters)`
+// says there are none. Returns the read, for the page to read the list again.
+function pagedList({ path, key, carried, filterNames, table, show, empty }) {
+  const form = $("#filters"), more = $("#more");
   let filters = null, older = null, reads = 0;
 
-  async function page(params) {
-    return await (await api(`${ROOT}/v1/access?${params}`)).json();
+  function onward(params, token, limit) {
+    const next = new URLSearchParams(params);
+    for (const name of carried) next.delete(name);  // the token's
+    next.set("page_token", token);
+    next.set("limit", String(limit));
+    return next;
   }
 
-  // A page of the API reads a week at most: one that ends short (even empty) with a
-  // token goes on to the week before. Read on until 100 lines or the record's start,
-  // a year and a month of weeks at most.
-  async function lines(params) {
+  async function readOn(params) {
     const found = [];
     let answer;
-    for (let weeks = 0; weeks < 60; weeks += 1) {
-      answer = await page(params);
-      found.push(...answer.lines);
+    for (let pages = 0; pages < 60; pages += 1) {
+      answer = await (await api(`${ROOT}${path}?${params}`)).json();
+      found.push(...answer[key]);
       if (!answer.next_page_token || found.length >= 100) break;
-      params.delete("since");  // the token's
-      params.set("page_token", answer.next_page_token);
-      params.set("limit", String(100 - found.length));
+      params = onward(params, answer.next_page_token, 100 - found.length);
     }
-    return { lines: found, next_page_token: answer.next_page_token };
+    return { rows: found, next: answer.next_page_token };
   }
 
-  // As the records' view: the filters' once their first page is answered; refused, the
-  // lines shown (and the address) stay as they were.
-  // The table is busy (`aria-busy`, as the page opens) until the latest read is answered.
   async function read(event) {
     if (event) event.preventDefault();
     const mine = reads += 1;
-    const asked = filterParams(form, ACCESS_FILTERS);
+    const asked = filterParams(form, filterNames);
     const params = new URLSearchParams(asked);
     params.set("limit", "100");
     table.setAttribute("aria-busy", "true");
     let answer;
-    try { answer = await lines(params); } catch (error) {
+    try { answer = await readOn(params); } catch (error) {
       if (mine === reads) { refused(error); table.removeAttribute("aria-busy"); }
       return;
     }
@@ -946,30 +964,26 @@ function access() {
     filters = asked;
     filtersToAddress(filters);
     refused(null);
-    body.replaceChildren(...answer.lines.map(accessRow));
-    status(answer.lines.length ? "" : `No line in the access record${filters.toString() ? " for these filters" : ""} yet.`);
-    older = answer.next_page_token;
+    show(answer.rows, false);
+    status(answer.rows.length ? "" : empty(filters));
+    older = answer.next;
     more.hidden = !older;
     table.removeAttribute("aria-busy");
   }
 
   more.addEventListener("click", async () => {
     const mine = reads;
-    const params = new URLSearchParams(filters);
-    params.delete("since");  // the token's
-    params.set("page_token", older);
-    params.set("limit", "100");
     try {
-      const answer = await lines(params);
+      const answer = await readOn(onward(filters, older, 100));
       if (mine !== reads) return;
-      body.append(...answer.lines.map(accessRow));
-      older = answer.next_page_token;
+      show(answer.rows, true);
+      older = answer.next;
       more.hidden = !older;
     } catch (error) { status(error.message); }
   });
   form.addEventListener("submit", read);
-  filtersFromAddress(form, ACCESS_FILTERS);
-  read();
+  filtersFromAddress(form, filterNames);
+  return read;
 }
 
 // -- dead letters -----------------------------------------------------------------
@@ -1040,9 +1054,9 @@ function letterDetail(letter) {
 }
 
 function deadLetters() {
-  const form = $("#filters"), table = $("#letters"), body = $("#letters tbody"), more = $("#more");
+  const body = $("#letters tbody");
   const replay = $("#replay"), note = $("#note"), all = $("#all"), chosen = $("#chosen");
-  let filters = null, older = null, reads = 0, shown = [];
+  let shown = [];
   const selected = new Set();
 
   function said() {
@@ -1089,59 +1103,10 @@ function deadLetters() {
     said();
   }
 
-  async function page(params) {
-    return await (await api(`${ROOT}/v1/dead-letters?${params}`)).json();
-  }
-
-  // Read on through the days until 100 dead letters or their end, 60 pages at most.
-  async function letters(params) {
-    const found = [];
-    let answer;
-    for (let pages = 0; pages < 60; pages += 1) {
-      answer = await page(params);
-      found.push(...answer.dead_letters);
-      if (!answer.next_page_token || found.length >= 100) break;
-      params.delete("since");
-      params.delete("until");  // the token's
-      params.set("page_token", answer.next_page_token);
-      params.set("limit", String(100 - found.length));
-    }
-    return { dead_letters: found, next_page_token: answer.next_page_token };
-  }
-
-  async function read(event) {
-    if (event) event.preventDefault();
-    const mine = reads += 1;
-    const asked = filterParams(form, DEAD_LETTER_FILTERS);
-    const params = new URLSearchParams(asked);
-    params.set("limit", "100");
-    table.setAttribute("aria-busy", "true");
-    let answer;
-    try { answer = await letters(params); } catch (error) {
-      if (mine === reads) { refused(error); table.removeAttribute("aria-busy"); }
-      return;
-    }
-    if (mine !== reads) return;
-    filters = asked;
-    filtersToAddress(filters);
-    refused(null);
-    show(answer.dead_letters, false);
-    status(answer.dead_letters.length ? "" : `No dead letter${filters.toString() ? " in this range" : ""}.`);
-    older = answer.next_page_token;
-    more.hidden = !older;
-    table.removeAttribute("aria-busy");
-  }
-
-  more.addEventListener("click", async () => {
-    const mine = reads;
-    const params = new URLSearchParams({ page_token: older, limit: "100" });
-    try {
-      const answer = await letters(params);
-      if (mine !== reads) return;
-      show(answer.dead_letters, true);
-      older = answer.next_page_token;
-      more.hidden = !older;
-    } catch (error) { status(error.message); }
+  const read = pagedList({
+    path: "/v1/dead-letters", key: "dead_letters", carried: ["since", "until"],
+    filterNames: DEAD_LETTER_FILTERS, table: $("#letters"), show,
+    empty: (filters) => `No dead letter${filters.toString() ? " in this range" : ""}.`,
   });
 
   all.addEventListener("change", () => {
@@ -1210,8 +1175,6 @@ function deadLetters() {
     status(stopped ? `${done} Stopped by ${stopped.message}` : done);
     said();
   });
-  form.addEventListener("submit", read);
-  filtersFromAddress(form, DEAD_LETTER_FILTERS);
   read();
 }
 
