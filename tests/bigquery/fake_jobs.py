@@ -680,14 +680,9 @@ class FakeBigQueryJobs:
         except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
             return 400, _error(400, "invalidQuery", str(exc))
         received.bill = bill
-        limit = body.get("maximumBytesBilled")
-        if limit is not None and bill.bytes_billed > int(limit):
-            # BigQuery's own words, so the client raises what it would raise.
-            message = (
-                f"Query exceeded limit for bytes billed: {int(limit)}. "
-                f"{bill.bytes_billed} or higher required."
-            )
-            return 400, _error(400, "bytesBilledLimitExceeded", message)
+        over = _over_limit(bill, body.get("maximumBytesBilled"))
+        if over is not None:
+            return over
         try:
             names, types, rows = self.run(sql, params)
         except (duckdb.Error, sqlglot.errors.SqlglotError) as exc:
@@ -744,24 +739,11 @@ class FakeBigQueryJobs:
         rows = self._rows(table)
         partitions = {self.billing.partition_of(table, rows[i]) for i in changes}
         types = {f["name"]: data_type(_sql_type(f)) for f in self.write.schemas[path].fields}
-        per_table: dict[str, int] = {}
-        for name, scanned in read.scans:
-            per_table[name] = per_table.get(name, 0) + scanned
-        per_table[table] = per_table.get(table, 0) + self.billing.modified(
-            table, rows, partitions, types
-        )
-        bill = Bill(
-            bytes_processed=sum(per_table.values()),
-            bytes_billed=billed(per_table),
-            scans=tuple(per_table.items()),
-        )
+        bill = _dml_bill(read, table, self.billing.modified(table, rows, partitions, types))
         received.bill = bill
-        if limit is not None and bill.bytes_billed > int(limit):
-            message = (
-                f"Query exceeded limit for bytes billed: {int(limit)}. "
-                f"{bill.bytes_billed} or higher required."
-            )
-            return 400, _error(400, "bytesBilledLimitExceeded", message)
+        over = _over_limit(bill, limit)
+        if over is not None:
+            return over
         self.write.update_rows(path, changes)
         self.billing.forget(table)
         self.updates += 1
@@ -814,22 +796,11 @@ class FakeBigQueryJobs:
                 f"Inserted row has wrong column count; Has {len(rows[0])}, expected {len(named)}"
             )
             return 400, _error(400, "invalidQuery", message)
-        per_table: dict[str, int] = {}
-        for name, scanned in read.scans:
-            per_table[name] = per_table.get(name, 0) + scanned
-        per_table.setdefault(table, 0)
-        bill = Bill(
-            bytes_processed=sum(per_table.values()),
-            bytes_billed=billed(per_table),
-            scans=tuple(per_table.items()),
-        )
+        bill = _dml_bill(read, table, 0)
         received.bill = bill
-        if limit is not None and bill.bytes_billed > int(limit):
-            message = (
-                f"Query exceeded limit for bytes billed: {int(limit)}. "
-                f"{bill.bytes_billed} or higher required."
-            )
-            return 400, _error(400, "bytesBilledLimitExceeded", message)
+        over = _over_limit(bill, limit)
+        if over is not None:
+            return over
         stored = [
             {c: _stored_value(v, fields[c]) for c, v in zip(named, row, strict=True)}
             for row in rows
@@ -1256,6 +1227,32 @@ def _qualified(sql: str, project: str, default: tuple[str, str | None] | None) -
             table.set("catalog", sqlglot.exp.to_identifier(project))
         changed = True
     return statement.sql(dialect="bigquery") if changed else sql
+
+
+def _dml_bill(read: Bill, table: str, modified: int) -> Bill:
+    """A DML statement's bill: what it reads (`read`, by table), and `modified` bytes of
+    the `table` it changes, billed as one statement (each table its 10 MB minimum)."""
+    per_table: dict[str, int] = {}
+    for name, scanned in read.scans:
+        per_table[name] = per_table.get(name, 0) + scanned
+    per_table[table] = per_table.get(table, 0) + modified
+    return Bill(
+        bytes_processed=sum(per_table.values()),
+        bytes_billed=billed(per_table),
+        scans=tuple(per_table.items()),
+    )
+
+
+def _over_limit(bill: Bill, limit: str | int | None) -> tuple[int, dict[str, Any]] | None:
+    """BigQuery's refusal of a query billed over its `maximumBytesBilled`, in its own
+    words (so the client raises what it would raise); None within it."""
+    if limit is None or bill.bytes_billed <= int(limit):
+        return None
+    message = (
+        f"Query exceeded limit for bytes billed: {int(limit)}. "
+        f"{bill.bytes_billed} or higher required."
+    )
+    return 400, _error(400, "bytesBilledLimitExceeded", message)
 
 
 def _error(status: int, reason: str, message: str) -> dict[str, Any]:
