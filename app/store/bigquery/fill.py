@@ -310,10 +310,11 @@ class Filler:
             done.through = hint
             return done
         # Only days that hold rows need a job: an empty whole day stays empty.
-        days = await self._days_with_rows(first, until)
+        days = await self._days_held("records", first, until)
         history = self._clock() // DAY_MICROS - JOB_HISTORY_DAYS
         old = [day for day in days if day < history]
-        held = await self._held_days(table, old[0], history) if old else set()
+        # Before the job history, a day's rows in the table say its one job committed.
+        held = set(await self._days_held(table, old[0], history)) if old else set()
         columns, copies = await self._columns(table, target, records)
         through = until - 1
         for day in days:
@@ -344,27 +345,18 @@ class Filler:
             raise StoreUnavailable(f"BigQuery: {exc}") from exc
         return found
 
-    async def _days_with_rows(self, first: int, until: int) -> list[int]:
-        """The days in [first, until) of which `records` holds a row, from its rows'
-        `ingest_time` alone (one narrow column: partition metadata may not count the
-        last half hour's rows yet)."""
+    async def _days_held(self, table: str, first: int, until: int) -> list[int]:
+        """The days in [first, until) of which `table` holds a row, in order, from its
+        rows' `ingest_time` alone (one narrow column: partition metadata may not count
+        the last half hour's rows yet, and a table of the system's own is partitioned by
+        other days)."""
         rows = await self._query(
-            f"SELECT DISTINCT DIV(UNIX_MICROS(r.ingest_time), {DAY_MICROS}) AS day FROM "
-            f"`{self._id('records')}` AS r "
-            f"WHERE r.ingest_time >= TIMESTAMP_MICROS({first * DAY_MICROS}) "
-            f"AND r.ingest_time < TIMESTAMP_MICROS({until * DAY_MICROS}) ORDER BY day"
-        )
-        return [int(r[0]) for r in rows]
-
-    async def _held_days(self, table: str, first: int, history: int) -> set[int]:
-        """The days before the job history of which `table` holds a row."""
-        rows = await self._query(
-            f"SELECT DISTINCT DIV(UNIX_MICROS(t.ingest_time), {DAY_MICROS}) FROM "
+            f"SELECT DISTINCT DIV(UNIX_MICROS(t.ingest_time), {DAY_MICROS}) AS day FROM "
             f"`{self._id(table)}` AS t "
             f"WHERE t.ingest_time >= TIMESTAMP_MICROS({first * DAY_MICROS}) "
-            f"AND t.ingest_time < TIMESTAMP_MICROS({history * DAY_MICROS})"
+            f"AND t.ingest_time < TIMESTAMP_MICROS({until * DAY_MICROS}) ORDER BY day"
         )
-        return {int(r[0]) for r in rows}
+        return [int(r[0]) for r in rows]
 
     async def _columns(
         self, table: str, target: bigquery.Table, records: bigquery.Table
@@ -453,7 +445,7 @@ class Filler:
                 return f"{_iso(day)}: {exc}"
             except _Foreign:
                 # Its one job committed all its rows or none: rows of the day say it did.
-                if day in await self._held_days(table, day, day + 1):
+                if await self._days_held(table, day, day + 1):
                     done.found.append(day)
                     return None
                 return (
