@@ -177,6 +177,16 @@ def rfc3339(when: datetime) -> str:
     return when.isoformat().replace("+00:00", "Z")
 
 
+def rfc3339_micros(us: int) -> str:
+    """`us` microseconds since the epoch as RFC 3339 text to the microsecond, UTC written
+    `Z`: every year a store holds in four digits, so that such times sort as text."""
+    d = moment(us)
+    return (
+        f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+        f".{d.microsecond:06d}Z"
+    )
+
+
 # JSON columns hold JSON text exactly as the publisher sent it: the payload's
 # `data` is passed through without being decoded and encoded again.
 JsonText = Annotated[str, Meta(extra={"kind": Kind.JSON})]

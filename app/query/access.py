@@ -28,7 +28,7 @@ import msgspec
 from app.errors import BadParameter, NotFound, StoreUnavailable
 from app.query.page_token import PageToken, PageTokens
 from app.query.served import served
-from app.records import DAY_MICROS, micros
+from app.records import DAY_MICROS, micros, rfc3339_micros
 from app.store import Store
 from app.store.access import (
     ACCESS_RETENTION_DAYS,
@@ -324,7 +324,9 @@ class AccessReads:
         return AccessPage(
             lines=[
                 AccessLineView(
-                    time=_rfc3339(line.time), id=line.id, line=msgspec.Raw(line.entry.encode())
+                    time=rfc3339_micros(line.time),
+                    id=line.id,
+                    line=msgspec.Raw(line.entry.encode()),
                 )
                 for line in lines
             ],
@@ -342,11 +344,6 @@ def _asked(action: str | None, principal: str | None) -> str:
 def _micros(when: datetime) -> int:
     # No line is older than the epoch.
     return max(micros(when), 0)
-
-
-def _rfc3339(micros: int) -> str:
-    seconds, fraction = divmod(micros, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:06d}Z"
 
 
 __all__ = ["MOST_LINES", "AccessKeeper", "AccessPage", "AccessReads"]

@@ -23,7 +23,7 @@ import msgspec
 from app.errors import BadParameter, NotFound
 from app.query.page_token import PageToken, PageTokens
 from app.query.served import served
-from app.records import DAY_MICROS, MAX_ID_LENGTH, MAX_MICROS, micros, moment, unaddressable
+from app.records import DAY_MICROS, MAX_ID_LENGTH, MAX_MICROS, micros, rfc3339_micros, unaddressable
 from app.store import READ_ROUTE, Store
 from app.store.dead_letters import (
     PAGE_BYTES,
@@ -194,7 +194,7 @@ def view(letter: DeadLetter, *, stored: bool, refusal: Refusal = _takes_all) -> 
     """How `letter` is shown, whatever its columns hold."""
     data = letter.data
     attributes = _attributes(letter.attributes)
-    published = _rfc3339(letter.publish_time)
+    published = rfc3339_micros(letter.publish_time)
     given = attributes or {}
     if letter.message_id is None:
         unreplayable: str | None = "it has no message id (NULL)"
@@ -258,15 +258,6 @@ def _cut(message_id: str) -> str:
 def _micros(when: datetime) -> int:
     # No dead letter is older than the epoch, nor a token's bound later than its end.
     return min(max(micros(when), 0), MAX_MICROS)
-
-
-def _rfc3339(us: int) -> str:
-    # Every year BigQuery holds in four digits, to the microsecond.
-    d = moment(us)
-    return (
-        f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
-        f".{d.microsecond:06d}Z"
-    )
 
 
 __all__ = ["DEFAULT_DEAD_LETTERS", "DeadLetterReads", "DeadLetterView", "DeadLettersPage", "view"]
