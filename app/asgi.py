@@ -554,7 +554,7 @@ class ReadSide:
         cls,
         settings: Settings,
         store: Store,
-        observed: Store,
+        observed: ObservedStore,
         *,
         pending_horizon: Callable[[], int],
         later_copies: LaterCopies | None = None,
@@ -568,11 +568,7 @@ class ReadSide:
         secret = page_token_secret or query.page_token_secret
         tokens = PageTokens(secret)
         # The access record's reads and dead letters', observed as the rows' are.
-        access_store, letter_store = (
-            observed_reads(store, observed)
-            if isinstance(observed, ObservedStore)
-            else (store, store)
-        )
+        access_store, letter_store = observed_reads(observed)
 
         def made(mask: Mask | None = None) -> Reader:
             return Reader(

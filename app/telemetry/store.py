@@ -223,10 +223,12 @@ class ObservedDeadLetters:
 
 
 def observed_reads(
-    store: Store, observed: ObservedStore
+    observed: ObservedStore,
 ) -> tuple[Store | KeepsAccess, Store | ReadsDeadLetters]:
-    """What reads the access record and what reads dead letters, observed where `store`
-    keeps them (and `store` itself where it does not, so that each read says so)."""
+    """What reads the access record and what reads dead letters, observed where the
+    store `observed` wraps keeps them (and that store itself where it does not, so that
+    each read says so)."""
+    store = observed.inner
     access = ObservedAccess(store, observed) if isinstance(store, KeepsAccess) else store
     letters = ObservedDeadLetters(store, observed) if isinstance(store, ReadsDeadLetters) else store
     return access, letters
